@@ -1,0 +1,51 @@
+# Every command a person or CI runs. `make broker` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config.json
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP     := $(VENV)/.dev-installed
+
+.PHONY: help broker client keys test unit lint typecheck clean
+
+help:
+	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
+	@echo "make client            start the terminal client (prompts for address and name)"
+	@echo "make keys NAME=alice   create and register a user's key pair"
+	@echo "make test              run the tests, ruff and mypy"
+
+$(RUNTIME_STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+broker: $(RUNTIME_STAMP)
+	$(BIN)/python broker.py --config $(CONFIG)
+
+client: $(RUNTIME_STAMP)
+	$(BIN)/python chat_client.py --config $(CONFIG)
+
+keys: $(RUNTIME_STAMP)
+	@test -n "$(NAME)" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
+	$(BIN)/python -m chat.keystore "$(NAME)"
+
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory lint typecheck
+
+unit: $(DEV_STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

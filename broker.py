@@ -1,0 +1,166 @@
+"""The broker's I/O loop and command line: a ZeroMQ ROUTER that moves frames.
+
+All chat rules live in `chat.broker_core`. This file binds the socket, reads
+frames, sends what the core returns without ever blocking, reports peers that
+cannot be reached or keep up, and stops gracefully on an admin's /shutdown,
+`/shutdown` typed on its console, SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+import crypto
+from chat.broker_core import BrokerCore, Outgoing
+from chat.config import DEFAULT_CONFIG, Config, load_config
+from chat.errors import ConfigError
+from chat.keystore import KeyLayout, Registry, ensure_broker_keys
+
+log = logging.getLogger("broker")
+
+FLUSH_LINGER_MS = 3000
+MAX_MESSAGES_PER_TURN = 1000
+
+
+class Broker:
+    def __init__(self, config: Config, key: crypto.PrivateKey) -> None:
+        self.config = config
+        self.core = BrokerCore(key, Registry(KeyLayout(config.keys_dir)), config)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.SNDHWM, config.send_queue_limit)
+        self.socket.setsockopt(zmq.RCVHWM, config.send_queue_limit)
+        # Bigger messages make libzmq drop the connection before we see them.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * config.max_text_bytes + 64 * 1024)
+        port = "*" if config.server_port == 0 else str(config.server_port)
+        self.socket.bind(f"tcp://{config.server_ip}:{port}")
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.console: queue.Queue[str] = queue.Queue()
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        tick_ms = max(10, int(self.config.heartbeat_interval * 1000 / 2))
+        while self.stop_reason is None:
+            ready = dict(poller.poll(tick_ms))
+            if self.socket in ready:
+                self._read_clients()
+            while not self.console.empty():
+                self._console_command(self.console.get_nowait())
+            self._send(self.core.tick(time.monotonic()))
+            if self.core.shutdown_requested_by:
+                self.request_stop(f"/shutdown by {self.core.shutdown_requested_by}")
+        self._shutdown()
+
+    def _read_clients(self) -> None:
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            try:
+                message = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, frames = message[0], message[1:]
+            self._send(self.core.receive(identity, frames, time.monotonic()))
+            if self.core.shutdown_requested_by:
+                return
+
+    def _console_command(self, line: str) -> None:
+        line = line.strip()
+        if line == "/shutdown":
+            self.request_stop("/shutdown on the broker console")
+        elif line == "/who":
+            names = ", ".join(u.name for u in self.core.online()) or "nobody"
+            print(f"online: {names}", flush=True)
+        elif line:
+            print("console commands: /who, /shutdown", flush=True)
+
+    def _send(self, outgoing: list[Outgoing]) -> None:
+        queue = collections.deque(outgoing)
+        while queue:
+            item = queue.popleft()
+            try:
+                self.socket.send_multipart([item.identity, *item.frames], zmq.NOBLOCK)
+            except zmq.Again:
+                queue.extend(self.core.drop(item.identity, "too slow to keep up", time.monotonic()))
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                queue.extend(self.core.drop(item.identity, "connection lost", time.monotonic()))
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: %s", self.stop_reason)
+        self._send(self.core.shutdown(self.stop_reason or "broker", time.monotonic()))
+        self.socket.close(linger=FLUSH_LINGER_MS)
+        self.context.term()
+        log.info("broker stopped")
+
+
+def _console_reader(lines: queue.Queue[str]) -> None:
+    """Feed stdin lines to the poll loop, which looks at them every tick.
+
+    At end of input it just stops reading: the broker keeps running.
+    """
+    try:
+        for line in sys.stdin:
+            lines.put(line)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Encrypted chat broker (ZeroMQ ROUTER).")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config.json)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        config = load_config(args.config)
+        layout = KeyLayout(config.keys_dir)
+        key, created = ensure_broker_keys(layout)
+    except (ConfigError, crypto.KeyFileError, OSError) as exc:
+        print(f"broker: error: {exc}", file=sys.stderr)
+        return 1
+    if created:
+        log.info("created the broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public)
+    for problem in Registry(layout).audit():
+        log.error("registry: %s", problem)
+    try:
+        broker = Broker(config, key)
+    except zmq.ZMQError as exc:
+        print(f"broker: error: cannot listen on {config.server_ip}:{config.server_port}: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        broker.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if sys.stdin is not None and not sys.stdin.closed:
+        threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
+    log.info("listening on %s (broker key %s)", broker.endpoint, crypto.fingerprint(key))
+    log.info("admins: %s", ", ".join(sorted(config.admins)) or "none")
+    broker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

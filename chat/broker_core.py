@@ -1,0 +1,259 @@
+"""The broker's rules, without sockets: logins, sessions, fan-out, heartbeats.
+
+`BrokerCore.receive()` takes one message from a ROUTER identity and returns
+the messages to send; `tick()` does the timed work. The I/O loop in broker.py
+only moves frames and reports peers it could not reach via `drop()`.
+
+A routing identity is trusted only after it completed the login proof; its
+session is bound to it. Every failure of a peer's frame is a silent drop
+(details go to the log) or, during login, the one generic REFUSED answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import crypto
+from chat import protocol as p
+from chat.config import Config
+from chat.errors import RemoteProtocolError
+from chat.events import UserInfo
+from chat.keystore import Registry
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+EVICTED_MEMORY = 60.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    identity: bytes
+    frames: list[bytes]
+
+
+@dataclass
+class Pending:
+    user: str
+    key: crypto.PublicKey
+    bot: bool
+    client_nonce: bytes
+    server_nonce: bytes
+    started: float
+
+
+@dataclass
+class Session:
+    identity: bytes
+    info: UserInfo
+    key: crypto.PublicKey
+    session_id: str
+    last_heard: float
+    last_sent: float
+    seq_in: int = 0
+    seq_out: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def short(identity: bytes) -> str:
+    return identity.hex()[:10]
+
+
+class BrokerCore:
+    def __init__(self, key: crypto.PrivateKey, registry: Registry, config: Config) -> None:
+        self.key = key
+        self.registry = registry
+        self.config = config
+        self.max_body = p.max_body_bytes(config.max_text_bytes)
+        self.pending: dict[bytes, Pending] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self.by_name: dict[str, bytes] = {}
+        self.evicted: dict[bytes, float] = {}
+        self.shutdown_requested_by: str | None = None
+
+    # ------------------------------------------------------------ entry points
+
+    def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
+        try:
+            command, body = p.decode_frames(frames, p.CLIENT_COMMANDS, self.max_body)
+        except RemoteProtocolError as exc:
+            log.info("dropped frame from %s: %s", short(identity), exc)
+            return []
+        session = self.sessions.get(identity)
+        if session is not None:
+            session.last_heard = now
+            if command == p.SEND:
+                return self._on_send(session, body, now)
+            if command != p.PING:
+                log.info("dropped %s from logged-in %s", command.decode(), session.name)
+            return []
+        if command == p.HELLO:
+            return self._on_hello(identity, body, now)
+        if command == p.LOGIN:
+            return self._on_login(identity, body, now)
+        if identity in self.evicted:
+            return [Outgoing(identity, p.encode_frames(p.EVICTED))]
+        log.debug("dropped %s from unauthenticated %s", command.decode(), short(identity))
+        return []
+
+    def tick(self, now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for identity, pending in list(self.pending.items()):
+            if now - pending.started > HANDSHAKE_TIMEOUT:
+                del self.pending[identity]
+        for identity, since in list(self.evicted.items()):
+            if now - since > EVICTED_MEMORY:
+                del self.evicted[identity]
+        for session in list(self.sessions.values()):
+            if now - session.last_heard > self.config.heartbeat_timeout:
+                log.info("%s timed out", session.name)
+                out += self._remove(session, "timed out", now)
+            elif now - session.last_sent >= self.config.heartbeat_interval:
+                session.last_sent = now
+                out.append(Outgoing(session.identity, p.encode_frames(p.PING)))
+        return out
+
+    def drop(self, identity: bytes, reason: str, now: float) -> list[Outgoing]:
+        """The I/O layer could not deliver to `identity` (gone, or too slow): end its session."""
+        session = self.sessions.get(identity)
+        self.pending.pop(identity, None)
+        if session is None:
+            return []
+        log.warning("disconnecting %s: %s", session.name, reason)
+        self.evicted[identity] = now
+        return self._remove(session, reason, now)
+
+    def shutdown(self, by: str, now: float) -> list[Outgoing]:
+        """Tell everyone the broker is stopping; the caller flushes and exits."""
+        out = [self._event(s, {"type": "shutdown", "by": by}, now) for s in self.sessions.values()]
+        self.sessions.clear()
+        self.by_name.clear()
+        self.pending.clear()
+        return out
+
+    def online(self) -> list[UserInfo]:
+        return sorted((s.info for s in self.sessions.values()), key=lambda u: u.name)
+
+    # ------------------------------------------------------------ login
+
+    def _refuse(self, identity: bytes, why: str) -> list[Outgoing]:
+        log.info("login refused for %s: %s", short(identity), why)
+        self.pending.pop(identity, None)
+        return [Outgoing(identity, p.encode_frames(p.REFUSED))]
+
+    def _on_hello(self, identity: bytes, body: bytes, now: float) -> list[Outgoing]:
+        if identity not in self.pending and len(self.pending) >= self.config.max_pending_logins:
+            log.warning("too many logins in progress; dropped HELLO from %s", short(identity))
+            return []
+        try:
+            hello = p.Hello.decode(crypto.open_envelope(self.key, body, p.context(p.HELLO)))
+        except (crypto.CryptoError, RemoteProtocolError) as exc:
+            return self._refuse(identity, f"bad HELLO ({exc})")
+        user_key = self.registry.lookup(hello.user)
+        if user_key is None:
+            return self._refuse(identity, f"{hello.user!r} is not registered")
+        server_nonce = secrets.token_bytes(p.NONCE_BYTES)
+        self.pending[identity] = Pending(hello.user, user_key, hello.bot, hello.nonce, server_nonce, now)
+        proof = crypto.sign(self.key, p.broker_proof_input(hello.user, hello.nonce, server_nonce))
+        challenge = p.Challenge(hello.user, hello.nonce, server_nonce, proof)
+        body_out = crypto.seal(user_key, challenge.encode(), p.context(p.CHALLENGE))
+        return [Outgoing(identity, p.encode_frames(p.CHALLENGE, body_out))]
+
+    def _on_login(self, identity: bytes, body: bytes, now: float) -> list[Outgoing]:
+        pending = self.pending.pop(identity, None)
+        if pending is None:
+            return self._refuse(identity, "LOGIN without a challenge")
+        try:
+            login = p.Login.decode(crypto.open_envelope(self.key, body, p.context(p.LOGIN)))
+            signed = p.login_proof_input(pending.user, pending.client_nonce, pending.server_nonce)
+            crypto.verify(pending.key, signed, login.signature)
+        except (crypto.CryptoError, RemoteProtocolError) as exc:
+            return self._refuse(identity, f"bad LOGIN for {pending.user!r} ({exc})")
+        out: list[Outgoing] = []
+        previous = self.by_name.get(pending.user)
+        if previous is not None:
+            old = self.sessions[previous]
+            out.append(
+                self._event(
+                    old, {"type": "error", "message": "you logged in again elsewhere; this session is closed"}, now
+                )
+            )
+            out += self._remove(old, "logged in again", now)
+        info = UserInfo(
+            pending.user, crypto.fingerprint(pending.key), pending.bot, crypto.public_key_to_der(pending.key)
+        )
+        session = Session(identity, info, pending.key, p.session_id(pending.server_nonce), now, now)
+        self.sessions[identity] = session
+        self.by_name[info.name] = identity
+        self.evicted.pop(identity, None)
+        log.info("%s logged in (%s%s)", info.name, info.fingerprint[:23], ", bot" if info.bot else "")
+        welcome = {
+            "type": "welcome",
+            "name": info.name,
+            "users": [p.user_info_doc(u) for u in self.online()],
+            "heartbeat_interval": self.config.heartbeat_interval,
+            "heartbeat_timeout": self.config.heartbeat_timeout,
+            "max_text_bytes": self.config.max_text_bytes,
+        }
+        out.append(self._event(session, welcome, now))
+        out += self._broadcast({"type": "join", "user": p.user_info_doc(info)}, now, exclude=identity)
+        return out
+
+    # ------------------------------------------------------------ statements
+
+    def _on_send(self, session: Session, body: bytes, now: float) -> list[Outgoing]:
+        try:
+            doc = p.load_doc(crypto.open_envelope(self.key, body, p.context(p.SEND)))
+            signed = p.SignedStatement.from_doc(doc, self.config.max_text_bytes)
+            statement = p.Statement.parse(signed.statement)
+            if statement.sender != session.name or statement.session != session.session_id:
+                raise RemoteProtocolError("statement for another user or session")
+            if statement.seq != session.seq_in + 1:
+                raise RemoteProtocolError(f"sequence {statement.seq}, expected {session.seq_in + 1}")
+            crypto.verify(session.key, p.statement_signing_input(signed.statement), signed.signature)
+        except (crypto.CryptoError, RemoteProtocolError) as exc:
+            log.info("dropped SEND from %s: %s", session.name, exc)
+            return []
+        session.seq_in = statement.seq
+        if statement.kind == "chat":
+            problem = p.text_problem(statement.body, self.config.max_text_bytes)
+            if problem:
+                return [self._event(session, {"type": "error", "message": f"message refused: {problem}"}, now)]
+            return self._broadcast({"type": "chat", **signed.to_doc()}, now, exclude=session.identity)
+        if statement.kind == "who":
+            users = [p.user_info_doc(u) for u in self.online()]
+            return [self._event(session, {"type": "who", "users": users}, now)]
+        if statement.kind == "shutdown":
+            if session.name in self.config.admins:
+                log.info("shutdown requested by %s", session.name)
+                self.shutdown_requested_by = session.name
+                return []
+            message = "/shutdown refused: only admins listed in the broker's config.json may stop it"
+            return [self._event(session, {"type": "error", "message": message}, now)]
+        log.info("%s left", session.name)
+        return self._remove(session, "left", now)
+
+    # ------------------------------------------------------------ helpers
+
+    def _event(self, session: Session, event: dict[str, Any], now: float) -> Outgoing:
+        session.seq_out += 1
+        session.last_sent = now
+        plaintext = p.delivery_doc(session.session_id, session.seq_out, event)
+        return Outgoing(
+            session.identity, p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
+        )
+
+    def _broadcast(self, event: dict[str, Any], now: float, exclude: bytes) -> list[Outgoing]:
+        return [self._event(s, event, now) for s in list(self.sessions.values()) if s.identity != exclude]
+
+    def _remove(self, session: Session, reason: str, now: float) -> list[Outgoing]:
+        self.sessions.pop(session.identity, None)
+        if self.by_name.get(session.name) == session.identity:
+            del self.by_name[session.name]
+        return self._broadcast({"type": "leave", "name": session.name, "reason": reason}, now, exclude=session.identity)

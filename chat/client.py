@@ -1,0 +1,312 @@
+"""`ChatClient`: a logged-in chat session over a ZeroMQ DEALER socket, for people and bots.
+
+    from chat.client import ChatClient
+
+    with ChatClient.connect("127.0.0.1", 5000, "echo", "keys/private/echo.pem", bot=True) as bot:
+        for event in bot:
+            ...
+
+It owns the socket, heartbeats, and reconnection: when the broker goes silent
+it emits `ConnectionLost`, retries with exponential backoff and logs in again
+(never after a deliberate shutdown). Protocol rules live in `chat.session`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import zmq
+
+import crypto
+from chat.errors import ConnectError, RemoteProtocolError
+from chat.events import ConnectionLost, Event, Notice, Shutdown, Welcome
+from chat.protocol import text_problem
+from chat.session import ClientSession, State
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+FIRST_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_QUEUED_WHILE_OFFLINE = 1000
+
+
+def load_keys(
+    key_path: str | Path, broker_key_path: str | Path, passphrase: str | None = None
+) -> tuple[crypto.PrivateKey, crypto.PublicKey]:
+    """Load the user's private key and the pinned broker key (crypto.KeyFileError says what is wrong)."""
+    return crypto.load_private_key(Path(key_path), passphrase), crypto.load_public_key(Path(broker_key_path))
+
+
+class ChatClient:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        name: str,
+        key: crypto.PrivateKey,
+        broker_key: crypto.PublicKey,
+        *,
+        bot: bool = False,
+        reconnect: bool = True,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.endpoint = f"tcp://{host}:{port}"
+        self.name = name
+        self.key = key
+        self.broker_key = broker_key
+        self.bot = bot
+        self.reconnect = reconnect
+        self.connect_timeout = connect_timeout
+        self._own_context = context is None
+        self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
+        self._socket: zmq.Socket[bytes] | None = None
+        self.session = ClientSession(name, key, broker_key, bot=bot)
+        self._events: collections.deque[Event] = collections.deque()
+        self._outbox: collections.deque[str] = collections.deque(maxlen=MAX_QUEUED_WHILE_OFFLINE)
+        self._ever_logged_in = False
+        self._closed = False
+        self._attempt_deadline = 0.0
+        self._retry_at: float | None = None
+        self._retry_delay = FIRST_RETRY_DELAY
+        self._last_heard = 0.0
+        self._last_sent = 0.0
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def connect(
+        cls,
+        host: str,
+        port: int,
+        name: str,
+        key_path: str | Path,
+        broker_key_path: str | Path = "keys/broker.pub",
+        *,
+        passphrase: str | None = None,
+        bot: bool = False,
+        reconnect: bool = True,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> ChatClient:
+        """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message."""
+        key, broker_key = load_keys(key_path, broker_key_path, passphrase)
+        client = cls(host, port, name, key, broker_key, bot=bot, reconnect=reconnect, connect_timeout=connect_timeout)
+        try:
+            client.login()
+        except BaseException:
+            client.close(say_bye=False)
+            raise
+        return client
+
+    def login(self) -> None:
+        """Connect and log in, blocking until the broker welcomed us (or ConnectError)."""
+        self._start_attempt(time.monotonic())
+        while self.session.state is not State.READY:
+            self.poll(0.1)
+
+    # ------------------------------------------------------------ what a user does
+
+    @property
+    def online(self) -> bool:
+        return self.session.state is State.READY
+
+    def send(self, text: str) -> None:
+        """Send a chat message to everyone else. ValueError if the text cannot be sent.
+
+        While reconnecting, messages are queued (up to 1000) and sent after the next login.
+        """
+        if self.online:
+            self._send(self.session.say(text))
+        else:
+            problem = text_problem(text, self.session.max_text_bytes)
+            if problem:
+                raise ValueError(problem)
+            self._outbox.append(text)
+
+    def who(self) -> None:
+        """Ask who is online; the answer arrives as a WhoList event."""
+        self._request("who")
+
+    def request_shutdown(self) -> None:
+        """Ask the broker to stop (admins only; others get a Notice)."""
+        self._request("shutdown")
+
+    def receive(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None after `timeout` seconds (None waits forever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._events:
+            if self._closed:
+                return None
+            remaining = 0.5 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.poll(min(remaining, 0.5))
+        return self._events.popleft()
+
+    def __iter__(self) -> Iterator[Event]:
+        """Every event until the broker shuts down or the client is closed."""
+        while not self._closed:
+            event = self.receive(None)
+            if event is not None:
+                yield event
+
+    def close(self, say_bye: bool = True) -> None:
+        """Leave the chat (telling the broker when logged in) and close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._socket is not None:
+            if say_bye and self.online:
+                self._send(self.session.request("bye"))
+                self._socket.close(linger=1000)
+            else:
+                self._socket.close(linger=0)
+            self._socket = None
+        self.session.state = State.CLOSED
+        if self._own_context:
+            self._context.term()  # waits for the goodbye to be flushed (bounded by linger)
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the loop
+
+    def poll(self, timeout: float, also: Sequence[zmq.Socket[bytes]] = ()) -> list[zmq.Socket[bytes]]:
+        """Wait up to `timeout` seconds for the broker or the sockets in `also`.
+
+        Queues any events (take them with `receive()` or `drain()`), keeps
+        heartbeats and reconnection going, and returns which `also` sockets
+        are readable, so a program can run one poll loop over the chat and its
+        own input. Raises ConnectError when the first login fails.
+        """
+        poller = zmq.Poller()
+        if self._socket is not None:
+            poller.register(self._socket, zmq.POLLIN)
+        for sock in also:
+            poller.register(sock, zmq.POLLIN)
+        ready = dict(poller.poll(int(max(0.0, timeout) * 1000)))
+        if self._socket is not None and self._socket in ready:
+            self._read_socket()
+        self._maintain(time.monotonic())
+        return [sock for sock in also if sock in ready]
+
+    def drain(self) -> list[Event]:
+        """All events received so far."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def _read_socket(self) -> None:
+        while self._socket is not None:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                events, reply = self.session.receive(frames)
+            except RemoteProtocolError as exc:
+                log.debug("dropped a frame from the broker: %s", exc)
+                continue
+            except ConnectError:
+                self._give_up_attempt()
+                raise
+            if reply is not None:
+                self._send(reply)
+            for event in events:
+                self._on_event(event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Welcome):
+            self._retry_delay = FIRST_RETRY_DELAY
+            self._ever_logged_in = True
+            while self._outbox and self.online:
+                self._send(self.session.say(self._outbox.popleft()))
+        self._events.append(event)
+        if isinstance(event, Shutdown):
+            self.close(say_bye=False)
+        elif isinstance(event, Notice) and self.session.state is State.CLOSED:
+            self._connection_lost("evicted by the broker", time.monotonic())
+
+    def _maintain(self, now: float) -> None:
+        if self._closed:
+            return
+        state = self.session.state
+        if self._retry_at is not None:
+            if now >= self._retry_at:
+                self._start_attempt(now)
+        elif state in (State.HELLO_SENT, State.LOGIN_SENT):
+            if now > self._attempt_deadline:
+                if not self._ever_logged_in:
+                    self._give_up_attempt()
+                    raise ConnectError(
+                        f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
+                        " (is it running, and is this its key?)"
+                    )
+                self._connection_lost("login attempt timed out", now)
+        elif state is State.READY:
+            if now - self._last_heard > self.session.heartbeat_timeout:
+                self._connection_lost("the broker stopped answering", now)
+            elif now - self._last_sent >= self.session.heartbeat_interval:
+                self._send(self.session.ping())
+
+    def _connection_lost(self, reason: str, now: float) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        self.session.state = State.CLOSED
+        if not self.reconnect:
+            self._closed = True
+            raise ConnectError(f"connection to the broker lost: {reason}")
+        delay = self._retry_delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+        self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+        self._retry_at = now + delay
+        self._events.append(ConnectionLost(reason, round(delay, 1)))
+
+    def _start_attempt(self, now: float) -> None:
+        self._retry_at = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        sock.connect(self.endpoint)
+        self._socket = sock
+        self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot)
+        self._last_heard = now
+        self._attempt_deadline = now + self.connect_timeout
+        self._send(self.session.hello())
+
+    def _give_up_attempt(self) -> None:
+        self._closed = True
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _request(self, kind: str) -> None:
+        if not self.online:
+            raise ConnectError("not connected to the broker right now")
+        self._send(self.session.request(kind))
+
+    def _send(self, frames: list[bytes]) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self._events.append(Notice("not sent: the queue to the broker is full"))
+            return
+        self._last_sent = time.monotonic()

@@ -1,0 +1,110 @@
+"""config.json: the broker's address, admins, key directory and limits.
+
+Only `server_ip` and `server_port` are required; every other key has a safe
+default. Relative paths are taken relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chat.errors import ConfigError
+from chat.protocol import DEFAULT_MAX_TEXT_BYTES, NAME_PATTERN
+
+DEFAULT_CONFIG = Path("config.json")
+
+
+@dataclass(frozen=True)
+class Config:
+    server_ip: str
+    server_port: int
+    admins: frozenset[str] = frozenset()
+    keys_dir: Path = Path("keys")
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 6.0
+    send_queue_limit: int = 1000
+    max_pending_logins: int = 1000
+    source: Path = field(default=DEFAULT_CONFIG, compare=False)
+
+
+_KNOWN_KEYS = {
+    "server_ip",
+    "server_port",
+    "admins",
+    "keys_dir",
+    "max_text_bytes",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "send_queue_limit",
+    "max_pending_logins",
+}
+
+
+def _number(raw: dict[str, Any], key: str, default: float, low: float, high: float, integer: bool) -> Any:
+    value = raw.get(key, default)
+    kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not kind_ok or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"'{key}' must be {kind} from {low:g} to {high:g}, not {value!r}")
+    return value
+
+
+def parse_config(raw: Any, source: Path) -> Config:
+    """Validate a decoded config document; ConfigError names the bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the file must hold a JSON object")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(unknown)}")
+    ip = raw.get("server_ip")
+    if not isinstance(ip, str):
+        raise ConfigError("'server_ip' must be a string such as \"127.0.0.1\"")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ConfigError(f"'server_ip' is not an IP address: {ip!r}") from None
+    if "server_port" not in raw:
+        raise ConfigError("'server_port' is missing")
+    port = _number(raw, "server_port", 0, 0, 65535, integer=True)
+    admins = raw.get("admins", [])
+    if not isinstance(admins, list) or not all(isinstance(a, str) and NAME_PATTERN.fullmatch(a) for a in admins):
+        raise ConfigError("'admins' must be a list of user names")
+    keys_dir = raw.get("keys_dir", "keys")
+    if not isinstance(keys_dir, str) or not keys_dir:
+        raise ConfigError("'keys_dir' must be a path")
+    interval = _number(raw, "heartbeat_interval", 1.0, 0.05, 60, integer=False)
+    timeout = _number(raw, "heartbeat_timeout", 6.0, 0.2, 600, integer=False)
+    if timeout < 2 * interval:
+        raise ConfigError("'heartbeat_timeout' must be at least twice 'heartbeat_interval'")
+    return Config(
+        server_ip=ip,
+        server_port=port,
+        admins=frozenset(admins),
+        keys_dir=(source.parent / keys_dir),
+        max_text_bytes=_number(raw, "max_text_bytes", DEFAULT_MAX_TEXT_BYTES, 1, 1024 * 1024, integer=True),
+        heartbeat_interval=float(interval),
+        heartbeat_timeout=float(timeout),
+        send_queue_limit=_number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True),
+        max_pending_logins=_number(raw, "max_pending_logins", 1000, 1, 1_000_000, integer=True),
+        source=source,
+    )
+
+
+def load_config(path: Path = DEFAULT_CONFIG) -> Config:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    try:
+        return parse_config(raw, path)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None

@@ -1,0 +1,376 @@
+"""Wire protocol zchat/1, without I/O: frames, documents, signing inputs, limits.
+
+Every ZeroMQ message between a client (DEALER) and the broker (ROUTER) has
+exactly three frames: the marker b"zchat/1", a command name, and a body. A
+body is either empty (PING, REFUSED, EVICTED) or a hybrid envelope (see
+`crypto.envelope`) whose plaintext is a UTF-8 JSON object. docs/PROTOCOL.md is
+the normative description; this module is its one implementation.
+
+Decoding functions raise RemoteProtocolError for anything a peer could get
+wrong; building functions raise LocalProtocolError for our own misuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from chat.errors import LocalProtocolError, RemoteProtocolError
+from chat.events import UserInfo
+
+MARKER = b"zchat/1"
+
+# Commands a client sends.
+HELLO = b"HELLO"
+LOGIN = b"LOGIN"
+SEND = b"SEND"
+PING = b"PING"
+# Commands the broker sends (and PING).
+CHALLENGE = b"CHALLENGE"
+EVENT = b"EVENT"
+REFUSED = b"REFUSED"
+EVICTED = b"EVICTED"
+
+CLIENT_COMMANDS = frozenset({HELLO, LOGIN, SEND, PING})
+BROKER_COMMANDS = frozenset({CHALLENGE, EVENT, REFUSED, EVICTED, PING})
+BODYLESS_COMMANDS = frozenset({PING, REFUSED, EVICTED})
+FRAME_COUNT = 3
+
+NONCE_BYTES = 32
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+DEFAULT_MAX_TEXT_BYTES = 64 * 1024
+MAX_SEQ = 2**53 - 1
+# Statement kinds a logged-in client may send.
+STATEMENT_KINDS = frozenset({"chat", "who", "shutdown", "bye"})
+
+
+def max_body_bytes(max_text_bytes: int) -> int:
+    """Largest acceptable body: JSON escaping at most doubles the text, plus fixed overhead."""
+    return 2 * max_text_bytes + 16 * 1024
+
+
+def context(command: bytes) -> bytes:
+    """The envelope context (OAEP label and AEAD data) for a command's body."""
+    return MARKER + b"|" + command
+
+
+# ---------------------------------------------------------------- frames
+
+
+def encode_frames(command: bytes, body: bytes = b"") -> list[bytes]:
+    if command in BODYLESS_COMMANDS and body:
+        raise LocalProtocolError(f"{command!r} carries no body")
+    return [MARKER, command, body]
+
+
+def decode_frames(frames: list[bytes], allowed: frozenset[bytes], max_body: int) -> tuple[bytes, bytes]:
+    """Check frame count, marker, command and size before anything else looks at a message."""
+    if len(frames) != FRAME_COUNT:
+        raise RemoteProtocolError(f"expected {FRAME_COUNT} frames, got {len(frames)}")
+    marker, command, body = frames
+    if marker != MARKER:
+        raise RemoteProtocolError("wrong protocol marker")
+    if command not in allowed:
+        raise RemoteProtocolError("unknown command")
+    if len(body) > max_body:
+        raise RemoteProtocolError(f"body of {len(body)} bytes exceeds {max_body}")
+    if command in BODYLESS_COMMANDS and body:
+        raise RemoteProtocolError("unexpected body")
+    return command, body
+
+
+# ---------------------------------------------------------------- JSON documents
+
+
+def dump_doc(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def load_doc(data: bytes | str) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError("body is not UTF-8 JSON") from exc
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError("body is not a JSON object")
+    return doc
+
+
+def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
+    value = doc.get(key)
+    # bool is an int in Python; never accept one for the other.
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+        raise RemoteProtocolError(f"field {key!r} missing or not {kind.__name__}")
+    return value
+
+
+def get_str(doc: dict[str, Any], key: str) -> str:
+    return str(_field(doc, key, str))
+
+
+def get_bool(doc: dict[str, Any], key: str) -> bool:
+    return bool(_field(doc, key, bool))
+
+
+def get_int(doc: dict[str, Any], key: str, low: int = 0, high: int = MAX_SEQ) -> int:
+    value = int(_field(doc, key, int))
+    if not low <= value <= high:
+        raise RemoteProtocolError(f"field {key!r} out of range")
+    return value
+
+
+def get_float(doc: dict[str, Any], key: str) -> float:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RemoteProtocolError(f"field {key!r} missing or not a number")
+    return float(value)
+
+
+def get_name(doc: dict[str, Any], key: str) -> str:
+    value = get_str(doc, key)
+    if not NAME_PATTERN.fullmatch(value):
+        raise RemoteProtocolError(f"field {key!r} is not a valid name")
+    return value
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def get_b64(doc: dict[str, Any], key: str, length: int | None = None, max_length: int = 8192) -> bytes:
+    text = get_str(doc, key)
+    if len(text) > (max_length * 4) // 3 + 4:
+        raise RemoteProtocolError(f"field {key!r} too long")
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RemoteProtocolError(f"field {key!r} is not base64") from exc
+    if length is not None and len(value) != length:
+        raise RemoteProtocolError(f"field {key!r} has the wrong length")
+    return value
+
+
+# ---------------------------------------------------------------- names and text
+
+
+def check_name(name: str) -> str:
+    """Validate a user name we are about to use (LocalProtocolError if invalid)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise LocalProtocolError(f"invalid name {name!r}: use 1-32 of A-Z a-z 0-9 _ -")
+    return name
+
+
+def text_problem(text: str, max_text_bytes: int) -> str | None:
+    """Why `text` cannot be a chat message, or None if it can.
+
+    Control characters (other than tab) are refused: they could rewrite a
+    recipient's terminal.
+    """
+    if not text.strip():
+        return "message is empty"
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > max_text_bytes:
+        return f"message is {size} bytes, the limit is {max_text_bytes}"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch != "\t" for ch in text):
+        return "message contains control characters"
+    return None
+
+
+# ---------------------------------------------------------------- signing inputs
+
+
+def broker_proof_input(user: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
+    """Bytes the broker signs in CHALLENGE to prove it holds the pinned broker key."""
+    return MARKER + b"|broker|" + user.encode("ascii") + b"|" + client_nonce + server_nonce
+
+
+def login_proof_input(user: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
+    """Bytes the client signs in LOGIN to prove it holds its registered key."""
+    return MARKER + b"|login|" + user.encode("ascii") + b"|" + client_nonce + server_nonce
+
+
+def statement_signing_input(statement: str) -> bytes:
+    """Bytes a client signs for each statement (the statement's exact UTF-8 JSON)."""
+    return MARKER + b"|statement|" + statement.encode("utf-8")
+
+
+# ---------------------------------------------------------------- handshake documents
+
+
+@dataclass(frozen=True)
+class Hello:
+    user: str
+    nonce: bytes
+    bot: bool
+
+    def encode(self) -> bytes:
+        return dump_doc({"user": check_name(self.user), "nonce": b64(self.nonce), "bot": self.bot})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Hello:
+        doc = load_doc(data)
+        return cls(get_name(doc, "user"), get_b64(doc, "nonce", NONCE_BYTES), get_bool(doc, "bot"))
+
+
+@dataclass(frozen=True)
+class Challenge:
+    user: str
+    client_nonce: bytes
+    server_nonce: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        return dump_doc(
+            {
+                "user": self.user,
+                "client_nonce": b64(self.client_nonce),
+                "server_nonce": b64(self.server_nonce),
+                "sig": b64(self.signature),
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Challenge:
+        doc = load_doc(data)
+        return cls(
+            get_name(doc, "user"),
+            get_b64(doc, "client_nonce", NONCE_BYTES),
+            get_b64(doc, "server_nonce", NONCE_BYTES),
+            get_b64(doc, "sig"),
+        )
+
+
+@dataclass(frozen=True)
+class Login:
+    signature: bytes
+
+    def encode(self) -> bytes:
+        return dump_doc({"sig": b64(self.signature)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Login:
+        return cls(get_b64(load_doc(data), "sig"))
+
+
+def session_id(server_nonce: bytes) -> str:
+    """A session's name on the wire: the hex of the broker's challenge nonce."""
+    return server_nonce.hex()
+
+
+# ---------------------------------------------------------------- statements (client -> broker, signed)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """Something a logged-in client says, signed by its author.
+
+    `text` is the JSON document exactly as signed; the parsed fields are kept
+    beside it so the signed bytes never have to be re-serialised.
+    """
+
+    kind: str
+    sender: str
+    session: str
+    seq: int
+    timestamp: float
+    body: str
+    text: str
+
+    @classmethod
+    def build(cls, kind: str, sender: str, session: str, seq: int, timestamp: float, body: str = "") -> Statement:
+        if kind not in STATEMENT_KINDS:
+            raise LocalProtocolError(f"unknown statement kind {kind!r}")
+        doc: dict[str, Any] = {
+            "type": kind,
+            "from": check_name(sender),
+            "session": session,
+            "seq": seq,
+            "ts": timestamp,
+        }
+        if kind == "chat":
+            doc["text"] = body
+        return cls(kind, sender, session, seq, timestamp, body, dump_doc(doc).decode("utf-8"))
+
+    @classmethod
+    def parse(cls, text: str) -> Statement:
+        doc = load_doc(text)
+        kind = get_str(doc, "type")
+        if kind not in STATEMENT_KINDS:
+            raise RemoteProtocolError("unknown statement type")
+        body = get_str(doc, "text") if kind == "chat" else ""
+        return cls(
+            kind,
+            get_name(doc, "from"),
+            get_str(doc, "session"),
+            get_int(doc, "seq", 1),
+            get_float(doc, "ts"),
+            body,
+            text,
+        )
+
+
+@dataclass(frozen=True)
+class SignedStatement:
+    """A statement with its author's RSA-PSS signature: the SEND body, relayed verbatim in chat events."""
+
+    statement: str
+    signature: bytes
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"signed": self.statement, "sig": b64(self.signature)}
+
+    def encode(self) -> bytes:
+        return dump_doc(self.to_doc())
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], max_text_bytes: int) -> SignedStatement:
+        statement = get_str(doc, "signed")
+        if len(statement) > max_body_bytes(max_text_bytes):
+            raise RemoteProtocolError("statement too long")
+        return cls(statement, get_b64(doc, "sig"))
+
+
+# ---------------------------------------------------------------- deliveries (broker -> client)
+
+
+def user_info_doc(user: UserInfo) -> dict[str, Any]:
+    return {"name": user.name, "key": b64(user.key_der), "fingerprint": user.fingerprint, "bot": user.bot}
+
+
+def parse_user_info(doc: Any) -> UserInfo:
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError("user entry is not an object")
+    return UserInfo(get_name(doc, "name"), get_str(doc, "fingerprint"), get_bool(doc, "bot"), get_b64(doc, "key"))
+
+
+def parse_user_list(doc: dict[str, Any], key: str) -> tuple[UserInfo, ...]:
+    users = doc.get(key)
+    if not isinstance(users, list):
+        raise RemoteProtocolError(f"field {key!r} is not a list")
+    return tuple(parse_user_info(entry) for entry in users)
+
+
+def delivery_doc(session: str, seq: int, event: dict[str, Any]) -> bytes:
+    return dump_doc({"session": session, "seq": seq, "event": event})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    session: str
+    seq: int
+    event: dict[str, Any]
+    kind: str
+
+    @classmethod
+    def decode(cls, data: bytes) -> Delivery:
+        doc = load_doc(data)
+        event = doc.get("event")
+        if not isinstance(event, dict):
+            raise RemoteProtocolError("delivery without event object")
+        return cls(get_str(doc, "session"), get_int(doc, "seq", 1), event, get_str(event, "type"))

@@ -1,0 +1,216 @@
+"""One client login session, without sockets: handshake, sealing, sequence numbers, verification.
+
+`ClientSession` turns what the user wants to say into frames and frames from
+the broker into typed events (`chat.events`). It checks everything the broker
+sends: the broker's proof of its pinned key, each delivery's session and
+sequence number (so replayed, reordered or reflected frames are rejected), and
+each chat message's author signature.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from dataclasses import dataclass
+
+import crypto
+from chat import protocol as p
+from chat.errors import ConnectError, LocalProtocolError, RemoteProtocolError
+from chat.events import (
+    ChatMessage,
+    Event,
+    Joined,
+    Left,
+    Notice,
+    Shutdown,
+    UserInfo,
+    Welcome,
+    WhoList,
+)
+
+REFUSED_MESSAGE = (
+    "login refused: the broker does not accept {name!r} with this key "
+    "(is the name registered with this key, and is the broker key the right one?)"
+)
+
+
+class State(enum.Enum):
+    NEW = "new"
+    HELLO_SENT = "hello sent"
+    LOGIN_SENT = "login sent"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+@dataclass
+class _Peer:
+    info: UserInfo
+    key: crypto.PublicKey
+    last_statement: tuple[str, int] = ("", 0)
+
+
+class ClientSession:
+    def __init__(self, name: str, key: crypto.PrivateKey, broker_key: crypto.PublicKey, *, bot: bool = False) -> None:
+        self.name = p.check_name(name)
+        self.key = key
+        self.broker_key = broker_key
+        self.bot = bot
+        self.state = State.NEW
+        self.max_text_bytes = p.DEFAULT_MAX_TEXT_BYTES
+        self.heartbeat_interval = 1.0
+        self.heartbeat_timeout = 6.0
+        self.session_id = ""
+        self._client_nonce = b""
+        self._seq_out = 0
+        self._seq_in = 0
+        self._peers: dict[str, _Peer] = {}
+
+    # ------------------------------------------------------------ outgoing
+
+    def hello(self) -> list[bytes]:
+        if self.state is not State.NEW:
+            raise LocalProtocolError("hello() is the first step of a session")
+        self._client_nonce = secrets.token_bytes(p.NONCE_BYTES)
+        doc = p.Hello(self.name, self._client_nonce, self.bot).encode()
+        self.state = State.HELLO_SENT
+        return p.encode_frames(p.HELLO, crypto.seal(self.broker_key, doc, p.context(p.HELLO)))
+
+    def say(self, text: str) -> list[bytes]:
+        """Frames for a chat message; ValueError says why a text cannot be sent."""
+        problem = p.text_problem(text, self.max_text_bytes)
+        if problem:
+            raise ValueError(problem)
+        return self._statement("chat", text)
+
+    def request(self, kind: str) -> list[bytes]:
+        """Frames for a command statement: "who", "shutdown" or "bye"."""
+        if kind == "chat":
+            raise LocalProtocolError("use say() for chat messages")
+        return self._statement(kind, "")
+
+    def ping(self) -> list[bytes]:
+        return p.encode_frames(p.PING)
+
+    def _statement(self, kind: str, body: str) -> list[bytes]:
+        if self.state is not State.READY:
+            raise LocalProtocolError("not logged in")
+        self._seq_out += 1
+        statement = p.Statement.build(kind, self.name, self.session_id, self._seq_out, time.time(), body)
+        signature = crypto.sign(self.key, p.statement_signing_input(statement.text))
+        doc = p.SignedStatement(statement.text, signature).encode()
+        return p.encode_frames(p.SEND, crypto.seal(self.broker_key, doc, p.context(p.SEND)))
+
+    # ------------------------------------------------------------ incoming
+
+    def receive(self, frames: list[bytes]) -> tuple[list[Event], list[bytes] | None]:
+        """Handle one broker message: (events for the user, frames to send back or None).
+
+        Raises RemoteProtocolError for a frame to drop, ConnectError when the
+        broker refused the login or failed to prove its key.
+        """
+        command, body = p.decode_frames(frames, p.BROKER_COMMANDS, p.max_body_bytes(self.max_text_bytes) * 2)
+        if command == p.PING:
+            return [], None
+        if command == p.REFUSED and self.state in (State.HELLO_SENT, State.LOGIN_SENT):
+            self.state = State.CLOSED
+            raise ConnectError(REFUSED_MESSAGE.format(name=self.name))
+        if command == p.EVICTED and self.state is State.READY:
+            self.state = State.CLOSED
+            return [Notice("the broker disconnected us: we did not keep up with the traffic")], None
+        if command == p.CHALLENGE and self.state is State.HELLO_SENT:
+            return [], self._on_challenge(body)
+        if command == p.EVENT and self.state in (State.LOGIN_SENT, State.READY):
+            return self._on_event(body), None
+        raise RemoteProtocolError(f"unexpected {command.decode()} in state {self.state.value}")
+
+    def _on_challenge(self, body: bytes) -> list[bytes]:
+        try:
+            challenge = p.Challenge.decode(crypto.open_envelope(self.key, body, p.context(p.CHALLENGE)))
+            if challenge.user != self.name or challenge.client_nonce != self._client_nonce:
+                raise RemoteProtocolError("challenge for another login")
+            proof = p.broker_proof_input(self.name, self._client_nonce, challenge.server_nonce)
+            crypto.verify(self.broker_key, proof, challenge.signature)
+        except (crypto.CryptoError, RemoteProtocolError):
+            self.state = State.CLOSED
+            raise ConnectError(
+                "broker authentication failed: it could not prove it holds the pinned broker key"
+            ) from None
+        self.session_id = p.session_id(challenge.server_nonce)
+        login_proof = crypto.sign(self.key, p.login_proof_input(self.name, self._client_nonce, challenge.server_nonce))
+        self.state = State.LOGIN_SENT
+        return p.encode_frames(p.LOGIN, crypto.seal(self.broker_key, p.Login(login_proof).encode(), p.context(p.LOGIN)))
+
+    def _on_event(self, body: bytes) -> list[Event]:
+        try:
+            delivery = p.Delivery.decode(crypto.open_envelope(self.key, body, p.context(p.EVENT)))
+        except crypto.CryptoError:
+            raise RemoteProtocolError("event did not open") from None
+        if delivery.session != self.session_id:
+            raise RemoteProtocolError("event for another session")
+        if delivery.seq != self._seq_in + 1:
+            raise RemoteProtocolError(f"event sequence {delivery.seq}, expected {self._seq_in + 1}")
+        if self.state is State.LOGIN_SENT and delivery.kind != "welcome":
+            raise RemoteProtocolError("first event is not a welcome")
+        events = self._interpret(delivery)
+        self._seq_in = delivery.seq
+        return events
+
+    def _interpret(self, delivery: p.Delivery) -> list[Event]:
+        event, kind = delivery.event, delivery.kind
+        if kind == "welcome":
+            if self.state is not State.LOGIN_SENT or p.get_name(event, "name") != self.name:
+                raise RemoteProtocolError("unexpected welcome")
+            users = p.parse_user_list(event, "users")
+            self._peers = {u.name: self._peer(u) for u in users}
+            self.heartbeat_interval = p.get_float(event, "heartbeat_interval")
+            self.heartbeat_timeout = p.get_float(event, "heartbeat_timeout")
+            self.max_text_bytes = p.get_int(event, "max_text_bytes", 1, 1 << 24)
+            self.state = State.READY
+            return [Welcome(self.name, users)]
+        if kind == "chat":
+            return [self._verify_chat(event)]
+        if kind == "join":
+            user = p.parse_user_info(event.get("user"))
+            self._peers[user.name] = self._peer(user)
+            return [Joined(user)]
+        if kind == "leave":
+            name = p.get_name(event, "name")
+            self._peers.pop(name, None)
+            return [Left(name, p.get_str(event, "reason"))]
+        if kind == "who":
+            return [WhoList(p.parse_user_list(event, "users"))]
+        if kind == "error":
+            return [Notice(p.get_str(event, "message"))]
+        if kind == "shutdown":
+            self.state = State.CLOSED
+            return [Shutdown(p.get_str(event, "by"))]
+        raise RemoteProtocolError(f"unknown event type {kind!r}")
+
+    @staticmethod
+    def _peer(user: UserInfo) -> _Peer:
+        try:
+            key = crypto.public_key_from_der(user.key_der)
+        except ValueError:
+            raise RemoteProtocolError(f"bad key for {user.name}") from None
+        if crypto.fingerprint(key) != user.fingerprint:
+            raise RemoteProtocolError(f"fingerprint mismatch for {user.name}")
+        return _Peer(user, key)
+
+    def _verify_chat(self, event: dict[str, object]) -> ChatMessage:
+        signed = p.SignedStatement.from_doc(event, self.max_text_bytes)
+        statement = p.Statement.parse(signed.statement)
+        peer = self._peers.get(statement.sender)
+        if peer is None or statement.kind != "chat":
+            raise RemoteProtocolError("chat from someone not online")
+        try:
+            crypto.verify(peer.key, p.statement_signing_input(signed.statement), signed.signature)
+        except crypto.CryptoError:
+            raise RemoteProtocolError(f"bad author signature on a message from {statement.sender}") from None
+        last_session, last_seq = peer.last_statement
+        if statement.session == last_session and statement.seq <= last_seq:
+            raise RemoteProtocolError(f"replayed message from {statement.sender}")
+        if p.text_problem(statement.body, self.max_text_bytes):
+            raise RemoteProtocolError("unacceptable message text")
+        peer.last_statement = (statement.session, statement.seq)
+        return ChatMessage(statement.sender, statement.body, statement.timestamp)

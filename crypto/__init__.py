@@ -1,0 +1,49 @@
+"""The only place that touches PyCryptodome.
+
+A few verbs, no knobs: generate/load/export RSA keys, seal/open a hybrid
+envelope (RSA-OAEP wrapping an AES-256-GCM body), sign/verify (RSA-PSS), and
+fingerprint a public key. Every algorithm, hash, mask function and mode is
+fixed here and passed explicitly; callers never choose one.
+
+Every failure to open or verify something a peer sent raises the single
+`CryptoError`, whose message never says which step failed.
+"""
+
+from crypto.envelope import open_envelope, seal
+from crypto.errors import CryptoError, KeyFileError
+from crypto.keys import (
+    MIN_KEY_BITS,
+    PrivateKey,
+    PublicKey,
+    export_private_pem,
+    export_public_pem,
+    fingerprint,
+    generate_private_key,
+    key_bits,
+    load_private_key,
+    load_public_key,
+    public_key_from_der,
+    public_key_to_der,
+)
+from crypto.signing import sign, verify
+
+__all__ = [
+    "MIN_KEY_BITS",
+    "CryptoError",
+    "KeyFileError",
+    "PrivateKey",
+    "PublicKey",
+    "export_private_pem",
+    "export_public_pem",
+    "fingerprint",
+    "generate_private_key",
+    "key_bits",
+    "load_private_key",
+    "load_public_key",
+    "open_envelope",
+    "public_key_from_der",
+    "public_key_to_der",
+    "seal",
+    "sign",
+    "verify",
+]
