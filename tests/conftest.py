@@ -1,0 +1,230 @@
+"""Shared fixtures: a key ring made once per run, real brokers on loopback, clients that get closed.
+
+Every wait has a timeout; every socket is closed with linger 0 (ChatClient
+does that itself; `raw_dealer` below for hand-made sockets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import crypto
+from chat.client import ChatClient
+from chat.events import Event
+from chat.keystore import KeyLayout, write_private_key, write_public_key
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_KEY_BITS = 2048
+REGISTERED = ("alice", "bob", "carol", "admin")
+# Fast heartbeats so liveness tests finish quickly.
+TEST_CONFIG: dict[str, Any] = {
+    "server_ip": "127.0.0.1",
+    "server_port": 0,
+    "admins": ["admin"],
+    "heartbeat_interval": 0.2,
+    "heartbeat_timeout": 1.5,
+}
+WAIT = 10.0  # default upper bound for any expected event
+
+
+@dataclass
+class KeyRing:
+    """Keys generated once per test run: the broker, registered users, and an outsider."""
+
+    root: Path
+    keys: dict[str, crypto.PrivateKey] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> KeyLayout:
+        return KeyLayout(self.root)
+
+    def private(self, name: str) -> Path:
+        return self.layout.client_private(name)
+
+
+@pytest.fixture(scope="session")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    ring = KeyRing(tmp_path_factory.mktemp("keyring"))
+    layout = ring.layout
+    broker_key = crypto.generate_private_key(TEST_KEY_BITS)
+    write_private_key(layout.broker_private, broker_key)
+    write_public_key(layout.broker_public, broker_key)
+    ring.keys["broker"] = broker_key
+    for name in (*REGISTERED, "mallory"):
+        key = crypto.generate_private_key(TEST_KEY_BITS)
+        ring.keys[name] = key
+        write_private_key(layout.client_private(name), key)
+        if name != "mallory":  # mallory has a key but is not registered
+            write_public_key(layout.client_public(name), key)
+    (layout.clients_dir).mkdir(exist_ok=True)
+    return ring
+
+
+class BrokerProcess:
+    """broker.py as its own process on a free loopback port, logging to a file."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "config.json"
+        self.log_path = workdir / "broker.log"
+        self.config = dict(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def keys(self) -> KeyLayout:
+        return KeyLayout(self.workdir / "keys")
+
+    def start(self, port: int | None = None, stdin: int | None = subprocess.DEVNULL) -> BrokerProcess:
+        self.config["server_port"] = self.port if port is None else port
+        self.config_path.write_text(json.dumps(self.config))
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "broker.py"), "--config", str(self.config_path)],
+                cwd=self.workdir,
+                stdin=stdin,
+                stdout=log,
+                stderr=log,
+            )
+        match = self.wait_for_log(r"listening on tcp://[\d.]+:(\d+)", since=offset)
+        self.port = int(match.group(1))
+        return self
+
+    def log(self, since: int = 0) -> str:
+        return self.log_path.read_bytes()[since:].decode("utf-8", errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 15.0, since: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log(since))
+            if match:
+                return match
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"broker log never matched {pattern!r}:\n{self.log(since)}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path, keyring: KeyRing) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start brokers with a private copy of the key ring; all are killed at teardown."""
+    started: list[BrokerProcess] = []
+
+    def factory(**overrides: Any) -> BrokerProcess:
+        workdir = tmp_path / f"broker{len(started)}"
+        workdir.mkdir()
+        shutil.copytree(keyring.root, workdir / "keys")
+        config = {**TEST_CONFIG, **overrides, "keys_dir": "keys"}
+        broker = BrokerProcess(workdir, config)
+        started.append(broker)
+        return broker.start()
+
+    yield factory
+    for broker in started:
+        broker.kill()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+    return make_broker()
+
+
+@pytest.fixture
+def connect(keyring: KeyRing) -> Iterator[Callable[..., ChatClient]]:
+    """Log a user in to a broker through the real client session; every client is closed at teardown."""
+    clients: list[ChatClient] = []
+
+    def factory(broker: BrokerProcess, name: str, **kwargs: Any) -> ChatClient:
+        kwargs.setdefault("connect_timeout", 5.0)
+        key_path = kwargs.pop("key_path", broker.keys.client_private(name))
+        broker_key_path = kwargs.pop("broker_key_path", broker.keys.broker_public)
+        client = ChatClient.connect("127.0.0.1", broker.port, name, key_path, broker_key_path, **kwargs)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close(say_bye=False)
+
+
+def wait_for(client: ChatClient, predicate: Callable[[Event], bool], timeout: float = WAIT) -> Event:
+    """The first event matching `predicate` within `timeout`; fails listing what arrived instead."""
+    seen: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = client.receive(timeout=deadline - time.monotonic())
+        if event is None:
+            break
+        if predicate(event):
+            return event
+        seen.append(event)
+    raise AssertionError(f"{client.name}: no matching event within {timeout}s; got {seen!r}")
+
+
+def collect(client: ChatClient, duration: float) -> list[Event]:
+    """Every event that arrives within `duration` seconds (for asserting that something does NOT arrive)."""
+    events: list[Event] = []
+    deadline = time.monotonic() + duration
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = client.receive(timeout=remaining)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def raw_dealer(zmq_context: zmq.Context[zmq.Socket[bytes]]) -> Callable[[BrokerProcess], zmq.Socket[bytes]]:
+    """A bare DEALER connected to a broker, for sending hand-made frames."""
+
+    def factory(broker: BrokerProcess) -> zmq.Socket[bytes]:
+        sock = zmq_context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 3000)
+        sock.connect(f"tcp://127.0.0.1:{broker.port}")
+        return sock
+
+    return factory
+
+
+def run_env() -> dict[str, str]:
+    """Environment for child processes: the project importable, no passphrase leaking in."""
+    env = {k: v for k, v in os.environ.items() if k != "PASSPHRASE"}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
