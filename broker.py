@@ -98,11 +98,11 @@ class Broker:
             try:
                 self.socket.send_multipart([item.identity, *item.frames], zmq.NOBLOCK)
             except zmq.Again:
-                queue.extend(self.core.drop(item.identity, "too slow to keep up", time.monotonic()))
+                queue.extend(self.core.too_slow(item.identity, time.monotonic()))
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
-                queue.extend(self.core.drop(item.identity, "connection lost", time.monotonic()))
+                queue.extend(self.core.unreachable(item.identity, time.monotonic()))
 
     def _shutdown(self) -> None:
         log.info("shutting down: %s", self.stop_reason)

@@ -2,7 +2,8 @@
 
 `BrokerCore.receive()` takes one message from a ROUTER identity and returns
 the messages to send; `tick()` does the timed work. The I/O loop in broker.py
-only moves frames and reports peers it could not reach via `drop()`.
+only moves frames and reports peers it could not reach (`unreachable()`,
+`too_slow()`).
 
 A routing identity is trusted only after it completed the login proof; its
 session is bound to it. Every failure of a peer's frame is a silent drop
@@ -119,15 +120,24 @@ class BrokerCore:
                 out.append(Outgoing(session.identity, p.encode_frames(p.PING)))
         return out
 
-    def drop(self, identity: bytes, reason: str, now: float) -> list[Outgoing]:
-        """The I/O layer could not deliver to `identity` (gone, or too slow): end its session."""
-        session = self.sessions.get(identity)
+    def unreachable(self, identity: bytes, now: float) -> list[Outgoing]:
+        """The I/O layer found `identity`'s connection gone: end its session."""
         self.pending.pop(identity, None)
+        session = self.sessions.get(identity)
         if session is None:
             return []
-        log.warning("disconnecting %s: %s", session.name, reason)
+        log.info("%s disconnected", session.name)
+        return self._remove(session, "connection lost", now)
+
+    def too_slow(self, identity: bytes, now: float) -> list[Outgoing]:
+        """`identity`'s send queue is full: end its session, and answer its next frame with EVICTED."""
+        self.pending.pop(identity, None)
+        session = self.sessions.get(identity)
+        if session is None:
+            return []
+        log.warning("disconnecting %s: too slow to keep up", session.name)
         self.evicted[identity] = now
-        return self._remove(session, reason, now)
+        return self._remove(session, "too slow to keep up", now)
 
     def shutdown(self, by: str, now: float) -> list[Outgoing]:
         """Tell everyone the broker is stopping; the caller flushes and exits."""

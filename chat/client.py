@@ -158,9 +158,7 @@ class ChatClient:
                 yield event
 
     def close(self, say_bye: bool = True) -> None:
-        """Leave the chat (telling the broker when logged in) and close the socket."""
-        if self._closed:
-            return
+        """Leave the chat (telling the broker when logged in) and close the socket. Idempotent."""
         self._closed = True
         if self._socket is not None:
             if say_bye and self.online:
@@ -170,7 +168,7 @@ class ChatClient:
                 self._socket.close(linger=0)
             self._socket = None
         self.session.state = State.CLOSED
-        if self._own_context:
+        if self._own_context and not self._context.closed:
             self._context.term()  # waits for the goodbye to be flushed (bounded by linger)
 
     def __enter__(self) -> ChatClient:
@@ -221,7 +219,7 @@ class ChatClient:
                 log.debug("dropped a frame from the broker: %s", exc)
                 continue
             except ConnectError:
-                self._give_up_attempt()
+                self.close(say_bye=False)
                 raise
             if reply is not None:
                 self._send(reply)
@@ -250,7 +248,7 @@ class ChatClient:
         elif state in (State.HELLO_SENT, State.LOGIN_SENT):
             if now > self._attempt_deadline:
                 if not self._ever_logged_in:
-                    self._give_up_attempt()
+                    self.close(say_bye=False)
                     raise ConnectError(
                         f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
                         " (is it running, and is this its key?)"
@@ -268,7 +266,7 @@ class ChatClient:
             self._socket = None
         self.session.state = State.CLOSED
         if not self.reconnect:
-            self._closed = True
+            self.close(say_bye=False)
             raise ConnectError(f"connection to the broker lost: {reason}")
         delay = self._retry_delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
         self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
@@ -289,12 +287,6 @@ class ChatClient:
         self._last_heard = now
         self._attempt_deadline = now + self.connect_timeout
         self._send(self.session.hello())
-
-    def _give_up_attempt(self) -> None:
-        self._closed = True
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
 
     def _request(self, kind: str) -> None:
         if not self.online:

@@ -126,7 +126,13 @@ class ClientSession:
 
     def _on_challenge(self, body: bytes) -> list[bytes]:
         try:
-            challenge = p.Challenge.decode(crypto.open_envelope(self.key, body, p.context(p.CHALLENGE)))
+            plaintext = crypto.open_envelope(self.key, body, p.context(p.CHALLENGE))
+        except crypto.CryptoError:
+            # Sealed to another key: the broker has a different key registered under our name.
+            self.state = State.CLOSED
+            raise ConnectError(REFUSED_MESSAGE.format(name=self.name)) from None
+        try:
+            challenge = p.Challenge.decode(plaintext)
             if challenge.user != self.name or challenge.client_nonce != self._client_nonce:
                 raise RemoteProtocolError("challenge for another login")
             proof = p.broker_proof_input(self.name, self._client_nonce, challenge.server_nonce)

@@ -209,17 +209,21 @@ def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 
 
 @pytest.fixture
-def raw_dealer(zmq_context: zmq.Context[zmq.Socket[bytes]]) -> Callable[[BrokerProcess], zmq.Socket[bytes]]:
+def raw_dealer(zmq_context: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[BrokerProcess], zmq.Socket[bytes]]]:
     """A bare DEALER connected to a broker, for sending hand-made frames."""
+    sockets: list[zmq.Socket[bytes]] = []
 
     def factory(broker: BrokerProcess) -> zmq.Socket[bytes]:
         sock = zmq_context.socket(zmq.DEALER)
+        sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 3000)
         sock.connect(f"tcp://127.0.0.1:{broker.port}")
         return sock
 
-    return factory
+    yield factory
+    for sock in sockets:
+        sock.close(linger=0)
 
 
 def run_env() -> dict[str, str]:
