@@ -5,12 +5,14 @@ BIN    := $(VENV)/bin
 CONFIG ?= config.json
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
+BOTS          := $(filter-out __init__,$(basename $(notdir $(wildcard bots/*.py))))
 
-.PHONY: help broker client keys test unit lint typecheck clean
+.PHONY: help broker client bot keys test unit lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
 	@echo "make client            start the terminal client (prompts for address and name)"
+	@echo "make bot BOT=echo      run an example bot ($(BOTS)); registers its key if missing"
 	@echo "make keys NAME=alice   create and register a user's key pair"
 	@echo "make test              run the tests, ruff and mypy"
 
@@ -28,6 +30,12 @@ broker: $(RUNTIME_STAMP)
 
 client: $(RUNTIME_STAMP)
 	$(BIN)/python chat_client.py --config $(CONFIG)
+
+bot: $(RUNTIME_STAMP)
+	@test -n "$(BOT)" || { echo "usage: make bot BOT=echo   (bots: $(BOTS))" >&2; exit 2; }
+	@test -f "bots/$(BOT).py" || { echo "no bot named '$(BOT)'; bots: $(BOTS)" >&2; exit 2; }
+	@test -f "keys/private/$(BOT).pem" || $(BIN)/python -m chat.keystore "$(BOT)"
+	$(BIN)/python -m bots.$(BOT) --config $(CONFIG)
 
 keys: $(RUNTIME_STAMP)
 	@test -n "$(NAME)" || { echo "usage: make keys NAME=alice" >&2; exit 2; }

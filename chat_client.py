@@ -1,15 +1,17 @@
 """The terminal client: one poll loop over the broker's DEALER socket and stdin.
 
 Prompts for the server address and user name unless given on the command
-line; prints each event as one line; reads lines to send. Commands: /help,
-/who, /exit, /shutdown. With stdin piped, prompt answers and messages are
-read line by line, and end of input leaves like /exit.
+line; prints each event as one line (or, with --json, as one JSON object per
+line); reads lines to send. Commands: /help, /who, /exit, /shutdown. With
+stdin piped, prompt answers and messages are read line by line, and end of
+input leaves like /exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -24,7 +26,18 @@ import crypto
 from chat.client import ChatClient
 from chat.config import DEFAULT_CONFIG, load_config
 from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import ChatMessage, ConnectionLost, Event, Joined, Left, Notice, Shutdown, Welcome, WhoList
+from chat.events import (
+    ChatMessage,
+    ConnectionLost,
+    Event,
+    Joined,
+    Left,
+    Notice,
+    Shutdown,
+    Welcome,
+    WhoList,
+    to_dict,
+)
 from chat.keystore import KeyLayout, create_client_key
 from chat.protocol import NAME_PATTERN
 
@@ -137,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-key", help="the broker's public key (default: keys/broker.pub)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="where the default address comes from")
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
     return parser.parse_args(argv)
 
 
@@ -187,19 +201,19 @@ def _stdin_reader(context: zmq.Context[zmq.Socket[bytes]], stream: TextIO) -> No
     sock.send(b"")
 
 
-def _show(event: Event) -> None:
-    print(format_event(event), flush=True)
-
-
-def run(client: ChatClient) -> int:
+def run(client: ChatClient, as_json: bool = False) -> int:
     """Chat until /exit, end of input, or the broker's shutdown. Returns the exit status."""
     stdin_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     keyboard = stdin_context.socket(zmq.PAIR)
     keyboard.setsockopt(zmq.LINGER, 0)
     keyboard.bind(STDIN_ENDPOINT)
     threading.Thread(target=_stdin_reader, args=(stdin_context, sys.stdin), daemon=True).start()
+
+    def show(event: Event) -> None:
+        print(json.dumps(to_dict(event), ensure_ascii=False) if as_json else format_event(event), flush=True)
+
     for event in client.drain():
-        _show(event)
+        show(event)
     while True:
         try:
             ready = client.poll(1.0, also=[keyboard])
@@ -207,7 +221,7 @@ def run(client: ChatClient) -> int:
             client.close()
             return 0
         for event in client.drain():
-            _show(event)
+            show(event)
             if isinstance(event, Shutdown):
                 return 0
         if keyboard in ready:
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         client = start(args)
-        return run(client)
+        return run(client, as_json=args.json)
     except (UsageError, ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError, FileExistsError) as exc:
         print(f"chat_client: error: {exc}", file=sys.stderr)
         return 1

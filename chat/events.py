@@ -74,3 +74,28 @@ class ConnectionLost(Event):
 
     reason: str
     retry_in: float
+
+
+def _user_dict(user: UserInfo) -> dict[str, object]:
+    return {"name": user.name, "fingerprint": user.fingerprint, "bot": user.bot}
+
+
+def to_dict(event: Event) -> dict[str, object]:
+    """A JSON-ready dict for an event (`chat_client.py --json` prints these, one per line)."""
+    if isinstance(event, ChatMessage):
+        return {"type": "chat", "from": event.sender, "text": event.text, "ts": event.timestamp}
+    if isinstance(event, Welcome):
+        return {"type": "welcome", "name": event.name, "users": [_user_dict(u) for u in event.users]}
+    if isinstance(event, Joined):
+        return {"type": "join", **_user_dict(event.user)}
+    if isinstance(event, Left):
+        return {"type": "leave", "name": event.name, "reason": event.reason}
+    if isinstance(event, WhoList):
+        return {"type": "who", "users": [_user_dict(u) for u in event.users]}
+    if isinstance(event, Notice):
+        return {"type": "notice", "message": event.message}
+    if isinstance(event, Shutdown):
+        return {"type": "shutdown", "by": event.by}
+    if isinstance(event, ConnectionLost):
+        return {"type": "connection_lost", "reason": event.reason, "retry_in": event.retry_in}
+    raise TypeError(f"not an event: {event!r}")

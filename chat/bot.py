@@ -1,0 +1,107 @@
+"""Running a bot: the command line every bot shares, and the event loop around a handler.
+
+A bot is a function that receives each event and may return a line to send:
+
+    from chat.bot import bot_arguments, run_bot
+    from chat.events import ChatMessage
+
+    def handle(event):
+        if isinstance(event, ChatMessage):
+            return f"echo: {event.text}"
+        return None
+
+    run_bot(bot_arguments("echo").parse_args(), handle)
+
+Bots log in like people, with their own registered key, flagged as bots in /who.
+For full control use `chat.client.ChatClient` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import crypto
+from chat.client import ChatClient
+from chat.config import DEFAULT_CONFIG, load_config
+from chat.errors import ConfigError, ConnectError, LocalProtocolError
+from chat.events import ChatMessage, Event, Shutdown
+from chat.keystore import KeyLayout
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], str | None]
+
+
+def bot_arguments(name: str, description: str = "") -> argparse.ArgumentParser:
+    """The shared command line: --config, --host, --port, --name, --key, --broker-key."""
+    parser = argparse.ArgumentParser(prog=f"bot {name}", description=description or f"The {name} bot.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="address and key directory")
+    parser.add_argument("--host", help="broker IP (default: server_ip from the config)")
+    parser.add_argument("--port", type=int, help="broker port (default: server_port from the config)")
+    parser.add_argument("--name", default=name, help=f"user name to log in as (default: {name})")
+    parser.add_argument("--key", type=Path, help="private key (default: keys/private/NAME.pem)")
+    parser.add_argument("--broker-key", type=Path, help="broker public key (default: keys/broker.pub)")
+    parser.add_argument("--passphrase-env", default="PASSPHRASE", help="environment variable holding the passphrase")
+    return parser
+
+
+def connect_bot(args: argparse.Namespace) -> ChatClient:
+    """Log in with the shared command-line options."""
+    config = load_config(args.config)
+    layout = KeyLayout(config.keys_dir)
+    return ChatClient.connect(
+        args.host or config.server_ip,
+        args.port or config.server_port,
+        args.name,
+        args.key or layout.client_private(args.name),
+        args.broker_key or layout.broker_public,
+        passphrase=os.environ.get(args.passphrase_env) or None,
+        bot=True,
+    )
+
+
+def run_bot(args: argparse.Namespace, handle: Handler) -> int:
+    """Log in, answer events until the broker shuts down or a signal arrives. Returns an exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        client = connect_bot(args)
+    except (ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError) as exc:
+        print(f"bot {args.name}: error: {exc}", file=sys.stderr)
+        return 1
+    stopping: list[str] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("%s is online", args.name)
+    try:
+        while not stopping:
+            event = client.receive(timeout=0.5)
+            if event is None:
+                continue
+            if isinstance(event, Shutdown):
+                log.info("the broker shut down (%s)", event.by)
+                break
+            if isinstance(event, ChatMessage) and event.sender == args.name:
+                continue
+            reply = handle(event)
+            if reply:
+                try:
+                    client.send(reply)
+                except ValueError as exc:
+                    log.warning("reply not sent: %s", exc)
+    except ConnectError as exc:
+        print(f"bot {args.name}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0

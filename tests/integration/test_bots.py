@@ -1,0 +1,218 @@
+"""Bots through a real broker: the example bots as processes, the JSON client mode, and many bots at once."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import crypto
+from chat.client import ChatClient
+from chat.events import ChatMessage, Joined, Left, WhoList
+from chat.keystore import create_client_key, write_private_key
+from tests.conftest import ROOT, BrokerProcess, collect, run_env, wait_for
+
+
+class BotProcess:
+    """`python -m bots.<name>` against a test broker, logging to a file."""
+
+    def __init__(self, broker: BrokerProcess, module: str, *extra: str, name: str | None = None) -> None:
+        self.log_path = broker.workdir / f"{module}.log"
+        args = [sys.executable, "-m", f"bots.{module}", "--config", str(broker.config_path), "--port", str(broker.port)]
+        args += extra
+        if name:
+            args += ["--name", name]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=ROOT, env=run_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(15)
+
+
+@pytest.fixture
+def start_bot(broker: BrokerProcess) -> Iterator:
+    bots: list[BotProcess] = []
+
+    def factory(module: str, *extra: str, register: bool = True, name: str | None = None) -> BotProcess:
+        if register:
+            create_client_key(broker.keys, name or module, bits=2048)
+        bot = BotProcess(broker, module, *extra, name=name)
+        bots.append(bot)
+        return bot
+
+    yield factory
+    for bot in bots:
+        bot.stop()
+
+
+def bot_online(client: ChatClient, name: str) -> None:
+    wait_for(client, lambda e: isinstance(e, Joined) and e.user.name == name and e.user.bot, timeout=20)
+
+
+def reply_from(client: ChatClient, name: str) -> str:
+    return wait_for(client, lambda e: isinstance(e, ChatMessage) and e.sender == name).text
+
+
+def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
+    alice = connect(broker, "alice")
+    start_bot("echo")
+    bot_online(alice, "echo")
+    alice.send("hello, bot ✓")
+    assert reply_from(alice, "echo") == "echo: hello, bot ✓"
+    alice.who()
+    who = wait_for(alice, lambda e: isinstance(e, WhoList))
+    assert {u.name: u.bot for u in who.users} == {"alice": False, "echo": True}
+
+
+def test_dice_bot_rolls_and_explains_bad_requests(broker, connect, start_bot):
+    alice = connect(broker, "alice")
+    bot = start_bot("dice")
+    bot_online(alice, "dice")
+    alice.send("!roll 2d6")
+    match = re.fullmatch(r"alice rolled 2d6: (\d) \+ (\d) = (\d+)", reply_from(alice, "dice"))
+    assert match, "unexpected dice answer"
+    a, b, total = map(int, match.groups())
+    assert 1 <= a <= 6
+    assert 1 <= b <= 6
+    assert a + b == total
+    for odd in ("!roll", "!roll 0d6", "!roll 2d1", "!roll 99999d99999", "!roll banana", "!roll 2d6 extra", "!ROLL ½d6"):
+        alice.send(odd)
+        assert reply_from(alice, "dice").startswith("usage: !roll NdM")
+    alice.send("!roll 1d20")
+    assert re.fullmatch(r"alice rolled 1d20: (\d+)", reply_from(alice, "dice"))
+    assert bot.proc.poll() is None
+
+
+def test_archive_bot_appends_json_lines(broker, connect, start_bot, tmp_path):
+    archive = tmp_path / "room.jsonl"
+    bob = connect(broker, "bob")
+    start_bot("archive", "--file", str(archive))
+    bot_online(bob, "archive")
+    alice = connect(broker, "alice")
+    texts = ["first", "second 😀", "third"]
+    for text in texts:
+        alice.send(text)
+    deadline = time.monotonic() + 10
+    records: list[dict] = []
+    while len(records) < 3 and time.monotonic() < deadline:
+        records = [json.loads(line) for line in archive.read_text().splitlines()] if archive.exists() else []
+        time.sleep(0.05)
+    assert [(r["sender"], r["text"]) for r in records] == [("alice", t) for t in texts]
+    assert all(isinstance(r["ts"], float) and r["time"] for r in records)
+
+
+def test_unregistered_bot_is_refused_with_a_clear_error(broker, start_bot):
+    write_private_key(broker.keys.client_private("echo"), crypto.generate_private_key(2048))  # a key, not registered
+    bot = start_bot("echo", register=False)
+    assert bot.proc.wait(20) == 1
+    assert "login refused" in bot.log()
+    assert "Traceback" not in bot.log()
+
+
+def test_bot_with_the_wrong_key_is_refused(broker, start_bot, keyring):
+    bot = start_bot("echo", "--key", str(keyring.private("mallory")), name="alice", register=False)
+    assert bot.proc.wait(20) == 1
+    assert "login refused" in bot.log()
+
+
+def test_bot_stops_cleanly_on_sigterm_and_others_see_it_leave(broker, connect, start_bot):
+    alice = connect(broker, "alice")
+    bot = start_bot("echo")
+    bot_online(alice, "echo")
+    assert bot.stop() == 0
+    left = wait_for(alice, lambda e: isinstance(e, Left))
+    assert (left.name, left.reason) == ("echo", "left")
+
+
+def test_json_mode_prints_one_object_per_event(broker, connect):
+    bob = connect(broker, "bob")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "chat_client.py"),
+            "--json",
+            "--host=127.0.0.1",
+            f"--port={broker.port}",
+            "--user=alice",
+            f"--key={broker.keys.client_private('alice')}",
+            f"--broker-key={broker.keys.broker_public}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=run_env(),
+        text=True,
+    )
+    try:
+        wait_for(bob, lambda e: isinstance(e, Joined))
+        bob.send('quote " and ünïcode')
+        out, err = proc.communicate("from a pipeline\n", timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert reply_for(bob) == "from a pipeline"
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["type"] == "welcome"
+    assert {"type": "chat", "from": "bob", "text": 'quote " and ünïcode'}.items() <= events[1].items()
+    assert "Traceback" not in err
+
+
+def reply_for(client: ChatClient) -> str:
+    return wait_for(client, lambda e: isinstance(e, ChatMessage)).text
+
+
+def test_twenty_bots_each_get_every_other_bots_messages_once_in_order(make_broker, connect, keyring):
+    # Slow heartbeats: one test process polls twenty clients in turn.
+    broker = make_broker(heartbeat_interval=1.0, heartbeat_timeout=60.0, send_queue_limit=5000)
+    names = [f"bot{i:02d}" for i in range(20)]
+    for name in names:
+        create_client_key(broker.keys, name, bits=2048)
+    bots = {name: connect(broker, name, bot=True) for name in names}
+    last = bots[names[-1]]
+    for name in names:  # everyone is online before anyone speaks
+        if name != names[-1]:
+            wait_for(bots[name], lambda e: isinstance(e, Joined) and e.user.name == names[-1], timeout=30)
+    for i in range(50):
+        for name, bot in bots.items():
+            bot.send(f"{name} #{i}")
+    expected = {name: [f"{other} #{i}" for other in names if other != name for i in range(50)] for name in names}
+    received: dict[str, dict[str, list[str]]] = {name: {} for name in names}
+    deadline = time.monotonic() + 240
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            for event in collect(bots[name], 0.05):
+                if isinstance(event, ChatMessage):
+                    received[name].setdefault(event.sender, []).append(event.text)
+            if sum(map(len, received[name].values())) >= len(expected[name]):
+                pending.discard(name)
+    assert last.online
+    for name in names:
+        for sender in names:
+            if sender != name:
+                assert received[name].get(sender) == [f"{sender} #{i}" for i in range(50)], (name, sender)
+        assert name not in received[name]
+
+
+def test_make_bot_without_bot_prints_usage():
+    result = subprocess.run(["make", "-s", "bot"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "usage: make bot BOT=echo" in result.stderr
+    assert "dice" in result.stderr
+    unknown = subprocess.run(
+        ["make", "-s", "bot", "BOT=nope"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert unknown.returncode != 0
+    assert "no bot named 'nope'" in unknown.stderr
