@@ -65,7 +65,8 @@ def write_public_key(path: Path, key: crypto.PublicKey) -> None:
 
 
 def ensure_broker_keys(layout: KeyLayout, bits: int = crypto.keys.DEFAULT_KEY_BITS) -> tuple[crypto.PrivateKey, bool]:
-    """Load the broker key pair, creating it on first need. Returns (key, created)."""
+    """Load the broker key pair, creating it (and the registry directory) on first need. Returns (key, created)."""
+    layout.clients_dir.mkdir(parents=True, exist_ok=True)
     if layout.broker_private.exists():
         key = crypto.load_private_key(layout.broker_private)
         if not layout.broker_public.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -353,3 +354,18 @@ def test_client_reports_unreachable_broker():
     with pytest.raises(ConnectError, match="did not answer"):
         client.login()
     assert time.monotonic() - started < 5
+
+
+def test_bad_registry_files_are_refused_by_name(make_broker, keyring, tmp_path, connect):
+    from Crypto.PublicKey import RSA
+
+    broker = make_broker()
+    clients = broker.keys.clients_dir
+    (clients / "leaky.pub").write_bytes(crypto.export_private_pem(keyring.keys["carol"]))
+    (clients / "small.pub").write_bytes(RSA.generate(1024).public_key().export_key(format="PEM"))
+    broker.kill()
+    broker.start(port=broker.port)
+    log = broker.wait_for_log(r"small\.pub.*1024 bits").string
+    assert re.search(r"leaky\.pub.*PRIVATE key", log)
+    with pytest.raises(ConnectError, match="login refused"):
+        connect(broker, "leaky", key_path=keyring.private("carol"))
