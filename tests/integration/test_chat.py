@@ -362,7 +362,7 @@ def test_bad_registry_files_are_refused_by_name(make_broker, keyring, tmp_path, 
     broker = make_broker()
     clients = broker.keys.clients_dir
     (clients / "leaky.pub").write_bytes(crypto.export_private_pem(keyring.keys["carol"]))
-    (clients / "small.pub").write_bytes(RSA.generate(1024).public_key().export_key(format="PEM"))
+    (clients / "small.pub").write_bytes(RSA.generate(1024).public_key().export_key(format="PEM"))  # noqa: S505 - on purpose
     broker.kill()
     broker.start(port=broker.port)
     log = broker.wait_for_log(r"small\.pub.*1024 bits").string
