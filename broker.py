@@ -27,6 +27,7 @@ from chat.broker_core import BrokerCore, Outgoing
 from chat.config import DEFAULT_CONFIG, Config, load_config
 from chat.errors import ConfigError
 from chat.keystore import KeyLayout, Registry, ensure_broker_keys
+from chat.protocol import max_body_bytes
 
 log = logging.getLogger("broker")
 
@@ -44,8 +45,8 @@ class Broker:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, config.send_queue_limit)
         self.socket.setsockopt(zmq.RCVHWM, config.send_queue_limit)
-        # Bigger messages make libzmq drop the connection before we see them.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * config.max_text_bytes + 64 * 1024)
+        # A bigger frame makes libzmq drop the connection before any of our code sees it.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_body_bytes(config.max_text_bytes) + 1024)
         port = "*" if config.server_port == 0 else str(config.server_port)
         self.socket.bind(f"tcp://{config.server_ip}:{port}")
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -50,8 +50,13 @@ STATEMENT_KINDS = frozenset({"chat", "who", "shutdown", "bye"})
 
 
 def max_body_bytes(max_text_bytes: int) -> int:
-    """Largest acceptable body: JSON escaping at most doubles the text, plus fixed overhead."""
-    return 2 * max_text_bytes + 16 * 1024
+    """Largest acceptable body for a given text cap.
+
+    The text is JSON-escaped twice on its way (in the statement, then as a
+    string inside the SEND or EVENT document) and each escaping at most
+    doubles it; 16 KiB covers every other field and the envelope.
+    """
+    return 4 * max_text_bytes + 16 * 1024
 
 
 def context(command: bytes) -> bytes:

@@ -109,7 +109,7 @@ class ClientSession:
         Raises RemoteProtocolError for a frame to drop, ConnectError when the
         broker refused the login or failed to prove its key.
         """
-        command, body = p.decode_frames(frames, p.BROKER_COMMANDS, p.max_body_bytes(self.max_text_bytes) * 2)
+        command, body = p.decode_frames(frames, p.BROKER_COMMANDS, p.max_body_bytes(self.max_text_bytes))
         if command == p.PING:
             return [], None
         if command == p.REFUSED and self.state in (State.HELLO_SENT, State.LOGIN_SENT):

@@ -56,8 +56,9 @@ def test_fan_out_reaches_everyone_but_the_sender(broker, connect):
         "emoji 😀👍🏽 and 中文 and עברית",
         "x" * (64 * 1024),  # exactly the default cap
         "🙂" * (16 * 1024),  # 64 KiB of 4-byte characters
+        '"\\' * (32 * 1024),  # 64 KiB of characters JSON must escape
     ],
-    ids=["latin", "emoji-cjk-rtl", "64KiB-ascii", "64KiB-emoji"],
+    ids=["latin", "emoji-cjk-rtl", "64KiB-ascii", "64KiB-emoji", "64KiB-escapes"],
 )
 def test_unicode_and_long_messages_arrive_intact(broker, connect, text):
     bob = connect(broker, "bob")
