@@ -1,0 +1,129 @@
+"""chat_client.py as a person runs it: prompts on piped stdin and on a terminal, commands, chatting, leaving."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pexpect
+
+import crypto
+from chat.events import ChatMessage, Left
+from tests.conftest import WAIT, run_env, wait_for
+from tests.e2e.helpers import CLIENT
+
+TEXT = "héllo wörld 😀👍🏽 中文 — ✓"
+
+
+def test_piped_prompts_chat_who_help_and_exit(broker, spawn, client, keyring):
+    # bob answers the three prompts on piped stdin, then reads messages line by line.
+    bob = spawn([CLIENT], broker.workdir, name="bob")
+    bob.send("127.0.0.1", str(broker.port), "bob")
+    bob.expect_line(r"\* logged in as bob; online: nobody else")
+
+    alice = client(broker, "alice")
+    alice.expect_line(r"\* logged in as alice; online: bob\b")
+    bob.expect_line(r"\* alice joined \(SHA256:")
+
+    alice.send(TEXT)
+    received = bob.expect_line(r"\balice: (.*)$")
+    assert received.group(1) == TEXT
+
+    # The broker answers /who after relaying her message, so an echo would show up before the list.
+    alice.send("/who")
+    alice.expect_line(r"\* 2 online:$")
+    for name in ("alice", "bob"):
+        fingerprint = crypto.fingerprint(keyring.keys[name])
+        alice.expect_line(rf"^\s+{name}\s+{re.escape(fingerprint)}$")
+    assert not [line for line in alice.out.lines if TEXT in line], alice.transcript()
+
+    alice.send("/help")
+    for command in ("/who", "/exit", "/shutdown", "/help"):
+        alice.expect_line(rf"^\s*{command}\s")
+
+    alice.send("/exit")
+    assert alice.wait() == 0, alice.transcript()
+    bob.expect_line(r"\* alice left \(left\)")
+    assert [line for line in bob.out.lines if TEXT in line] == [received.string]
+    assert not [line for line in alice.out.lines if TEXT in line], alice.transcript()
+
+    bob.close_stdin()  # end of input leaves like /exit
+    assert bob.wait() == 0, bob.transcript()
+    prompts = bob.err.text()
+    for prompt in ("Server IP [127.0.0.1]:", "Server port", "Username:"):
+        assert prompt in prompts
+    assert "Traceback" not in prompts + alice.err.text()
+
+
+def test_shutdown_is_refused_to_non_admins_and_stops_everything_for_an_admin(broker, client):
+    alice, bob = client(broker, "alice"), client(broker, "bob")
+    alice.expect_line(r"logged in as alice")
+    bob.expect_line(r"logged in as bob")
+
+    bob.send("/shutdown")
+    bob.expect_line(r"! /shutdown refused: only admins")
+    # Nothing stopped: the broker still relays, both clients still run.
+    bob.send("after the refusal")
+    alice.expect_line(r"\bbob: after the refusal$")
+    assert broker.alive()
+    assert alice.alive()
+    assert bob.alive()
+
+    admin = client(broker, "admin")
+    admin.expect_line(r"logged in as admin")
+    admin.send("/shutdown")
+    for proc in (alice, bob, admin):
+        proc.expect_line(r"\* the broker is shutting down \(/shutdown by admin\); goodbye$")
+        assert proc.wait() == 0, proc.transcript()
+        assert "Traceback" not in proc.err.text()
+    assert broker.proc.wait(WAIT) == 0, broker.log()
+    assert "broker stopped" in broker.log()
+
+
+def test_a_new_name_on_the_brokers_machine_gets_a_key_created_and_registered(broker, spawn, connect):
+    args = [CLIENT, "--config", str(broker.config_path), "--host", "127.0.0.1", "--port", str(broker.port)]
+    newbie = spawn([*args, "--user", "newbie"], broker.workdir, name="newbie")
+    newbie.expect_err(r"\* created a key for newbie: .*newbie\.pem \(registered as .*newbie\.pub, SHA256:")
+    newbie.expect_line(r"\* logged in as newbie; online: nobody else")
+    assert broker.keys.client_private("newbie").is_file()
+    assert broker.keys.client_public("newbie").is_file()
+
+    # Connected only now: an in-process client is not polled (so not heartbeating) while the key is made.
+    bob = connect(broker, "bob")
+    newbie.expect_line(r"\* bob joined")
+    newbie.send("first words")
+    msg = wait_for(bob, lambda e: isinstance(e, ChatMessage))
+    assert (msg.sender, msg.text) == ("newbie", "first words")
+    newbie.send("/exit")
+    assert newbie.wait() == 0, newbie.transcript()
+    wait_for(bob, lambda e: isinstance(e, Left) and e.name == "newbie")
+
+
+def test_terminal_prompts_chat_and_exit_in_a_pty(broker, connect):
+    child = pexpect.spawn(
+        sys.executable, [CLIENT], cwd=str(broker.workdir), env=run_env(), encoding="utf-8", timeout=WAIT
+    )
+    try:
+        child.expect_exact("Server IP [127.0.0.1]: ")
+        child.sendline("127.0.0.1")
+        child.expect_exact("Server port")
+        child.sendline(str(broker.port))
+        child.expect_exact("Username: ")
+        child.sendline("carol")
+        child.expect(r"\* logged in as carol; online: nobody else")
+        bob = connect(broker, "bob")  # only now: an in-process client heartbeats only while polled
+        child.expect(r"\* bob joined")
+
+        child.sendline(TEXT)
+        msg = wait_for(bob, lambda e: isinstance(e, ChatMessage))
+        assert (msg.sender, msg.text) == ("carol", TEXT)
+
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        assert "Traceback" not in (child.before or "")
+        wait_for(bob, lambda e: isinstance(e, Left) and e.name == "carol")
+    finally:
+        if child.isalive():
+            child.terminate(force=True)

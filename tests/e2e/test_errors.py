@@ -1,0 +1,135 @@
+"""Mistakes a person can make end chat_client.py with one line naming the problem and a non-zero status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chat.keystore import create_client_key
+from tests.conftest import WAIT, run_env
+from tests.e2e.helpers import CLIENT, assert_one_line_error, free_port
+
+
+def run_client(cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):
+    return subprocess.run(
+        [sys.executable, CLIENT, *args],
+        cwd=cwd,
+        env=run_env() if env is None else env,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT + 5,
+    )
+
+
+def login_args(broker, user: str, *extra: str) -> list[str]:
+    return ["--host", "127.0.0.1", "--port", str(broker.port), "--user", user, "--connect-timeout", "3", *extra]
+
+
+def assert_failed(result, *fragments: str) -> str:
+    assert result.returncode != 0, result.stdout + result.stderr
+    line = assert_one_line_error(result.stderr, "chat_client: error:", *fragments)
+    assert "logged in" not in result.stdout
+    return line
+
+
+def test_broker_unreachable(tmp_path, keyring):
+    args = ["--host", "127.0.0.1", "--port", str(free_port()), "--user", "alice"]
+    keys = ["--key", str(keyring.private("alice")), "--broker-key", str(keyring.layout.broker_public)]
+    started = time.monotonic()
+    result = run_client(tmp_path, *args, *keys, "--connect-timeout", "1")
+    assert time.monotonic() - started < 8
+    assert_failed(result, "did not answer within 1s")
+
+
+def test_key_file_missing(broker, tmp_path):
+    missing = tmp_path / "nonexistent.pem"
+    result = run_client(broker.workdir, *login_args(broker, "alice", "--key", str(missing)))
+    assert_failed(result, str(missing), "not found")
+
+
+def test_default_key_file_missing_on_another_machine(tmp_path, broker):
+    # No keys/ here at all: the client must say which file it looked for and how to make one.
+    result = run_client(tmp_path, *login_args(broker, "alice"))
+    assert_failed(result, "keys/private/alice.pem", "make keys NAME=alice")
+
+
+def test_passphrase_protected_key(broker, client):
+    create_client_key(broker.keys, "dave", passphrase="right", bits=2048)
+    args = login_args(broker, "dave")
+
+    wrong = run_client(broker.workdir, *args, env={**run_env(), "PASSPHRASE": "wrong"})
+    assert_failed(wrong, "dave.pem", "wrong passphrase")
+
+    missing = run_client(broker.workdir, *args)
+    assert_failed(missing, "dave.pem", "PASSPHRASE")
+
+    dave = client(broker, "dave", env={**run_env(), "PASSPHRASE": "right"})
+    dave.expect_line(r"\* logged in as dave;")
+    dave.close_stdin()
+    assert dave.wait() == 0, dave.transcript()
+
+
+@pytest.mark.parametrize(
+    ("user", "key_owner"),
+    [("mallory", "mallory"), ("alice", "mallory")],
+    ids=["unregistered-name", "registered-name-wrong-key"],
+)
+def test_login_refused(broker, user, key_owner):
+    result = run_client(broker.workdir, *login_args(broker, user, "--key", str(broker.keys.client_private(key_owner))))
+    assert_failed(result, f"login refused: the broker does not accept '{user}'")
+    assert broker.alive()
+
+
+def test_wrong_broker_key(broker):
+    other = broker.keys.client_public("alice")  # a valid public key, just not the broker's
+    result = run_client(broker.workdir, *login_args(broker, "alice", "--broker-key", str(other)))
+    assert_failed(result, "broker key")
+    assert broker.alive()
+
+
+def test_broker_key_file_is_not_a_public_key(broker):
+    result = run_client(broker.workdir, *login_args(broker, "alice", "--broker-key", str(broker.keys.broker_private)))
+    assert_failed(result, "broker.pem", "PRIVATE key")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("[1, 2", "not valid JSON"),
+        (json.dumps({"server_ip": "127.0.0.1"}), "'server_port' is missing"),
+        (json.dumps({"server_ip": "1.2.3.999", "server_port": 5000}), "'server_ip' is not an IP address"),
+    ],
+    ids=["invalid-json", "missing-port", "bad-ip"],
+)
+def test_client_with_a_bad_config(tmp_path, content, fragment):
+    config = tmp_path / "client.json"
+    config.write_text(content)
+    result = run_client(tmp_path, "--config", str(config), "--host", "127.0.0.1", "--port", "5000", "--user", "a")
+    assert result.returncode == 1
+    assert_failed(result, str(config), fragment)
+
+
+@pytest.mark.parametrize(
+    ("answers", "fragment"),
+    [
+        ("127.0.0.1\nfive thousand\n", "port must be a number"),
+        ("127.0.0.1\n5000\nnot a name!\n", "invalid user name"),
+        ("127.0.0.1\n5000\n", "input ended"),
+    ],
+    ids=["bad-port", "bad-name", "input-ended"],
+)
+def test_bad_prompt_answers(tmp_path, answers, fragment):
+    result = run_client(tmp_path, stdin=answers)
+    assert result.returncode != 0
+    # The prompts share stderr with the message (no newline after a prompt): the message is the last line.
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0].split("chat_client: error:")[-1]

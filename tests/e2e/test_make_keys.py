@@ -1,0 +1,75 @@
+"""`make keys NAME=...` in a copy of the repository, as a person runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+STAMP = ".venv/.runtime-installed"
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """The files `make keys` needs, with the project's venv linked in (nothing is installed)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py", "config.json"):
+        shutil.copy2(ROOT / name, repo / name)  # copy2 keeps mtimes, so the install stamp stays up to date
+    for package in ("chat", "crypto"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".venv").symlink_to(ROOT / ".venv")
+    return repo
+
+
+def make(repo: Path, *targets: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    env["PASSPHRASE"] = ""  # no passphrase, and no prompt
+    # -o: never (re)install into the shared venv, whatever the file times say.
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(repo), "-o", STAMP, *targets],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
+    keys = repo_copy / "keys"
+    first = make(repo_copy, "keys", "NAME=zed")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Traceback" not in first.stderr
+
+    private = keys / "private" / "zed.pem"
+    public = keys / "clients" / "zed.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in private.read_bytes()
+    assert b"ENCRYPTED" not in private.read_bytes()
+    assert b"PUBLIC KEY" in public.read_bytes()
+    assert stat.S_IMODE((keys / "broker.pem").stat().st_mode) == 0o600
+    assert (keys / "broker.pub").is_file()
+    assert "fingerprint SHA256:" in first.stdout
+    assert "wrote keys/private/zed.pem (mode 0600" in first.stdout
+    assert "created the broker key pair" in first.stdout
+
+    before = (private.read_bytes(), public.read_bytes(), (keys / "broker.pem").read_bytes())
+    second = make(repo_copy, "keys", "NAME=zed")
+    assert second.returncode != 0, second.stdout
+    assert "already exists; not overwriting" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert (private.read_bytes(), public.read_bytes(), (keys / "broker.pem").read_bytes()) == before
+
+
+def test_make_keys_without_a_name_prints_usage(repo_copy):
+    result = make(repo_copy, "keys")
+    assert result.returncode != 0
+    assert "usage: make keys NAME=alice" in result.stderr
+    assert not (repo_copy / "keys").exists()
