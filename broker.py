@@ -74,11 +74,12 @@ class Broker:
     def _read_clients(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                message = self.socket.recv_multipart(zmq.NOBLOCK)
+                message = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity, frames = message[0], message[1:]
-            self._send(self.core.receive(identity, frames, time.monotonic()))
+            source = str(message[0].get("Peer-Address") or "")
+            identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
+            self._send(self.core.receive(identity, frames, time.monotonic(), source))
             if self.core.shutdown_requested_by:
                 return
 

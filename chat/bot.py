@@ -70,11 +70,6 @@ def connect_bot(args: argparse.Namespace) -> ChatClient:
 def run_bot(args: argparse.Namespace, handle: Handler) -> int:
     """Log in, answer events until the broker shuts down or a signal arrives. Returns an exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        client = connect_bot(args)
-    except (ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError) as exc:
-        print(f"bot {args.name}: error: {exc}", file=sys.stderr)
-        return 1
     stopping: list[str] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -82,6 +77,11 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        client = connect_bot(args)
+    except (ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError) as exc:
+        print(f"bot {args.name}: error: {exc}", file=sys.stderr)
+        return 1
     log.info("%s is online", args.name)
     try:
         while not stopping:

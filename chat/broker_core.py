@@ -30,6 +30,33 @@ HANDSHAKE_TIMEOUT = 10.0
 EVICTED_MEMORY = 60.0
 
 
+@dataclass
+class TokenBucket:
+    """`rate` events per second with bursts of up to `capacity`."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    stamp: float
+
+    @classmethod
+    def full(cls, rate: float, now: float) -> TokenBucket:
+        capacity = max(1.0, 2 * rate)
+        return cls(rate, capacity, capacity, now)
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def idle(self, now: float) -> bool:
+        """True when the bucket would be full again: forgetting it changes nothing."""
+        return self.tokens + (now - self.stamp) * self.rate >= self.capacity
+
+
 @dataclass(frozen=True)
 class Outgoing:
     identity: bytes
@@ -54,6 +81,7 @@ class Session:
     session_id: str
     last_heard: float
     last_sent: float
+    messages: TokenBucket
     seq_in: int = 0
     seq_out: int = 0
 
@@ -76,11 +104,14 @@ class BrokerCore:
         self.sessions: dict[bytes, Session] = {}
         self.by_name: dict[str, bytes] = {}
         self.evicted: dict[bytes, float] = {}
+        self.login_buckets: dict[str, TokenBucket] = {}
+        self.last_registry_check = 0.0
         self.shutdown_requested_by: str | None = None
 
     # ------------------------------------------------------------ entry points
 
-    def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
+    def receive(self, identity: bytes, frames: list[bytes], now: float, source: str = "") -> list[Outgoing]:
+        """Handle one message from `identity`; `source` is the peer's address, for per-source login limits."""
         try:
             command, body = p.decode_frames(frames, p.CLIENT_COMMANDS, self.max_body)
         except RemoteProtocolError as exc:
@@ -95,7 +126,7 @@ class BrokerCore:
                 log.info("dropped %s from logged-in %s", command.decode(), session.name)
             return []
         if command == p.HELLO:
-            return self._on_hello(identity, body, now)
+            return self._on_hello(identity, body, now, source)
         if command == p.LOGIN:
             return self._on_login(identity, body, now)
         if identity in self.evicted:
@@ -111,9 +142,16 @@ class BrokerCore:
         for identity, since in list(self.evicted.items()):
             if now - since > EVICTED_MEMORY:
                 del self.evicted[identity]
+        for source, bucket in list(self.login_buckets.items()):
+            if bucket.idle(now):
+                del self.login_buckets[source]
+        if now - self.last_registry_check >= self.config.heartbeat_interval:
+            self.last_registry_check = now
+            out += self._end_revoked_sessions(now)
         for session in list(self.sessions.values()):
             if now - session.last_heard > self.config.heartbeat_timeout:
                 log.info("%s timed out", session.name)
+                self.evicted[session.identity] = now
                 out += self._remove(session, "timed out", now)
             elif now - session.last_sent >= self.config.heartbeat_interval:
                 session.last_sent = now
@@ -157,10 +195,21 @@ class BrokerCore:
         self.pending.pop(identity, None)
         return [Outgoing(identity, p.encode_frames(p.REFUSED))]
 
-    def _on_hello(self, identity: bytes, body: bytes, now: float) -> list[Outgoing]:
+    def _busy(self, identity: bytes, why: str) -> list[Outgoing]:
+        log.warning("login from %s turned away: %s", short(identity), why)
+        return [Outgoing(identity, p.encode_frames(p.BUSY))]
+
+    def _on_hello(self, identity: bytes, body: bytes, now: float, source: str) -> list[Outgoing]:
+        # Cheap checks first: no RSA work for logins we would turn away anyway.
+        bucket = self.login_buckets.setdefault(source, TokenBucket.full(self.config.logins_per_second_per_source, now))
+        if not bucket.take(now):
+            return self._busy(
+                identity, f"more than {self.config.logins_per_second_per_source:g} logins/s from {source}"
+            )
         if identity not in self.pending and len(self.pending) >= self.config.max_pending_logins:
-            log.warning("too many logins in progress; dropped HELLO from %s", short(identity))
-            return []
+            return self._busy(identity, "too many logins in progress")
+        if len(self.sessions) >= self.config.max_clients:
+            return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         try:
             hello = p.Hello.decode(crypto.open_envelope(self.key, body, p.context(p.HELLO)))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
@@ -198,7 +247,10 @@ class BrokerCore:
         info = UserInfo(
             pending.user, crypto.fingerprint(pending.key), pending.bot, crypto.public_key_to_der(pending.key)
         )
-        session = Session(identity, info, pending.key, p.session_id(pending.server_nonce), now, now)
+        if len(self.sessions) >= self.config.max_clients:
+            return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
+        bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
+        session = Session(identity, info, pending.key, p.session_id(pending.server_nonce), now, now, bucket)
         self.sessions[identity] = session
         self.by_name[info.name] = identity
         self.evicted.pop(identity, None)
@@ -233,8 +285,13 @@ class BrokerCore:
         session.seq_in = statement.seq
         if statement.kind == "chat":
             problem = p.text_problem(statement.body, self.config.max_text_bytes)
+            if problem is None and not session.messages.take(now):
+                limit = self.config.messages_per_second_per_user
+                problem = f"you are sending more than {limit:g} messages per second"
             if problem:
-                return [self._event(session, {"type": "error", "message": f"message refused: {problem}"}, now)]
+                preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
+                message = f"not delivered: {problem}: {preview!r}"
+                return [self._event(session, {"type": "error", "message": message}, now)]
             return self._broadcast({"type": "chat", **signed.to_doc()}, now, exclude=session.identity)
         if statement.kind == "who":
             users = [p.user_info_doc(u) for u in self.online()]
@@ -248,6 +305,20 @@ class BrokerCore:
             return [self._event(session, {"type": "error", "message": message}, now)]
         log.info("%s left", session.name)
         return self._remove(session, "left", now)
+
+    def _end_revoked_sessions(self, now: float) -> list[Outgoing]:
+        """End sessions whose registered key was removed or replaced since they logged in."""
+        out: list[Outgoing] = []
+        for session in list(self.sessions.values()):
+            key = self.registry.lookup(session.name)
+            if key is not None and crypto.fingerprint(key) == session.info.fingerprint:
+                continue
+            log.warning("%s: registered key removed or replaced; ending the session", session.name)
+            message = "your key is no longer registered with this broker; session closed"
+            out.append(self._event(session, {"type": "error", "message": message}, now))
+            self.evicted[session.identity] = now
+            out += self._remove(session, "key no longer registered", now)
+        return out
 
     # ------------------------------------------------------------ helpers
 

@@ -24,7 +24,7 @@ from types import TracebackType
 import zmq
 
 import crypto
-from chat.errors import ConnectError, RemoteProtocolError
+from chat.errors import BrokerBusy, ConnectError, RemoteProtocolError
 from chat.events import ConnectionLost, Event, Notice, Shutdown, Welcome
 from chat.protocol import text_problem
 from chat.session import ClientSession, State
@@ -218,6 +218,12 @@ class ChatClient:
             except RemoteProtocolError as exc:
                 log.debug("dropped a frame from the broker: %s", exc)
                 continue
+            except BrokerBusy:
+                if not self._ever_logged_in:
+                    self.close(say_bye=False)
+                    raise
+                self._connection_lost("the broker is busy", time.monotonic())
+                return
             except ConnectError:
                 self.close(say_bye=False)
                 raise

@@ -29,6 +29,9 @@ class Config:
     heartbeat_timeout: float = 6.0
     send_queue_limit: int = 1000
     max_pending_logins: int = 1000
+    max_clients: int = 1000
+    logins_per_second_per_source: float = 5.0
+    messages_per_second_per_user: float = 20.0
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
 
 
@@ -42,6 +45,9 @@ _KNOWN_KEYS = {
     "heartbeat_timeout",
     "send_queue_limit",
     "max_pending_logins",
+    "max_clients",
+    "logins_per_second_per_source",
+    "messages_per_second_per_user",
 }
 
 
@@ -91,6 +97,9 @@ def parse_config(raw: Any, source: Path) -> Config:
         heartbeat_timeout=float(timeout),
         send_queue_limit=_number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True),
         max_pending_logins=_number(raw, "max_pending_logins", 1000, 1, 1_000_000, integer=True),
+        max_clients=_number(raw, "max_clients", 1000, 1, 1_000_000, integer=True),
+        logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
+        messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
         source=source,
     )
 

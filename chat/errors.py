@@ -31,3 +31,7 @@ class ConfigError(ChatError):
 
 class ConnectError(ChatError):
     pass
+
+
+class BrokerBusy(ConnectError):
+    pass

@@ -99,25 +99,39 @@ def create_client_key(
 class Registry:
     """The allow-list directory. Deny by default; a file that fails to load is refused loudly.
 
-    Files are read at each lookup, so keys registered (or removed) while the
-    broker runs take effect at the next login without a restart.
+    Files are checked at each lookup (and re-read when they change), so keys
+    registered, replaced or removed while the broker runs take effect without
+    a restart.
     """
 
     def __init__(self, layout: KeyLayout) -> None:
         self.layout = layout
+        # name -> (file stamp, key or None when the file was refused); re-read when the file changes.
+        self._cache: dict[str, tuple[tuple[int, int, int], crypto.PublicKey | None]] = {}
 
     def lookup(self, name: str) -> crypto.PublicKey | None:
+        """The registered key for `name`, or None (not registered, or the file was refused)."""
         try:
             path = self.layout.client_public(name)
         except LocalProtocolError:
             return None
-        if not path.exists():
-            return None
         try:
-            return crypto.load_public_key(path)
+            info = path.stat()
+        except OSError:
+            self._cache.pop(name, None)
+            return None
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        key: crypto.PublicKey | None
+        try:
+            key = crypto.load_public_key(path)
         except crypto.KeyFileError as exc:
             log.error("refusing registry file: %s", exc)
-            return None
+            key = None
+        self._cache[name] = (stamp, key)
+        return key
 
     def audit(self) -> list[str]:
         """Problems with registry files, one line each, for the log at start-up."""

@@ -2,7 +2,7 @@
 
 Every ZeroMQ message between a client (DEALER) and the broker (ROUTER) has
 exactly three frames: the marker b"zchat/1", a command name, and a body. A
-body is either empty (PING, REFUSED, EVICTED) or a hybrid envelope (see
+body is either empty (PING, REFUSED, EVICTED, BUSY) or a hybrid envelope (see
 `crypto.envelope`) whose plaintext is a UTF-8 JSON object. docs/PROTOCOL.md is
 the normative description; this module is its one implementation.
 
@@ -35,10 +35,11 @@ CHALLENGE = b"CHALLENGE"
 EVENT = b"EVENT"
 REFUSED = b"REFUSED"
 EVICTED = b"EVICTED"
+BUSY = b"BUSY"
 
 CLIENT_COMMANDS = frozenset({HELLO, LOGIN, SEND, PING})
-BROKER_COMMANDS = frozenset({CHALLENGE, EVENT, REFUSED, EVICTED, PING})
-BODYLESS_COMMANDS = frozenset({PING, REFUSED, EVICTED})
+BROKER_COMMANDS = frozenset({CHALLENGE, EVENT, REFUSED, EVICTED, BUSY, PING})
+BODYLESS_COMMANDS = frozenset({PING, REFUSED, EVICTED, BUSY})
 FRAME_COUNT = 3
 
 NONCE_BYTES = 32

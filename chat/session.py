@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import crypto
 from chat import protocol as p
-from chat.errors import ConnectError, LocalProtocolError, RemoteProtocolError
+from chat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError
 from chat.events import (
     ChatMessage,
     Event,
@@ -115,9 +115,12 @@ class ClientSession:
         if command == p.REFUSED and self.state in (State.HELLO_SENT, State.LOGIN_SENT):
             self.state = State.CLOSED
             raise ConnectError(REFUSED_MESSAGE.format(name=self.name))
+        if command == p.BUSY and self.state is State.HELLO_SENT:
+            self.state = State.CLOSED
+            raise BrokerBusy("the broker is busy (too many clients or logins); try again later")
         if command == p.EVICTED and self.state is State.READY:
             self.state = State.CLOSED
-            return [Notice("the broker disconnected us: we did not keep up with the traffic")], None
+            return [Notice("the broker ended our session (we were too slow, or silent for too long)")], None
         if command == p.CHALLENGE and self.state is State.HELLO_SENT:
             return [], self._on_challenge(body)
         if command == p.EVENT and self.state in (State.LOGIN_SENT, State.READY):

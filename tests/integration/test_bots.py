@@ -175,7 +175,13 @@ def reply_for(client: ChatClient) -> str:
 
 def test_twenty_bots_each_get_every_other_bots_messages_once_in_order(make_broker, connect, keyring):
     # Slow heartbeats: one test process polls twenty clients in turn.
-    broker = make_broker(heartbeat_interval=1.0, heartbeat_timeout=60.0, send_queue_limit=5000)
+    broker = make_broker(
+        heartbeat_interval=1.0,
+        heartbeat_timeout=60.0,
+        send_queue_limit=5000,
+        messages_per_second_per_user=1000,
+        logins_per_second_per_source=1000,
+    )
     names = [f"bot{i:02d}" for i in range(20)]
     for name in names:
         create_client_key(broker.keys, name, bits=2048)

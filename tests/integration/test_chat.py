@@ -75,7 +75,8 @@ def test_messages_over_the_cap_or_with_control_characters_are_refused_locally(br
         alice.send("evil \x1b[2J terminal escape")
 
 
-def test_messages_from_one_sender_arrive_in_order_exactly_once(broker, connect):
+def test_messages_from_one_sender_arrive_in_order_exactly_once(make_broker, connect):
+    broker = make_broker(messages_per_second_per_user=1000)
     bob = connect(broker, "bob")
     alice = connect(broker, "alice")
     for i in range(50):
