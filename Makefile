@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 BOTS          := $(filter-out __init__,$(basename $(notdir $(wildcard bots/*.py))))
 
-.PHONY: help broker client bot keys test unit lint typecheck clean
+.PHONY: help broker client bot keys test unit fuzz lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bot BOT=echo      run an example bot ($(BOTS)); registers its key if missing"
 	@echo "make keys NAME=alice   create and register a user's key pair"
 	@echo "make test              run the tests, ruff and mypy"
+	@echo "make fuzz              fuzz every parser of peer bytes (FUZZ_SECONDS=30 per target)"
 
 $(RUNTIME_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,18 @@ keys: $(RUNTIME_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory lint typecheck
+
+FUZZ_SECONDS ?= 30
+fuzz: $(DEV_STAMP)
+	@mkdir -p fuzz/crashes
+	@for target in frames envelope broker client; do \
+		echo "== fuzzing $$target for $(FUZZ_SECONDS)s"; \
+		log=$$(mktemp); \
+		$(BIN)/python -m fuzz.run $$target -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=fuzz/crashes/$$target- >$$log 2>&1 \
+			|| { tail -n 40 $$log; echo "fuzz target $$target failed; the input is in fuzz/crashes/"; exit 1; }; \
+		grep -E '^(Done|stat::(number_of_executed_units|new_units_added))' $$log; rm -f $$log; \
+	done
 
 unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/unit

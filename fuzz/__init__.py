@@ -1,0 +1,1 @@
+"""Fuzz targets for every function that parses peer bytes (run with `make fuzz`)."""

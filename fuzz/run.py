@@ -1,0 +1,24 @@
+"""`python -m fuzz.run TARGET [libFuzzer options]`: run one fuzz target under atheris."""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    import chat.protocol  # noqa: F401 - instrumented for coverage
+    import crypto  # noqa: F401
+    from fuzz.targets import TARGETS
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
+        sys.exit(f"usage: python -m fuzz.run {{{','.join(TARGETS)}}} [libFuzzer options]")
+    target = TARGETS[sys.argv.pop(1)]
+    atheris.Setup(sys.argv, target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
