@@ -79,7 +79,13 @@ class Broker:
                 return
             source = str(message[0].get("Peer-Address") or "")
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
-            self._send(self.core.receive(identity, frames, time.monotonic(), source))
+            try:
+                outgoing = self.core.receive(identity, frames, time.monotonic(), source)
+            except Exception:
+                # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
+                log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
+                continue
+            self._send(outgoing)
             if self.core.shutdown_requested_by:
                 return
 

@@ -117,7 +117,12 @@ def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
 
 
 def get_str(doc: dict[str, Any], key: str) -> str:
-    return str(_field(doc, key, str))
+    value = str(_field(doc, key, str))
+    try:
+        value.encode("utf-8")  # JSON escapes can smuggle in lone surrogates, which UTF-8 cannot hold
+    except UnicodeEncodeError:
+        raise RemoteProtocolError(f"field {key!r} is not valid Unicode text") from None
+    return value
 
 
 def get_bool(doc: dict[str, Any], key: str) -> bool:

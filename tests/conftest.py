@@ -151,6 +151,8 @@ def make_broker(tmp_path: Path, keyring: KeyRing) -> Iterator[Callable[..., Brok
     yield factory
     for broker in started:
         broker.kill()
+    for broker in started:  # the safety net in broker.py must never have caught anything
+        assert "internal error" not in broker.log(), broker.log()
 
 
 @pytest.fixture
