@@ -33,6 +33,7 @@ from chat.events import (
     Joined,
     Left,
     Notice,
+    SessionClosed,
     Shutdown,
     Welcome,
     WhoList,
@@ -85,6 +86,8 @@ def format_event(event: Event) -> str:
         return f"[{_clock()}] ! {event.message}"
     if isinstance(event, Shutdown):
         return f"[{_clock()}] * the broker is shutting down ({event.by}); goodbye"
+    if isinstance(event, SessionClosed):
+        return f"[{_clock()}] ! the broker closed this session: {event.reason}; goodbye"
     if isinstance(event, ConnectionLost):
         return f"[{_clock()}] ! connection lost: {event.reason}; retrying in {event.retry_in:g}s"
     return f"[{_clock()}] * {event}"
@@ -222,7 +225,7 @@ def run(client: ChatClient, as_json: bool = False) -> int:
             return 0
         for event in client.drain():
             show(event)
-            if isinstance(event, Shutdown):
+            if isinstance(event, Shutdown | SessionClosed):
                 return 0
         if keyboard in ready:
             raw = keyboard.recv()

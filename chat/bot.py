@@ -31,7 +31,7 @@ import crypto
 from chat.client import ChatClient
 from chat.config import DEFAULT_CONFIG, load_config
 from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import ChatMessage, Event, Shutdown
+from chat.events import ChatMessage, Event, SessionClosed, Shutdown
 from chat.keystore import KeyLayout
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,12 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
         return 1
     log.info("%s is online", args.name)
     try:
-        while not stopping:
+        while not stopping and not client.closed:
             event = client.receive(timeout=0.5)
             if event is None:
                 continue
-            if isinstance(event, Shutdown):
-                log.info("the broker shut down (%s)", event.by)
+            if isinstance(event, Shutdown | SessionClosed):
+                log.info("the broker ended the session: %s", event)
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue

@@ -70,6 +70,7 @@ class Pending:
     bot: bool
     client_nonce: bytes
     server_nonce: bytes
+    delivery_key: bytes
     started: float
 
 
@@ -79,6 +80,7 @@ class Session:
     info: UserInfo
     key: crypto.PublicKey
     session_id: str
+    delivery_key: bytes
     last_heard: float
     last_sent: float
     messages: TokenBucket
@@ -95,8 +97,12 @@ def short(identity: bytes) -> str:
 
 
 class BrokerCore:
-    def __init__(self, key: crypto.PrivateKey, registry: Registry, config: Config) -> None:
+    def __init__(
+        self, key: crypto.PrivateKey, registry: Registry, config: Config, decoy_key: crypto.PublicKey | None = None
+    ) -> None:
         self.key = key
+        # Unregistered names get a challenge sealed to this key, so a HELLO does not reveal who is registered.
+        self.decoy_key = decoy_key or key
         self.registry = registry
         self.config = config
         self.max_body = p.max_body_bytes(config.max_text_bytes)
@@ -214,13 +220,16 @@ class BrokerCore:
             hello = p.Hello.decode(crypto.open_envelope(self.key, body, p.context(p.HELLO)))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
-        user_key = self.registry.lookup(hello.user)
-        if user_key is None:
-            return self._refuse(identity, f"{hello.user!r} is not registered")
+        registered = self.registry.lookup(hello.user)
+        if registered is None:
+            log.info("login for unregistered %r from %s; it will be refused", hello.user, short(identity))
+        user_key = registered or self.decoy_key
         server_nonce = secrets.token_bytes(p.NONCE_BYTES)
-        self.pending[identity] = Pending(hello.user, user_key, hello.bot, hello.nonce, server_nonce, now)
-        proof = crypto.sign(self.key, p.broker_proof_input(hello.user, hello.nonce, server_nonce))
-        challenge = p.Challenge(hello.user, hello.nonce, server_nonce, proof)
+        delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
+        pending = Pending(hello.user, user_key, hello.bot, hello.nonce, server_nonce, delivery_key, now)
+        self.pending[identity] = pending
+        proof = crypto.sign(self.key, p.broker_proof_input(hello.user, hello.nonce, server_nonce, delivery_key))
+        challenge = p.Challenge(hello.user, hello.nonce, server_nonce, delivery_key, proof)
         body_out = crypto.seal(user_key, challenge.encode(), p.context(p.CHALLENGE))
         return [Outgoing(identity, p.encode_frames(p.CHALLENGE, body_out))]
 
@@ -232,25 +241,21 @@ class BrokerCore:
             login = p.Login.decode(crypto.open_envelope(self.key, body, p.context(p.LOGIN)))
             signed = p.login_proof_input(pending.user, pending.client_nonce, pending.server_nonce)
             crypto.verify(pending.key, signed, login.signature)
+            if pending.key is self.decoy_key:
+                raise RemoteProtocolError("not registered")
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad LOGIN for {pending.user!r} ({exc})")
-        out: list[Outgoing] = []
         previous = self.by_name.get(pending.user)
-        if previous is not None:
-            old = self.sessions[previous]
-            out.append(
-                self._event(
-                    old, {"type": "error", "message": "you logged in again elsewhere; this session is closed"}, now
-                )
-            )
-            out += self._remove(old, "logged in again", now)
-        info = UserInfo(
-            pending.user, crypto.fingerprint(pending.key), pending.bot, crypto.public_key_to_der(pending.key)
-        )
-        if len(self.sessions) >= self.config.max_clients:
+        if previous is None and len(self.sessions) >= self.config.max_clients:
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
+        out: list[Outgoing] = []
+        if previous is not None:
+            out += self._close(self.sessions[previous], "you logged in again elsewhere", "logged in again", now)
+        key_der = crypto.public_key_to_der(pending.key)
+        info = UserInfo(pending.user, crypto.fingerprint(pending.key), pending.bot, key_der)
         bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
-        session = Session(identity, info, pending.key, p.session_id(pending.server_nonce), now, now, bucket)
+        session_id = p.session_id(pending.server_nonce)
+        session = Session(identity, info, pending.key, session_id, pending.delivery_key, now, now, bucket)
         self.sessions[identity] = session
         self.by_name[info.name] = identity
         self.evicted.pop(identity, None)
@@ -314,18 +319,22 @@ class BrokerCore:
             if key is not None and crypto.fingerprint(key) == session.info.fingerprint:
                 continue
             log.warning("%s: registered key removed or replaced; ending the session", session.name)
-            message = "your key is no longer registered with this broker; session closed"
-            out.append(self._event(session, {"type": "error", "message": message}, now))
-            self.evicted[session.identity] = now
-            out += self._remove(session, "key no longer registered", now)
+            reason = "your key is no longer registered with this broker"
+            out += self._close(session, reason, "key no longer registered", now)
         return out
 
     # ------------------------------------------------------------ helpers
 
+    def _close(self, session: Session, reason: str, public_reason: str, now: float) -> list[Outgoing]:
+        """End a session for good: tell it why (it must not reconnect), tell the others it left."""
+        out = [self._event(session, {"type": "closed", "reason": reason}, now)]
+        self.evicted[session.identity] = now
+        return out + self._remove(session, public_reason, now)
+
     def _event(self, session: Session, event: dict[str, Any], now: float) -> Outgoing:
         session.seq_out += 1
         session.last_sent = now
-        plaintext = p.delivery_doc(session.session_id, session.seq_out, event)
+        plaintext = p.seal_delivery(session.delivery_key, session.session_id, session.seq_out, event)
         return Outgoing(
             session.identity, p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
         )

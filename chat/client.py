@@ -25,8 +25,8 @@ import zmq
 
 import crypto
 from chat.errors import BrokerBusy, ConnectError, RemoteProtocolError
-from chat.events import ConnectionLost, Event, Notice, Shutdown, Welcome
-from chat.protocol import text_problem
+from chat.events import ConnectionLost, Event, Notice, SessionClosed, Shutdown, Welcome
+from chat.protocol import MAX_BROKER_BODY, text_problem
 from chat.session import ClientSession, State
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class ChatClient:
         self._socket: zmq.Socket[bytes] | None = None
         self.session = ClientSession(name, key, broker_key, bot=bot)
         self._events: collections.deque[Event] = collections.deque()
-        self._outbox: collections.deque[str] = collections.deque(maxlen=MAX_QUEUED_WHILE_OFFLINE)
+        self._outbox: collections.deque[str] = collections.deque()
         self._ever_logged_in = False
         self._closed = False
         self._attempt_deadline = 0.0
@@ -115,20 +115,27 @@ class ChatClient:
 
     @property
     def online(self) -> bool:
+        """Logged in right now."""
         return self.session.state is State.READY
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
+        return self._closed
 
     def send(self, text: str) -> None:
         """Send a chat message to everyone else. ValueError if the text cannot be sent.
 
-        While reconnecting, messages are queued (up to 1000) and sent after the next login.
+        While reconnecting, messages are queued (up to 1000; more raise ConnectError)
+        and sent after the next login.
         """
-        if self.online:
-            self._send(self.session.say(text))
-        else:
-            problem = text_problem(text, self.session.max_text_bytes)
-            if problem:
-                raise ValueError(problem)
-            self._outbox.append(text)
+        problem = text_problem(text, self.session.max_text_bytes)
+        if problem:
+            raise ValueError(problem)
+        if len(self._outbox) >= MAX_QUEUED_WHILE_OFFLINE:
+            raise ConnectError(f"not connected, and {MAX_QUEUED_WHILE_OFFLINE} messages are already waiting")
+        self._outbox.append(text)
+        self._flush_outbox()
 
     def who(self) -> None:
         """Ask who is online; the answer arrives as a WhoList event."""
@@ -236,13 +243,21 @@ class ChatClient:
         if isinstance(event, Welcome):
             self._retry_delay = FIRST_RETRY_DELAY
             self._ever_logged_in = True
-            while self._outbox and self.online:
-                self._send(self.session.say(self._outbox.popleft()))
+            self._flush_outbox()
         self._events.append(event)
-        if isinstance(event, Shutdown):
+        if isinstance(event, Shutdown | SessionClosed):
             self.close(say_bye=False)
         elif isinstance(event, Notice) and self.session.state is State.CLOSED:
             self._connection_lost("evicted by the broker", time.monotonic())
+
+    def _flush_outbox(self) -> None:
+        """Send queued messages while logged in; a message the socket refuses goes back to the front."""
+        while self._outbox and self.online:
+            text = self._outbox.popleft()
+            if not self._send(self.session.say(text)):
+                # The statement number is spent: only a fresh session can continue in order.
+                self._outbox.appendleft(text)
+                self._connection_lost("the queue to the broker is full", time.monotonic())
 
     def _maintain(self, now: float) -> None:
         if self._closed:
@@ -287,6 +302,7 @@ class ChatClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_BROKER_BODY + 1024)
         sock.connect(self.endpoint)
         self._socket = sock
         self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot)
@@ -297,14 +313,17 @@ class ChatClient:
     def _request(self, kind: str) -> None:
         if not self.online:
             raise ConnectError("not connected to the broker right now")
-        self._send(self.session.request(kind))
+        if not self._send(self.session.request(kind)):
+            self._connection_lost("the queue to the broker is full", time.monotonic())
+            raise ConnectError("not connected to the broker right now")
 
-    def _send(self, frames: list[bytes]) -> None:
+    def _send(self, frames: list[bytes]) -> bool:
+        """Queue frames on the socket without blocking; False if there is no room (or no socket)."""
         if self._socket is None:
-            return
+            return False
         try:
             self._socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
-            self._events.append(Notice("not sent: the queue to the broker is full"))
-            return
+            return False
         self._last_sent = time.monotonic()
+        return True

@@ -69,6 +69,13 @@ class Shutdown(Event):
 
 
 @dataclass(frozen=True)
+class SessionClosed(Event):
+    """The broker ended our session for good (we logged in elsewhere, or our key was revoked); no reconnect."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConnectionLost(Event):
     """The broker went silent or dropped us; the client retries after `retry_in` seconds."""
 
@@ -96,6 +103,8 @@ def to_dict(event: Event) -> dict[str, object]:
         return {"type": "notice", "message": event.message}
     if isinstance(event, Shutdown):
         return {"type": "shutdown", "by": event.by}
+    if isinstance(event, SessionClosed):
+        return {"type": "closed", "reason": event.reason}
     if isinstance(event, ConnectionLost):
         return {"type": "connection_lost", "reason": event.reason, "retry_in": event.retry_in}
     raise TypeError(f"not an event: {event!r}")

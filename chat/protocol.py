@@ -20,6 +20,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+import crypto
 from chat.errors import LocalProtocolError, RemoteProtocolError
 from chat.events import UserInfo
 
@@ -43,6 +44,9 @@ BODYLESS_COMMANDS = frozenset({PING, REFUSED, EVICTED, BUSY})
 FRAME_COUNT = 3
 
 NONCE_BYTES = 32
+DELIVERY_KEY_BYTES = 32
+# Broker frames can carry the whole roster (about 1 KiB per user online): clients accept up to this.
+MAX_BROKER_BODY = 16 * 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 MAX_SEQ = 2**53 - 1
@@ -196,9 +200,9 @@ def text_problem(text: str, max_text_bytes: int) -> str | None:
 # ---------------------------------------------------------------- signing inputs
 
 
-def broker_proof_input(user: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
+def broker_proof_input(user: str, client_nonce: bytes, server_nonce: bytes, delivery_key: bytes) -> bytes:
     """Bytes the broker signs in CHALLENGE to prove it holds the pinned broker key."""
-    return MARKER + b"|broker|" + user.encode("ascii") + b"|" + client_nonce + server_nonce
+    return MARKER + b"|broker|" + user.encode("ascii") + b"|" + client_nonce + server_nonce + delivery_key
 
 
 def login_proof_input(user: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
@@ -209,6 +213,11 @@ def login_proof_input(user: str, client_nonce: bytes, server_nonce: bytes) -> by
 def statement_signing_input(statement: str) -> bytes:
     """Bytes a client signs for each statement (the statement's exact UTF-8 JSON)."""
     return MARKER + b"|statement|" + statement.encode("utf-8")
+
+
+def delivery_mac_input(delivery: str) -> bytes:
+    """Bytes the broker MACs for each delivery (the delivery's exact UTF-8 JSON)."""
+    return MARKER + b"|delivery|" + delivery.encode("utf-8")
 
 
 # ---------------------------------------------------------------- handshake documents
@@ -231,9 +240,12 @@ class Hello:
 
 @dataclass(frozen=True)
 class Challenge:
+    """The broker's answer to HELLO: its proof of the pinned key, a fresh nonce, and the session's delivery key."""
+
     user: str
     client_nonce: bytes
     server_nonce: bytes
+    delivery_key: bytes
     signature: bytes
 
     def encode(self) -> bytes:
@@ -242,6 +254,7 @@ class Challenge:
                 "user": self.user,
                 "client_nonce": b64(self.client_nonce),
                 "server_nonce": b64(self.server_nonce),
+                "delivery_key": b64(self.delivery_key),
                 "sig": b64(self.signature),
             }
         )
@@ -253,6 +266,7 @@ class Challenge:
             get_name(doc, "user"),
             get_b64(doc, "client_nonce", NONCE_BYTES),
             get_b64(doc, "server_nonce", NONCE_BYTES),
+            get_b64(doc, "delivery_key", DELIVERY_KEY_BYTES),
             get_b64(doc, "sig"),
         )
 
@@ -367,8 +381,11 @@ def parse_user_list(doc: dict[str, Any], key: str) -> tuple[UserInfo, ...]:
     return tuple(parse_user_info(entry) for entry in users)
 
 
-def delivery_doc(session: str, seq: int, event: dict[str, Any]) -> bytes:
-    return dump_doc({"session": session, "seq": seq, "event": event})
+def seal_delivery(delivery_key: bytes, session: str, seq: int, event: dict[str, Any]) -> bytes:
+    """The EVENT plaintext: the delivery JSON and its HMAC under the session's delivery key."""
+    delivery = dump_doc({"session": session, "seq": seq, "event": event}).decode("utf-8")
+    tag = crypto.mac(delivery_key, delivery_mac_input(delivery))
+    return dump_doc({"delivery": delivery, "mac": b64(tag)})
 
 
 @dataclass(frozen=True)
@@ -379,8 +396,15 @@ class Delivery:
     kind: str
 
     @classmethod
-    def decode(cls, data: bytes) -> Delivery:
-        doc = load_doc(data)
+    def open(cls, data: bytes, delivery_key: bytes) -> Delivery:
+        """Check the MAC, then parse; anything wrong raises RemoteProtocolError."""
+        outer = load_doc(data)
+        delivery = get_str(outer, "delivery")
+        try:
+            crypto.verify_mac(delivery_key, delivery_mac_input(delivery), get_b64(outer, "mac", 32))
+        except crypto.CryptoError:
+            raise RemoteProtocolError("delivery MAC does not verify") from None
+        doc = load_doc(delivery)
         event = doc.get("event")
         if not isinstance(event, dict):
             raise RemoteProtocolError("delivery without event object")

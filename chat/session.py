@@ -10,6 +10,7 @@ each chat message's author signature.
 from __future__ import annotations
 
 import enum
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from chat.events import (
     Joined,
     Left,
     Notice,
+    SessionClosed,
     Shutdown,
     UserInfo,
     Welcome,
     WhoList,
 )
+
+log = logging.getLogger(__name__)
 
 REFUSED_MESSAGE = (
     "login refused: the broker does not accept {name!r} with this key "
@@ -61,6 +65,7 @@ class ClientSession:
         self.heartbeat_interval = 1.0
         self.heartbeat_timeout = 6.0
         self.session_id = ""
+        self._delivery_key = b""
         self._client_nonce = b""
         self._seq_out = 0
         self._seq_in = 0
@@ -109,13 +114,13 @@ class ClientSession:
         Raises RemoteProtocolError for a frame to drop, ConnectError when the
         broker refused the login or failed to prove its key.
         """
-        command, body = p.decode_frames(frames, p.BROKER_COMMANDS, p.max_body_bytes(self.max_text_bytes))
+        command, body = p.decode_frames(frames, p.BROKER_COMMANDS, p.MAX_BROKER_BODY)
         if command == p.PING:
             return [], None
         if command == p.REFUSED and self.state in (State.HELLO_SENT, State.LOGIN_SENT):
             self.state = State.CLOSED
             raise ConnectError(REFUSED_MESSAGE.format(name=self.name))
-        if command == p.BUSY and self.state is State.HELLO_SENT:
+        if command == p.BUSY and self.state in (State.HELLO_SENT, State.LOGIN_SENT):
             self.state = State.CLOSED
             raise BrokerBusy("the broker is busy (too many clients or logins); try again later")
         if command == p.EVICTED and self.state is State.READY:
@@ -138,7 +143,7 @@ class ClientSession:
             challenge = p.Challenge.decode(plaintext)
             if challenge.user != self.name or challenge.client_nonce != self._client_nonce:
                 raise RemoteProtocolError("challenge for another login")
-            proof = p.broker_proof_input(self.name, self._client_nonce, challenge.server_nonce)
+            proof = p.broker_proof_input(self.name, self._client_nonce, challenge.server_nonce, challenge.delivery_key)
             crypto.verify(self.broker_key, proof, challenge.signature)
         except (crypto.CryptoError, RemoteProtocolError):
             self.state = State.CLOSED
@@ -146,24 +151,32 @@ class ClientSession:
                 "broker authentication failed: it could not prove it holds the pinned broker key"
             ) from None
         self.session_id = p.session_id(challenge.server_nonce)
+        self._delivery_key = challenge.delivery_key
         login_proof = crypto.sign(self.key, p.login_proof_input(self.name, self._client_nonce, challenge.server_nonce))
         self.state = State.LOGIN_SENT
         return p.encode_frames(p.LOGIN, crypto.seal(self.broker_key, p.Login(login_proof).encode(), p.context(p.LOGIN)))
 
     def _on_event(self, body: bytes) -> list[Event]:
         try:
-            delivery = p.Delivery.decode(crypto.open_envelope(self.key, body, p.context(p.EVENT)))
+            plaintext = crypto.open_envelope(self.key, body, p.context(p.EVENT))
         except crypto.CryptoError:
             raise RemoteProtocolError("event did not open") from None
+        delivery = p.Delivery.open(plaintext, self._delivery_key)
         if delivery.session != self.session_id:
             raise RemoteProtocolError("event for another session")
         if delivery.seq != self._seq_in + 1:
             raise RemoteProtocolError(f"event sequence {delivery.seq}, expected {self._seq_in + 1}")
         if self.state is State.LOGIN_SENT and delivery.kind != "welcome":
             raise RemoteProtocolError("first event is not a welcome")
-        events = self._interpret(delivery)
+        # Authentic and in order: it counts even if we cannot use it (a newer event type, say).
         self._seq_in = delivery.seq
-        return events
+        try:
+            return self._interpret(delivery)
+        except RemoteProtocolError as exc:
+            if delivery.kind == "welcome":
+                raise
+            log.warning("ignored a %r event from the broker: %s", delivery.kind, exc)
+            return []
 
     def _interpret(self, delivery: p.Delivery) -> list[Event]:
         event, kind = delivery.event, delivery.kind
@@ -194,6 +207,9 @@ class ClientSession:
         if kind == "shutdown":
             self.state = State.CLOSED
             return [Shutdown(p.get_str(event, "by"))]
+        if kind == "closed":
+            self.state = State.CLOSED
+            return [SessionClosed(p.get_str(event, "reason"))]
         raise RemoteProtocolError(f"unknown event type {kind!r}")
 
     @staticmethod

@@ -1,8 +1,8 @@
 """The only place that touches PyCryptodome.
 
 A few verbs, no knobs: generate/load/export RSA keys, seal/open a hybrid
-envelope (RSA-OAEP wrapping an AES-256-GCM body), sign/verify (RSA-PSS), and
-fingerprint a public key. Every algorithm, hash, mask function and mode is
+envelope (RSA-OAEP wrapping an AES-256-GCM body), sign/verify (RSA-PSS),
+mac/verify_mac (HMAC-SHA256), and fingerprint a public key. Every algorithm, hash, mask function and mode is
 fixed here and passed explicitly; callers never choose one.
 
 Every failure to open or verify something a peer sent raises the single
@@ -25,9 +25,11 @@ from crypto.keys import (
     public_key_from_der,
     public_key_to_der,
 )
+from crypto.mac import MAC_KEY_BYTES, mac, verify_mac
 from crypto.signing import sign, verify
 
 __all__ = [
+    "MAC_KEY_BYTES",
     "MIN_KEY_BITS",
     "CryptoError",
     "KeyFileError",
@@ -40,10 +42,12 @@ __all__ = [
     "key_bits",
     "load_private_key",
     "load_public_key",
+    "mac",
     "open_envelope",
     "public_key_from_der",
     "public_key_to_der",
     "seal",
     "sign",
     "verify",
+    "verify_mac",
 ]

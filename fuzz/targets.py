@@ -45,7 +45,7 @@ def frames_and_documents(data: bytes) -> None:
     for allowed in (p.CLIENT_COMMANDS, p.BROKER_COMMANDS):
         with contextlib.suppress(RemoteProtocolError):
             p.decode_frames(split_frames(data), allowed, p.max_body_bytes(p.DEFAULT_MAX_TEXT_BYTES))
-    for decode in (p.Hello.decode, p.Challenge.decode, p.Login.decode, p.Delivery.decode):
+    for decode in (p.Hello.decode, p.Challenge.decode, p.Login.decode, lambda d: p.Delivery.open(d, bytes(32))):
         with contextlib.suppress(RemoteProtocolError):
             decode(data)
     with contextlib.suppress(RemoteProtocolError):

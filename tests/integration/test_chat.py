@@ -16,7 +16,7 @@ import crypto
 from chat import protocol as p
 from chat.client import ChatClient
 from chat.errors import ConnectError
-from chat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, Shutdown, Welcome, WhoList
+from chat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, SessionClosed, Shutdown, Welcome, WhoList
 from chat.session import ClientSession
 from tests.conftest import ROOT, collect, run_env, wait_for
 
@@ -169,8 +169,9 @@ def test_second_login_with_the_same_name_replaces_the_first(broker, connect):
     bob = connect(broker, "bob")
     first = connect(broker, "alice")
     second = connect(broker, "alice")
-    notice = wait_for(first, lambda e: isinstance(e, Notice))
-    assert "logged in again" in notice.message
+    closed = wait_for(first, lambda e: isinstance(e, SessionClosed))
+    assert closed.reason == "you logged in again elsewhere"
+    assert first.closed  # and it does not come back to take the name over
     wait_for(bob, lambda e: isinstance(e, Left) and e.reason == "logged in again")
     second.send("from the new session")
     assert wait_for(bob, is_chat()).text == "from the new session"

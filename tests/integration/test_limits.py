@@ -7,7 +7,7 @@ import pytest
 import crypto
 from chat import protocol as p
 from chat.errors import BrokerBusy, ConnectError
-from chat.events import ChatMessage, Joined, Left, Notice
+from chat.events import ChatMessage, Joined, Left, Notice, SessionClosed
 from chat.session import ClientSession
 from tests.conftest import collect, wait_for
 
@@ -51,10 +51,11 @@ def test_max_clients_turns_away_logins_beyond_it(make_broker, connect):
 
 def test_removed_key_ends_the_open_session_and_blocks_login(broker, connect):
     bob = connect(broker, "bob")
-    alice = connect(broker, "alice", reconnect=False)
+    alice = connect(broker, "alice")
     broker.keys.client_public("alice").unlink()
-    notice = wait_for(alice, lambda e: isinstance(e, Notice), timeout=5)
-    assert "no longer registered" in notice.message
+    closed = wait_for(alice, lambda e: isinstance(e, SessionClosed), timeout=5)
+    assert "no longer registered" in closed.reason
+    assert alice.closed
     left = wait_for(bob, lambda e: isinstance(e, Left), timeout=5)
     assert (left.name, left.reason) == ("alice", "key no longer registered")
     with pytest.raises(ConnectError, match="login refused"):
@@ -87,7 +88,16 @@ def test_every_login_failure_gets_the_same_bytes(broker, keyring, raw_dealer):
     bad_tag = bytearray(hello[2])
     bad_tag[1 + k + 12] ^= 1
     answers["aead tag"] = answer([p.MARKER, p.HELLO, bytes(bad_tag)])
-    answers["unknown user"] = answer(ClientSession("mallory", keyring.keys["mallory"], broker_pub).hello())
+    # An unregistered name gets a challenge like everyone (sealed to a decoy key); its LOGIN is refused.
+    stranger = raw_dealer(broker)
+    mallory = ClientSession("mallory", keyring.keys["mallory"], broker_pub)
+    stranger.send_multipart(mallory.hello())
+    challenge = stranger.recv_multipart()
+    assert challenge[1] == p.CHALLENGE
+    mallory_login = p.Login(crypto.sign(keyring.keys["mallory"], b"cannot read the challenge")).encode()
+    answers["unknown user"] = answer(
+        p.encode_frames(p.LOGIN, crypto.seal(broker_pub, mallory_login, p.context(p.LOGIN))), stranger
+    )
 
     # A correct HELLO, then a LOGIN signed with the wrong key.
     sock = raw_dealer(broker)
