@@ -1,0 +1,105 @@
+"""Faults with real processes: a stopped receiver, a killed bot, /shutdown in the middle of heavy traffic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from chat.events import ChatMessage, Joined, Left, Shutdown
+from chat.keystore import create_client_key
+from tests.conftest import ROOT, run_env, wait_for
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stopped_receiver_is_dropped_and_told_while_the_room_goes_on(make_broker, connect, client):
+    # In-process clients heartbeat only while polled: a long timeout keeps bob and alice in while alice floods.
+    broker = make_broker(messages_per_second_per_user=10_000, send_queue_limit=100, heartbeat_timeout=30)
+    bob = connect(broker, "bob")
+    carol = client(broker, "carol")
+    carol.expect_line("logged in as carol")
+    wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "carol")
+    alice = connect(broker, "alice")
+    rss_before = rss_mb(broker.proc.pid)
+    os.kill(carol.popen.pid, signal.SIGSTOP)
+    try:
+        texts = [f"{i:04d} " + "x" * 20_000 for i in range(300)]
+        for text in texts:
+            alice.send(text)
+        received = []
+        left = None
+        while len(received) < len(texts):
+            event = wait_for(bob, lambda e: isinstance(e, ChatMessage | Left))
+            if isinstance(event, Left):
+                left = event
+            else:
+                received.append(event.text)
+        assert received == texts  # the room kept going, in order, nothing lost
+        if left is None:
+            left = wait_for(bob, lambda e: isinstance(e, Left))
+        assert left.name == "carol"
+        assert left.reason == "too slow to keep up"
+        assert rss_mb(broker.proc.pid) - rss_before < 150  # bounded: the queue limit, not the traffic
+    finally:
+        os.kill(carol.popen.pid, signal.SIGCONT)
+    carol.expect_line("the broker ended our session", timeout=30)
+    carol.expect_line("logged in as carol", timeout=30)  # and it comes back by itself
+    wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "carol", timeout=30)
+
+
+def test_a_killed_bot_is_removed_and_the_room_goes_on(broker, connect):
+    create_client_key(broker.keys, "echo", bits=2048)
+    alice = connect(broker, "alice")
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "bots.echo", "--config", str(broker.config_path), "--port", str(broker.port)],
+        cwd=ROOT,
+        env=run_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(alice, lambda e: isinstance(e, Joined) and e.user.name == "echo", timeout=20)
+        for i in range(20):
+            alice.send(f"ping {i}")
+        bot.kill()
+        left = wait_for(alice, lambda e: isinstance(e, Left), timeout=10)
+        assert left.name == "echo"
+        bob = connect(broker, "bob")
+        alice.send("still here")
+        assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "still here"
+    finally:
+        bot.kill()
+        bot.wait(10)
+
+
+def test_shutdown_in_heavy_traffic_delivers_everything_accepted_first(make_broker, connect):
+    broker = make_broker(messages_per_second_per_user=10_000, send_queue_limit=100_000, heartbeat_timeout=30)
+    carol = connect(broker, "carol")
+    alice = connect(broker, "alice")
+    bob = connect(broker, "bob")
+    admin = connect(broker, "admin")
+    wait_for(carol, lambda e: isinstance(e, Joined) and e.user.name == "admin")
+    for i in range(150):
+        alice.send(f"alice {i}")
+        bob.send(f"bob {i}")
+        admin.send(f"admin {i}")
+    admin.request_shutdown()
+    for receiver, senders in ((carol, ("alice", "bob", "admin")), (alice, ("bob", "admin"))):
+        got: dict[str, list[str]] = {s: [] for s in senders}
+        while not isinstance(event := wait_for(receiver, lambda e: isinstance(e, ChatMessage | Shutdown)), Shutdown):
+            got[event.sender].append(event.text)
+        # Everything the admin sent before /shutdown was accepted first, so all of it arrives before the notice.
+        assert got["admin"] == [f"admin {i}" for i in range(150)]
+        for sender in senders:  # from the others, whatever the broker accepted: a complete prefix, in order
+            assert got[sender] == [f"{sender} {i}" for i in range(len(got[sender]))]
+        assert receiver.receive(timeout=0.5) is None  # nothing after the shutdown notice
+    assert broker.proc.wait(20) == 0
