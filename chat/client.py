@@ -158,11 +158,9 @@ class ChatClient:
         return self._events.popleft()
 
     def __iter__(self) -> Iterator[Event]:
-        """Every event until the broker shuts down or the client is closed."""
-        while not self._closed:
-            event = self.receive(None)
-            if event is not None:
-                yield event
+        """Every event, the last one included, until the client is closed (by you, a shutdown or the broker)."""
+        while (event := self.receive(None)) is not None:
+            yield event
 
     def close(self, say_bye: bool = True) -> None:
         """Leave the chat (telling the broker when logged in) and close the socket. Idempotent."""
