@@ -372,3 +372,12 @@ def test_bad_registry_files_are_refused_by_name(make_broker, keyring, tmp_path, 
     assert re.search(r"leaky\.pub.*PRIVATE key", log)
     with pytest.raises(ConnectError, match="login refused"):
         connect(broker, "leaky", key_path=keyring.private("carol"))
+
+
+def test_iterating_a_client_ends_with_the_shutdown_event(broker, connect):
+    bob = connect(broker, "bob")
+    admin = connect(broker, "admin")
+    admin.request_shutdown()
+    events = list(bob)  # ends by itself once the broker has shut down
+    assert isinstance(events[-1], Shutdown)
+    assert bob.closed
