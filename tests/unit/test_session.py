@@ -1,0 +1,328 @@
+"""chat/session.py: what a client accepts from the broker, fed real and forged frames by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import crypto
+from chat import protocol as p
+from chat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError
+from chat.events import ChatMessage, Joined, Left, SessionClosed, UserInfo
+from chat.session import ClientSession, State
+from tests.unit.world import PING_FRAMES, World
+
+LEAVE = {"type": "leave", "name": "carol", "reason": "left"}
+
+
+def broker_event(
+    world: World, identity: bytes, event: dict[str, Any], seq: int | None = None, delivery_key: bytes | None = None
+) -> list[bytes]:
+    """An EVENT for `identity` sealed and MACed as the broker does: what a compromised broker could send.
+
+    `seq` defaults to the session's next delivery number; `delivery_key` to the session's own key.
+    """
+    session = world.core.sessions[identity]
+    if seq is None:
+        session.seq_out += 1
+        seq = session.seq_out
+    key = session.delivery_key if delivery_key is None else delivery_key
+    plaintext = p.seal_delivery(key, session.session_id, seq, event)
+    return p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
+
+
+def chat_event(key: crypto.PrivateKey, sender: str, session: str, seq: int, text: str = "forged") -> dict[str, Any]:
+    statement = p.Statement.build("chat", sender, session, seq, 1.0, text)
+    signature = crypto.sign(key, p.statement_signing_input(statement.text))
+    return {"type": "chat", **p.SignedStatement(statement.text, signature).to_doc()}
+
+
+def remote_error(client: ClientSession, frames: list[bytes], match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        client.receive(frames)
+
+
+def still_in_step(world: World, identity: bytes) -> None:
+    """The session accepts the broker's next genuine event (its sequence counter is where the broker's is)."""
+    events, _ = world.clients[identity].receive(broker_event(world, identity, LEAVE))
+    assert events == [Left("carol", "left")]
+
+
+@pytest.fixture
+def pair(world):
+    """alice and bob logged in; returns the world."""
+    world.login("alice")
+    world.login("bob")
+    return world
+
+
+# ---------------------------------------------------------------- events from the broker
+
+
+def test_replayed_event_is_rejected(pair):
+    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("hi bob"))
+    bob = pair.clients[b"bob"]
+    events, reply = bob.receive(delivery.frames)
+    assert reply is None
+    assert [(e.sender, e.text) for e in events] == [("alice", "hi bob")]
+    remote_error(bob, delivery.frames, "sequence")
+    still_in_step(pair, b"bob")
+
+
+def test_event_sealed_for_someone_else_is_rejected(pair):
+    pair.login("carol")
+    out = pair.send(b"carol", pair.clients[b"carol"].say("hello both"))
+    for_bob = next(m for m in out if m.identity == b"bob")
+    for_alice = next(m for m in out if m.identity == b"alice")
+    alice = pair.clients[b"alice"]
+    remote_error(alice, for_bob.frames, "did not open")
+    # The rejected frame left alice's session intact.
+    (message,) = alice.receive(for_alice.frames)[0]
+    assert message == ChatMessage("carol", "hello both", message.timestamp)
+
+
+def test_event_from_an_earlier_session_is_rejected(world):
+    first = world.login("alice", b"alice-1")
+    second = world.login("alice", b"alice-2")
+    with pytest.raises(RemoteProtocolError):
+        second.client.receive(first.welcome_frames)
+    still_in_step(world, b"alice-2")
+
+
+def test_event_without_the_session_delivery_key_is_rejected(pair):
+    # Anyone can seal to bob's public key and may know his session id; only the broker knows the delivery key.
+    frames = broker_event(pair, b"bob", {"type": "shutdown", "by": "a forger"}, delivery_key=bytes(32))
+    remote_error(pair.clients[b"bob"], frames, "MAC")
+    assert pair.clients[b"bob"].state is State.READY
+    pair.core.sessions[b"bob"].seq_out -= 1  # the forgery used up no genuine number
+    still_in_step(pair, b"bob")
+
+
+def test_event_naming_another_session_is_rejected(pair):
+    session = pair.core.sessions[b"bob"]
+    plaintext = p.seal_delivery(session.delivery_key, "ab" * 32, session.seq_out + 1, LEAVE)
+    frames = p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
+    remote_error(pair.clients[b"bob"], frames, "another session")
+
+
+@pytest.mark.parametrize("offset", [0, 2, -1], ids=["repeat", "gap", "back"])
+def test_event_out_of_sequence_is_rejected(pair, offset):
+    still_in_step(pair, b"bob")  # bob is at delivery 2, so "back" is a valid number
+    seq = pair.core.sessions[b"bob"].seq_out + offset
+    remote_error(pair.clients[b"bob"], broker_event(pair, b"bob", LEAVE, seq=seq), "seq")
+    still_in_step(pair, b"bob")
+
+
+def test_event_moved_to_another_command_is_rejected(pair):
+    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("hi"))
+    with pytest.raises(RemoteProtocolError):
+        pair.clients[b"bob"].receive([p.MARKER, p.CHALLENGE, delivery.frames[2]])
+
+
+def test_ping_from_the_broker_needs_no_answer(pair):
+    assert pair.clients[b"alice"].receive(PING_FRAMES) == ([], None)
+
+
+def test_closed_event_ends_the_session_for_good(pair):
+    events, _ = pair.clients[b"bob"].receive(broker_event(pair, b"bob", {"type": "closed", "reason": "because"}))
+    assert events == [SessionClosed("because")]
+    assert pair.clients[b"bob"].state is State.CLOSED
+
+
+# ---------------------------------------------------------------- unusable events are skipped
+
+
+def skipped(world: World, identity: bytes, event: dict[str, Any]) -> None:
+    """An authentic, in-order event the client cannot use yields nothing, and the session carries on."""
+    assert world.clients[identity].receive(broker_event(world, identity, event)) == ([], None)
+    still_in_step(world, identity)
+
+
+def test_unknown_event_type_is_skipped(pair):
+    skipped(pair, b"bob", {"type": "confetti"})
+
+
+def test_chat_with_a_forged_author_signature_is_skipped(pair, keyring):
+    # The broker cannot put words in alice's mouth: it does not hold her key.
+    session = pair.clients[b"alice"].session_id
+    skipped(pair, b"bob", chat_event(keyring.keys["mallory"], "alice", session, 1))
+
+
+def test_genuine_chat_built_the_same_way_is_accepted(pair, keyring):
+    # Control for the forgery tests: the helper's honest output is accepted.
+    session = pair.clients[b"alice"].session_id
+    event = chat_event(keyring.keys["alice"], "alice", session, 1, "real")
+    (message,) = pair.clients[b"bob"].receive(broker_event(pair, b"bob", event))[0]
+    assert (message.sender, message.text) == ("alice", "real")
+
+
+def test_chat_replayed_by_the_broker_is_skipped(pair, keyring):
+    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("pay carol 10"))
+    bob = pair.clients[b"bob"]
+    assert len(bob.receive(delivery.frames)[0]) == 1
+    # The broker re-sends the same signed statement in a fresh, correctly numbered and MACed event.
+    plaintext = crypto.open_envelope(keyring.keys["bob"], delivery.frames[2], p.context(p.EVENT))
+    original = p.Delivery.open(plaintext, pair.core.sessions[b"bob"].delivery_key)
+    skipped(pair, b"bob", original.event)
+
+
+def test_chat_from_someone_not_online_is_skipped(pair, keyring):
+    skipped(pair, b"bob", chat_event(keyring.keys["carol"], "carol", "cafe" * 16, 1))
+
+
+def test_chat_with_control_characters_is_skipped_even_if_signed(pair, keyring):
+    session = pair.clients[b"alice"].session_id
+    skipped(pair, b"bob", chat_event(keyring.keys["alice"], "alice", session, 1, "\x1b]0;pwned\x07"))
+
+
+def test_join_with_a_mismatched_fingerprint_is_skipped(pair, keyring):
+    carol = keyring.keys["carol"]
+    user = UserInfo("carol", crypto.fingerprint(keyring.keys["alice"]), False, crypto.public_key_to_der(carol))
+    skipped(pair, b"bob", {"type": "join", "user": p.user_info_doc(user)})
+    # carol never entered bob's roster, so a message signed by her is not accepted either.
+    skipped(pair, b"bob", chat_event(carol, "carol", "cafe" * 16, 1))
+
+
+def test_join_with_a_good_key_is_accepted(pair, keyring):
+    carol = keyring.keys["carol"]
+    user = UserInfo("carol", crypto.fingerprint(carol), True, crypto.public_key_to_der(carol))
+    frames = broker_event(pair, b"bob", {"type": "join", "user": p.user_info_doc(user)})
+    events, _ = pair.clients[b"bob"].receive(frames)
+    assert events == [Joined(user)]
+
+
+# ---------------------------------------------------------------- handshake
+
+SERVER_NONCE = b"s" * 32
+DELIVERY_KEY = b"d" * 32
+
+
+def start_login(world: World, name: str = "alice") -> tuple[ClientSession, p.Hello]:
+    """A client that sent HELLO, and the HELLO as the (real) broker reads it."""
+    client = world.client(name)
+    hello_frames = client.hello()
+    hello = p.Hello.decode(crypto.open_envelope(world.keys["broker"], hello_frames[2], p.context(p.HELLO)))
+    return client, hello
+
+
+def challenge_frames(
+    client_key: crypto.PrivateKey,
+    signer: crypto.PrivateKey,
+    user: str,
+    client_nonce: bytes,
+    signed_delivery_key: bytes = DELIVERY_KEY,
+    context: bytes = p.context(p.CHALLENGE),
+) -> list[bytes]:
+    """A CHALLENGE whose proof is signed by `signer` over `signed_delivery_key` (it always carries DELIVERY_KEY)."""
+    proof = crypto.sign(signer, p.broker_proof_input(user, client_nonce, SERVER_NONCE, signed_delivery_key))
+    challenge = p.Challenge(user, client_nonce, SERVER_NONCE, DELIVERY_KEY, proof)
+    return p.encode_frames(p.CHALLENGE, crypto.seal(client_key, challenge.encode(), context))
+
+
+@pytest.mark.parametrize("signer", ["mallory", "alice"], ids=["wrong-broker-key", "client-key"])
+def test_challenge_signed_with_the_wrong_key_is_refused(world, keyring, signer):
+    client, hello = start_login(world)
+    frames = challenge_frames(keyring.keys["alice"], keyring.keys[signer], "alice", hello.nonce)
+    with pytest.raises(ConnectError, match="broker authentication failed"):
+        client.receive(frames)
+    assert client.state is State.CLOSED
+
+
+def test_challenge_whose_proof_does_not_cover_its_delivery_key_is_refused(world, keyring):
+    client, hello = start_login(world)
+    frames = challenge_frames(keyring.keys["alice"], keyring.keys["broker"], "alice", hello.nonce, bytes(32))
+    with pytest.raises(ConnectError, match="broker authentication failed"):
+        client.receive(frames)
+
+
+def test_challenge_for_another_login_is_refused(world, keyring):
+    client, hello = start_login(world)
+    broker, alice = keyring.keys["broker"], keyring.keys["alice"]
+    with pytest.raises(ConnectError, match="broker authentication failed"):
+        client.receive(challenge_frames(alice, broker, "alice", bytes(32)))
+    client, hello = start_login(world)
+    with pytest.raises(ConnectError, match="broker authentication failed"):
+        client.receive(challenge_frames(alice, broker, "bob", hello.nonce))
+
+
+def test_challenge_with_a_valid_broker_proof_is_answered(world, keyring):
+    # Control for the refusals above: the same construction with the real broker key logs in.
+    client, hello = start_login(world)
+    frames = challenge_frames(keyring.keys["alice"], keyring.keys["broker"], "alice", hello.nonce)
+    events, login = client.receive(frames)
+    assert events == []
+    assert login is not None
+    assert login[1] == p.LOGIN
+    assert client.state is State.LOGIN_SENT
+    assert client.session_id == SERVER_NONCE.hex()
+    signed = p.Login.decode(crypto.open_envelope(keyring.keys["broker"], login[2], p.context(p.LOGIN)))
+    crypto.verify(keyring.keys["alice"], p.login_proof_input("alice", hello.nonce, SERVER_NONCE), signed.signature)
+
+
+def test_challenge_sealed_in_another_context_is_refused(world, keyring):
+    client, hello = start_login(world)
+    broker, alice = keyring.keys["broker"], keyring.keys["alice"]
+    with pytest.raises(ConnectError):
+        client.receive(challenge_frames(alice, broker, "alice", hello.nonce, context=p.context(p.EVENT)))
+
+
+def test_refused_and_busy_end_the_handshake(world):
+    refused = world.client("alice", b"a1")
+    refused.hello()
+    with pytest.raises(ConnectError, match="login refused"):
+        refused.receive([p.MARKER, p.REFUSED, b""])
+    assert refused.state is State.CLOSED
+    busy = world.client("alice", b"a2")
+    busy.hello()
+    with pytest.raises(BrokerBusy):
+        busy.receive([p.MARKER, p.BUSY, b""])
+    assert busy.state is State.CLOSED
+
+
+def test_first_event_must_be_the_welcome(world):
+    client = world.client("alice")
+    (challenge,) = world.send(b"alice", client.hello())
+    _, login = client.receive(challenge.frames)
+    world.send(b"alice", login)  # the broker's welcome (seq 1) is lost; a who with seq 1 arrives instead
+    frames = broker_event(world, b"alice", {"type": "who", "users": []}, seq=1)
+    remote_error(client, frames, "first event is not a welcome")
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [[p.MARKER, p.REFUSED, b""], [p.MARKER, p.BUSY, b""], [p.MARKER, p.CHALLENGE, b"\x01" * 300]],
+    ids=["refused", "busy", "challenge"],
+)
+def test_handshake_commands_are_rejected_once_logged_in(pair, frames):
+    alice = pair.clients[b"alice"]
+    remote_error(alice, frames, "unexpected")
+    assert alice.state is State.READY
+
+
+def test_event_before_hello_is_rejected(pair):
+    fresh = ClientSession("carol", pair.keys["carol"], pair.broker_public)
+    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("hi"))
+    remote_error(fresh, delivery.frames, "unexpected EVENT in state new")
+
+
+# ---------------------------------------------------------------- local misuse
+
+
+def test_local_misuse_is_a_local_error(pair):
+    fresh = pair.client("carol")
+    with pytest.raises(LocalProtocolError):
+        fresh.say("not logged in")
+    fresh.hello()
+    with pytest.raises(LocalProtocolError):
+        fresh.hello()
+    with pytest.raises(LocalProtocolError):
+        pair.clients[b"alice"].request("chat")
+    with pytest.raises(LocalProtocolError):
+        ClientSession("no spaces allowed", pair.keys["carol"], pair.broker_public)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "bell\x07", "x" * (p.DEFAULT_MAX_TEXT_BYTES + 1)])
+def test_say_refuses_text_it_cannot_send(pair, text):
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is the user-facing reason, checked in protocol tests
+        pair.clients[b"alice"].say(text)
