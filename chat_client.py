@@ -1,22 +1,24 @@
 """The terminal client: one poll loop over the broker's DEALER socket and stdin.
 
 Prompts for the server address and user name unless given on the command
-line; prints each event as one line (or, with --json, as one JSON object per
-line); reads lines to send. Commands: /help, /who, /exit, /shutdown. With
-stdin piped, prompt answers and messages are read line by line, and end of
-input leaves like /exit.
+line. On a terminal, the input line is edited with prompt_toolkit and
+incoming messages appear above it in colour; with stdin or stdout piped,
+prompt answers and messages are read line by line, each event is printed as
+one plain line (or, with --json, one JSON object), and end of input leaves
+like /exit. Commands: see HELP.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TextIO
 
@@ -25,72 +27,26 @@ import zmq
 import crypto
 from chat.client import ChatClient
 from chat.config import DEFAULT_CONFIG, load_config
+from chat.display import Display
 from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import (
-    ChatMessage,
-    ConnectionLost,
-    Event,
-    Joined,
-    Left,
-    Notice,
-    SessionClosed,
-    Shutdown,
-    Welcome,
-    WhoList,
-    to_dict,
-)
+from chat.events import Event, SessionClosed, Shutdown, to_dict
 from chat.keystore import KeyLayout, create_client_key
 from chat.protocol import NAME_PATTERN
 
 STDIN_ENDPOINT = "inproc://chat-client-stdin"
 HELP = """commands:
-  /who        list who is online, with key fingerprints
-  /exit       leave the chat
-  /shutdown   stop the broker (admins only)
-  /help       this list
-anything else is sent to everyone else in the room"""
+  /who              list who is online, with key fingerprints
+  /whois NAME       show NAME's full key fingerprint and whether it matches the one you pinned
+  /msg NAME TEXT    send TEXT to NAME only (sealed to NAME's key like every message)
+  /me TEXT          an action line: "* alice TEXT"
+  /exit             leave the chat (also Ctrl-D, or end of input)
+  /shutdown         stop the broker (admins only)
+  /help             this list
+//TEXT sends "/TEXT"; anything else is sent to everyone else in the room"""
 
 
 class UsageError(Exception):
     """Something the person typed or configured is wrong; the message says what."""
-
-
-# ------------------------------------------------------------ formatting
-
-
-def _clock(timestamp: float | None = None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(timestamp))
-
-
-def _short(fingerprint: str) -> str:
-    return fingerprint[:23]
-
-
-def format_event(event: Event) -> str:
-    """One or more lines for a person; a chat message is always exactly one line."""
-    if isinstance(event, ChatMessage):
-        return f"[{_clock(event.timestamp)}] {event.sender}: {event.text}"
-    if isinstance(event, Welcome):
-        others = [u.name for u in event.users if u.name != event.name]
-        online = ", ".join(others) or "nobody else"
-        return f"[{_clock()}] * logged in as {event.name}; online: {online} (/help for commands)"
-    if isinstance(event, Joined):
-        kind = "bot " if event.user.bot else ""
-        return f"[{_clock()}] * {kind}{event.user.name} joined ({_short(event.user.fingerprint)})"
-    if isinstance(event, Left):
-        return f"[{_clock()}] * {event.name} left ({event.reason})"
-    if isinstance(event, WhoList):
-        rows = [f"  {u.name:<32} {u.fingerprint}{'  (bot)' if u.bot else ''}" for u in event.users]
-        return f"[{_clock()}] * {len(event.users)} online:\n" + "\n".join(rows)
-    if isinstance(event, Notice):
-        return f"[{_clock()}] ! {event.message}"
-    if isinstance(event, Shutdown):
-        return f"[{_clock()}] * the broker is shutting down ({event.by}); goodbye"
-    if isinstance(event, SessionClosed):
-        return f"[{_clock()}] ! the broker closed this session: {event.reason}; goodbye"
-    if isinstance(event, ConnectionLost):
-        return f"[{_clock()}] ! connection lost: {event.reason}; retrying in {event.retry_in:g}s"
-    return f"[{_clock()}] * {event}"
 
 
 # ------------------------------------------------------------ start-up
@@ -205,15 +161,16 @@ def _stdin_reader(context: zmq.Context[zmq.Socket[bytes]], stream: TextIO) -> No
 
 
 def run(client: ChatClient, as_json: bool = False) -> int:
-    """Chat until /exit, end of input, or the broker's shutdown. Returns the exit status."""
+    """Chat until /exit, end of input, or the broker's shutdown, reading lines from stdin. Returns the exit status."""
     stdin_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     keyboard = stdin_context.socket(zmq.PAIR)
     keyboard.setsockopt(zmq.LINGER, 0)
     keyboard.bind(STDIN_ENDPOINT)
     threading.Thread(target=_stdin_reader, args=(stdin_context, sys.stdin), daemon=True).start()
+    display = Display()
 
     def show(event: Event) -> None:
-        print(json.dumps(to_dict(event), ensure_ascii=False) if as_json else format_event(event), flush=True)
+        print(json.dumps(to_dict(event), ensure_ascii=False) if as_json else display.format(event), flush=True)
 
     for event in client.drain():
         show(event)
@@ -229,33 +186,114 @@ def run(client: ChatClient, as_json: bool = False) -> int:
                 return 0
         if keyboard in ready:
             raw = keyboard.recv()
-            if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip()):
+            if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip(), display):
                 client.close()
                 return 0
 
 
-def _command(client: ChatClient, line: str) -> bool:
+def run_terminal(client: ChatClient) -> int:
+    """Chat on a terminal: an input line that incoming messages never garble, with editing and history.
+
+    One asyncio loop serves both the keyboard (prompt_toolkit) and the broker
+    (a task polling the client's socket every few milliseconds).
+    """
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import InMemoryHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    display = Display(colour=_colour_wanted(), width=shutil.get_terminal_size().columns)
+    prompt: PromptSession[str] = PromptSession(history=InMemoryHistory())
+    status: list[int] = []
+
+    def finish(code: int) -> None:
+        status.append(code)
+        if prompt.app.is_running:
+            prompt.app.exit(exception=EOFError())
+
+    async def pump() -> None:
+        while not status:
+            try:
+                client.poll(0)
+            except ConnectError as exc:
+                print(display.warning(str(exc)), flush=True)
+                finish(1)
+                return
+            for event in client.drain():
+                print(display.format(event), flush=True)
+                if isinstance(event, Shutdown | SessionClosed):
+                    finish(0)
+                    return
+            await asyncio.sleep(0.02)
+
+    async def chat() -> int:
+        with patch_stdout(raw=True):
+            task = asyncio.create_task(pump())
+            while not status:
+                try:
+                    line = await prompt.prompt_async(f"{client.name}> ")
+                except (EOFError, KeyboardInterrupt):
+                    line = "/exit"
+                if status:
+                    break
+                if _command(client, line.strip(), display):
+                    client.close()
+                    finish(0)
+            await task
+        return status[0]
+
+    return asyncio.run(chat())
+
+
+def _colour_wanted() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _command(client: ChatClient, line: str, display: Display) -> bool:
     """Act on one input line; True means leave."""
     if not line:
         return False
     if line == "/exit":
         return True
+    command, _, rest = line.partition(" ")
+    rest = rest.strip()
     try:
-        if line == "/help":
+        if command == "/help":
             print(HELP, flush=True)
-        elif line == "/who":
+        elif command == "/who":
             client.who()
-        elif line == "/shutdown":
+        elif command == "/shutdown":
             client.request_shutdown()
+        elif command == "/whois" and rest:
+            print(_whois(client, rest, display), flush=True)
+        elif command == "/msg" and len(rest.split(maxsplit=1)) == 2:
+            to, text = rest.split(maxsplit=1)
+            client.send(text, to=to)
+            print(display.system(f"(private to {to}) {text}"), flush=True)
+        elif command == "/me" and rest:
+            client.send(rest, action=True)
+        elif command in ("/whois", "/msg", "/me"):
+            print(display.warning(f"usage: {_usage(command)}"), flush=True)
         elif line.startswith("/") and not line.startswith("//"):
-            print(f"! unknown command {line.split()[0]}; /help lists the commands", flush=True)
+            print(display.warning(f"unknown command {command}; /help lists the commands"), flush=True)
         else:
             client.send(line[1:] if line.startswith("//") else line)
     except ValueError as exc:
-        print(f"! not sent: {exc}", flush=True)
+        print(display.warning(f"not sent: {exc}"), flush=True)
     except ConnectError as exc:
-        print(f"! {exc}", flush=True)
+        print(display.warning(str(exc)), flush=True)
     return False
+
+
+def _usage(command: str) -> str:
+    return next(row.strip() for row in HELP.splitlines() if row.strip().startswith(command + " "))
+
+
+def _whois(client: ChatClient, name: str, display: Display) -> str:
+    user = client.roster.get(name)
+    if user is None:
+        return display.warning(f"{name} is not online")
+    kind = "bot" if user.bot else "user"
+    return display.system(f"{name} ({kind}) key {user.fingerprint}: {client.pins.status(name, user.fingerprint)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         client = start(args)
+        if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
+            return run_terminal(client)
         return run(client, as_json=args.json)
     except (UsageError, ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError, FileExistsError) as exc:
         print(f"chat_client: error: {exc}", file=sys.stderr)

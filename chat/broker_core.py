@@ -12,6 +12,7 @@ session is bound to it. Every failure of a peer's frame is a silent drop
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class Pending:
     server_nonce: bytes
     delivery_key: bytes
     started: float
+    history: bool
 
 
 @dataclass
@@ -111,6 +113,8 @@ class BrokerCore:
         self.by_name: dict[str, bytes] = {}
         self.evicted: dict[bytes, float] = {}
         self.login_buckets: dict[str, TokenBucket] = {}
+        # The room's last messages (never private ones), replayed to each new session that wants them.
+        self.history: collections.deque[tuple[dict[str, Any], UserInfo]] = collections.deque(maxlen=config.history_size)
         self.last_registry_check = 0.0
         self.shutdown_requested_by: str | None = None
 
@@ -214,19 +218,19 @@ class BrokerCore:
             )
         if identity not in self.pending and len(self.pending) >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
-        if len(self.sessions) >= self.config.max_clients:
-            return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         try:
             hello = p.Hello.decode(crypto.open_envelope(self.key, body, p.context(p.HELLO)))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
+        if hello.user not in self.by_name and len(self.sessions) >= self.config.max_clients:
+            return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         registered = self.registry.lookup(hello.user)
         if registered is None:
             log.info("login for unregistered %r from %s; it will be refused", hello.user, short(identity))
         user_key = registered or self.decoy_key
         server_nonce = secrets.token_bytes(p.NONCE_BYTES)
         delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
-        pending = Pending(hello.user, user_key, hello.bot, hello.nonce, server_nonce, delivery_key, now)
+        pending = Pending(hello.user, user_key, hello.bot, hello.nonce, server_nonce, delivery_key, now, hello.history)
         self.pending[identity] = pending
         proof = crypto.sign(self.key, p.broker_proof_input(hello.user, hello.nonce, server_nonce, delivery_key))
         challenge = p.Challenge(hello.user, hello.nonce, server_nonce, delivery_key, proof)
@@ -269,6 +273,10 @@ class BrokerCore:
             "max_text_bytes": self.config.max_text_bytes,
         }
         out.append(self._event(session, welcome, now))
+        if pending.history:
+            for earlier, author in self.history:
+                replay = {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)}
+                out.append(self._event(session, replay, now))
         out += self._broadcast({"type": "join", "user": p.user_info_doc(info)}, now, exclude=identity)
         return out
 
@@ -290,6 +298,8 @@ class BrokerCore:
         session.seq_in = statement.seq
         if statement.kind == "chat":
             problem = p.text_problem(statement.body, self.config.max_text_bytes)
+            if problem is None and statement.to is not None and statement.to not in self.by_name:
+                problem = f"{statement.to} is not online"
             if problem is None and not session.messages.take(now):
                 limit = self.config.messages_per_second_per_user
                 problem = f"you are sending more than {limit:g} messages per second"
@@ -297,7 +307,11 @@ class BrokerCore:
                 preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
                 message = f"not delivered: {problem}: {preview!r}"
                 return [self._event(session, {"type": "error", "message": message}, now)]
-            return self._broadcast({"type": "chat", **signed.to_doc()}, now, exclude=session.identity)
+            event = {"type": "chat", **signed.to_doc()}
+            if statement.to is not None:
+                return [self._event(self.sessions[self.by_name[statement.to]], event, now)]
+            self.history.append((signed.to_doc(), session.info))
+            return self._broadcast(event, now, exclude=session.identity)
         if statement.kind == "who":
             users = [p.user_info_doc(u) for u in self.online()]
             return [self._event(session, {"type": "who", "users": users}, now)]

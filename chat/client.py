@@ -20,13 +20,26 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 import zmq
 
 import crypto
-from chat.errors import BrokerBusy, ConnectError, RemoteProtocolError
-from chat.events import ConnectionLost, Event, Notice, SessionClosed, Shutdown, Welcome
-from chat.protocol import MAX_BROKER_BODY, text_problem
+from chat.errors import BrokerBusy, ConnectError, DeliveryGap, RemoteProtocolError
+from chat.events import (
+    ConnectionLost,
+    Event,
+    Joined,
+    KeyChanged,
+    Notice,
+    SessionClosed,
+    Shutdown,
+    UserInfo,
+    Welcome,
+    WhoList,
+)
+from chat.pins import PinStore, pins_path_for
+from chat.protocol import MAX_BROKER_BODY, NAME_PATTERN, text_problem
 from chat.session import ClientSession, State
 
 log = logging.getLogger(__name__)
@@ -35,6 +48,20 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 FIRST_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_QUEUED_WHILE_OFFLINE = 1000
+
+
+class _Outgoing(NamedTuple):
+    text: str
+    to: str | None
+    action: bool
+
+
+def _users_in(event: Event) -> tuple[UserInfo, ...]:
+    if isinstance(event, Welcome | WhoList):
+        return event.users
+    if isinstance(event, Joined):
+        return (event.user,)
+    return ()
 
 
 def load_keys(
@@ -54,8 +81,10 @@ class ChatClient:
         broker_key: crypto.PublicKey,
         *,
         bot: bool = False,
+        history: bool = True,
         reconnect: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pins_path: Path | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.endpoint = f"tcp://{host}:{port}"
@@ -63,14 +92,16 @@ class ChatClient:
         self.key = key
         self.broker_key = broker_key
         self.bot = bot
+        self.history = history
+        self.pins = PinStore(pins_path)
         self.reconnect = reconnect
         self.connect_timeout = connect_timeout
         self._own_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
-        self.session = ClientSession(name, key, broker_key, bot=bot)
+        self.session = ClientSession(name, key, broker_key, bot=bot, history=history)
         self._events: collections.deque[Event] = collections.deque()
-        self._outbox: collections.deque[str] = collections.deque()
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._ever_logged_in = False
         self._closed = False
         self._attempt_deadline = 0.0
@@ -92,12 +123,27 @@ class ChatClient:
         *,
         passphrase: str | None = None,
         bot: bool = False,
+        history: bool = True,
         reconnect: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> ChatClient:
-        """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message."""
+        """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message.
+
+        Other users' key fingerprints are pinned on first sight in a file next to the key (`KeyChanged` events).
+        """
         key, broker_key = load_keys(key_path, broker_key_path, passphrase)
-        client = cls(host, port, name, key, broker_key, bot=bot, reconnect=reconnect, connect_timeout=connect_timeout)
+        client = cls(
+            host,
+            port,
+            name,
+            key,
+            broker_key,
+            bot=bot,
+            history=history,
+            reconnect=reconnect,
+            connect_timeout=connect_timeout,
+            pins_path=pins_path_for(Path(key_path)),
+        )
         try:
             client.login()
         except BaseException:
@@ -119,12 +165,19 @@ class ChatClient:
         return self.session.state is State.READY
 
     @property
+    def roster(self) -> dict[str, UserInfo]:
+        """Who is online, as the broker last told us (name -> UserInfo)."""
+        return self.session.roster
+
+    @property
     def closed(self) -> bool:
         """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
         return self._closed
 
-    def send(self, text: str) -> None:
-        """Send a chat message to everyone else. ValueError if the text cannot be sent.
+    def send(self, text: str, *, to: str | None = None, action: bool = False) -> None:
+        """Send a chat message to everyone else, or only to `to`. ValueError if the text cannot be sent.
+
+        `action` marks a /me line. The broker answers a private message to someone offline with a Notice.
 
         While reconnecting, messages are queued (up to 1000; more raise ConnectError)
         and sent after the next login.
@@ -134,7 +187,9 @@ class ChatClient:
             raise ValueError(problem)
         if len(self._outbox) >= MAX_QUEUED_WHILE_OFFLINE:
             raise ConnectError(f"not connected, and {MAX_QUEUED_WHILE_OFFLINE} messages are already waiting")
-        self._outbox.append(text)
+        if to is not None and not NAME_PATTERN.fullmatch(to):
+            raise ValueError(f"invalid user name {to!r}")
+        self._outbox.append(_Outgoing(text, to, action))
         self._flush_outbox()
 
     def who(self) -> None:
@@ -220,6 +275,10 @@ class ChatClient:
             self._last_heard = time.monotonic()
             try:
                 events, reply = self.session.receive(frames)
+            except DeliveryGap as exc:
+                log.warning("deliveries from the broker were lost (%s); logging in again", exc)
+                self._connection_lost("messages from the broker were lost on the way", time.monotonic())
+                return
             except RemoteProtocolError as exc:
                 log.debug("dropped a frame from the broker: %s", exc)
                 continue
@@ -238,6 +297,10 @@ class ChatClient:
                 self._on_event(event)
 
     def _on_event(self, event: Event) -> None:
+        for user in _users_in(event):
+            pinned = self.pins.check(user.name, user.fingerprint)
+            if pinned is not None and user.name != self.name:
+                self._events.append(KeyChanged(user.name, pinned, user.fingerprint))
         if isinstance(event, Welcome):
             self._retry_delay = FIRST_RETRY_DELAY
             self._ever_logged_in = True
@@ -251,10 +314,10 @@ class ChatClient:
     def _flush_outbox(self) -> None:
         """Send queued messages while logged in; a message the socket refuses goes back to the front."""
         while self._outbox and self.online:
-            text = self._outbox.popleft()
-            if not self._send(self.session.say(text)):
+            message = self._outbox.popleft()
+            if not self._send(self.session.say(message.text, to=message.to, action=message.action)):
                 # The statement number is spent: only a fresh session can continue in order.
-                self._outbox.appendleft(text)
+                self._outbox.appendleft(message)
                 self._connection_lost("the queue to the broker is full", time.monotonic())
 
     def _maintain(self, now: float) -> None:
@@ -303,7 +366,7 @@ class ChatClient:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_BROKER_BODY + 1024)
         sock.connect(self.endpoint)
         self._socket = sock
-        self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot)
+        self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot, history=self.history)
         self._last_heard = now
         self._attempt_deadline = now + self.connect_timeout
         self._send(self.session.hello())

@@ -32,6 +32,7 @@ class Config:
     max_clients: int = 1000
     logins_per_second_per_source: float = 5.0
     messages_per_second_per_user: float = 20.0
+    history_size: int = 100
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
 
 
@@ -48,6 +49,7 @@ _KNOWN_KEYS = {
     "max_clients",
     "logins_per_second_per_source",
     "messages_per_second_per_user",
+    "history_size",
 }
 
 
@@ -100,6 +102,7 @@ def parse_config(raw: Any, source: Path) -> Config:
         max_clients=_number(raw, "max_clients", 1000, 1, 1_000_000, integer=True),
         logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
+        history_size=_number(raw, "history_size", 100, 0, 10_000, integer=True),
         source=source,
     )
 

@@ -35,3 +35,7 @@ class ConnectError(ChatError):
 
 class BrokerBusy(ConnectError):
     pass
+
+
+class DeliveryGap(RemoteProtocolError):
+    pass

@@ -25,9 +25,24 @@ class Event:
 
 @dataclass(frozen=True)
 class ChatMessage(Event):
+    """A message, its author verified. `private`: sent to us alone; `action`: a /me line;
+    `history`: from before we logged in, replayed by the broker."""
+
     sender: str
     text: str
     timestamp: float
+    private: bool = False
+    action: bool = False
+    history: bool = False
+
+
+@dataclass(frozen=True)
+class KeyChanged(Event):
+    """Someone showed up with a key other than the one we pinned on first sight. Loud on purpose."""
+
+    name: str
+    pinned: str
+    seen: str
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,17 @@ def _user_dict(user: UserInfo) -> dict[str, object]:
 def to_dict(event: Event) -> dict[str, object]:
     """A JSON-ready dict for an event (`chat_client.py --json` prints these, one per line)."""
     if isinstance(event, ChatMessage):
-        return {"type": "chat", "from": event.sender, "text": event.text, "ts": event.timestamp}
+        return {
+            "type": "chat",
+            "from": event.sender,
+            "text": event.text,
+            "ts": event.timestamp,
+            "private": event.private,
+            "action": event.action,
+            "history": event.history,
+        }
+    if isinstance(event, KeyChanged):
+        return {"type": "key_changed", "name": event.name, "pinned": event.pinned, "seen": event.seen}
     if isinstance(event, Welcome):
         return {"type": "welcome", "name": event.name, "users": [_user_dict(u) for u in event.users]}
     if isinstance(event, Joined):

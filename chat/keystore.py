@@ -163,13 +163,32 @@ def read_new_passphrase() -> str | None:
     return first or None
 
 
+def print_fingerprint(layout: KeyLayout, name: str) -> int:
+    """`make fingerprint NAME=...`: the registered key's fingerprint, or a one-line error."""
+    try:
+        print(f"{name} {crypto.fingerprint(crypto.load_public_key(layout.client_public(name)))}")
+    except (LocalProtocolError, crypto.KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make keys", description="Create and register a user's key pair.")
+    parser = argparse.ArgumentParser(
+        prog="make keys", description="Create and register a user's key pair, or show a registered key's fingerprint."
+    )
     parser.add_argument("name", help="user name: 1-32 of A-Z a-z 0-9 _ -")
     parser.add_argument("--keys-dir", type=Path, default=Path("keys"), help="key directory (default: keys)")
     parser.add_argument("--bits", type=int, default=crypto.keys.DEFAULT_KEY_BITS, help="RSA modulus size")
+    parser.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="only print the registered key's fingerprint (to compare out of band)",
+    )
     args = parser.parse_args(argv)
     layout = KeyLayout(args.keys_dir)
+    if args.fingerprint:
+        return print_fingerprint(layout, args.name)
     try:
         check_name(args.name)
         if args.bits < crypto.MIN_KEY_BITS:

@@ -228,14 +228,17 @@ class Hello:
     user: str
     nonce: bytes
     bot: bool
+    history: bool = True  # replay the room's recent messages after login
 
     def encode(self) -> bytes:
-        return dump_doc({"user": check_name(self.user), "nonce": b64(self.nonce), "bot": self.bot})
+        doc = {"user": check_name(self.user), "nonce": b64(self.nonce), "bot": self.bot, "history": self.history}
+        return dump_doc(doc)
 
     @classmethod
     def decode(cls, data: bytes) -> Hello:
         doc = load_doc(data)
-        return cls(get_name(doc, "user"), get_b64(doc, "nonce", NONCE_BYTES), get_bool(doc, "bot"))
+        history = get_bool(doc, "history") if "history" in doc else True
+        return cls(get_name(doc, "user"), get_b64(doc, "nonce", NONCE_BYTES), get_bool(doc, "bot"), history)
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,9 @@ class Statement:
     """Something a logged-in client says, signed by its author.
 
     `text` is the JSON document exactly as signed; the parsed fields are kept
-    beside it so the signed bytes never have to be re-serialised.
+    beside it so the signed bytes never have to be re-serialised. A chat
+    statement may be private (`to` names its only recipient) and may be an
+    action (`/me waves`).
     """
 
     kind: str
@@ -306,9 +311,22 @@ class Statement:
     timestamp: float
     body: str
     text: str
+    to: str | None = None
+    action: bool = False
 
     @classmethod
-    def build(cls, kind: str, sender: str, session: str, seq: int, timestamp: float, body: str = "") -> Statement:
+    def build(
+        cls,
+        kind: str,
+        sender: str,
+        session: str,
+        seq: int,
+        timestamp: float,
+        body: str = "",
+        *,
+        to: str | None = None,
+        action: bool = False,
+    ) -> Statement:
         if kind not in STATEMENT_KINDS:
             raise LocalProtocolError(f"unknown statement kind {kind!r}")
         doc: dict[str, Any] = {
@@ -320,7 +338,11 @@ class Statement:
         }
         if kind == "chat":
             doc["text"] = body
-        return cls(kind, sender, session, seq, timestamp, body, dump_doc(doc).decode("utf-8"))
+            if to is not None:
+                doc["to"] = check_name(to)
+            if action:
+                doc["action"] = True
+        return cls(kind, sender, session, seq, timestamp, body, dump_doc(doc).decode("utf-8"), to, action)
 
     @classmethod
     def parse(cls, text: str) -> Statement:
@@ -328,15 +350,17 @@ class Statement:
         kind = get_str(doc, "type")
         if kind not in STATEMENT_KINDS:
             raise RemoteProtocolError("unknown statement type")
-        body = get_str(doc, "text") if kind == "chat" else ""
+        chat = kind == "chat"
         return cls(
             kind,
             get_name(doc, "from"),
             get_str(doc, "session"),
             get_int(doc, "seq", 1),
             get_float(doc, "ts"),
-            body,
+            get_str(doc, "text") if chat else "",
             text,
+            get_name(doc, "to") if chat and "to" in doc else None,
+            get_bool(doc, "action") if chat and "action" in doc else False,
         )
 
 

@@ -14,10 +14,11 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import crypto
 from chat import protocol as p
-from chat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError
+from chat.errors import BrokerBusy, ConnectError, DeliveryGap, LocalProtocolError, RemoteProtocolError
 from chat.events import (
     ChatMessage,
     Event,
@@ -55,11 +56,20 @@ class _Peer:
 
 
 class ClientSession:
-    def __init__(self, name: str, key: crypto.PrivateKey, broker_key: crypto.PublicKey, *, bot: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        key: crypto.PrivateKey,
+        broker_key: crypto.PublicKey,
+        *,
+        bot: bool = False,
+        history: bool = True,
+    ) -> None:
         self.name = p.check_name(name)
         self.key = key
         self.broker_key = broker_key
         self.bot = bot
+        self.history = history
         self.state = State.NEW
         self.max_text_bytes = p.DEFAULT_MAX_TEXT_BYTES
         self.heartbeat_interval = 1.0
@@ -77,16 +87,18 @@ class ClientSession:
         if self.state is not State.NEW:
             raise LocalProtocolError("hello() is the first step of a session")
         self._client_nonce = secrets.token_bytes(p.NONCE_BYTES)
-        doc = p.Hello(self.name, self._client_nonce, self.bot).encode()
+        doc = p.Hello(self.name, self._client_nonce, self.bot, self.history).encode()
         self.state = State.HELLO_SENT
         return p.encode_frames(p.HELLO, crypto.seal(self.broker_key, doc, p.context(p.HELLO)))
 
-    def say(self, text: str) -> list[bytes]:
-        """Frames for a chat message; ValueError says why a text cannot be sent."""
+    def say(self, text: str, *, to: str | None = None, action: bool = False) -> list[bytes]:
+        """Frames for a chat message (private when `to` is given); ValueError says why it cannot be sent."""
         problem = p.text_problem(text, self.max_text_bytes)
         if problem:
             raise ValueError(problem)
-        return self._statement("chat", text)
+        if to is not None and not p.NAME_PATTERN.fullmatch(to):
+            raise ValueError(f"invalid user name {to!r}")
+        return self._statement("chat", text, to=to, action=action)
 
     def request(self, kind: str) -> list[bytes]:
         """Frames for a command statement: "who", "shutdown" or "bye"."""
@@ -97,11 +109,13 @@ class ClientSession:
     def ping(self) -> list[bytes]:
         return p.encode_frames(p.PING)
 
-    def _statement(self, kind: str, body: str) -> list[bytes]:
+    def _statement(self, kind: str, body: str, *, to: str | None = None, action: bool = False) -> list[bytes]:
         if self.state is not State.READY:
             raise LocalProtocolError("not logged in")
         self._seq_out += 1
-        statement = p.Statement.build(kind, self.name, self.session_id, self._seq_out, time.time(), body)
+        statement = p.Statement.build(
+            kind, self.name, self.session_id, self._seq_out, time.time(), body, to=to, action=action
+        )
         signature = crypto.sign(self.key, p.statement_signing_input(statement.text))
         doc = p.SignedStatement(statement.text, signature).encode()
         return p.encode_frames(p.SEND, crypto.seal(self.broker_key, doc, p.context(p.SEND)))
@@ -164,8 +178,11 @@ class ClientSession:
         delivery = p.Delivery.open(plaintext, self._delivery_key)
         if delivery.session != self.session_id:
             raise RemoteProtocolError("event for another session")
-        if delivery.seq != self._seq_in + 1:
-            raise RemoteProtocolError(f"event sequence {delivery.seq}, expected {self._seq_in + 1}")
+        if delivery.seq <= self._seq_in:
+            raise RemoteProtocolError(f"event sequence {delivery.seq} already seen")
+        if delivery.seq > self._seq_in + 1:
+            # Authentic (the MAC checked out) but not the next one: deliveries were lost in transit.
+            raise DeliveryGap(f"event sequence {delivery.seq}, expected {self._seq_in + 1}")
         if self.state is State.LOGIN_SENT and delivery.kind != "welcome":
             raise RemoteProtocolError("first event is not a welcome")
         # Authentic and in order: it counts even if we cannot use it (a newer event type, say).
@@ -174,7 +191,8 @@ class ClientSession:
             return self._interpret(delivery)
         except RemoteProtocolError as exc:
             if delivery.kind == "welcome":
-                raise
+                self.state = State.CLOSED
+                raise ConnectError(f"the broker's welcome was unusable ({exc})") from None
             log.warning("ignored a %r event from the broker: %s", delivery.kind, exc)
             return []
 
@@ -201,7 +219,10 @@ class ClientSession:
             self._peers.pop(name, None)
             return [Left(name, p.get_str(event, "reason"))]
         if kind == "who":
-            return [WhoList(p.parse_user_list(event, "users"))]
+            users = p.parse_user_list(event, "users")
+            for user in users:
+                self._peer(user)  # the same checks as the roster: a real key with that fingerprint
+            return [WhoList(users)]
         if kind == "error":
             return [Notice(p.get_str(event, "message"))]
         if kind == "shutdown":
@@ -222,20 +243,42 @@ class ClientSession:
             raise RemoteProtocolError(f"fingerprint mismatch for {user.name}")
         return _Peer(user, key)
 
-    def _verify_chat(self, event: dict[str, object]) -> ChatMessage:
+    @property
+    def roster(self) -> dict[str, UserInfo]:
+        """Who is online, as the broker last told us."""
+        return {name: peer.info for name, peer in self._peers.items()}
+
+    def _verify_chat(self, event: dict[str, Any]) -> ChatMessage:
         signed = p.SignedStatement.from_doc(event, self.max_text_bytes)
         statement = p.Statement.parse(signed.statement)
-        peer = self._peers.get(statement.sender)
-        if peer is None or statement.kind != "chat":
-            raise RemoteProtocolError("chat from someone not online")
+        history = event.get("history") is True
+        if history:  # the author may be gone: the broker names the key it registered
+            peer = self._peer(p.parse_user_info(event.get("author")))
+            if peer.info.name != statement.sender:
+                raise RemoteProtocolError("history entry names another author")
+        else:
+            found = self._peers.get(statement.sender)
+            if found is None:
+                raise RemoteProtocolError("chat from someone not online")
+            peer = found
+        if statement.kind != "chat" or statement.to not in (None, self.name):
+            raise RemoteProtocolError("not a chat message for us")
         try:
             crypto.verify(peer.key, p.statement_signing_input(signed.statement), signed.signature)
         except crypto.CryptoError:
             raise RemoteProtocolError(f"bad author signature on a message from {statement.sender}") from None
-        last_session, last_seq = peer.last_statement
-        if statement.session == last_session and statement.seq <= last_seq:
-            raise RemoteProtocolError(f"replayed message from {statement.sender}")
         if p.text_problem(statement.body, self.max_text_bytes):
             raise RemoteProtocolError("unacceptable message text")
-        peer.last_statement = (statement.session, statement.seq)
-        return ChatMessage(statement.sender, statement.body, statement.timestamp)
+        if not history:
+            last_session, last_seq = peer.last_statement
+            if statement.session == last_session and statement.seq <= last_seq:
+                raise RemoteProtocolError(f"replayed message from {statement.sender}")
+            peer.last_statement = (statement.session, statement.seq)
+        return ChatMessage(
+            statement.sender,
+            statement.body,
+            statement.timestamp,
+            private=statement.to is not None,
+            action=statement.action,
+            history=history,
+        )

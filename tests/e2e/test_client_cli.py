@@ -100,8 +100,14 @@ def test_a_new_name_on_the_brokers_machine_gets_a_key_created_and_registered(bro
 
 
 def test_terminal_prompts_chat_and_exit_in_a_pty(broker, connect):
+    # Plain text on the terminal, so the expected lines are not split by colour codes.
     child = pexpect.spawn(
-        sys.executable, [CLIENT], cwd=str(broker.workdir), env=run_env(), encoding="utf-8", timeout=WAIT
+        sys.executable,
+        [CLIENT],
+        cwd=str(broker.workdir),
+        env={**run_env(), "NO_COLOR": "1"},
+        encoding="utf-8",
+        timeout=WAIT,
     )
     try:
         child.expect_exact("Server IP [127.0.0.1]: ")

@@ -73,7 +73,7 @@ def test_a_killed_bot_is_removed_and_the_room_goes_on(broker, connect):
         bot.kill()
         left = wait_for(alice, lambda e: isinstance(e, Left), timeout=10)
         assert left.name == "echo"
-        bob = connect(broker, "bob")
+        bob = connect(broker, "bob", history=False)
         alice.send("still here")
         assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "still here"
     finally:

@@ -73,3 +73,15 @@ def test_make_keys_without_a_name_prints_usage(repo_copy):
     assert result.returncode != 0
     assert "usage: make keys NAME=alice" in result.stderr
     assert not (repo_copy / "keys").exists()
+
+
+def test_make_fingerprint_prints_the_registered_keys_fingerprint(repo_copy):
+    created = make(repo_copy, "keys", "NAME=zed")
+    printed = created.stdout.split("fingerprint ")[1].split()[0]
+    shown = make(repo_copy, "fingerprint", "NAME=zed")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"zed {printed}"
+    missing = make(repo_copy, "fingerprint", "NAME=nobody")
+    assert missing.returncode != 0
+    assert "nobody.pub: key file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr

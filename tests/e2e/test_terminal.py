@@ -1,0 +1,188 @@
+"""The terminal client in a real pseudo-terminal, read back through a terminal emulator (pyte).
+
+What a person sees: incoming lines never garble the half-typed input, the
+line stays editable, private messages and history are marked, a changed key
+raises a loud warning.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pexpect
+import pyte
+import pytest
+
+import crypto
+from chat.events import ChatMessage, Joined
+from tests.conftest import BrokerProcess, collect, run_env, wait_for
+from tests.e2e.helpers import CLIENT
+
+COLUMNS, ROWS = 100, 30
+LEFT, HOME = "\x1b[D", "\x01"  # cursor left, Ctrl-A (start of line)
+
+
+class Terminal:
+    """chat_client.py in a pty, its output fed to an emulated screen."""
+
+    def __init__(self, broker: BrokerProcess, user: str, env: dict[str, str] | None = None) -> None:
+        self.screen = pyte.Screen(COLUMNS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = b""
+        args = [CLIENT, "--host", "127.0.0.1", "--port", str(broker.port), "--user", user]
+        self.child = pexpect.spawn(
+            sys.executable,
+            args,
+            cwd=str(broker.workdir),
+            env=env or run_env(),
+            dimensions=(ROWS, COLUMNS),
+        )
+
+    def pump(self, seconds: float = 0.05) -> None:
+        try:
+            data = self.child.read_nonblocking(65536, timeout=seconds)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            return
+        self.raw += data
+        self.stream.feed(data)
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], what: str, timeout: float = 15) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            if predicate(self.lines()):
+                return self.lines()
+        raise AssertionError(f"screen never showed {what}:\n" + "\n".join(self.lines()))
+
+    def text(self) -> str:
+        """The screen as one string, wrapped lines joined back together."""
+        return " ".join(" ".join(self.lines()).split())
+
+    def wait_text(self, text: str, timeout: float = 15) -> list[str]:
+        return self.wait_for(lambda _: text in self.text(), repr(text), timeout)
+
+    def input_line(self) -> str:
+        """The line the cursor is on: the input line."""
+        return self.lines()[self.screen.cursor.y]
+
+    def type(self, keys: str) -> None:
+        self.child.send(keys)
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+        self.child.close()
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[..., Terminal]]:
+    opened: list[Terminal] = []
+
+    def factory(broker: BrokerProcess, user: str, env: dict[str, str] | None = None) -> Terminal:
+        term = Terminal(broker, user, env)
+        opened.append(term)
+        return term
+
+    yield factory
+    for term in opened:
+        term.close()
+
+
+def test_incoming_message_never_garbles_the_line_being_typed(broker, connect, terminal):
+    bob = connect(broker, "bob")
+    alice = terminal(broker, "alice")
+    alice.wait_text("logged in as alice")
+    wait_for(bob, lambda e: isinstance(e, Joined))
+    alice.type("hello wor")
+    alice.wait_for(lambda _: alice.input_line() == "alice> hello wor", "the half-typed line")
+    bob.send("incoming while you type")
+    # The message appears above, and the half-typed line is redrawn intact below it.
+    lines = alice.wait_for(
+        lambda lines: "bob: incoming while you type" in alice.text() and alice.input_line() == "alice> hello wor",
+        "the message above the intact input line",
+    )
+    message_row = next(i for i, line in enumerate(lines) if "incoming while you type" in line)
+    assert alice.screen.cursor.y > message_row
+    # Still editable: finish the word, then jump to the start of the line and insert there.
+    alice.type("ld")
+    alice.type(HOME + ">> ")
+    alice.type(LEFT + LEFT + LEFT + "[")  # and a cursor move in the middle
+    alice.wait_for(lambda _: alice.input_line() == "alice> [>> hello world", "the edited line")
+    alice.type("\r")
+    message = wait_for(bob, lambda e: isinstance(e, ChatMessage))
+    assert (message.sender, message.text) == ("alice", "[>> hello world")
+
+
+def test_input_history_recalls_earlier_lines(broker, connect, terminal):
+    bob = connect(broker, "bob")
+    alice = terminal(broker, "alice")
+    alice.wait_text("logged in as alice")
+    alice.type("first line\r")
+    assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "first line"
+    alice.type("\x1b[A")  # up arrow
+    alice.wait_for(lambda _: alice.input_line() == "alice> first line", "the recalled line")
+    alice.type(" again\r")
+    assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "first line again"
+
+
+def test_private_message_reaches_only_its_recipient(broker, connect, terminal):
+    bob = connect(broker, "bob")
+    carol = connect(broker, "carol")
+    alice = terminal(broker, "alice")
+    alice.wait_text("logged in as alice")
+    alice.type("/msg bob just between us\r")
+    message = wait_for(bob, lambda e: isinstance(e, ChatMessage))
+    assert (message.sender, message.text, message.private) == ("alice", "just between us", True)
+    alice.type("/msg nobody hello?\r")
+    alice.wait_text("nobody is not online")
+    alice.type("for everyone\r")
+    assert [e.text for e in collect(carol, 1.0) if isinstance(e, ChatMessage)] == ["for everyone"]
+    bob.send("right back at you", to="alice")
+    alice.wait_text("(private) bob: right back at you")
+
+
+def test_history_is_shown_first_and_marked(broker, connect, terminal):
+    bob = connect(broker, "bob")
+    connect(broker, "carol")
+    bob.send("said before alice came")
+    bob.send("a secret for carol", to="carol")  # private: never in history
+    bob.send("also before")
+    bob.who()  # a round trip, so the broker has handled everything above
+    wait_for(bob, lambda e: type(e).__name__ == "WhoList")
+    alice = terminal(broker, "alice")
+    lines = alice.wait_text("(history) bob: also before")
+    history = [line for line in lines if "(history)" in line]
+    assert [line.split("bob: ", 1)[1] for line in history] == ["said before alice came", "also before"]
+    bob.send("live now")
+    lines = alice.wait_text("bob: live now")
+    assert not any("(history) bob: live now" in line for line in lines)
+
+
+def test_a_changed_key_raises_a_loud_warning(broker, connect, terminal, keyring):
+    alice = terminal(broker, "alice")
+    alice.wait_text("logged in as alice")
+    first = connect(broker, "bob")
+    alice.wait_text("bob joined")  # alice pins bob's key on first sight
+    first.close()
+    alice.wait_text("bob left")
+    # bob's registration is replaced by another key, and "bob" logs in with it.
+    broker.keys.client_public("bob").write_bytes(crypto.export_public_pem(keyring.keys["mallory"]))
+    connect(broker, "bob", key_path=keyring.private("mallory"))
+    alice.wait_text("WARNING: bob now has key")
+    assert f"but you pinned {crypto.fingerprint(keyring.keys['bob'])}" in alice.text()
+    alice.type("/whois bob\r")
+    alice.wait_text("DIFFERENT from the pinned")
+
+
+def test_colours_on_a_terminal_and_never_with_no_color(broker, connect, terminal):
+    coloured = terminal(broker, "alice")
+    coloured.wait_text("logged in as alice")
+    assert b"\x1b[2m[" in coloured.raw  # a dim timestamp
+    plain = terminal(broker, "carol", env={**run_env(), "NO_COLOR": "1"})
+    plain.wait_text("logged in as carol")
+    assert b"\x1b[2m[" not in plain.raw
