@@ -7,15 +7,17 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 BOTS          := $(filter-out __init__,$(basename $(notdir $(wildcard bots/*.py))))
 
-.PHONY: help broker client bot keys test unit fuzz lint typecheck clean
+.PHONY: help broker client bot keys fingerprint test unit fuzz soak lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
 	@echo "make client            start the terminal client (prompts for address and name)"
 	@echo "make bot BOT=echo      run an example bot ($(BOTS)); registers its key if missing"
 	@echo "make keys NAME=alice   create and register a user's key pair"
+	@echo "make fingerprint NAME=alice   print a registered key's fingerprint, to compare out of band"
 	@echo "make test              run the tests, ruff and mypy"
 	@echo "make fuzz              fuzz every parser of peer bytes (FUZZ_SECONDS=30 per target)"
+	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds)"
 
 $(RUNTIME_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +40,10 @@ bot: $(RUNTIME_STAMP)
 	@test -f "keys/private/$(BOT).pem" || $(BIN)/python -m chat.keystore "$(BOT)"
 	$(BIN)/python -m bots.$(BOT) --config $(CONFIG)
 
+fingerprint: $(RUNTIME_STAMP)
+	@test -n "$(NAME)" || { echo "usage: make fingerprint NAME=alice" >&2; exit 2; }
+	@$(BIN)/python -m chat.keystore --fingerprint "$(NAME)"
+
 keys: $(RUNTIME_STAMP)
 	@test -n "$(NAME)" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
 	$(BIN)/python -m chat.keystore "$(NAME)"
@@ -57,6 +63,10 @@ fuzz: $(DEV_STAMP)
 			|| { tail -n 40 $$log; echo "fuzz target $$target failed; the input is in fuzz/crashes/"; exit 1; }; \
 		grep -E '^(Done|stat::(number_of_executed_units|new_units_added))' $$log; rm -f $$log; \
 	done
+
+DURATION ?= 60
+soak: $(RUNTIME_STAMP)
+	$(BIN)/python -m soak --duration $(DURATION)
 
 unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/unit
