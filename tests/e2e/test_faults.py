@@ -103,3 +103,22 @@ def test_shutdown_in_heavy_traffic_delivers_everything_accepted_first(make_broke
             assert got[sender] == [f"{sender} {i}" for i in range(len(got[sender]))]
         assert receiver.receive(timeout=0.5) is None  # nothing after the shutdown notice
     assert broker.proc.wait(20) == 0
+
+
+def test_a_client_killed_while_streaming_leaves_only_whole_messages_in_order(make_broker, connect, client):
+    broker = make_broker(messages_per_second_per_user=10_000, heartbeat_timeout=30)
+    bob = connect(broker, "bob", history=False)
+    alice = client(broker, "alice")
+    alice.expect_line("logged in as alice")
+    wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "alice")
+    alice.send(*(f"line {i:04d} " + "y" * 3000 for i in range(400)))
+    wait_for(bob, lambda e: isinstance(e, ChatMessage))  # it is mid-stream
+    os.kill(alice.popen.pid, signal.SIGKILL)
+    received = ["line 0000"]
+    while not isinstance(event := wait_for(bob, lambda e: isinstance(e, ChatMessage | Left)), Left):
+        received.append(event.text.split(" ")[0] + " " + event.text.split(" ")[1])
+    assert event.name == "alice"
+    assert received == [f"line {i:04d}" for i in range(len(received))]  # a prefix: whole messages, in order
+    carol = connect(broker, "carol", history=False)
+    bob.send("the room goes on")
+    assert wait_for(carol, lambda e: isinstance(e, ChatMessage)).text == "the room goes on"
