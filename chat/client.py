@@ -87,6 +87,8 @@ class ChatClient:
         pins_path: Path | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
+        if not 0 < port < 65536:
+            raise ConnectError(f"port must be from 1 to 65535, not {port}")
         self.endpoint = f"tcp://{host}:{port}"
         self.name = name
         self.key = key
