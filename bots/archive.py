@@ -19,7 +19,13 @@ class Archive:
     def __call__(self, event: Event) -> str | None:
         if isinstance(event, ChatMessage):
             when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(event.timestamp))
-            record = {"time": when, "ts": event.timestamp, "sender": event.sender, "text": event.text}
+            record = {
+                "time": when,
+                "ts": event.timestamp,
+                "sender": event.sender,
+                "text": event.text,
+                "private": event.private,
+            }
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.stream.flush()
         return None

@@ -1,6 +1,7 @@
 """Running a bot: the command line every bot shares, and the event loop around a handler.
 
-A bot is a function that receives each event and may return a line to send:
+A bot is a function that receives each event and may return a line to send
+(to the room, or privately to the sender of a private message):
 
     from chat.bot import bot_arguments, run_bot
     from chat.events import ChatMessage
@@ -64,6 +65,7 @@ def connect_bot(args: argparse.Namespace) -> ChatClient:
         args.broker_key or layout.broker_public,
         passphrase=os.environ.get(args.passphrase_env) or None,
         bot=True,
+        history=False,  # a bot answers what is said while it listens, not the replayed past
     )
 
 
@@ -95,8 +97,9 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 continue
             reply = handle(event)
             if reply:
+                to = event.sender if isinstance(event, ChatMessage) and event.private else None
                 try:
-                    client.send(reply)
+                    client.send(reply, to=to)  # a private question gets a private answer
                 except ValueError as exc:
                     log.warning("reply not sent: %s", exc)
     except ConnectError as exc:

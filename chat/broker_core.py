@@ -218,12 +218,12 @@ class BrokerCore:
             )
         if identity not in self.pending and len(self.pending) >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
+        if len(self.sessions) >= self.config.max_clients:  # before reading the name: no hint who is online
+            return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         try:
             hello = p.Hello.decode(crypto.open_envelope(self.key, body, p.context(p.HELLO)))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
-        if hello.user not in self.by_name and len(self.sessions) >= self.config.max_clients:
-            return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         registered = self.registry.lookup(hello.user)
         if registered is None:
             log.info("login for unregistered %r from %s; it will be refused", hello.user, short(identity))

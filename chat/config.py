@@ -89,6 +89,10 @@ def parse_config(raw: Any, source: Path) -> Config:
     timeout = _number(raw, "heartbeat_timeout", 6.0, 0.2, 600, integer=False)
     if timeout < 2 * interval:
         raise ConfigError("'heartbeat_timeout' must be at least twice 'heartbeat_interval'")
+    history_size = _number(raw, "history_size", 100, 0, 10_000, integer=True)
+    send_queue_limit = _number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True)
+    if history_size + 10 > send_queue_limit:
+        raise ConfigError("'history_size' must be at least 10 below 'send_queue_limit' (a login replays the history)")
     return Config(
         server_ip=ip,
         server_port=port,
@@ -97,12 +101,12 @@ def parse_config(raw: Any, source: Path) -> Config:
         max_text_bytes=_number(raw, "max_text_bytes", DEFAULT_MAX_TEXT_BYTES, 1, 1024 * 1024, integer=True),
         heartbeat_interval=float(interval),
         heartbeat_timeout=float(timeout),
-        send_queue_limit=_number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True),
+        send_queue_limit=send_queue_limit,
         max_pending_logins=_number(raw, "max_pending_logins", 1000, 1, 1_000_000, integer=True),
         max_clients=_number(raw, "max_clients", 1000, 1, 1_000_000, integer=True),
         logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
-        history_size=_number(raw, "history_size", 100, 0, 10_000, integer=True),
+        history_size=history_size,
         source=source,
     )
 

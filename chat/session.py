@@ -80,6 +80,7 @@ class ClientSession:
         self._seq_out = 0
         self._seq_in = 0
         self._peers: dict[str, _Peer] = {}
+        self._replaying_history = False  # history events may only follow the welcome, before anything else
 
     # ------------------------------------------------------------ outgoing
 
@@ -190,7 +191,7 @@ class ClientSession:
         try:
             return self._interpret(delivery)
         except RemoteProtocolError as exc:
-            if delivery.kind == "welcome":
+            if delivery.kind == "welcome" and self.state is State.LOGIN_SENT:
                 self.state = State.CLOSED
                 raise ConnectError(f"the broker's welcome was unusable ({exc})") from None
             log.warning("ignored a %r event from the broker: %s", delivery.kind, exc)
@@ -207,9 +208,11 @@ class ClientSession:
             self.heartbeat_timeout = p.get_float(event, "heartbeat_timeout")
             self.max_text_bytes = p.get_int(event, "max_text_bytes", 1, 1 << 24)
             self.state = State.READY
+            self._replaying_history = True
             return [Welcome(self.name, users)]
         if kind == "chat":
             return [self._verify_chat(event)]
+        self._replaying_history = False
         if kind == "join":
             user = p.parse_user_info(event.get("user"))
             self._peers[user.name] = self._peer(user)
@@ -252,6 +255,9 @@ class ClientSession:
         signed = p.SignedStatement.from_doc(event, self.max_text_bytes)
         statement = p.Statement.parse(signed.statement)
         history = event.get("history") is True
+        if history and not self._replaying_history:
+            raise RemoteProtocolError("history outside the replay that follows the welcome")
+        self._replaying_history = history
         if history:  # the author may be gone: the broker names the key it registered
             peer = self._peer(p.parse_user_info(event.get("author")))
             if peer.info.name != statement.sender:

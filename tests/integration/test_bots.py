@@ -222,3 +222,15 @@ def test_make_bot_without_bot_prints_usage():
     )
     assert unknown.returncode != 0
     assert "no bot named 'nope'" in unknown.stderr
+
+
+def test_bots_answer_private_messages_privately_and_ignore_history(broker, connect, start_bot):
+    alice = connect(broker, "alice")
+    carol = connect(broker, "carol")
+    alice.send("said before the bot came")
+    start_bot("echo")
+    bot_online(alice, "echo")
+    alice.send("just for you", to="echo")
+    reply = wait_for(alice, lambda e: isinstance(e, ChatMessage) and e.sender == "echo")
+    assert (reply.text, reply.private) == ("echo: just for you", True)
+    assert not [e for e in collect(carol, 0.5) if isinstance(e, ChatMessage) and e.sender == "echo"]
