@@ -76,6 +76,7 @@ class Broker:
             try:
                 message = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                self._send(self.core.drained(time.monotonic()))
                 return
             source = str(message[0].get("Peer-Address") or "")
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]

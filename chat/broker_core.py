@@ -88,6 +88,7 @@ class Session:
     messages: TokenBucket
     seq_in: int = 0
     seq_out: int = 0
+    gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
 
     @property
     def name(self) -> str:
@@ -169,13 +170,24 @@ class BrokerCore:
         return out
 
     def unreachable(self, identity: bytes, now: float) -> list[Outgoing]:
-        """The I/O layer found `identity`'s connection gone: end its session."""
+        """The I/O layer found `identity`'s connection gone: stop sending to it.
+
+        The session ends at `drained()`: what the client sent before it went
+        (its last message, its goodbye) may still wait in the inbound queue.
+        """
         self.pending.pop(identity, None)
         session = self.sessions.get(identity)
-        if session is None:
-            return []
-        log.info("%s disconnected", session.name)
-        return self._remove(session, "connection lost", now)
+        if session is not None and not session.gone:
+            log.info("%s disconnected", session.name)
+            session.gone = True
+        return []
+
+    def drained(self, now: float) -> list[Outgoing]:
+        """The I/O layer has read everything queued: end the sessions whose connection dropped."""
+        out: list[Outgoing] = []
+        for session in [s for s in self.sessions.values() if s.gone]:
+            out += self._remove(session, "connection lost", now)
+        return out
 
     def too_slow(self, identity: bytes, now: float) -> list[Outgoing]:
         """`identity`'s send queue is full: end its session, and answer its next frame with EVICTED."""
@@ -189,7 +201,7 @@ class BrokerCore:
 
     def shutdown(self, by: str, now: float) -> list[Outgoing]:
         """Tell everyone the broker is stopping; the caller flushes and exits."""
-        out = [self._event(s, {"type": "shutdown", "by": by}, now) for s in self.sessions.values()]
+        out = [o for s in self.sessions.values() for o in self._event(s, {"type": "shutdown", "by": by}, now)]
         self.sessions.clear()
         self.by_name.clear()
         self.pending.clear()
@@ -272,11 +284,11 @@ class BrokerCore:
             "heartbeat_timeout": self.config.heartbeat_timeout,
             "max_text_bytes": self.config.max_text_bytes,
         }
-        out.append(self._event(session, welcome, now))
+        out += self._event(session, welcome, now)
         if pending.history:
             for earlier, author in self.history:
                 replay = {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)}
-                out.append(self._event(session, replay, now))
+                out += self._event(session, replay, now)
         out += self._broadcast({"type": "join", "user": p.user_info_doc(info)}, now, exclude=identity)
         return out
 
@@ -306,22 +318,22 @@ class BrokerCore:
             if problem:
                 preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
                 message = f"not delivered: {problem}: {preview!r}"
-                return [self._event(session, {"type": "error", "message": message}, now)]
+                return self._event(session, {"type": "error", "message": message}, now)
             event = {"type": "chat", **signed.to_doc()}
             if statement.to is not None:
-                return [self._event(self.sessions[self.by_name[statement.to]], event, now)]
+                return self._event(self.sessions[self.by_name[statement.to]], event, now)
             self.history.append((signed.to_doc(), session.info))
             return self._broadcast(event, now, exclude=session.identity)
         if statement.kind == "who":
             users = [p.user_info_doc(u) for u in self.online()]
-            return [self._event(session, {"type": "who", "users": users}, now)]
+            return self._event(session, {"type": "who", "users": users}, now)
         if statement.kind == "shutdown":
             if session.name in self.config.admins:
                 log.info("shutdown requested by %s", session.name)
                 self.shutdown_requested_by = session.name
                 return []
             message = "/shutdown refused: only admins listed in the broker's config.json may stop it"
-            return [self._event(session, {"type": "error", "message": message}, now)]
+            return self._event(session, {"type": "error", "message": message}, now)
         log.info("%s left", session.name)
         return self._remove(session, "left", now)
 
@@ -341,20 +353,22 @@ class BrokerCore:
 
     def _close(self, session: Session, reason: str, public_reason: str, now: float) -> list[Outgoing]:
         """End a session for good: tell it why (it must not reconnect), tell the others it left."""
-        out = [self._event(session, {"type": "closed", "reason": reason}, now)]
+        out = self._event(session, {"type": "closed", "reason": reason}, now)
         self.evicted[session.identity] = now
         return out + self._remove(session, public_reason, now)
 
-    def _event(self, session: Session, event: dict[str, Any], now: float) -> Outgoing:
+    def _event(self, session: Session, event: dict[str, Any], now: float) -> list[Outgoing]:
+        """The EVENT message for one session (none for a session whose connection dropped)."""
+        if session.gone:
+            return []
         session.seq_out += 1
         session.last_sent = now
         plaintext = p.seal_delivery(session.delivery_key, session.session_id, session.seq_out, event)
-        return Outgoing(
-            session.identity, p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
-        )
+        body = crypto.seal(session.key, plaintext, p.context(p.EVENT))
+        return [Outgoing(session.identity, p.encode_frames(p.EVENT, body))]
 
     def _broadcast(self, event: dict[str, Any], now: float, exclude: bytes) -> list[Outgoing]:
-        return [self._event(s, event, now) for s in list(self.sessions.values()) if s.identity != exclude]
+        return [o for s in list(self.sessions.values()) if s.identity != exclude for o in self._event(s, event, now)]
 
     def _remove(self, session: Session, reason: str, now: float) -> list[Outgoing]:
         self.sessions.pop(session.identity, None)

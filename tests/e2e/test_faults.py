@@ -22,7 +22,9 @@ def rss_mb(pid: int) -> float:
 
 def test_a_stopped_receiver_is_dropped_and_told_while_the_room_goes_on(make_broker, connect, client):
     # In-process clients heartbeat only while polled: a long timeout keeps bob and alice in while alice floods.
-    broker = make_broker(messages_per_second_per_user=10_000, send_queue_limit=100, heartbeat_timeout=30)
+    broker = make_broker(
+        messages_per_second_per_user=10_000, send_queue_limit=100, heartbeat_timeout=30, history_size=0
+    )
     bob = connect(broker, "bob")
     carol = client(broker, "carol")
     carol.expect_line("logged in as carol")

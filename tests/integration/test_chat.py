@@ -303,7 +303,7 @@ def test_no_reconnect_after_a_deliberate_shutdown(broker, connect):
 
 
 def test_a_receiver_that_stops_reading_is_disconnected_and_told(make_broker, connect, keyring, raw_dealer):
-    broker = make_broker(send_queue_limit=10)
+    broker = make_broker(send_queue_limit=10, history_size=0)
     bob = connect(broker, "bob")
     slow = raw_dealer(broker)
     slow.setsockopt(zmq.RCVHWM, 1)

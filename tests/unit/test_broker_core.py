@@ -424,11 +424,26 @@ def test_silent_session_times_out_and_others_see_leave(world):
 def test_unreachable_peer_is_dropped_and_others_are_told(world):
     world.login("alice")
     world.login("bob")
-    seen = world.deliver(world.core.unreachable(b"bob", world.now))
+    assert world.core.unreachable(b"bob", world.now) == []  # nothing is sent to it any more...
+    assert world.core.unreachable(b"bob", world.now) == []
+    seen = world.deliver(world.core.drained(world.now))  # ...and it ends once its queued frames were read
     assert seen == {b"alice": [Left("bob", "connection lost")]}
     assert names(world.core.online()) == ["alice"]
-    assert world.core.unreachable(b"bob", world.now) == []
     assert world.send(b"bob", PING_FRAMES) == []  # not evicted: it may simply log in again
+
+
+def test_last_words_of_a_peer_that_vanished_still_count(world):
+    """Regression: a message and goodbye queued before the connection dropped were lost."""
+    world.login("alice")
+    world.login("bob")
+    last = world.clients[b"bob"].say("last words")
+    bye = world.clients[b"bob"].request("bye")
+    assert world.core.unreachable(b"bob", world.now) == []  # the broker noticed the drop first
+    seen = world.deliver(world.send(b"bob", last))
+    assert [e.text for e in seen[b"alice"]] == ["last words"]
+    seen = world.deliver(world.send(b"bob", bye))
+    assert seen == {b"alice": [Left("bob", "left")]}
+    assert world.deliver(world.core.drained(world.now)) == {}
 
 
 def test_too_slow_peer_is_dropped_and_evicted(world):

@@ -1,0 +1,542 @@
+"""The soak runner: keys, a real broker process, worker processes full of clients, and the verdict.
+
+    python -m soak [--duration 60] [--clients 200] [--rate 2.0] [--churn 0.005] [--workers N] [--json] [--seed S]
+
+Steps, each bounded by a timeout and all under one hard deadline (`--timeout`):
+
+1. a temporary directory with config.json (port 0, limits far above the load)
+   and keys: the broker's and one 2048-bit pair per client, made in parallel;
+2. `broker.py --config DIR/config.json` started as its own process, stdin
+   closed, output to DIR/broker.log, its port read from the "listening on" line;
+3. `--workers` processes (`soak.worker`) log their share of the clients in;
+   once every worker reports all of its clients online, they start together;
+4. for `--duration` seconds the clients send `--rate` messages per second in
+   total while the non-stable half churns; then the run drains until every
+   stable receiver has everything (or 30 s), closes every client, sends SIGTERM
+   to the broker and requires exit status 0;
+5. the numbers (`soak.stats`), as a table or one JSON object (`--json`).
+
+The defaults are what a 2-core machine sustains: every delivery costs the
+recipient an RSA-OAEP decryption (~1.2 ms) and the broker an RSA encryption,
+and each rejoin sends a leave and a join to everyone else plus a welcome with
+the whole roster, so 200 clients at 2 msg/s with churn 0.005 (0.5 rejoins/s)
+keep latency under a second (p99 0.6 s over 60 s), while 4 msg/s with churn
+0.02 outruns the CPUs: the backlog grows (p99 4.7 s after 20 s, 9.2 s after
+60 s) towards the 10 s heartbeat timeout.
+
+Exit status 0 when nothing was lost, duplicated, reordered or unexpected, the
+broker logged no internal error and exited 0; 1 otherwise (also when the run
+itself failed: a timeout, a worker or the broker dying). Whatever happens,
+Ctrl-C included, the broker and the workers are killed on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import crypto
+from chat.keystore import KeyLayout, write_private_key, write_public_key
+from soak.stats import Tally, percentile, tally
+from soak.worker import Message, Progress, WorkerResult, WorkerSpec, worker_main
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = ROOT / "broker.py"
+KEY_BITS = 2048
+LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
+BROKER_START_TIMEOUT = 20.0
+BROKER_STOP_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 30.0  # per login attempt; a login storm of hundreds of clients is slow on purpose-built hardware too
+LOGINS_IN_FLIGHT = 8  # per worker, while everyone logs in for the first time
+START_DELAY = 0.5  # between "go" and the first message, so every worker starts on time
+
+
+class SoakError(Exception):
+    """The run itself failed (not the chat): a timeout, a dead worker, a broker that never started."""
+
+
+class HardTimeout(SoakError):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m soak", description="Soak test: many clients, steady traffic and churn against a real broker."
+    )
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of sending (default 60)")
+    parser.add_argument("--clients", type=int, default=200, help="number of clients (default 200)")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="chat messages per second, all clients together (default 2)"
+    )
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=0.005,
+        help="per non-stable client: probability per second of leaving and coming back (default 0.005)",
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="client processes (default: cores)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--seed", type=int, help="random seed for who sends, who churns and when (default: random)")
+    parser.add_argument("--timeout", type=float, help="hard limit for the whole run in seconds (default: generous)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, keys, broker.log)")
+    args = parser.parse_args(argv)
+    if args.clients < 2:
+        parser.error("--clients must be at least 2")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if not args.duration > 0 or args.rate < 0 or args.churn < 0:
+        parser.error("--duration must be positive, --rate and --churn not negative")
+    args.workers = min(args.workers, args.clients)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 31)
+    if args.timeout is None:
+        args.timeout = 240 + args.duration + args.clients
+    return args
+
+
+def log(message: str) -> None:
+    print(f"soak: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- keys and config
+
+
+def _make_key(job: tuple[Path, str | None]) -> None:
+    """Generate and write one key pair: the broker's (name None) or a client's (private key and registration)."""
+    root, name = job
+    layout = KeyLayout(root)
+    key = crypto.generate_private_key(KEY_BITS)
+    if name is None:
+        write_private_key(layout.broker_private, key)
+        write_public_key(layout.broker_public, key)
+    else:
+        write_private_key(layout.client_private(name), key)
+        write_public_key(layout.client_public(name), key)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_keys(mp: multiprocessing.context.BaseContext, root: Path, names: list[str], processes: int) -> None:
+    layout = KeyLayout(root)
+    layout.clients_dir.mkdir(parents=True)
+    (root / "private").mkdir()
+    jobs: list[tuple[Path, str | None]] = [(root, None), *((root, name) for name in names)]
+    with mp.Pool(processes, initializer=_ignore_sigint) as pool:
+        for _ in pool.imap_unordered(_make_key, jobs, chunksize=4):
+            pass
+
+
+def write_config(workdir: Path, clients: int) -> Path:
+    config = {
+        "server_ip": "127.0.0.1",
+        "server_port": 0,
+        "keys_dir": "keys",
+        "messages_per_second_per_user": 1000,
+        "logins_per_second_per_source": 100000,
+        "max_clients": clients + 50,
+        "send_queue_limit": 10000,
+        "heartbeat_interval": 1,
+        "heartbeat_timeout": 10,
+    }
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- the broker
+
+
+class BrokerProcess:
+    """broker.py run the way a person runs it, with its output in a log file."""
+
+    def __init__(self, workdir: Path, config_path: Path) -> None:
+        self.log_path = workdir / "broker.log"
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BROKER), "--config", str(config_path)],
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        self.port = 0
+
+    def log(self) -> str:
+        return self.log_path.read_bytes().decode("utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_for_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log())
+            if match:
+                self.port = int(match.group(1))
+                return self.port
+            if self.proc.poll() is not None:
+                raise SoakError(f"the broker exited with status {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise SoakError(f"the broker did not log 'listening on' within {timeout:g}s:\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise SoakError(f"the broker exited early with status {self.proc.returncode}:\n{self.log_tail()}")
+
+    def peak_rss_mb(self) -> float | None:
+        """VmHWM: the most resident memory the broker ever had."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM, like a service manager; the exit status, or None if it had to be killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_counts(self) -> dict[str, int]:
+        text = self.log()
+        return {
+            "broker_internal_errors": text.count("internal error"),
+            "broker_tracebacks": text.count("Traceback"),
+            "broker_timed_out": len(re.findall(r" timed out$", text, re.MULTILINE)),
+            "broker_too_slow": text.count("too slow to keep up"),
+            "broker_busy": text.count("turned away"),
+        }
+
+
+# ---------------------------------------------------------------- the workers
+
+
+@dataclass
+class Workers:
+    procs: Sequence[multiprocessing.process.BaseProcess]
+    controls: list[Queue[Message]]
+    out: Queue[Message]
+    ready: set[int] = field(default_factory=set)
+    sent: dict[int, dict[str, int]] = field(default_factory=dict)
+    progress: dict[int, Progress] = field(default_factory=dict)
+    results: dict[int, WorkerResult] = field(default_factory=dict)
+
+    def tell(self, *message: Any) -> None:
+        for control in self.controls:
+            control.put(tuple(message))
+
+    def receive(self, timeout: float, broker: BrokerProcess) -> None:
+        """Take the next worker message (if any within `timeout`); SoakError if a worker or the broker died."""
+        try:
+            kind, wid, payload = self.out.get(timeout=timeout)
+        except queue.Empty:
+            for wid, proc in enumerate(self.procs):
+                if proc.exitcode is not None and wid not in self.results:
+                    raise SoakError(f"worker {wid} exited with status {proc.exitcode} before reporting") from None
+            broker.check_alive()
+            return
+        if kind == "error":
+            raise SoakError(f"worker {wid} failed:\n{payload}")
+        if kind == "ready":
+            self.ready.add(wid)
+        elif kind == "sent":
+            self.sent[wid] = payload
+        elif kind == "progress":
+            self.progress[wid] = payload
+        elif kind == "result":
+            self.results[wid] = payload
+
+    def wait(self, what: str, done: Callable[[], bool], timeout: float, broker: BrokerProcess) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SoakError(f"timed out after {timeout:g}s waiting for {what}")
+            self.receive(min(remaining, 0.2), broker)
+
+    def stop(self) -> None:
+        for control in self.controls:
+            control.cancel_join_thread()
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
+def split(names: list[str], stable: set[str], workers: int) -> list[tuple[str, ...]]:
+    """Deal stable and churning clients round-robin, so every worker gets some of each."""
+    shares: list[list[str]] = [[] for _ in range(workers)]
+    ordered = [n for n in names if n in stable] + [n for n in names if n not in stable]
+    for i, name in enumerate(ordered):
+        shares[i % workers].append(name)
+    return [tuple(share) for share in shares]
+
+
+def drained(workers: Workers, stable: set[str]) -> bool:
+    """True when every stable receiver holds every accepted message of every other sender."""
+    if len(workers.progress) < len(workers.procs):
+        return False
+    sent = {name: n for share in workers.sent.values() for name, n in share.items()}
+    refused = {name: n for p in workers.progress.values() for name, n in p.refused.items()}
+    accepted = {name: n - refused.get(name, 0) for name, n in sent.items()}
+    total = sum(accepted.values())
+    have = {name: n for p in workers.progress.values() for name, n in p.have.items()}
+    return all(have.get(name, 0) >= total - accepted.get(name, 0) for name in stable)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace, workdir: Path, cleanup: list[Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    mp = multiprocessing.get_context("spawn")
+    rng = random.Random(args.seed)  # noqa: S311 - load pattern, not a secret
+    width = len(str(args.clients - 1))
+    names = [f"soak{i:0{width}d}" for i in range(args.clients)]
+    stable = set(rng.sample(names, max(2, math.ceil(args.clients / 2))))
+
+    config_path = write_config(workdir, args.clients)
+    log(f"generating {args.clients + 1} RSA-{KEY_BITS} keys on {os.cpu_count()} cores in {workdir}")
+    make_keys(mp, workdir / "keys", names, os.cpu_count() or 1)
+    keygen_s = time.monotonic() - started
+
+    broker = BrokerProcess(workdir, config_path)
+    cleanup.append(broker.kill)
+    port = broker.wait_for_port(BROKER_START_TIMEOUT)
+    log(f"keys in {keygen_s:.1f}s; broker pid {broker.proc.pid} listening on port {port}")
+
+    deadline = time.time() + args.timeout + 10
+    shares = split(names, stable, args.workers)
+    out: Queue[Message] = mp.Queue()
+    controls: list[Queue[Message]] = [mp.Queue() for _ in shares]
+    procs = []
+    for wid, share in enumerate(shares):
+        spec = WorkerSpec(
+            wid=wid,
+            port=port,
+            keys_root=workdir / "keys",
+            names=share,
+            stable=frozenset(stable & set(share)),
+            rate=args.rate * len(share) / args.clients,
+            churn=args.churn,
+            duration=args.duration,
+            seed=args.seed * 1000 + wid,
+            connect_timeout=CONNECT_TIMEOUT,
+            logins_in_flight=LOGINS_IN_FLIGHT,
+            deadline=deadline,
+        )
+        procs.append(mp.Process(target=worker_main, args=(spec, out, controls[wid]), name=f"soak-worker-{wid}"))
+    workers = Workers(procs, controls, out)
+    cleanup.append(workers.stop)
+    for proc in procs:
+        proc.daemon = True
+        proc.start()
+
+    login_started = time.monotonic()
+    log(f"logging in {args.clients} clients from {args.workers} workers")
+    workers.wait("every client to log in", lambda: len(workers.ready) == len(procs), 60 + 0.5 * args.clients, broker)
+    login_s = time.monotonic() - login_started
+    t0 = time.time() + START_DELAY
+    workers.tell("go", t0)
+    log(
+        f"all logged in after {login_s:.1f}s; sending {args.rate:g} msg/s for {args.duration:g}s"
+        f" with churn {args.churn:g}/s on {args.clients - len(stable)} clients"
+    )
+    end = t0 + args.duration
+    while time.time() < end:
+        workers.receive(min(0.5, max(0.01, end - time.time())), broker)
+    workers.wait("the senders' counts", lambda: len(workers.sent) == len(procs), 60, broker)
+    log("sending done; draining")
+    drain_deadline = end + DRAIN_TIMEOUT
+    complete = False
+    while time.time() < drain_deadline:
+        complete = drained(workers, stable)
+        if complete:
+            break
+        workers.receive(min(0.2, max(0.01, drain_deadline - time.time())), broker)
+    drain_s = time.time() - end
+    log(f"drained in {drain_s:.1f}s" if complete else f"gave up draining after {drain_s:.1f}s")
+
+    workers.tell("finish")
+    workers.wait("the workers' results", lambda: len(workers.results) == len(procs), 60, broker)
+    for proc in procs:
+        proc.join(15)
+    peak_rss = broker.peak_rss_mb()
+    broker_exit = broker.stop(BROKER_STOP_TIMEOUT)
+    log(f"broker stopped with status {broker_exit}")
+    return report(args, workers, stable, broker, keygen_s, login_s, drain_s, complete, broker_exit, peak_rss, started)
+
+
+def report(
+    args: argparse.Namespace,
+    workers: Workers,
+    stable: set[str],
+    broker: BrokerProcess,
+    keygen_s: float,
+    login_s: float,
+    drain_s: float,
+    complete: bool,
+    broker_exit: int | None,
+    peak_rss: float | None,
+    started: float,
+) -> dict[str, Any]:
+    results = list(workers.results.values())
+    sent = {name: n for r in results for name, n in r.sent.items()}
+    refused = {name: seqs for r in results for name, seqs in r.refused.items()}
+    sessions = {name: logs for r in results for name, logs in r.sessions.items()}
+    latencies = [ms for r in results for ms in r.latencies_ms]
+    counts: Tally = tally(sent, refused, stable, sessions, unparsed=sum(r.unparsed for r in results))
+    before_leave = {pair for r in results for pair in r.last_before_leave}
+    lost_examples = [f"{sender}|{seq} x{n}" for (sender, seq), n in counts.missing.most_common(5)]
+    notices: Counter[str] = Counter()
+    for r in results:
+        notices.update(r.notices)
+    log_counts = broker.log_counts()
+
+    def rounded(value: float | None, digits: int = 1) -> float | None:
+        return None if value is None else round(value, digits)
+
+    ok = (
+        counts.lost == 0
+        and counts.duplicated == 0
+        and counts.out_of_order == 0
+        and counts.unexpected == 0
+        and broker_exit == 0
+        and log_counts["broker_internal_errors"] == 0
+    )
+    return {
+        "ok": ok,
+        "clients": args.clients,
+        "stable_clients": len(stable),
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "rate": args.rate,
+        "churn": args.churn,
+        "seed": args.seed,
+        "sent": counts.sent,
+        "refused": counts.sent - counts.accepted,
+        "accepted": counts.accepted,
+        "delivered": counts.delivered,
+        "expected": counts.expected,
+        "lost": counts.lost,
+        "duplicated": counts.duplicated,
+        "out_of_order": counts.out_of_order,
+        "unexpected": counts.unexpected,
+        "lost_messages": len(counts.missing),
+        "lost_last_before_leave": len(before_leave & set(counts.missing)),
+        "lost_examples": lost_examples,
+        "latency_ms_p50": rounded(percentile(latencies, 50)),
+        "latency_ms_p99": rounded(percentile(latencies, 99)),
+        "latency_ms_max": rounded(max(latencies, default=None)),
+        "reconnects": sum(r.reconnects for r in results),
+        "churn_leaves": sum(r.churn_leaves for r in results),
+        "connection_losses": sum(r.connection_losses for r in results),
+        "login_failures": sum(r.login_failures for r in results),
+        "closed_by_broker": sum(r.closed_by_broker for r in results),
+        "history_replayed": sum(r.history_replayed for r in results),
+        "skipped_sends": sum(r.skipped_sends for r in results),
+        "send_errors": sum(r.send_errors for r in results),
+        "worker_max_turn_s": rounded(max(r.max_turn_s for r in results), 2),
+        "broker_peak_rss_mb": rounded(peak_rss),
+        "broker_exit": broker_exit,
+        **log_counts,
+        "drained": complete,
+        "keygen_s": round(keygen_s, 1),
+        "login_s": round(login_s, 1),
+        "drain_s": round(drain_s, 1),
+        "wall_s": round(time.monotonic() - started, 1),
+        "notices": dict(notices.most_common(10)),
+    }
+
+
+def print_table(numbers: dict[str, Any]) -> None:
+    width = max(len(key) for key in numbers)
+    for key, value in numbers.items():
+        if key == "notices":
+            for text, count in value.items():
+                print(f"{'notice':<{width}}  {count} x {text}")
+            continue
+        print(f"{key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_alarm(_signum: int, _frame: FrameType | None) -> None:
+        raise HardTimeout(f"the whole run took longer than --timeout {args.timeout:g}s")
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(max(1, math.ceil(args.timeout)))
+    workdir = Path(tempfile.mkdtemp(prefix="zchat-soak-"))
+    cleanup: list[Any] = []
+    keep = args.keep
+    try:
+        numbers = run(args, workdir, cleanup)
+        failed = not numbers["ok"]
+        keep = keep or failed
+    except SoakError as exc:
+        log(f"error: {exc}")
+        keep = True
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for step in reversed(cleanup):
+            step()
+        if keep:
+            log(f"kept {workdir} (config.json, keys, broker.log)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(numbers))
+    else:
+        print_table(numbers)
+    return 1 if failed else 0

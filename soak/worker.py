@@ -1,0 +1,390 @@
+"""One worker process of the soak: hosts its share of the clients in a single non-blocking loop.
+
+A `ChatClient` heartbeats only while it is polled, so the loop never blocks on
+one client: every turn it calls `poll(0)` and `drain()` on each client in
+turn, sends what the schedule says is due, churns, and sleeps a moment only
+when nothing happened. Logins are non-blocking too (`SoakClient.start_login`).
+
+The worker talks to `soak.run` over two queues:
+
+    parent -> worker   ("go", t0)  ("finish",)  ("abort",)
+    worker -> parent   ("ready", wid, None)  ("sent", wid, {name: n})
+                       ("progress", wid, Progress)  ("result", wid, WorkerResult)  ("error", wid, traceback)
+
+Phases: log everyone in (a few at a time) and report "ready"; wait for "go";
+from t0 for `duration` seconds send at this worker's share of the rate and
+churn the non-stable clients; then report how many messages each sender sent,
+keep receiving (and reporting progress) until "finish", close every client and
+report everything that was received.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import random
+import signal
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import crypto
+from chat.client import ChatClient
+from chat.errors import ConnectError
+from chat.events import ChatMessage, ConnectionLost, Event, Joined, Left, Notice, SessionClosed, Shutdown, Welcome
+from chat.keystore import KeyLayout
+from soak.stats import message_text, parse_refusal, parse_text
+
+IDLE_SLEEP = 0.002
+PROGRESS_EVERY = 0.2
+RETRY_AFTER_FAILED_LOGIN = 1.0
+REJOIN_DELAY = (0.5, 3.0)
+MAX_NOTICES_KEPT = 20
+
+Message = tuple[Any, ...]
+
+
+class SoakClient(ChatClient):
+    """A ChatClient whose login does not block: the worker's loop polls it through the handshake like any other.
+
+    `login()` is `_start_attempt()` followed by polling this one client until the
+    welcome; with hundreds of clients in one loop that would starve the others'
+    heartbeats, so the loop does the polling instead.
+    """
+
+    def start_login(self) -> None:
+        self._start_attempt(time.monotonic())
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    wid: int
+    port: int
+    keys_root: Path
+    names: tuple[str, ...]
+    stable: frozenset[str]
+    rate: float  # this worker's share of the messages per second
+    churn: float  # probability per second that a non-stable client leaves
+    duration: float
+    seed: int
+    connect_timeout: float
+    logins_in_flight: int
+    deadline: float  # time.time() after which the worker gives up on its own (the parent is gone or stuck)
+
+
+@dataclass(frozen=True)
+class Progress:
+    have: dict[str, int]  # stable receiver -> distinct accepted-looking messages received from others
+    refused: dict[str, int]  # sender -> messages the broker refused so far
+
+
+@dataclass
+class WorkerResult:
+    wid: int
+    sent: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, list[int]] = field(default_factory=dict)
+    sessions: dict[str, list[dict[str, list[int]]]] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    unparsed: int = 0
+    history_replayed: int = 0
+    churn_leaves: int = 0
+    last_before_leave: list[tuple[str, int]] = field(default_factory=list)  # each leaver's last message before it
+    reconnects: int = 0
+    connection_losses: int = 0
+    login_failures: int = 0
+    closed_by_broker: int = 0
+    skipped_sends: int = 0
+    send_errors: int = 0
+    max_turn_s: float = 0.0
+    notices: Counter[str] = field(default_factory=Counter)
+
+
+class Slot:
+    """One user name: its current ChatClient (a fresh one after each churn), what it sent and what it got."""
+
+    def __init__(self, name: str, key: crypto.PrivateKey, stable: bool) -> None:
+        self.name = name
+        self.key = key
+        self.stable = stable
+        self.client: SoakClient | None = None
+        self.connect_at: float | None = 0.0  # when to start a login (None: nothing scheduled)
+        self.logging_in = False
+        self.rejoining = False
+        self.leave_at = math.inf
+        self.seq = 0
+        self.seq_at_login = 0
+        self.refused: list[int] = []
+        self.sessions: list[dict[str, list[int]]] = []
+        self.current: dict[str, list[int]] | None = None
+        self.distinct: set[tuple[str, int]] = set()
+        self.from_others = 0  # len() of the pairs in `distinct` not sent by this name
+
+    @property
+    def online(self) -> bool:
+        return self.client is not None and self.client.online
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, out: Queue[Message]) -> None:
+        self.spec = spec
+        self.out = out
+        self.rng = random.Random(spec.seed)  # noqa: S311 - load pattern, not a secret
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.context.set(zmq.MAX_SOCKETS, max(1024, 4 * len(spec.names) + 64))
+        layout = KeyLayout(spec.keys_root)
+        self.broker_key = crypto.load_public_key(layout.broker_public)
+        self.slots = [
+            Slot(name, crypto.load_private_key(layout.client_private(name)), name in spec.stable) for name in spec.names
+        ]
+        self.result = WorkerResult(spec.wid)
+        self.t0: float | None = None
+        self.sends_done = 0
+        self.sent_reported = False
+        self.ready_reported = False
+        self.next_progress = 0.0
+        self.parent = os.getppid()
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, control: Queue[Message]) -> None:
+        while True:
+            started = time.time()
+            if started > self.spec.deadline or os.getppid() != self.parent:
+                raise TimeoutError("worker deadline passed (or the soak runner is gone)")
+            command = self._command(control)
+            if command is not None:
+                if command[0] == "go":
+                    self._go(float(command[1]))
+                elif command[0] == "finish":
+                    self._finish()
+                    return
+                elif command[0] == "abort":
+                    self._close_all(say_bye=False)
+                    return
+            busy = self._turn(started)
+            self.result.max_turn_s = max(self.result.max_turn_s, time.time() - started)
+            if not busy:
+                time.sleep(IDLE_SLEEP)
+
+    @staticmethod
+    def _command(control: Queue[Message]) -> Message | None:
+        try:
+            return control.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _turn(self, now: float) -> bool:
+        busy = False
+        in_flight = sum(1 for slot in self.slots if slot.logging_in)
+        for slot in self.slots:
+            if slot.client is None:
+                limited = self.t0 is None and in_flight >= self.spec.logins_in_flight
+                if slot.connect_at is not None and now >= slot.connect_at and not limited:
+                    self._start_login(slot)
+                    in_flight += 1
+                    busy = True
+                continue
+            busy = self._pump(slot, now) or busy
+        if self.t0 is None:
+            if not self.ready_reported and all(slot.online for slot in self.slots):
+                self.ready_reported = True
+                self.out.put(("ready", self.spec.wid, None))
+            return busy
+        end = self.t0 + self.spec.duration
+        if now < end:
+            busy = self._send_due(now) or busy
+            busy = self._churn(now) or busy
+        elif not self.sent_reported:
+            busy = self._send_due(end) or busy  # what a slow last turn left due
+            self.sent_reported = True
+            self.result.sent = {slot.name: slot.seq for slot in self.slots}
+            self.out.put(("sent", self.spec.wid, dict(self.result.sent)))
+        if self.sent_reported and now >= self.next_progress:
+            self.next_progress = now + PROGRESS_EVERY
+            self.out.put(("progress", self.spec.wid, self._progress()))
+        return busy
+
+    # ------------------------------------------------------------ clients
+
+    def _start_login(self, slot: Slot) -> None:
+        slot.connect_at = None
+        slot.logging_in = True
+        client = SoakClient(
+            "127.0.0.1",
+            self.spec.port,
+            slot.name,
+            slot.key,
+            self.broker_key,
+            bot=True,
+            connect_timeout=self.spec.connect_timeout,
+            context=self.context,
+        )
+        slot.client = client
+        client.start_login()
+
+    def _pump(self, slot: Slot, now: float) -> bool:
+        """Poll one client without waiting and handle what it received; True if anything happened."""
+        client = slot.client
+        if client is None:
+            return False
+        try:
+            client.poll(0)
+        except ConnectError as exc:  # a fresh client's login failed: refused, busy, or no answer in time
+            self.result.login_failures += 1
+            self.result.notices[f"login failed: {exc}"] += 1
+            slot.client = None
+            slot.logging_in = False
+            slot.connect_at = now + RETRY_AFTER_FAILED_LOGIN
+            return True
+        events = client.drain()
+        for event in events:
+            self._on_event(slot, event)
+        if client.closed and slot.client is client:  # the broker shut down or ended the session for good
+            slot.client = None
+            slot.current = None
+            slot.logging_in = False
+            slot.connect_at = now + RETRY_AFTER_FAILED_LOGIN
+        return bool(events)
+
+    def _on_event(self, slot: Slot, event: Event) -> None:
+        if isinstance(event, ChatMessage):
+            self._on_chat(slot, event)
+        elif isinstance(event, Welcome):
+            slot.current = {}
+            slot.sessions.append(slot.current)
+            slot.seq_at_login = slot.seq
+            slot.logging_in = False
+            if slot.rejoining:
+                slot.rejoining = False
+                self.result.reconnects += 1
+            self._schedule_leave(slot, time.time())
+        elif isinstance(event, Notice):
+            refusal = parse_refusal(event.message)
+            if refusal is not None and refusal[0] == slot.name:
+                slot.refused.append(refusal[1])
+            else:
+                self._notice(event.message)
+        elif isinstance(event, ConnectionLost):
+            self.result.connection_losses += 1
+            self._notice(f"connection lost: {event.reason}")
+            slot.current = None
+        elif isinstance(event, Shutdown | SessionClosed):
+            self.result.closed_by_broker += 1
+            self._notice(f"session ended by the broker: {event}")
+            slot.current = None
+        elif not isinstance(event, Joined | Left):
+            self._notice(f"other event: {type(event).__name__}")
+
+    def _on_chat(self, slot: Slot, event: ChatMessage) -> None:
+        if event.history:  # a replay of what was said before this session: not live traffic
+            self.result.history_replayed += 1
+            return
+        received_at = time.time()
+        parsed = parse_text(event.text)
+        if parsed is None or parsed[0] != event.sender:
+            self.result.unparsed += 1
+            return
+        sender, seq, sent_at = parsed
+        if slot.current is None:  # cannot happen: chat arrives only inside a session
+            slot.current = {}
+            slot.sessions.append(slot.current)
+        slot.current.setdefault(sender, []).append(seq)
+        if (sender, seq) not in slot.distinct:
+            slot.distinct.add((sender, seq))
+            slot.from_others += sender != slot.name
+        self.result.latencies_ms.append((received_at - sent_at) * 1000)
+
+    def _notice(self, text: str) -> None:
+        if len(self.result.notices) < MAX_NOTICES_KEPT or text in self.result.notices:
+            self.result.notices[text] += 1
+
+    # ------------------------------------------------------------ phases
+
+    def _go(self, t0: float) -> None:
+        self.t0 = t0
+        for slot in self.slots:
+            if slot.online:
+                self._schedule_leave(slot, t0)
+
+    def _schedule_leave(self, slot: Slot, now: float) -> None:
+        if slot.stable or self.spec.churn <= 0 or self.t0 is None:
+            slot.leave_at = math.inf
+        else:
+            slot.leave_at = max(now, self.t0) + self.rng.expovariate(self.spec.churn)
+
+    def _send_due(self, now: float) -> bool:
+        if self.t0 is None:
+            return False
+        due = min(math.floor((now - self.t0) * self.spec.rate), math.floor(self.spec.duration * self.spec.rate))
+        sent_any = False
+        while self.sends_done < due:
+            self.sends_done += 1
+            online = [(slot, slot.client) for slot in self.slots if slot.client is not None and slot.client.online]
+            if not online:
+                self.result.skipped_sends += 1
+                continue
+            slot, client = self.rng.choice(online)
+            try:
+                client.send(message_text(slot.name, slot.seq + 1, time.time()))
+            except (ConnectError, ValueError) as exc:
+                self.result.send_errors += 1
+                self._notice(f"send failed: {exc}")
+                continue
+            slot.seq += 1
+            sent_any = True
+        return sent_any
+
+    def _churn(self, now: float) -> bool:
+        churned = False
+        for slot in self.slots:
+            if slot.client is None or not slot.client.online or now < slot.leave_at:
+                continue
+            if slot.seq > slot.seq_at_login:
+                self.result.last_before_leave.append((slot.name, slot.seq))
+            slot.client.close()  # says bye; the shared context flushes it in the background
+            slot.client = None
+            slot.current = None
+            slot.leave_at = math.inf
+            slot.rejoining = True
+            slot.connect_at = now + self.rng.uniform(*REJOIN_DELAY)
+            self.result.churn_leaves += 1
+            churned = True
+        return churned
+
+    def _progress(self) -> Progress:
+        have = {slot.name: slot.from_others for slot in self.slots if slot.stable}
+        return Progress(have, {slot.name: len(set(slot.refused)) for slot in self.slots})
+
+    def _finish(self) -> None:
+        self._close_all(say_bye=True)
+        result = self.result
+        result.refused = {slot.name: sorted(set(slot.refused)) for slot in self.slots}
+        result.sessions = {slot.name: slot.sessions for slot in self.slots}
+        if not result.sent:
+            result.sent = {slot.name: slot.seq for slot in self.slots}
+        self.out.put(("result", self.spec.wid, result))
+
+    def _close_all(self, say_bye: bool) -> None:
+        for slot in self.slots:
+            if slot.client is not None:
+                slot.client.close(say_bye=say_bye)
+                slot.client = None
+        self.context.term()  # returns once the goodbyes are flushed (each socket lingers at most 1 s)
+
+
+def worker_main(spec: WorkerSpec, out: Queue[Message], control: Queue[Message]) -> None:
+    """Entry point of a worker process. Ctrl-C is left to the parent, which stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker = Worker(spec, out)
+        worker.run(control)
+    except BaseException:
+        out.put(("error", spec.wid, traceback.format_exc()))
+        raise SystemExit(1) from None
