@@ -80,6 +80,12 @@ class Terminal:
 
 
 @pytest.fixture
+def broker(make_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """In-process clients heartbeat only while polled, and these tests spend their time watching a screen."""
+    return make_broker(heartbeat_timeout=30)
+
+
+@pytest.fixture
 def terminal() -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
