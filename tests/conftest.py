@@ -36,7 +36,7 @@ TEST_CONFIG: dict[str, Any] = {
     "server_port": 0,
     "admins": ["admin"],
     "heartbeat_interval": 0.2,
-    "heartbeat_timeout": 1.5,
+    "heartbeat_timeout": 3.0,
 }
 WAIT = 10.0  # default upper bound for any expected event
 
