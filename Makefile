@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 BOTS          := $(filter-out __init__,$(basename $(notdir $(wildcard bots/*.py))))
 
-.PHONY: help broker client bot keys fingerprint test unit fuzz soak lint typecheck clean
+.PHONY: help broker client bot keys fingerprint test unit fuzz soak bench lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test              run the tests, ruff and mypy"
 	@echo "make fuzz              fuzz every parser of peer bytes (FUZZ_SECONDS=30 per target)"
 	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds)"
+	@echo "make bench             measure the broker: deliveries/s, crypto bound, latency, relays, memory (ARGS=--json)"
 
 $(RUNTIME_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +68,9 @@ fuzz: $(DEV_STAMP)
 DURATION ?= 60
 soak: $(RUNTIME_STAMP)
 	$(BIN)/python -m soak --duration $(DURATION)
+
+bench: $(RUNTIME_STAMP)
+	@$(BIN)/python -m bench $(ARGS)
 
 unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/unit

@@ -1,0 +1,95 @@
+"""The human-readable table: every row, what it means, and the command that reproduces it."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _busy(numbers: dict[str, Any], server: str) -> str:
+    """How busy the server's loop thread and the generator's were: whichever is near 1.00 was the limit."""
+    return (
+        f"{server} loop thread {_n(numbers['target_loop_busy'], 2)} busy ({_n(numbers['target_cores_busy'], 2)} cores"
+        f" with I/O), generator loop {_n(numbers['generator_loop_busy'], 2)} ({_n(numbers['generator_cores_busy'], 2)})"
+    )
+
+
+def render_table(r: dict[str, Any]) -> str:
+    d = r["details"]
+    crypto, broker, latency = d["crypto"], d["broker"], d["latency"]
+    plain, curve, storm, idle = d["plain_relay"], d["curve_relay"], d["login_storm"], d["idle"]
+    recipients = r["clients"] - 1
+    rows = [
+        (
+            "broker: encrypted deliveries/s",
+            _n(r["deliveries_per_s"]),
+            f"{_n(broker['messages_per_s'], 1)} msg/s x {recipients} recipients; {_busy(broker, 'broker')};"
+            f" {broker['lost']} lost",
+        ),
+        (
+            "crypto bound: deliveries/s on one core",
+            _n(r["crypto_bound_per_s_one_core"]),
+            f"one fan-out {_n(r['fanout_crypto_ms'], 1)} ms = open {_n(crypto['open_ms'], 2)} + verify "
+            f"{_n(crypto['verify_ms'], 2)} + {recipients} x (seal {_n(crypto['seal_ms'], 3)} + HMAC "
+            f"{_n(crypto['mac_ms'], 3)}) ms",
+        ),
+        (
+            f"efficiency = deliveries / ({r['cores']} cores x bound)",
+            _n(r["efficiency"], 2),
+            f"one core: {_n(r['efficiency_one_core'], 2)}  (targets: >= 0.9 in one process, >= 0.75 on all cores)",
+        ),
+        (
+            "latency p50 / p99 at half capacity",
+            f"{_n(r['latency_ms_p50'], 1)} / {_n(r['latency_ms_p99'], 1)} ms",
+            f"{_n(latency['offered_deliveries_per_s'])} deliveries/s offered; {latency['verifying_receivers']} "
+            f"verifying receivers, {latency['samples']} samples; p90 {_n(latency['ms_p90'], 1)}, max "
+            f"{_n(latency['ms_max'], 1)} ms",
+        ),
+        (
+            "reference: plain ZeroMQ relay, deliveries/s",
+            _n(r["plain_relay_deliveries_per_s"]),
+            f"no crypto; {_busy(plain, 'relay')}",
+        ),
+        (
+            "reference: CurveZMQ relay, deliveries/s",
+            _n(r["curve_relay_deliveries_per_s"]),
+            f"ZAP allow-list (unlisted key admitted: {curve.get('unlisted_key_admitted')}); {_busy(curve, 'relay')}",
+        ),
+        (
+            f"broker RSS, {idle['clients']} idle logged-in clients",
+            f"{_n(r['rss_mb_1000_clients'], 1)} MiB",
+            f"empty broker {_n(idle['rss_mb_empty'], 1)} MiB; filling it took {_n(idle['fill_s'], 1)} s "
+            f"({_n(idle['fill_broker_cpu_s'], 1)} s broker CPU), {idle['logins_in_flight']} logins at a time",
+        ),
+        (
+            f"login storm: {storm['clients']} clients at once",
+            f"{_n(r['login_storm_s'], 2)} s",
+            f"per client p50 {_n(storm['per_client_s_p50'], 2)} s; broker CPU {_n(storm['broker_cpu_s'], 1)} s, "
+            f"clients {_n(storm['generator_cpu_s'], 1)} s; turned away: "
+            + (", ".join(f"{n} {what}" for what, n in storm["turned_away"].items()) or "none"),
+        ),
+    ]
+    machine = r["machine"]
+    lines = [
+        f"zchat benchmark{' (--quick)' if r['quick'] else ''}: {r['clients']} clients, {r['message_bytes']}-byte "
+        f"messages, RSA-{r['key_bits']}, {r['cores']} cores ({machine['cpu']}), Python {machine['python']}, "
+        f"libzmq {machine['libzmq']}, {_n(r['duration_s'], 1)} s windows",
+        "",
+    ]
+    width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    for name, value, note in rows:
+        lines.append(f"  {name:<{width}}  {value:>{value_width}}  {note}")
+    lines += ["", f"reproduce: {r['command']}   (took {_n(r['bench_s'])} s; --json for every number)", "notes:"]
+    for note in r["notes"]:
+        lines += textwrap.wrap(note, 116, initial_indent="  - ", subsequent_indent="    ")
+    if r["problems"]:
+        lines.append("PROBLEMS:")
+        lines += [f"  - {problem}" for problem in r["problems"]]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""A verifying receiver for the latency measurement: its own process, a real client session.
+
+It logs in with `chat.session.ClientSession` over a raw DEALER socket and runs
+every frame through `ClientSession.receive()`: the envelope is opened, the
+delivery MAC and sequence number checked and the author's signature verified,
+exactly as in the terminal client. The moment `receive()` returns a chat
+message is when it was received; the benchmark's texts name their sender slot
+and number, so the parent matches it with the moment it was sent.
+
+Talks to the parent over a multiprocessing pipe:
+
+    verifier -> parent   ("ready",)  ("result", [(slot, number, time.time()), ...], {problem: count})
+                         ("error", text)
+    parent -> verifier   ("stop", expected_messages, seconds_to_wait_for_them)
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from collections import Counter
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import zmq
+
+import crypto
+from bench.stats import parse_text
+from chat.errors import ConnectError, RemoteProtocolError
+from chat.events import ChatMessage, Notice, SessionClosed, Shutdown, Welcome
+from chat.session import ClientSession, State
+
+PING_EVERY = 1.0
+
+
+def verifier_main(conn: Connection, endpoint: str, name: str, key_path: str, broker_public_path: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _run(conn, endpoint, name, Path(key_path), Path(broker_public_path))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+def _run(conn: Connection, endpoint: str, name: str, key_path: Path, broker_public_path: Path) -> None:
+    session = ClientSession(name, crypto.load_private_key(key_path), crypto.load_public_key(broker_public_path))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(endpoint)
+    sock.send_multipart(session.hello())
+    last_sent = time.monotonic()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(conn.fileno(), zmq.POLLIN)
+    received: list[tuple[int, int, float]] = []
+    problems: Counter[str] = Counter()
+    expected: int | None = None
+    give_up = 0.0
+    while True:
+        poller.poll(100)
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                events, reply = session.receive(frames)
+            except ConnectError as exc:
+                conn.send(("error", f"{name}: login failed: {exc}"))
+                return
+            except RemoteProtocolError as exc:
+                problems[f"dropped: {exc}"] += 1
+                continue
+            now = time.time()
+            if reply is not None:
+                sock.send_multipart(reply)
+                last_sent = time.monotonic()
+            for event in events:
+                if isinstance(event, ChatMessage):
+                    parsed = parse_text(event.text)
+                    if parsed is None:
+                        problems["unexpected text"] += 1
+                    else:
+                        received.append((parsed[0], parsed[1], now))
+                elif isinstance(event, Welcome):
+                    conn.send(("ready",))
+                elif isinstance(event, (Notice, SessionClosed, Shutdown)):
+                    problems[f"{type(event).__name__}: {event}"] += 1
+        if conn.poll():
+            message = conn.recv()
+            if message[0] == "stop":
+                expected, give_up = int(message[1]), time.monotonic() + float(message[2])
+        if expected is not None and (len(received) >= expected or time.monotonic() > give_up):
+            conn.send(("result", received, dict(problems)))
+            break
+        if session.state is State.READY and time.monotonic() - last_sent > PING_EVERY:
+            sock.send_multipart(session.ping())
+            last_sent = time.monotonic()
+    sock.close(linger=0)
+    context.term()

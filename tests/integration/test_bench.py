@@ -1,0 +1,61 @@
+"""`python -m bench --quick --json` runs and reports every number the issue asks for.
+
+Only that it runs and what it prints: no timing is asserted, the numbers
+depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_env
+
+POSITIVE_KEYS = (
+    "clients",
+    "message_bytes",
+    "key_bits",
+    "cores",
+    "deliveries_per_s",
+    "crypto_bound_per_s_one_core",
+    "efficiency",
+    "latency_ms_p50",
+    "latency_ms_p99",
+    "fanout_crypto_ms",
+    "plain_relay_deliveries_per_s",
+    "curve_relay_deliveries_per_s",
+    "rss_mb_1000_clients",
+    "login_storm_s",
+)
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_every_key():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json"],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.stdout.strip(), f"no report; stderr:\n{proc.stderr}"
+    numbers = json.loads(proc.stdout)
+    details = f"{json.dumps(numbers, indent=1)}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, details
+    assert numbers["quick"] is True, details
+    for key in POSITIVE_KEYS:
+        value = numbers[key]
+        assert isinstance(value, (int, float)), f"{key}: {value!r}\n{details}"
+        assert not isinstance(value, bool), f"{key}: {value!r}\n{details}"
+        assert value > 0, f"{key}: {value!r}\n{details}"
+    assert numbers["clients"] == 10, details
+    assert numbers["key_bits"] == 2048, details
+    assert numbers["efficiency"] == pytest.approx(
+        numbers["deliveries_per_s"] / (numbers["cores"] * numbers["crypto_bound_per_s_one_core"]), rel=0.01
+    ), details
+    assert numbers["problems"] == [], details
+    assert "make bench" in numbers["command"], details
