@@ -16,6 +16,7 @@ from chat.client import ChatClient
 from chat.events import ChatMessage, Joined, Left, WhoList
 from chat.keystore import create_client_key, write_private_key
 from tests.conftest import ROOT, BrokerProcess, collect, run_env, wait_for
+from tests.e2e.helpers import Proc
 
 
 class BotProcess:
@@ -138,9 +139,8 @@ def test_bot_stops_cleanly_on_sigterm_and_others_see_it_leave(broker, connect, s
 
 def test_json_mode_prints_one_object_per_event(broker, connect):
     bob = connect(broker, "bob")
-    proc = subprocess.Popen(
+    alice = Proc(
         [
-            sys.executable,
             str(ROOT / "chat_client.py"),
             "--json",
             "--host=127.0.0.1",
@@ -149,24 +149,23 @@ def test_json_mode_prints_one_object_per_event(broker, connect):
             f"--key={broker.keys.client_private('alice')}",
             f"--broker-key={broker.keys.broker_public}",
         ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=run_env(),
-        text=True,
+        cwd=ROOT,
+        name="alice",
     )
     try:
+        welcome = json.loads(alice.expect_line(r"^\{").string)
+        assert welcome["type"] == "welcome"
         wait_for(bob, lambda e: isinstance(e, Joined))
         bob.send('quote " and ünïcode')
-        out, err = proc.communicate("from a pipeline\n", timeout=20)
+        chat = json.loads(alice.expect_line(r'"type": "chat"').string)
+        assert {"type": "chat", "from": "bob", "text": 'quote " and ünïcode', "private": False}.items() <= chat.items()
+        alice.send("from a pipeline")
+        assert reply_for(bob) == "from a pipeline"
+        alice.close_stdin()
+        assert alice.wait() == 0
+        assert "Traceback" not in alice.err.text()
     finally:
-        proc.kill()
-        proc.wait(10)
-    assert reply_for(bob) == "from a pipeline"
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events[0]["type"] == "welcome"
-    assert {"type": "chat", "from": "bob", "text": 'quote " and ünïcode'}.items() <= events[1].items()
-    assert "Traceback" not in err
+        alice.kill()
 
 
 def reply_for(client: ChatClient) -> str:
