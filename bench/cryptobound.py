@@ -49,14 +49,19 @@ class CryptoBound:
         return 1 / self.fanout_s
 
 
-def _per_call(action: Callable[[], object], min_seconds: float) -> float:
+def _timed(action: Callable[[], object], min_seconds: float) -> tuple[float, int]:
+    """Seconds per call and the number of calls, running `action` for at least `min_seconds` (and 3 calls)."""
     calls, started = 0, time.perf_counter()
     while True:
         action()
         calls += 1
         elapsed = time.perf_counter() - started
         if elapsed >= min_seconds and calls >= 3:
-            return elapsed / calls
+            return elapsed / calls, calls
+
+
+def _per_call(action: Callable[[], object], min_seconds: float) -> float:
+    return _timed(action, min_seconds)[0]
 
 
 def measure(
@@ -90,17 +95,11 @@ def measure(
             crypto.seal(recipient, plaintext, event_context)
 
     fanout()  # warm up: first-call costs (imports, caches) are not the broker's steady state
-    calls, started = 0, time.perf_counter()
-    while True:
-        fanout()
-        calls += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= min_seconds and calls >= 3:
-            break
+    fanout_s, calls = _timed(fanout, min_seconds)
     part = min_seconds / 4  # the breakdown, for the table; the bound itself is the full fan-out above
     return CryptoBound(
         clients=clients,
-        fanout_s=elapsed / calls,
+        fanout_s=fanout_s,
         open_s=_per_call(lambda: crypto.open_envelope(broker_key, body, send_context), part),
         verify_s=_per_call(lambda: crypto.verify(author_public, signing_input, signed.signature), part),
         mac_s=_per_call(lambda: crypto.mac(delivery_key, mac_input), part),

@@ -155,9 +155,17 @@ class ChatClient:
 
     def login(self) -> None:
         """Connect and log in, blocking until the broker welcomed us (or ConnectError)."""
-        self._start_attempt(time.monotonic())
+        self.start_login()
         while self.session.state is not State.READY:
             self.poll(0.1)
+
+    def start_login(self) -> None:
+        """Connect and send the first login message without waiting: `poll()` carries the login on.
+
+        For programs that drive many clients from one loop (blocking in `login()`
+        would starve the others' heartbeats). A `Welcome` event says it is done.
+        """
+        self._start_attempt(time.monotonic())
 
     # ------------------------------------------------------------ what a user does
 

@@ -3,7 +3,7 @@
 A `ChatClient` heartbeats only while it is polled, so the loop never blocks on
 one client: every turn it calls `poll(0)` and `drain()` on each client in
 turn, sends what the schedule says is due, churns, and sleeps a moment only
-when nothing happened. Logins are non-blocking too (`SoakClient.start_login`).
+when nothing happened. Logins are non-blocking too (`ChatClient.start_login`).
 
 The worker talks to `soak.run` over two queues:
 
@@ -49,18 +49,6 @@ REJOIN_DELAY = (0.5, 3.0)
 MAX_NOTICES_KEPT = 20
 
 Message = tuple[Any, ...]
-
-
-class SoakClient(ChatClient):
-    """A ChatClient whose login does not block: the worker's loop polls it through the handshake like any other.
-
-    `login()` is `_start_attempt()` followed by polling this one client until the
-    welcome; with hundreds of clients in one loop that would starve the others'
-    heartbeats, so the loop does the polling instead.
-    """
-
-    def start_login(self) -> None:
-        self._start_attempt(time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -113,7 +101,7 @@ class Slot:
         self.name = name
         self.key = key
         self.stable = stable
-        self.client: SoakClient | None = None
+        self.client: ChatClient | None = None
         self.connect_at: float | None = 0.0  # when to start a login (None: nothing scheduled)
         self.logging_in = False
         self.rejoining = False
@@ -216,7 +204,7 @@ class Worker:
     def _start_login(self, slot: Slot) -> None:
         slot.connect_at = None
         slot.logging_in = True
-        client = SoakClient(
+        client = ChatClient(
             "127.0.0.1",
             self.spec.port,
             slot.name,
