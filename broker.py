@@ -9,7 +9,6 @@ cannot be reached or keep up, and stops gracefully on an admin's /shutdown,
 from __future__ import annotations
 
 import argparse
-import collections
 import errno
 import logging
 import queue
@@ -23,16 +22,19 @@ from types import FrameType
 import zmq
 
 import crypto
-from chat.broker_core import BrokerCore, Outgoing
+from chat.broker_core import BrokerCore
+from chat.broker_work import Outgoing, Work
 from chat.config import DEFAULT_CONFIG, Config, load_config
 from chat.errors import ConfigError
 from chat.keystore import KeyLayout, Registry, ensure_broker_keys
 from chat.protocol import max_body_bytes
+from chat.workers import InlineJobs, WorkerError, WorkerPool
 
 log = logging.getLogger("broker")
 
 FLUSH_LINGER_MS = 3000
 MAX_MESSAGES_PER_TURN = 1000
+MAX_REMEMBERED_UNREACHABLE = 100_000
 
 
 class Broker:
@@ -40,6 +42,14 @@ class Broker:
         self.config = config
         self.core = BrokerCore(key, Registry(KeyLayout(config.keys_dir)), config)
         self.context = zmq.Context()
+        self.unreachable: set[bytes] = set()  # identities a send failed for: their deliveries need no sealing
+        self.jobs: InlineJobs | WorkerPool = InlineJobs(key, self._deliverable)
+        if config.workers:
+            try:
+                self.jobs = WorkerPool(config.workers, key, self.context, self._deliverable)
+            except BaseException:
+                self.context.term()
+                raise
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -48,7 +58,11 @@ class Broker:
         # A bigger frame makes libzmq drop the connection before any of our code sees it.
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_body_bytes(config.max_text_bytes) + 1024)
         port = "*" if config.server_port == 0 else str(config.server_port)
-        self.socket.bind(f"tcp://{config.server_ip}:{port}")
+        try:
+            self.socket.bind(f"tcp://{config.server_ip}:{port}")
+        except zmq.ZMQError:
+            self.close(linger=0)
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.console: queue.Queue[str] = queue.Queue()
         self.stop_reason: str | None = None
@@ -58,15 +72,18 @@ class Broker:
 
     def run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
+        for socket in [self.socket, *self.jobs.sockets]:
+            poller.register(socket, zmq.POLLIN)
         tick_ms = max(10, int(self.config.heartbeat_interval * 1000 / 2))
         while self.stop_reason is None:
-            ready = dict(poller.poll(tick_ms))
-            if self.socket in ready:
+            ready = dict(poller.poll(0 if self.jobs.has_results() else tick_ms))
+            if self.socket in ready or self.core.gone:
                 self._read_clients()
+            self._take_results()
             while not self.console.empty():
                 self._console_command(self.console.get_nowait())
-            self._send(self.core.tick(time.monotonic()))
+            self.jobs.check()
+            self._handle(self.core.tick(time.monotonic()))
             if self.core.shutdown_requested_by:
                 self.request_stop(f"/shutdown by {self.core.shutdown_requested_by}")
         self._shutdown()
@@ -76,19 +93,38 @@ class Broker:
             try:
                 message = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self._send(self.core.drained(time.monotonic()))
+                self._handle(self.core.drained(time.monotonic()))
                 return
             source = str(message[0].get("Peer-Address") or "")
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
             try:
-                outgoing = self.core.receive(identity, frames, time.monotonic(), source)
+                work = self.core.receive(identity, frames, time.monotonic(), source)
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
                 continue
-            self._send(outgoing)
+            self._handle(work)
             if self.core.shutdown_requested_by:
                 return
+
+    def _take_results(self) -> None:
+        """Send what the crypto jobs produced; opened envelopes go back to the core, which may make more."""
+        for _ in range(MAX_MESSAGES_PER_TURN):  # results keep coming while workers work: read clients in between
+            results = self.jobs.collect()
+            if not results:
+                return
+            for result in results:
+                if isinstance(result, Outgoing):
+                    self._send([result])
+                    continue
+                try:
+                    work = self.core.opened(result, time.monotonic())
+                except Exception:
+                    log.exception(
+                        "internal error after opening a frame from %s; frame dropped", result.identity.hex()[:10]
+                    )
+                    continue
+                self._handle(work)
 
     def _console_command(self, line: str) -> None:
         line = line.strip()
@@ -100,25 +136,45 @@ class Broker:
         elif line:
             print("console commands: /who, /shutdown", flush=True)
 
+    def _handle(self, work: list[Work]) -> None:
+        self.jobs.submit([item for item in work if not isinstance(item, Outgoing)])
+        self._send([item for item in work if isinstance(item, Outgoing)])
+
+    def _deliverable(self, identity: bytes) -> bool:
+        return identity not in self.unreachable
+
     def _send(self, outgoing: list[Outgoing]) -> None:
-        queue = collections.deque(outgoing)
-        while queue:
-            item = queue.popleft()
+        for item in outgoing:
             try:
                 self.socket.send_multipart([item.identity, *item.frames], zmq.NOBLOCK)
             except zmq.Again:
-                queue.extend(self.core.too_slow(item.identity, time.monotonic()))
+                self._handle(self.core.too_slow(item.identity, time.monotonic()))
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
-                queue.extend(self.core.unreachable(item.identity, time.monotonic()))
+                if len(self.unreachable) >= MAX_REMEMBERED_UNREACHABLE:
+                    self.unreachable.clear()
+                self.unreachable.add(item.identity)
+                self._handle(self.core.unreachable(item.identity, time.monotonic()))
 
     def _shutdown(self) -> None:
         log.info("shutting down: %s", self.stop_reason)
-        self._send(self.core.shutdown(self.stop_reason or "broker", time.monotonic()))
-        self.socket.close(linger=FLUSH_LINGER_MS)
-        self.context.term()
+        self._handle(self.core.shutdown(self.stop_reason or "broker", time.monotonic()))
+        deadline = time.monotonic() + FLUSH_LINGER_MS / 1000
+        while not self.jobs.idle() and time.monotonic() < deadline:
+            self.jobs.check()
+            self._take_results()
+            for socket in self.jobs.sockets:
+                socket.poll(10)
+        if not self.jobs.idle():
+            log.warning("stopped before every queued delivery was sealed")
+        self.close(linger=FLUSH_LINGER_MS)
         log.info("broker stopped")
+
+    def close(self, linger: int = 0) -> None:
+        self.jobs.close()
+        self.socket.close(linger=linger)
+        self.context.term()
 
 
 def _console_reader(lines: queue.Queue[str]) -> None:
@@ -157,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as exc:
         print(f"broker: error: cannot listen on {config.server_ip}:{config.server_port}: {exc}", file=sys.stderr)
         return 1
+    except WorkerError as exc:
+        print(f"broker: error: {exc}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         broker.request_stop(signal.Signals(signum).name)
@@ -167,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
     log.info("listening on %s (broker key %s)", broker.endpoint, crypto.fingerprint(key))
     log.info("admins: %s", ", ".join(sorted(config.admins)) or "none")
-    broker.run()
+    log.info("crypto: %s", f"{config.workers} worker processes" if config.workers else "in the broker's own loop")
+    try:
+        broker.run()
+    except WorkerError as exc:
+        log.error("%s; stopping", exc)
+        broker.close()
+        return 1
     return 0
 
 

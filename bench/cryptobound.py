@@ -8,6 +8,10 @@ For one chat message with `clients` people online the broker (chat.broker_core,
     mac(delivery key, delivery)               once per recipient  (HMAC-SHA256)
     seal(recipient key, EVENT plaintext)      once per recipient  (RSA-OAEP encrypt + AES-GCM)
 
+For one login it does: open_envelope(HELLO), sign (its proof), seal (the
+CHALLENGE), open_envelope(LOGIN), verify (the login signature), mac + seal
+(the welcome). `login_s` is that, timed the same way.
+
 This module times exactly that, on real inputs built with `chat.protocol`, in a
 tight loop in one process (so on one core): full fan-outs, one after the
 other, for at least `min_seconds`. JSON, routing and sockets are left out: it
@@ -35,6 +39,7 @@ class CryptoBound:
     mac_s: float
     seal_s: float
     fanouts_timed: int
+    login_s: float  # one login's crypto: two opens, one signature, one verify, two seals, one mac
 
     @property
     def recipients(self) -> int:
@@ -94,6 +99,19 @@ def measure(
             crypto.mac(delivery_key, mac_input)
             crypto.seal(recipient, plaintext, event_context)
 
+    hello_body = crypto.seal(broker_key.public_key(), bytes(200), p.context(p.HELLO))
+    login_body = crypto.seal(broker_key.public_key(), bytes(600), p.context(p.LOGIN))
+    login_signature = crypto.sign(author, signing_input)
+
+    def login() -> None:
+        crypto.open_envelope(broker_key, hello_body, p.context(p.HELLO))
+        proof = crypto.sign(broker_key, signing_input)
+        crypto.seal(author_public, proof + bytes(200), p.context(p.CHALLENGE))
+        crypto.open_envelope(broker_key, login_body, p.context(p.LOGIN))
+        crypto.verify(author_public, signing_input, login_signature)
+        crypto.mac(delivery_key, mac_input)
+        crypto.seal(author_public, plaintext, event_context)
+
     fanout()  # warm up: first-call costs (imports, caches) are not the broker's steady state
     fanout_s, calls = _timed(fanout, min_seconds)
     part = min_seconds / 4  # the breakdown, for the table; the bound itself is the full fan-out above
@@ -105,4 +123,5 @@ def measure(
         mac_s=_per_call(lambda: crypto.mac(delivery_key, mac_input), part),
         seal_s=_per_call(lambda: crypto.seal(recipients[0], plaintext, event_context), part),
         fanouts_timed=calls,
+        login_s=_per_call(login, part),
     )

@@ -44,7 +44,7 @@ import zmq
 import zmq.auth
 
 from bench import cryptobound
-from bench.fleet import ChatPeer, CurveKeys, Fleet, LoginReport, Peer, RelayPeer, self_cpu_seconds
+from bench.fleet import ChatPeer, CurveKeys, Fleet, Frames, LoginReport, Peer, RelayPeer, self_cpu_seconds
 from bench.report import render_table
 from bench.stats import message_text, percentile
 from bench.verifier import verifier_main
@@ -57,6 +57,7 @@ from bench.workspace import (
     progress,
     system_busy_seconds,
 )
+from chat.events import WhoList
 
 KEY_POOL_MAX = 64  # distinct client keys; more names reuse them (a copy of the .pub under each name)
 LOGINS_IN_FLIGHT = 8  # while filling a broker: the broker drops a handshake that takes over 10 s
@@ -129,10 +130,14 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool, bool]:
     return settings, bool(args.json), bool(args.keep)
 
 
-def broker_config(clients: int) -> dict[str, Any]:
-    """Limits far above the load, so the broker's rules never turn the benchmark's traffic away."""
+def broker_config(clients: int, workers: int | None = None) -> dict[str, Any]:
+    """Limits far above the load, so the broker's rules never turn the benchmark's traffic away.
+
+    `workers` is the broker's crypto worker processes (0: none); by default one per core, as config.json's default.
+    """
     return {
         "server_ip": "127.0.0.1",
+        "workers": cores() if workers is None else workers,
         "server_port": 0,
         "messages_per_second_per_user": 1e6,
         "logins_per_second_per_source": 1e6,
@@ -217,12 +222,20 @@ def _wait_verifiers(
             raise BenchError(f"verifying receivers not logged in after {timeout:g}s")
 
 
-def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound) -> None:
+def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, workers: int | None = None) -> None:
+    """Deliveries per second with the broker saturated, then (with worker processes) latency at half that rate.
+
+    With `workers=0` the broker does its crypto in its own loop: one process, the "one broker process" row.
+    """
     s = run.settings
+    one_process = workers == 0
+    label = "broker_one_process" if one_process else "broker"
     clients = names("c", s.clients)
     ws.register(clients)
-    server = ws.start_broker("broker", broker_config(s.clients))
-    progress(f"broker pid {server.pid} on {server.endpoint}: logging in {s.clients} clients")
+    config = broker_config(s.clients, workers)
+    crypto_workers = config["workers"]
+    server = ws.start_broker(label, config)
+    progress(f"{label} pid {server.pid} on {server.endpoint}: logging in {s.clients} clients")
     broker_public = ws.broker_public()
     fleet = Fleet(server.endpoint, chat=True, sockets=s.clients)
     procs: list[BaseProcess] = []
@@ -232,8 +245,9 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound) -> N
         fleet.wait_quiet(0.5, 120.0, server)
         run.details["broker_rss_mb_during_run"] = server.rss_mb()
 
-        in_flight = max(4, math.ceil(bound.messages_per_s * IN_FLIGHT_S))
-        need = math.ceil(bound.messages_per_s * (s.warmup + s.duration) * SUPPLY_MARGIN) + in_flight
+        capacity = bound.messages_per_s * max(1, crypto_workers)  # messages/s if every worker reached the bound
+        in_flight = max(4, math.ceil(capacity * IN_FLIGHT_S))
+        need = math.ceil(capacity * (s.warmup + s.duration) * SUPPLY_MARGIN) + in_flight
         progress(f"preparing {need} sealed, signed messages ({s.message_bytes}-byte texts)")
         built = time.monotonic()
         for peer in peers:
@@ -244,8 +258,8 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound) -> N
 
         progress(f"saturating the broker for {s.warmup:g} + {s.duration:g} s")
         tp = fleet.saturate(peers, s.clients - 1, s.warmup, s.duration, in_flight, server)
-        run.numbers["deliveries_per_s"] = tp.deliveries_per_s
-        run.details["broker"] = {
+        run.numbers["deliveries_per_s_one_process" if one_process else "deliveries_per_s"] = tp.deliveries_per_s
+        run.details[label] = {
             **asdict(tp),
             "messages_per_s": tp.deliveries_per_s / (s.clients - 1),
             "in_flight_messages": in_flight,
@@ -253,13 +267,17 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound) -> N
             "prepare_s": prepare_s,
             "login_s": login.seconds,
             "generator_processes": 1,
+            "crypto_workers": crypto_workers,
         }
         if tp.lost:
-            run.problems.append(f"broker: {tp.lost} deliveries never arrived")
+            run.problems.append(f"{label}: {tp.lost} deliveries never arrived")
         if tp.supply_ran_out:
-            run.problems.append("broker: the prepared messages ran out inside the window (not saturated)")
+            run.problems.append(f"{label}: the prepared messages ran out inside the window (not saturated)")
         if tp.deliveries == 0:
-            raise BenchError("the broker delivered nothing in the timed window")
+            raise BenchError(f"{label} delivered nothing in the timed window")
+        if one_process:
+            fleet.stop_server(server)
+            return
 
         # ---- latency at half that rate, with verifying receivers in their own processes
         verifiers = min(VERIFIERS, s.clients - 2)
@@ -340,7 +358,7 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound) -> N
                 proc.kill()
                 proc.join(5)
         fleet.close()
-    run.server_done(server)
+        run.server_done(server)
 
 
 def _curve_keys(root: Path, count: int) -> tuple[list[CurveKeys], CurveKeys]:
@@ -499,16 +517,19 @@ def _who(fleet: Fleet, peer: Peer | None, server: ServerProcess) -> int:
     """Ask the broker who is online, as a client would (/who), and count the answer."""
     if not isinstance(peer, ChatPeer):
         raise BenchError("no client logged in")
-    peer.capture = []
+    capture: list[Frames] = []
+    peer.capture = capture
     fleet.send(peer, peer.session.request("who"))
-    fleet.wait_for(lambda: bool(peer.capture), "the answer to who", 120.0, server)
-    for frames in peer.capture:
-        events, _ = peer.session.receive(frames)
-        for event in events:
-            users = getattr(event, "users", None)
-            if users is not None:
-                return len(users)
-    raise BenchError("no who answer")
+    answer: list[int] = []
+
+    def answered() -> bool:
+        while capture:
+            events, _ = peer.session.receive(capture.pop(0))  # PINGs come too
+            answer.extend(len(event.users) for event in events if isinstance(event, WhoList))
+        return bool(answer)
+
+    fleet.wait_for(answered, "the answer to who", 120.0, server)
+    return answer[0]
 
 
 def _cpu_snapshot(server: ServerProcess, pids: list[int]) -> tuple[float, ...]:
@@ -559,6 +580,9 @@ def summarise(run: Run, bound: cryptobound.CryptoBound) -> dict[str, Any]:
         "crypto_bound_per_s_one_core": bound.deliveries_per_s,
         "efficiency": deliveries / (n * bound.deliveries_per_s),
         "efficiency_one_core": deliveries / bound.deliveries_per_s,
+        "workers": broker_config(s.clients)["workers"],
+        "deliveries_per_s_one_process": run.numbers["deliveries_per_s_one_process"],
+        "efficiency_one_process": run.numbers["deliveries_per_s_one_process"] / bound.deliveries_per_s,
         "latency_ms_p50": run.numbers["latency_ms_p50"],
         "latency_ms_p99": run.numbers["latency_ms_p99"],
         "fanout_crypto_ms": bound.fanout_s * 1000,
@@ -566,6 +590,8 @@ def summarise(run: Run, bound: cryptobound.CryptoBound) -> dict[str, Any]:
         "curve_relay_deliveries_per_s": run.numbers["curve_relay_deliveries_per_s"],
         "rss_mb_1000_clients": run.numbers["rss_mb_1000_clients"],
         "login_storm_s": run.numbers["login_storm_s"],
+        "login_crypto_ms": bound.login_s * 1000,
+        "login_storm_target_s": 1.5 * s.storm_clients * bound.login_s / n,
         "idle_clients": s.idle_clients,
         "storm_clients": s.storm_clients,
         "duration_s": s.duration,
@@ -625,9 +651,11 @@ def standard_notes(run: Run, ws: Workspace) -> None:
         f"latency: {min(VERIFIERS, s.clients - 2)} receivers in their own processes run ClientSession.receive() "
         "(open, MAC, sequence, author signature); time from just before the send to just after the verification",
         "crypto bound: open + verify per message, HMAC + seal per recipient, with crypto/ in one process",
-        "broker.py handles every frame, and does all of its RSA, in one thread (its ROUTER loop), so it can use "
-        f"one core: efficiency (all {cores()} cores) is at most {1 / cores():.2f} until the crypto moves to worker "
-        "processes",
+        f"broker: {broker_config(s.clients)['workers']} crypto worker processes (config.json's default, one per "
+        "core) do its RSA; the 'one process' row is the same broker with workers: 0, its ROUTER loop doing all of it",
+        "login storm target: 1.5 x (storm clients x one login's crypto) / cores; one login's crypto is what the "
+        "broker does for a handshake: open HELLO, sign its proof, seal the challenge, open LOGIN, verify the "
+        "signature, seal the welcome",
     ]
 
 
@@ -658,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             ws.make_keys(distinct, settings.key_bits, n)
             run.details["keygen_s"] = time.monotonic() - run.started
             bound = measure_crypto(ws, run)
+            measure_broker(ws, run, bound, workers=0)
             measure_broker(ws, run, bound)
             measure_relay(ws, run, curve=False)
             measure_relay(ws, run, curve=True)

@@ -13,6 +13,7 @@ Process statistics (CPU time, resident memory) come from /proc, so this runs on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -225,15 +226,29 @@ class ServerProcess:
         if self.proc.poll() is not None:
             raise BenchError(f"{self.label} exited with status {self.proc.returncode}:\n{self.log_tail()}")
 
+    def pids(self) -> list[int]:
+        """The server and its child processes (the broker's crypto workers)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as handle:
+                return [self.pid, *map(int, handle.read().split())]
+        except OSError:
+            return [self.pid]
+
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU time of the server and its workers."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):  # a worker that just exited
+                total += cpu_seconds(pid)
+        return total
 
     def main_thread_cpu_seconds(self) -> float:
         """CPU time of the main thread alone: the Python loop, without ZeroMQ's I/O thread."""
         return cpu_seconds(self.pid, self.pid)
 
     def rss_mb(self) -> float:
-        return memory_mb(self.pid, "VmRSS")
+        """Resident memory of the server and its workers."""
+        return sum(memory_mb(pid, "VmRSS") for pid in self.pids())
 
     def peak_rss_mb(self) -> float:
         return memory_mb(self.pid, "VmHWM")

@@ -1,9 +1,17 @@
 """The broker's rules, without sockets: logins, sessions, fan-out, heartbeats.
 
 `BrokerCore.receive()` takes one message from a ROUTER identity and returns
-the messages to send; `tick()` does the timed work. The I/O loop in broker.py
-only moves frames and reports peers it could not reach (`unreachable()`,
-`too_slow()`).
+work: frames ready to send, and crypto jobs (`chat.broker_work`): open an
+envelope, seal a challenge, seal a delivery. Whoever runs an OpenJob hands
+its result back to `opened()`, which returns more work. `tick()` does the
+timed work. The I/O loop in broker.py only moves frames, runs the jobs (in
+its own loop or in worker processes), and reports peers it could not reach
+(`unreachable()`, `too_slow()`). `run_inline()` runs every job at once, for
+a broker without workers and for tests.
+
+Order: the core numbers each session's deliveries as it creates their jobs.
+Whoever runs the jobs must hand over the results in the order the jobs were
+created, and each sender's OpenJobs' results in the order of its frames.
 
 A routing identity is trusted only after it completed the login proof; its
 session is bound to it. Every failure of a peer's frame is a silent drop
@@ -20,6 +28,7 @@ from typing import Any
 
 import crypto
 from chat import protocol as p
+from chat.broker_work import ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
 from chat.config import Config
 from chat.errors import RemoteProtocolError
 from chat.events import UserInfo
@@ -58,16 +67,11 @@ class TokenBucket:
         return self.tokens + (now - self.stamp) * self.rate >= self.capacity
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    identity: bytes
-    frames: list[bytes]
-
-
 @dataclass
 class Pending:
     user: str
     key: crypto.PublicKey
+    key_der: bytes
     bot: bool
     client_nonce: bytes
     server_nonce: bytes
@@ -84,10 +88,11 @@ class Session:
     session_id: str
     delivery_key: bytes
     last_heard: float
-    last_sent: float
+    last_ping: float
     messages: TokenBucket
     seq_in: int = 0
     seq_out: int = 0
+    opening: int = 0  # SEND envelopes of this session handed out as OpenJobs and not yet back
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
 
     @property
@@ -106,6 +111,7 @@ class BrokerCore:
         self.key = key
         # Unregistered names get a challenge sealed to this key, so a HELLO does not reveal who is registered.
         self.decoy_key = decoy_key or key
+        self.decoy_key_der = crypto.public_key_to_der(self.decoy_key)
         self.registry = registry
         self.config = config
         self.max_body = p.max_body_bytes(config.max_text_bytes)
@@ -113,6 +119,8 @@ class BrokerCore:
         self.sessions: dict[bytes, Session] = {}
         self.by_name: dict[str, bytes] = {}
         self.evicted: dict[bytes, float] = {}
+        self.gone: set[bytes] = set()  # sessions whose connection dropped, ended once their frames are handled
+        self.hellos_opening = 0
         self.login_buckets: dict[str, TokenBucket] = {}
         # The room's last messages (never private ones), replayed to each new session that wants them.
         self.history: collections.deque[tuple[dict[str, Any], UserInfo]] = collections.deque(maxlen=config.history_size)
@@ -121,7 +129,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------ entry points
 
-    def receive(self, identity: bytes, frames: list[bytes], now: float, source: str = "") -> list[Outgoing]:
+    def receive(self, identity: bytes, frames: list[bytes], now: float, source: str = "") -> list[Work]:
         """Handle one message from `identity`; `source` is the peer's address, for per-source login limits."""
         try:
             command, body = p.decode_frames(frames, p.CLIENT_COMMANDS, self.max_body)
@@ -132,21 +140,41 @@ class BrokerCore:
         if session is not None:
             session.last_heard = now
             if command == p.SEND:
-                return self._on_send(session, body, now)
+                if session.opening >= self.config.send_queue_limit:
+                    log.warning("disconnecting %s: sending faster than the broker can keep up", session.name)
+                    self.evicted[identity] = now
+                    return self._remove(session, "too fast", now)
+                session.opening += 1
+                return [OpenJob(identity, p.SEND, body)]
             if command != p.PING:
                 log.info("dropped %s from logged-in %s", command.decode(), session.name)
             return []
         if command == p.HELLO:
-            return self._on_hello(identity, body, now, source)
+            return self._on_hello_frame(identity, body, now, source)
         if command == p.LOGIN:
-            return self._on_login(identity, body, now)
+            if identity not in self.pending:
+                return self._refuse(identity, "LOGIN without a challenge")
+            return [OpenJob(identity, p.LOGIN, body)]
         if identity in self.evicted:
             return [Outgoing(identity, p.encode_frames(p.EVICTED))]
         log.debug("dropped %s from unauthenticated %s", command.decode(), short(identity))
         return []
 
-    def tick(self, now: float) -> list[Outgoing]:
-        out: list[Outgoing] = []
+    def opened(self, result: Opened, now: float) -> list[Work]:
+        """An OpenJob's result: go on with the HELLO, LOGIN or SEND it came from."""
+        if result.command == p.HELLO:
+            self.hellos_opening -= 1
+            return self._on_hello(result.identity, result.plaintext, now)
+        if result.command == p.LOGIN:
+            return self._on_login(result.identity, result.plaintext, now)
+        session = self.sessions.get(result.identity)
+        if session is None:  # it ended while its envelope was being opened
+            return []
+        session.opening = max(0, session.opening - 1)
+        return self._on_send(session, result.plaintext, now)
+
+    def tick(self, now: float) -> list[Work]:
+        out: list[Work] = []
         for identity, pending in list(self.pending.items()):
             if now - pending.started > HANDSHAKE_TIMEOUT:
                 del self.pending[identity]
@@ -164,12 +192,13 @@ class BrokerCore:
                 log.info("%s timed out", session.name)
                 self.evicted[session.identity] = now
                 out += self._remove(session, "timed out", now)
-            elif now - session.last_sent >= self.config.heartbeat_interval:
-                session.last_sent = now
+            elif now - session.last_ping >= self.config.heartbeat_interval:
+                # Sent whatever else is queued for the session: deliveries may wait behind a burst, a PING never does.
+                session.last_ping = now
                 out.append(Outgoing(session.identity, p.encode_frames(p.PING)))
         return out
 
-    def unreachable(self, identity: bytes, now: float) -> list[Outgoing]:
+    def unreachable(self, identity: bytes, now: float) -> list[Work]:
         """The I/O layer found `identity`'s connection gone: stop sending to it.
 
         The session ends at `drained()`: what the client sent before it went
@@ -180,16 +209,24 @@ class BrokerCore:
         if session is not None and not session.gone:
             log.info("%s disconnected", session.name)
             session.gone = True
+            self.gone.add(identity)
         return []
 
-    def drained(self, now: float) -> list[Outgoing]:
-        """The I/O layer has read everything queued: end the sessions whose connection dropped."""
-        out: list[Outgoing] = []
-        for session in [s for s in self.sessions.values() if s.gone]:
-            out += self._remove(session, "connection lost", now)
+    def drained(self, now: float) -> list[Work]:
+        """The I/O layer has read everything queued: end the sessions whose connection dropped.
+
+        A session whose last envelopes are still being opened ends at a later call.
+        """
+        out: list[Work] = []
+        for identity in list(self.gone):
+            session = self.sessions.get(identity)
+            if session is None:
+                self.gone.discard(identity)
+            elif session.opening == 0:
+                out += self._remove(session, "connection lost", now)
         return out
 
-    def too_slow(self, identity: bytes, now: float) -> list[Outgoing]:
+    def too_slow(self, identity: bytes, now: float) -> list[Work]:
         """`identity`'s send queue is full: end its session, and answer its next frame with EVICTED."""
         self.pending.pop(identity, None)
         session = self.sessions.get(identity)
@@ -199,12 +236,13 @@ class BrokerCore:
         self.evicted[identity] = now
         return self._remove(session, "too slow to keep up", now)
 
-    def shutdown(self, by: str, now: float) -> list[Outgoing]:
+    def shutdown(self, by: str, now: float) -> list[Work]:
         """Tell everyone the broker is stopping; the caller flushes and exits."""
         out = [o for s in self.sessions.values() for o in self._event(s, {"type": "shutdown", "by": by}, now)]
         self.sessions.clear()
         self.by_name.clear()
         self.pending.clear()
+        self.gone.clear()
         return out
 
     def online(self) -> list[UserInfo]:
@@ -212,49 +250,56 @@ class BrokerCore:
 
     # ------------------------------------------------------------ login
 
-    def _refuse(self, identity: bytes, why: str) -> list[Outgoing]:
+    def _refuse(self, identity: bytes, why: str) -> list[Work]:
         log.info("login refused for %s: %s", short(identity), why)
         self.pending.pop(identity, None)
         return [Outgoing(identity, p.encode_frames(p.REFUSED))]
 
-    def _busy(self, identity: bytes, why: str) -> list[Outgoing]:
+    def _busy(self, identity: bytes, why: str) -> list[Work]:
         log.warning("login from %s turned away: %s", short(identity), why)
         return [Outgoing(identity, p.encode_frames(p.BUSY))]
 
-    def _on_hello(self, identity: bytes, body: bytes, now: float, source: str) -> list[Outgoing]:
+    def _on_hello_frame(self, identity: bytes, body: bytes, now: float, source: str) -> list[Work]:
         # Cheap checks first: no RSA work for logins we would turn away anyway.
         bucket = self.login_buckets.setdefault(source, TokenBucket.full(self.config.logins_per_second_per_source, now))
         if not bucket.take(now):
             return self._busy(
                 identity, f"more than {self.config.logins_per_second_per_source:g} logins/s from {source}"
             )
-        if identity not in self.pending and len(self.pending) >= self.config.max_pending_logins:
+        logins_in_progress = len(self.pending) + self.hellos_opening
+        if identity not in self.pending and logins_in_progress >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
         if len(self.sessions) >= self.config.max_clients:  # before reading the name: no hint who is online
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
+        self.hellos_opening += 1
+        return [OpenJob(identity, p.HELLO, body)]
+
+    def _on_hello(self, identity: bytes, plaintext: bytes | None, now: float) -> list[Work]:
+        if identity in self.sessions:
+            return []
         try:
-            hello = p.Hello.decode(crypto.open_envelope(self.key, body, p.context(p.HELLO)))
+            hello = p.Hello.decode(_opened(plaintext))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
         registered = self.registry.lookup(hello.user)
         if registered is None:
             log.info("login for unregistered %r from %s; it will be refused", hello.user, short(identity))
-        user_key = registered or self.decoy_key
+            user_key, key_der = self.decoy_key, self.decoy_key_der
+        else:
+            user_key, key_der = registered, crypto.public_key_to_der(registered)
         server_nonce = secrets.token_bytes(p.NONCE_BYTES)
         delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
-        pending = Pending(hello.user, user_key, hello.bot, hello.nonce, server_nonce, delivery_key, now, hello.history)
-        self.pending[identity] = pending
-        proof = crypto.sign(self.key, p.broker_proof_input(hello.user, hello.nonce, server_nonce, delivery_key))
-        challenge = p.Challenge(hello.user, hello.nonce, server_nonce, delivery_key, proof)
-        body_out = crypto.seal(user_key, challenge.encode(), p.context(p.CHALLENGE))
-        return [Outgoing(identity, p.encode_frames(p.CHALLENGE, body_out))]
+        self.pending[identity] = Pending(
+            hello.user, user_key, key_der, hello.bot, hello.nonce, server_nonce, delivery_key, now, hello.history
+        )
+        return [ChallengeJob(identity, key_der, hello.user, hello.nonce, server_nonce, delivery_key)]
 
-    def _on_login(self, identity: bytes, body: bytes, now: float) -> list[Outgoing]:
+    def _on_login(self, identity: bytes, plaintext: bytes | None, now: float) -> list[Work]:
         pending = self.pending.pop(identity, None)
         if pending is None:
             return self._refuse(identity, "LOGIN without a challenge")
         try:
-            login = p.Login.decode(crypto.open_envelope(self.key, body, p.context(p.LOGIN)))
+            login = p.Login.decode(_opened(plaintext))
             signed = p.login_proof_input(pending.user, pending.client_nonce, pending.server_nonce)
             crypto.verify(pending.key, signed, login.signature)
             if pending.key is self.decoy_key:
@@ -264,11 +309,10 @@ class BrokerCore:
         previous = self.by_name.get(pending.user)
         if previous is None and len(self.sessions) >= self.config.max_clients:
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
-        out: list[Outgoing] = []
+        out: list[Work] = []
         if previous is not None:
             out += self._close(self.sessions[previous], "you logged in again elsewhere", "logged in again", now)
-        key_der = crypto.public_key_to_der(pending.key)
-        info = UserInfo(pending.user, crypto.fingerprint(pending.key), pending.bot, key_der)
+        info = UserInfo(pending.user, crypto.fingerprint(pending.key), pending.bot, pending.key_der)
         bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
         session_id = p.session_id(pending.server_nonce)
         session = Session(identity, info, pending.key, session_id, pending.delivery_key, now, now, bucket)
@@ -294,9 +338,9 @@ class BrokerCore:
 
     # ------------------------------------------------------------ statements
 
-    def _on_send(self, session: Session, body: bytes, now: float) -> list[Outgoing]:
+    def _on_send(self, session: Session, plaintext: bytes | None, now: float) -> list[Work]:
         try:
-            doc = p.load_doc(crypto.open_envelope(self.key, body, p.context(p.SEND)))
+            doc = p.load_doc(_opened(plaintext))
             signed = p.SignedStatement.from_doc(doc, self.config.max_text_bytes)
             statement = p.Statement.parse(signed.statement)
             if statement.sender != session.name or statement.session != session.session_id:
@@ -337,9 +381,9 @@ class BrokerCore:
         log.info("%s left", session.name)
         return self._remove(session, "left", now)
 
-    def _end_revoked_sessions(self, now: float) -> list[Outgoing]:
+    def _end_revoked_sessions(self, now: float) -> list[Work]:
         """End sessions whose registered key was removed or replaced since they logged in."""
-        out: list[Outgoing] = []
+        out: list[Work] = []
         for session in list(self.sessions.values()):
             key = self.registry.lookup(session.name)
             if key is not None and (key.n, key.e) == (session.key.n, session.key.e):  # cheap: runs every tick
@@ -351,27 +395,50 @@ class BrokerCore:
 
     # ------------------------------------------------------------ helpers
 
-    def _close(self, session: Session, reason: str, public_reason: str, now: float) -> list[Outgoing]:
+    def _close(self, session: Session, reason: str, public_reason: str, now: float) -> list[Work]:
         """End a session for good: tell it why (it must not reconnect), tell the others it left."""
         out = self._event(session, {"type": "closed", "reason": reason}, now)
         self.evicted[session.identity] = now
         return out + self._remove(session, public_reason, now)
 
-    def _event(self, session: Session, event: dict[str, Any], now: float) -> list[Outgoing]:
-        """The EVENT message for one session (none for a session whose connection dropped)."""
+    def _event(self, session: Session, event: dict[str, Any], now: float) -> list[Work]:
+        """The job that seals one EVENT for one session (none for a session whose connection dropped)."""
         if session.gone:
             return []
         session.seq_out += 1
-        session.last_sent = now
-        plaintext = p.seal_delivery(session.delivery_key, session.session_id, session.seq_out, event)
-        body = crypto.seal(session.key, plaintext, p.context(p.EVENT))
-        return [Outgoing(session.identity, p.encode_frames(p.EVENT, body))]
+        info = session.info
+        return [
+            DeliveryJob(
+                session.identity, info.key_der, session.delivery_key, session.session_id, session.seq_out, event
+            )
+        ]
 
-    def _broadcast(self, event: dict[str, Any], now: float, exclude: bytes) -> list[Outgoing]:
+    def _broadcast(self, event: dict[str, Any], now: float, exclude: bytes) -> list[Work]:
         return [o for s in list(self.sessions.values()) if s.identity != exclude for o in self._event(s, event, now)]
 
-    def _remove(self, session: Session, reason: str, now: float) -> list[Outgoing]:
+    def _remove(self, session: Session, reason: str, now: float) -> list[Work]:
         self.sessions.pop(session.identity, None)
+        self.gone.discard(session.identity)
         if self.by_name.get(session.name) == session.identity:
             del self.by_name[session.name]
         return self._broadcast({"type": "leave", "name": session.name, "reason": reason}, now, exclude=session.identity)
+
+
+def _opened(plaintext: bytes | None) -> bytes:
+    if plaintext is None:
+        raise crypto.CryptoError()
+    return plaintext
+
+
+def run_inline(core: BrokerCore, runner: JobRunner, work: list[Work], now: float) -> list[Outgoing]:
+    """Do every job in `work` now, in order, feeding opened envelopes back to `core`: the frames to send."""
+    out: list[Outgoing] = []
+    queue = collections.deque(work)
+    while queue:
+        item = queue.popleft()
+        result = item if isinstance(item, Outgoing) else runner.perform(item)
+        if isinstance(result, Opened):
+            queue.extendleft(reversed(core.opened(result, now)))
+        else:
+            out.append(result)
+    return out

@@ -48,6 +48,7 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 FIRST_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_QUEUED_WHILE_OFFLINE = 1000
+MAX_FRAMES_PER_POLL = 100
 
 
 class _Outgoing(NamedTuple):
@@ -277,7 +278,10 @@ class ChatClient:
         return events
 
     def _read_socket(self) -> None:
-        while self._socket is not None:
+        # Bounded: under a flood of deliveries the loop must still get round to sending heartbeats.
+        for _ in range(MAX_FRAMES_PER_POLL):
+            if self._socket is None:
+                return
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from chat.errors import ConfigError
 from chat.protocol import DEFAULT_MAX_TEXT_BYTES, NAME_PATTERN
 
 DEFAULT_CONFIG = Path("config.json")
+DEFAULT_WORKERS = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Config:
     logins_per_second_per_source: float = 5.0
     messages_per_second_per_user: float = 20.0
     history_size: int = 100
+    workers: int = DEFAULT_WORKERS  # crypto worker processes; 0 does the crypto in the broker's own loop
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
 
 
@@ -50,6 +53,7 @@ _KNOWN_KEYS = {
     "logins_per_second_per_source",
     "messages_per_second_per_user",
     "history_size",
+    "workers",
 }
 
 
@@ -107,6 +111,7 @@ def parse_config(raw: Any, source: Path) -> Config:
         logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
         history_size=history_size,
+        workers=_number(raw, "workers", DEFAULT_WORKERS, 0, 256, integer=True),
         source=source,
     )
 

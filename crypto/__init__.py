@@ -22,6 +22,7 @@ from crypto.keys import (
     key_bits,
     load_private_key,
     load_public_key,
+    private_key_from_pem,
     public_key_from_der,
     public_key_to_der,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "load_public_key",
     "mac",
     "open_envelope",
+    "private_key_from_pem",
     "public_key_from_der",
     "public_key_to_der",
     "seal",

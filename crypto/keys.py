@@ -85,20 +85,24 @@ def _read_key_file(path: Path) -> bytes:
 
 def load_private_key(path: Path, passphrase: str | None = None) -> PrivateKey:
     """Load a PEM private key; KeyFileError says clearly what is wrong."""
-    data = _read_key_file(path)
+    return private_key_from_pem(_read_key_file(path), passphrase, source=str(path))
+
+
+def private_key_from_pem(data: bytes, passphrase: str | None = None, source: str = "private key") -> PrivateKey:
+    """Parse a PEM private key (as written by `export_private_pem`); KeyFileError names `source`."""
     encrypted = b"ENCRYPTED" in data
     if encrypted and not passphrase:
-        raise KeyFileError(f"{path}: key is protected by a passphrase and none was given")
+        raise KeyFileError(f"{source}: key is protected by a passphrase and none was given")
     try:
         key = RSA.import_key(data, passphrase=passphrase if encrypted else None)
     except (ValueError, IndexError, TypeError):
         if encrypted:
-            raise KeyFileError(f"{path}: wrong passphrase") from None
-        raise KeyFileError(f"{path}: not an RSA private key") from None
+            raise KeyFileError(f"{source}: wrong passphrase") from None
+        raise KeyFileError(f"{source}: not an RSA private key") from None
     if not key.has_private():
-        raise KeyFileError(f"{path}: holds a public key, a private key was expected")
+        raise KeyFileError(f"{source}: holds a public key, a private key was expected")
     if key_bits(key) < MIN_KEY_BITS:
-        raise KeyFileError(f"{path}: key has {key_bits(key)} bits, at least {MIN_KEY_BITS} are required")
+        raise KeyFileError(f"{source}: key has {key_bits(key)} bits, at least {MIN_KEY_BITS} are required")
     return key
 
 

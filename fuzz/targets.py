@@ -13,7 +13,8 @@ from pathlib import Path
 
 import crypto
 from chat import protocol as p
-from chat.broker_core import BrokerCore
+from chat.broker_core import BrokerCore, run_inline
+from chat.broker_work import JobRunner
 from chat.config import Config
 from chat.errors import ConnectError, RemoteProtocolError
 from chat.keystore import KeyLayout, Registry, write_private_key, write_public_key
@@ -63,15 +64,17 @@ def envelope(data: bytes) -> None:
 
 def broker(data: bytes) -> None:
     """The broker core never raises on peer input, whatever the frames and the sender's state."""
-    _, _, core, _ = _world()
+    broker_key, _, core, _ = _world()
+    runner = JobRunner(broker_key)
     frames = split_frames(data)
-    core.receive(b"unauthenticated", frames, now=1.0, source="198.51.100.7")
+    run_inline(core, runner, core.receive(b"unauthenticated", frames, now=1.0, source="198.51.100.7"), 1.0)
     # With a real envelope body too, so the checks behind the crypto get exercised.
     if len(frames) >= 2:
-        broker_key, _, _, _ = _world()
         body = crypto.seal(broker_key, frames[-1], p.context(p.HELLO))
-        core.receive(b"hello-sender", [p.MARKER, p.HELLO, body], now=1.0, source="198.51.100.8")
-        core.receive(b"hello-sender", [p.MARKER, p.LOGIN, crypto.seal(broker_key, frames[-1], p.context(p.LOGIN))], 1.0)
+        hello = core.receive(b"hello-sender", [p.MARKER, p.HELLO, body], now=1.0, source="198.51.100.8")
+        run_inline(core, runner, hello, 1.0)
+        login = [p.MARKER, p.LOGIN, crypto.seal(broker_key, frames[-1], p.context(p.LOGIN))]
+        run_inline(core, runner, core.receive(b"hello-sender", login, 1.0), 1.0)
 
 
 def client(data: bytes) -> None:

@@ -24,8 +24,9 @@ import zmq
 
 import crypto
 from chat.client import ChatClient
-from chat.events import Event
+from chat.events import Event, Welcome
 from chat.keystore import KeyLayout, write_private_key, write_public_key
+from chat.session import ClientSession
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY_BITS = 2048
@@ -234,3 +235,21 @@ def run_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def raw_login(
+    sock: zmq.Socket[bytes], name: str, keyring: KeyRing, broker: BrokerProcess
+) -> tuple[ClientSession, list[list[bytes]]]:
+    """Log in over a bare DEALER; returns the session and the frames we sent (for replay tests)."""
+    session = ClientSession(name, keyring.keys[name], crypto.load_public_key(broker.keys.broker_public))
+    sent = [session.hello()]
+    sock.send_multipart(sent[0])
+    _, reply = session.receive(sock.recv_multipart())
+    assert reply is not None
+    sent.append(reply)
+    sock.send_multipart(reply)
+    events: list[Event] = []
+    while not events:  # a PING may come first
+        events, _ = session.receive(sock.recv_multipart())
+    assert isinstance(events[0], Welcome)
+    return session, sent

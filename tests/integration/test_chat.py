@@ -17,26 +17,11 @@ from chat import protocol as p
 from chat.client import ChatClient
 from chat.errors import ConnectError
 from chat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, SessionClosed, Shutdown, Welcome, WhoList
-from chat.session import ClientSession
-from tests.conftest import ROOT, collect, run_env, wait_for
+from tests.conftest import ROOT, collect, raw_login, run_env, wait_for
 
 
 def is_chat(text: str | None = None):
     return lambda e: isinstance(e, ChatMessage) and (text is None or e.text == text)
-
-
-def raw_login(sock: zmq.Socket[bytes], name: str, keyring, broker) -> tuple[ClientSession, list[list[bytes]]]:
-    """Log in over a bare DEALER; returns the session and the frames we sent (for replay tests)."""
-    session = ClientSession(name, keyring.keys[name], crypto.load_public_key(broker.keys.broker_public))
-    sent = [session.hello()]
-    sock.send_multipart(sent[0])
-    _, reply = session.receive(sock.recv_multipart())
-    assert reply is not None
-    sent.append(reply)
-    sock.send_multipart(reply)
-    events, _ = session.receive(sock.recv_multipart())
-    assert isinstance(events[0], Welcome)
-    return session, sent
 
 
 def test_fan_out_reaches_everyone_but_the_sender(broker, connect):

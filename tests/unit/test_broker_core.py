@@ -129,7 +129,7 @@ def test_login_after_the_handshake_timeout_is_refused(world):
     (challenge,) = world.send(b"alice", session.hello())
     _, login = session.receive(challenge.frames)
     world.now += HANDSHAKE_TIMEOUT + 0.1
-    assert world.core.tick(world.now) == []
+    assert world.run(world.core.tick(world.now)) == []
     assert world.send(b"alice", login) == [Outgoing(b"alice", REFUSED_FRAMES)]
     assert world.core.sessions == {}
 
@@ -351,7 +351,7 @@ def test_shutdown_from_an_admin_is_recorded(world):
 def test_shutdown_tells_everyone(world):
     for name in ("alice", "bob", "admin"):
         world.login(name)
-    seen = world.deliver(world.core.shutdown("admin", world.now))
+    seen = world.deliver(world.run(world.core.shutdown("admin", world.now)))
     assert seen == {identity: [Shutdown("admin")] for identity in (b"alice", b"bob", b"admin")}
     assert world.core.sessions == {}
     assert world.core.by_name == {}
@@ -383,21 +383,23 @@ def test_tick_pings_idle_sessions_after_the_heartbeat_interval(world):
     world.login("alice")
     world.login("bob")
     interval = world.config.heartbeat_interval
-    assert world.core.tick(world.now + interval / 2) == []
+    assert world.run(world.core.tick(world.now + interval / 2)) == []
     world.now += interval
-    out = world.core.tick(world.now)
+    out = world.run(world.core.tick(world.now))
     assert sorted(out, key=lambda m: m.identity) == [Outgoing(b"alice", PING_FRAMES), Outgoing(b"bob", PING_FRAMES)]
     assert world.deliver(out) == {b"alice": [], b"bob": []}
-    assert world.core.tick(world.now) == []
+    assert world.run(world.core.tick(world.now)) == []
 
 
-def test_recent_event_counts_as_traffic_for_the_heartbeat(world):
+def test_pings_do_not_wait_for_deliveries(world):
+    """A PING is plain frames sent at once: even a session whose deliveries queue behind a burst gets one."""
     world.login("alice")
     world.login("bob")
     world.now += world.config.heartbeat_interval / 2
     world.say(b"alice", "keeps bob's line busy")
     world.now = T0 + world.config.heartbeat_interval
-    assert world.core.tick(world.now) == [Outgoing(b"alice", PING_FRAMES)]
+    out = world.core.tick(world.now)
+    assert sorted(out, key=lambda m: m.identity) == [Outgoing(b"alice", PING_FRAMES), Outgoing(b"bob", PING_FRAMES)]
 
 
 def test_silent_session_times_out_and_others_see_leave(world):
@@ -406,12 +408,12 @@ def test_silent_session_times_out_and_others_see_leave(world):
     timeout = world.config.heartbeat_timeout
     world.now += timeout - 1
     assert world.send(b"alice", world.clients[b"alice"].ping()) == []  # alice is alive, bob is silent
-    world.deliver(world.core.tick(world.now))
+    world.deliver(world.run(world.core.tick(world.now)))
     world.now = T0 + timeout
-    world.deliver(world.core.tick(world.now))
+    world.deliver(world.run(world.core.tick(world.now)))
     assert names(world.core.online()) == ["alice", "bob"]  # exactly at the limit: not yet
     world.now += 0.5
-    seen = world.deliver(world.core.tick(world.now))
+    seen = world.deliver(world.run(world.core.tick(world.now)))
     assert Left("bob", "timed out") in seen[b"alice"]
     assert b"bob" not in seen
     assert names(world.core.online()) == ["alice"]
@@ -424,9 +426,9 @@ def test_silent_session_times_out_and_others_see_leave(world):
 def test_unreachable_peer_is_dropped_and_others_are_told(world):
     world.login("alice")
     world.login("bob")
-    assert world.core.unreachable(b"bob", world.now) == []  # nothing is sent to it any more...
-    assert world.core.unreachable(b"bob", world.now) == []
-    seen = world.deliver(world.core.drained(world.now))  # ...and it ends once its queued frames were read
+    assert world.run(world.core.unreachable(b"bob", world.now)) == []  # nothing is sent to it any more...
+    assert world.run(world.core.unreachable(b"bob", world.now)) == []
+    seen = world.deliver(world.run(world.core.drained(world.now)))  # ...and it ends once its queued frames were read
     assert seen == {b"alice": [Left("bob", "connection lost")]}
     assert names(world.core.online()) == ["alice"]
     assert world.send(b"bob", PING_FRAMES) == []  # not evicted: it may simply log in again
@@ -438,18 +440,18 @@ def test_last_words_of_a_peer_that_vanished_still_count(world):
     world.login("bob")
     last = world.clients[b"bob"].say("last words")
     bye = world.clients[b"bob"].request("bye")
-    assert world.core.unreachable(b"bob", world.now) == []  # the broker noticed the drop first
+    assert world.run(world.core.unreachable(b"bob", world.now)) == []  # the broker noticed the drop first
     seen = world.deliver(world.send(b"bob", last))
     assert [e.text for e in seen[b"alice"]] == ["last words"]
     seen = world.deliver(world.send(b"bob", bye))
     assert seen == {b"alice": [Left("bob", "left")]}
-    assert world.deliver(world.core.drained(world.now)) == {}
+    assert world.deliver(world.run(world.core.drained(world.now))) == {}
 
 
 def test_too_slow_peer_is_dropped_and_evicted(world):
     world.login("alice")
     world.login("bob")
-    seen = world.deliver(world.core.too_slow(b"bob", world.now))
+    seen = world.deliver(world.run(world.core.too_slow(b"bob", world.now)))
     assert seen == {b"alice": [Left("bob", "too slow to keep up")]}
     assert names(world.core.online()) == ["alice"]
     assert world.send(b"bob", PING_FRAMES) == [Outgoing(b"bob", EVICTED_FRAMES)]
@@ -463,7 +465,7 @@ def test_session_ends_when_its_key_is_unregistered(keyring, tmp_path):
     world.login("bob")
     world.layout.client_public("bob").unlink()
     world.now += world.config.heartbeat_interval
-    seen = world.deliver(world.core.tick(world.now))
+    seen = world.deliver(world.run(world.core.tick(world.now)))
     assert seen[b"bob"] == [SessionClosed("your key is no longer registered with this broker")]
     assert Left("bob", "key no longer registered") in seen[b"alice"]
     assert names(world.core.online()) == ["alice"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import crypto
 from chat import protocol as p
-from chat.broker_core import BrokerCore, Outgoing
+from chat.broker_core import BrokerCore, run_inline
+from chat.broker_work import JobRunner, Outgoing, Work
 from chat.config import Config
 from chat.events import Event, Welcome
 from chat.keystore import KeyLayout, Registry
@@ -47,6 +48,7 @@ class World:
             **self.config_overrides,
         )
         self.core = BrokerCore(self.keys["broker"], Registry(self.layout), self.config)
+        self.runner = JobRunner(self.keys["broker"])
         self.clients: dict[bytes, ClientSession] = {}
 
     @property
@@ -61,7 +63,11 @@ class World:
 
     def send(self, identity: bytes, frames: list[bytes]) -> list[Outgoing]:
         """One message from `identity` into the broker; each identity is its own login source."""
-        return self.core.receive(identity, list(frames), self.now, source=identity.hex())
+        return self.run(self.core.receive(identity, list(frames), self.now, source=identity.hex()))
+
+    def run(self, work: list[Work]) -> list[Outgoing]:
+        """Do the core's crypto jobs, as the broker does without workers: the frames it sends."""
+        return run_inline(self.core, self.runner, work, self.now)
 
     def deliver(self, out: list[Outgoing]) -> dict[bytes, list[Event]]:
         """Feed each outgoing message to its client session; the events each identity saw, in order."""

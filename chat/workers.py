@@ -1,0 +1,342 @@
+"""Where the broker's crypto jobs run: in its own loop, or in worker processes.
+
+`InlineJobs` (config `workers: 0`) does each job the moment it is submitted.
+`WorkerPool` runs `workers` processes (`python -m chat.workers`) and feeds
+them with the ZeroMQ load-balancing pattern: a ROUTER in the broker on a
+private ipc:// socket (a fresh 0700 directory), a DEALER per worker, at most
+`CREDIT` batches handed to each worker at a time. Workers get the broker's
+private key on their stdin, never on a socket or a command line.
+
+Both keep the order the core relies on: results come out in the order their
+jobs went in. The pool numbers each batch and releases results in batch
+order (a reorder buffer), whichever worker finishes first.
+
+The pool's queues are bounded by what feeds them: login jobs go first (few,
+limited by `max_pending_logins`), then deliveries, then SEND envelopes, which
+are opened only while fewer than `DELIVERY_BACKLOG` deliveries wait. So in a
+burst the backlog stays unopened SEND frames (at most `send_queue_limit` per
+session, see BrokerCore.receive) rather than sealed copies for every member.
+Deliveries to a peer the broker could not reach are dropped unsealed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+import crypto
+from chat import protocol as p
+from chat.broker_work import (
+    DeliveryJob,
+    Job,
+    JobRunner,
+    Opened,
+    OpenJob,
+    Result,
+    decode_jobs,
+    decode_results,
+    encode_jobs,
+    encode_results,
+)
+from chat.errors import ChatError
+
+log = logging.getLogger(__name__)
+
+CREDIT = 2  # batches handed to one worker at a time: one to work on, one waiting
+LOGIN_BATCH = 4
+DELIVERY_BATCH = 16  # about 4 ms of sealing with RSA-3072
+OPEN_BATCH = 2
+DELIVERY_BACKLOG = 2000  # deliveries waiting before the pool stops opening more SEND envelopes
+START_TIMEOUT = 30.0
+MAX_RESTARTS = 10
+READY = b"ready"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerError(ChatError):
+    """The worker processes could not be started or keep dying."""
+
+
+class InlineJobs:
+    """`workers: 0`: every job is done in the broker's own loop, at once."""
+
+    def __init__(self, broker_key: crypto.PrivateKey, deliverable: Callable[[bytes], bool]) -> None:
+        self.sockets: list[zmq.Socket[bytes]] = []
+        self.runner = JobRunner(broker_key)
+        self.deliverable = deliverable
+        self.results: list[Result] = []
+
+    def submit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if not isinstance(job, DeliveryJob) or self.deliverable(job.identity):
+                self.results.append(self.runner.perform(job))
+
+    def dispatch(self) -> None:
+        pass
+
+    def collect(self) -> list[Result]:
+        results, self.results = self.results, []
+        return results
+
+    def idle(self) -> bool:
+        return not self.results
+
+    def has_results(self) -> bool:
+        return bool(self.results)
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Worker:
+    index: int
+    identity: bytes
+    process: subprocess.Popen[bytes]
+    ready: bool = False
+    batches: set[int] = field(default_factory=set)  # handed to it, no answer yet
+
+
+class WorkerPool:
+    """Crypto jobs done by worker processes, results released in submission order."""
+
+    def __init__(
+        self,
+        count: int,
+        broker_key: crypto.PrivateKey,
+        context: zmq.Context[zmq.Socket[bytes]],
+        deliverable: Callable[[bytes], bool],
+    ) -> None:
+        self.key_pem = crypto.export_private_pem(broker_key)
+        self.deliverable = deliverable
+        self.directory = Path(tempfile.mkdtemp(prefix="zchat-workers-"))  # mode 0700: only this user can connect
+        self.endpoint = f"ipc://{self.directory}/jobs"
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
+        self.socket.bind(self.endpoint)
+        self.sockets = [self.socket]
+        self.logins: collections.deque[Job] = collections.deque()
+        self.deliveries: collections.deque[DeliveryJob] = collections.deque()
+        self.opens: collections.deque[OpenJob] = collections.deque()
+        self.sent: dict[int, tuple[int, list[bytes]]] = {}  # batch → (worker, frames), until its results arrive
+        self.resend: list[int] = []  # batches of a worker that died, to hand out again first
+        self.done: dict[int, list[Result]] = {}
+        self.next_batch = 0
+        self.next_release = 0
+        self.restarts = 0
+        self.workers = [self._start(index) for index in range(count)]
+        try:
+            self._wait_until_ready()
+        except WorkerError:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ the broker's side
+
+    def submit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if isinstance(job, DeliveryJob):
+                self.deliveries.append(job)
+            elif isinstance(job, OpenJob) and job.command == p.SEND:
+                self.opens.append(job)
+            else:
+                self.logins.append(job)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand batches to every worker with credit left."""
+        for worker in self.workers:
+            while worker.ready and len(worker.batches) < CREDIT:
+                if self.resend:
+                    batch = self.resend.pop(0)
+                    frames = self.sent[batch][1]
+                else:
+                    jobs = self._next_jobs()
+                    if not jobs:
+                        return
+                    batch, self.next_batch = self.next_batch, self.next_batch + 1
+                    frames = [struct.pack(">Q", batch), pack(encode_jobs(jobs))]
+                self.sent[batch] = (worker.index, frames)
+                try:
+                    self.socket.send_multipart([worker.identity, *frames])
+                except zmq.ZMQError:  # it is gone: check() restarts it, then the batch goes out again
+                    worker.ready = False
+                    self.resend = sorted([*self.resend, batch])
+                    break
+                worker.batches.add(batch)
+
+    def collect(self) -> list[Result]:
+        """Results that arrived, in the order their jobs were submitted."""
+        while True:
+            try:
+                identity, *frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            worker = self.workers[int(identity[1:])]
+            if frames == [READY]:
+                worker.ready = True
+                continue
+            (batch,) = struct.unpack(">Q", frames[0])
+            worker.batches.discard(batch)
+            self.sent.pop(batch, None)
+            self.done[batch] = decode_results(unpack(frames[1]))
+        results: list[Result] = []
+        while self.next_release in self.done:
+            results += self.done.pop(self.next_release)
+            self.next_release += 1
+        self.dispatch()
+        return results
+
+    def idle(self) -> bool:
+        return not (self.logins or self.deliveries or self.opens or self.sent or self.done)
+
+    def has_results(self) -> bool:
+        """Results that `collect()` would release without waiting for a worker."""
+        return self.next_release in self.done
+
+    def check(self) -> None:
+        """Restart a worker that died and hand its batches out again; WorkerError if they keep dying."""
+        for worker in self.workers:
+            status = worker.process.poll()
+            if status is None:
+                continue
+            self.restarts += 1
+            log.error("crypto worker %d exited with status %s; restarting it", worker.index, status)
+            if self.restarts > MAX_RESTARTS:
+                raise WorkerError(f"crypto workers exited {self.restarts} times")
+            self.resend = sorted([*self.resend, *worker.batches])
+            self.workers[worker.index] = self._start(worker.index)
+
+    def close(self) -> None:
+        """Stop the workers (they ignore SIGTERM and SIGINT, and hold nothing to save) and remove the socket."""
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.kill()
+        for worker in self.workers:
+            worker.process.wait()
+        self.socket.close(linger=0)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # ------------------------------------------------------------ internals
+
+    def _next_jobs(self) -> list[Job]:
+        if self.logins:
+            return [self.logins.popleft() for _ in range(min(LOGIN_BATCH, len(self.logins)))]
+        jobs: list[Job] = []
+        while self.deliveries and len(jobs) < DELIVERY_BATCH:
+            job = self.deliveries.popleft()
+            if self.deliverable(job.identity):
+                jobs.append(job)
+        if jobs or len(self.deliveries) >= DELIVERY_BACKLOG:
+            return jobs
+        return [self.opens.popleft() for _ in range(min(OPEN_BATCH, len(self.opens)))]
+
+    def _start(self, index: int) -> Worker:
+        identity = f"w{index}".encode()
+        command = [sys.executable, "-m", "chat.workers", self.endpoint, identity.decode(), str(os.getpid())]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=PROJECT_ROOT)
+        if process.stdin is None:
+            raise WorkerError("no pipe to the crypto worker's stdin")
+        with process.stdin:
+            process.stdin.write(self.key_pem)
+        return Worker(index, identity, process)
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(worker.ready for worker in self.workers):
+            for worker in self.workers:
+                if worker.process.poll() is not None:
+                    raise WorkerError(f"crypto worker {worker.index} exited with status {worker.process.returncode}")
+            if time.monotonic() > deadline:
+                raise WorkerError(f"crypto workers did not start within {START_TIMEOUT:g} s")
+            if self.socket.poll(100):
+                self.collect()
+
+
+# ------------------------------------------------------------ batches as one frame
+
+
+def pack(fields: list[bytes]) -> bytes:
+    """Many byte strings as one: a count, each length, then the bytes."""
+    return struct.pack(f">I{len(fields)}I", len(fields), *map(len, fields)) + b"".join(fields)
+
+
+def unpack(data: bytes) -> list[bytes]:
+    (count,) = struct.unpack_from(">I", data)
+    lengths = struct.unpack_from(f">{count}I", data, 4)
+    fields = []
+    offset = 4 + 4 * count
+    for length in lengths:
+        fields.append(data[offset : offset + length])
+        offset += length
+    return fields
+
+
+# ------------------------------------------------------------ the worker process
+
+
+def run_worker(endpoint: str, identity: bytes, broker_key: crypto.PrivateKey, broker_pid: int) -> None:
+    """Do batches of jobs until the broker goes away (it may be gone before we start)."""
+    runner = JobRunner(broker_key)
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.IDENTITY, identity)
+    socket.connect(endpoint)
+    socket.send(READY)
+    try:
+        while os.getppid() == broker_pid:
+            if not socket.poll(1000):
+                continue
+            batch, packed = socket.recv_multipart()
+            results = [_perform(runner, job) for job in decode_jobs(unpack(packed))]
+            socket.send_multipart([batch, pack(encode_results([r for r in results if r is not None]))])
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+def _perform(runner: JobRunner, job: Job) -> Result | None:
+    try:
+        return runner.perform(job)
+    except Exception:
+        # A bug, not a peer's fault: log it loudly, and keep the broker's books straight.
+        log.exception("internal error in a crypto worker; job dropped")
+        return Opened(job.identity, job.command, None) if isinstance(job, OpenJob) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C, or a service manager's SIGTERM, reaches the whole process group: the broker decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    endpoint, identity, broker_pid = argv if argv is not None else sys.argv[1:]
+    try:
+        key = crypto.private_key_from_pem(sys.stdin.buffer.read(), source="broker key on stdin")
+    except crypto.KeyFileError as exc:
+        log.error("%s", exc)
+        return 1
+    run_worker(endpoint, identity.encode(), key, int(broker_pid))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The broker's crypto worker processes, on a real broker: order, bursts, a worker dying, the one-process mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from chat import protocol as p
+from chat.events import ChatMessage, ConnectionLost, Joined
+from chat.session import ClientSession
+from tests.conftest import BrokerProcess, raw_login, wait_for
+
+
+def worker_pids(broker: BrokerProcess) -> list[int]:
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_broker_runs_the_configured_number_of_workers(make_broker):
+    broker = make_broker(workers=3)
+    assert "crypto: 3 worker processes" in broker.log()
+    pids = worker_pids(broker)
+    assert len(pids) == 3
+    for pid in pids:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert b"chat.workers" in command
+        assert b"PRIVATE" not in command  # the key goes down a pipe, not onto a command line
+        endpoint = command.split(b"\0")[3].decode()
+        directory = Path(endpoint.removeprefix("ipc://")).parent
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700  # only the broker's user can reach the workers
+    assert broker.terminate() == 0
+    assert not directory.exists()
+    assert not any(running(pid) for pid in pids)
+
+
+def test_one_process_broker_without_workers(make_broker, connect):
+    broker = make_broker(workers=0)
+    assert "crypto: in the broker's own loop" in broker.log()
+    assert worker_pids(broker) == []
+    bob = connect(broker, "bob")
+    alice = connect(broker, "alice")
+    wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "alice")
+    for i in range(5):
+        alice.send(f"m{i}")
+    texts = [wait_for(bob, lambda e: isinstance(e, ChatMessage)).text for _ in range(5)]
+    assert texts == [f"m{i}" for i in range(5)]
+
+
+def test_a_killed_worker_is_replaced_and_nothing_is_lost(make_broker, connect):
+    broker = make_broker(workers=2, messages_per_second_per_user=1000, heartbeat_timeout=30)
+    bob = connect(broker, "bob")
+    alice = connect(broker, "alice")
+    wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "alice")
+    for i in range(20):
+        alice.send(f"before {i}")
+    os.kill(worker_pids(broker)[0], signal.SIGKILL)
+    for i in range(20):
+        alice.send(f"after {i}")
+    expected = [f"before {i}" for i in range(20)] + [f"after {i}" for i in range(20)]
+    received = [wait_for(bob, lambda e: isinstance(e, ChatMessage), timeout=30).text for _ in expected]
+    assert received == expected
+    broker.wait_for_log("crypto worker 0 exited .* restarting it")
+    assert len(worker_pids(broker)) == 2
+    assert broker.alive()
+
+
+def test_a_burst_beyond_capacity_is_worked_off_in_order_without_stalling_heartbeats(
+    make_broker, connect, keyring, raw_dealer
+):
+    """Three senders fire 400 messages each at once: about two seconds of the broker's crypto (1,200 opens,
+    3,600 seals), longer than the 1 s heartbeat timeout. Every message reaches bob, in each sender's order,
+    and nobody times out on either side."""
+    broker = make_broker(workers=2, heartbeat_interval=0.2, heartbeat_timeout=1.0, messages_per_second_per_user=1e6)
+    bob = connect(broker, "bob")
+    senders: list[tuple[str, zmq.Socket[bytes], ClientSession]] = []
+    for name in ("alice", "carol", "admin"):
+        sock = raw_dealer(broker)
+        session, _ = raw_login(sock, name, keyring, broker)
+        senders.append((name, sock, session))
+        wait_for(bob, lambda e, name=name: isinstance(e, Joined) and e.user.name == name)
+    count = 400
+    received: dict[str, list[str]] = {name: [] for name, _, _ in senders}
+    lost_connection: list[ConnectionLost] = []
+    refused: list[bytes] = []
+
+    def bob_reads(timeout: float) -> None:
+        bob.poll(timeout)  # an in-process client heartbeats while it is polled
+        for event in bob.drain():
+            if isinstance(event, ChatMessage):
+                received[event.sender].append(event.text)
+            elif isinstance(event, ConnectionLost):
+                lost_connection.append(event)
+
+    def senders_stay_alive() -> None:
+        for _, sock, session in senders:
+            sock.send_multipart(session.ping())
+            while sock.poll(0):
+                command = sock.recv_multipart()[1]
+                if command in (p.EVICTED, p.REFUSED):
+                    refused.append(command)
+
+    burst: list[tuple[zmq.Socket[bytes], list[list[bytes]]]] = []
+    for name, sock, session in senders:  # signing and sealing 1,200 messages takes a while: stay alive meanwhile
+        frames = []
+        for i in range(count):
+            frames.append(session.say(f"{name} {i}"))
+            if i % 20 == 0:
+                bob_reads(0)
+                senders_stay_alive()
+        burst.append((sock, frames))
+    stop = threading.Event()
+
+    def raw_senders() -> None:  # from now on the senders' sockets belong to this thread
+        for sock, frames in burst:
+            for message in frames:
+                sock.send_multipart(message)
+        while not stop.wait(0.1):
+            senders_stay_alive()
+
+    thread = threading.Thread(target=raw_senders)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while sum(map(len, received.values())) < count * len(senders) and time.monotonic() < deadline:
+            bob_reads(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    for name, texts in received.items():
+        assert texts == [f"{name} {i}" for i in range(count)]
+    assert not lost_connection
+    assert not refused
+    assert "timed out" not in broker.log()
+    assert "too slow" not in broker.log()
+
+
+def test_workers_exit_when_the_broker_is_killed(make_broker):
+    broker = make_broker(workers=2)
+    pids = worker_pids(broker)
+    broker.kill()  # SIGKILL: the broker cannot stop them itself
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in pids)
