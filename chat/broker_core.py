@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import crypto
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 EVICTED_MEMORY = 60.0
+PRESENCE_MAX_DELAY = 0.5  # joins and leaves wait at most this long to go out together
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Session:
     seq_in: int = 0
     seq_out: int = 0
     opening: int = 0  # SEND envelopes of this session handed out as OpenJobs and not yet back
+    presence: list[dict[str, Any]] = field(default_factory=list)  # joins and leaves not yet sent to it
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
 
     @property
@@ -121,6 +123,8 @@ class BrokerCore:
         self.evicted: dict[bytes, float] = {}
         self.gone: set[bytes] = set()  # sessions whose connection dropped, ended once their frames are handled
         self.hellos_opening = 0
+        self.presence_waiting: set[bytes] = set()  # sessions with joins or leaves not yet sent
+        self.presence_since = 0.0
         self.login_buckets: dict[str, TokenBucket] = {}
         # The room's last messages (never private ones), replayed to each new session that wants them.
         self.history: collections.deque[tuple[dict[str, Any], UserInfo]] = collections.deque(maxlen=config.history_size)
@@ -245,6 +249,24 @@ class BrokerCore:
         self.gone.clear()
         return out
 
+    def flush_presence(self, now: float, idle: bool) -> list[Work]:
+        """Send the joins and leaves that wait, each session's in one event.
+
+        The I/O loop calls this every turn; `idle` says nothing else is queued. Joins
+        and leaves wait while the broker is busy, at most PRESENCE_MAX_DELAY: in a
+        login storm or a mass disconnect each member then gets one event for many
+        changes, not one sealed event per change.
+        """
+        if not self.presence_waiting or not (idle or now - self.presence_since >= PRESENCE_MAX_DELAY):
+            return []
+        out: list[Work] = []
+        for identity in list(self.presence_waiting):
+            session = self.sessions.get(identity)
+            if session is not None:
+                out += self._send_presence(session, now)
+        self.presence_waiting.clear()
+        return out
+
     def online(self) -> list[UserInfo]:
         return sorted((s.info for s in self.sessions.values()), key=lambda u: u.name)
 
@@ -333,7 +355,7 @@ class BrokerCore:
             for earlier, author in self.history:
                 replay = {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)}
                 out += self._event(session, replay, now)
-        out += self._broadcast({"type": "join", "user": p.user_info_doc(info)}, now, exclude=identity)
+        self._announce({"type": "join", "user": p.user_info_doc(info)}, now, exclude=identity)
         return out
 
     # ------------------------------------------------------------ statements
@@ -402,9 +424,31 @@ class BrokerCore:
         return out + self._remove(session, public_reason, now)
 
     def _event(self, session: Session, event: dict[str, Any], now: float) -> list[Work]:
-        """The job that seals one EVENT for one session (none for a session whose connection dropped)."""
+        """The job that seals one EVENT for one session (none for a session whose connection dropped).
+
+        Joins and leaves still waiting for it go first: a member hears of a user before hearing from them.
+        """
         if session.gone:
             return []
+        return self._send_presence(session, now) + self._deliver(session, event)
+
+    def _announce(self, change: dict[str, Any], now: float, exclude: bytes) -> None:
+        """A join or leave for everyone but `exclude`; it waits for flush_presence() or their next event."""
+        if not self.presence_waiting:
+            self.presence_since = now
+        for session in self.sessions.values():
+            if session.identity != exclude and not session.gone:
+                session.presence.append(change)
+                self.presence_waiting.add(session.identity)
+
+    def _send_presence(self, session: Session, now: float) -> list[Work]:
+        changes, session.presence = session.presence, []
+        self.presence_waiting.discard(session.identity)
+        if not changes or session.gone:
+            return []
+        return self._deliver(session, changes[0] if len(changes) == 1 else {"type": "presence", "changes": changes})
+
+    def _deliver(self, session: Session, event: dict[str, Any]) -> list[Work]:
         session.seq_out += 1
         info = session.info
         return [
@@ -419,9 +463,11 @@ class BrokerCore:
     def _remove(self, session: Session, reason: str, now: float) -> list[Work]:
         self.sessions.pop(session.identity, None)
         self.gone.discard(session.identity)
+        self.presence_waiting.discard(session.identity)
         if self.by_name.get(session.name) == session.identity:
             del self.by_name[session.name]
-        return self._broadcast({"type": "leave", "name": session.name, "reason": reason}, now, exclude=session.identity)
+        self._announce({"type": "leave", "name": session.name, "reason": reason}, now, exclude=session.identity)
+        return []
 
 
 def _opened(plaintext: bytes | None) -> bytes:

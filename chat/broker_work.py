@@ -66,7 +66,7 @@ class DeliveryJob:
     delivery_key: bytes
     session_id: str
     seq: int
-    event: dict[str, Any]
+    event: dict[str, Any] | str  # a worker gets the event's JSON text: it is sealed as it came
 
 
 Job = OpenJob | ChallengeJob | DeliveryJob
@@ -82,6 +82,8 @@ class JobRunner:
     def __init__(self, broker_key: crypto.PrivateKey) -> None:
         self.broker_key = broker_key
         self._keys: dict[bytes, crypto.PublicKey] = {}
+        self._last_event: dict[str, Any] | None = None
+        self._last_event_json = ""
 
     def perform(self, job: Job) -> Result:
         if isinstance(job, OpenJob):
@@ -96,9 +98,17 @@ class JobRunner:
             challenge = p.Challenge(job.user, job.client_nonce, job.server_nonce, job.delivery_key, proof)
             body = crypto.seal(self._key(job.key_der), challenge.encode(), p.context(p.CHALLENGE))
             return Outgoing(job.identity, p.encode_frames(p.CHALLENGE, body))
-        plaintext = p.seal_delivery(job.delivery_key, job.session_id, job.seq, job.event)
+        plaintext = p.seal_delivery(job.delivery_key, job.session_id, job.seq, self._event_json(job.event))
         body = crypto.seal(self._key(job.key_der), plaintext, p.context(p.EVENT))
         return Outgoing(job.identity, p.encode_frames(p.EVENT, body))
+
+    def _event_json(self, event: dict[str, Any] | str) -> str:
+        """A broadcast's deliveries share one event object: serialise it once."""
+        if isinstance(event, str):
+            return event
+        if event is not self._last_event:
+            self._last_event, self._last_event_json = event, p.dump_doc(event).decode("utf-8")
+        return self._last_event_json
 
     def _key(self, der: bytes) -> crypto.PublicKey:
         key = self._keys.get(der)
@@ -129,7 +139,8 @@ def encode_jobs(jobs: list[Job]) -> list[bytes]:
             index = events.get(id(job.event))
             if index is None:
                 index = events[id(job.event)] = len(event_frames)
-                event_frames.append(p.dump_doc(job.event))
+                event = job.event
+                event_frames.append(event.encode("utf-8") if isinstance(event, str) else p.dump_doc(event))
             job_frames += [_DELIVERY, job.identity, job.key_der, job.delivery_key, job.session_id.encode()]
             job_frames += [str(job.seq).encode(), str(index).encode()]
     return [str(len(event_frames)).encode(), *event_frames, *job_frames]
@@ -137,7 +148,7 @@ def encode_jobs(jobs: list[Job]) -> list[bytes]:
 
 def decode_jobs(frames: list[bytes]) -> list[Job]:
     count = int(frames[0])
-    events = [p.load_doc(frame) for frame in frames[1 : 1 + count]]
+    events = [frame.decode("utf-8") for frame in frames[1 : 1 + count]]
     jobs: list[Job] = []
     i = 1 + count
     while i < len(frames):

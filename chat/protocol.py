@@ -405,9 +405,13 @@ def parse_user_list(doc: dict[str, Any], key: str) -> tuple[UserInfo, ...]:
     return tuple(parse_user_info(entry) for entry in users)
 
 
-def seal_delivery(delivery_key: bytes, session: str, seq: int, event: dict[str, Any]) -> bytes:
-    """The EVENT plaintext: the delivery JSON and its HMAC under the session's delivery key."""
-    delivery = dump_doc({"session": session, "seq": seq, "event": event}).decode("utf-8")
+def seal_delivery(delivery_key: bytes, session: str, seq: int, event: dict[str, Any] | str) -> bytes:
+    """The EVENT plaintext: the delivery JSON and its HMAC under the session's delivery key.
+
+    `event` may come as its JSON text already (`dump_doc(event)` decoded), so a broadcast serialises it once.
+    """
+    event_json = event if isinstance(event, str) else dump_doc(event).decode("utf-8")
+    delivery = '{"session":' + json.dumps(session) + ',"seq":' + str(int(seq)) + ',"event":' + event_json + "}"
     tag = crypto.mac(delivery_key, delivery_mac_input(delivery))
     return dump_doc({"delivery": delivery, "mac": b64(tag)})
 

@@ -213,14 +213,13 @@ class ClientSession:
         if kind == "chat":
             return [self._verify_chat(event)]
         self._replaying_history = False
-        if kind == "join":
-            user = p.parse_user_info(event.get("user"))
-            self._peers[user.name] = self._peer(user)
-            return [Joined(user)]
-        if kind == "leave":
-            name = p.get_name(event, "name")
-            self._peers.pop(name, None)
-            return [Left(name, p.get_str(event, "reason"))]
+        if kind in ("join", "leave"):
+            return self._presence([event])
+        if kind == "presence":
+            changes = event.get("changes")
+            if not isinstance(changes, list) or not changes:
+                raise RemoteProtocolError("presence without changes")
+            return self._presence(changes)
         if kind == "who":
             users = p.parse_user_list(event, "users")
             for user in users:
@@ -235,6 +234,29 @@ class ClientSession:
             self.state = State.CLOSED
             return [SessionClosed(p.get_str(event, "reason"))]
         raise RemoteProtocolError(f"unknown event type {kind!r}")
+
+    def _presence(self, changes: list[Any]) -> list[Event]:
+        """Joins and leaves, in order; the roster changes only if every one of them is well formed."""
+        events: list[Event] = []
+        updates: list[tuple[str, _Peer | None]] = []
+        for change in changes:
+            kind = change.get("type") if isinstance(change, dict) else None
+            if kind == "join":
+                user = p.parse_user_info(change.get("user"))
+                updates.append((user.name, self._peer(user)))
+                events.append(Joined(user))
+            elif kind == "leave":
+                name = p.get_name(change, "name")
+                updates.append((name, None))
+                events.append(Left(name, p.get_str(change, "reason")))
+            else:
+                raise RemoteProtocolError(f"a presence change of type {kind!r}")
+        for name, peer in updates:
+            if peer is None:
+                self._peers.pop(name, None)
+            else:
+                self._peers[name] = peer
+        return events
 
     @staticmethod
     def _peer(user: UserInfo) -> _Peer:

@@ -496,6 +496,27 @@ class IndependentClient:
                 raise LoginRefused(f"unusable welcome: {exc}") from exc
             return None  # an unusable event is skipped; the session goes on (step 6)
 
+    def _presence(self, changes: list[Any]) -> list[dict[str, Any]]:
+        """Joins and leaves (7.3): all are checked before the roster changes."""
+        checked: list[tuple[str, Any, dict[str, Any]]] = []
+        for change in changes:
+            kind = change.get("type") if isinstance(change, dict) else None
+            if kind == "join":
+                name, key, info = check_user(change.get("user"))
+                checked.append((name, key, {"type": "join", **info}))
+            elif kind == "leave":
+                name = get_name(change, "name")
+                checked.append((name, None, {"type": "leave", "name": name, "reason": get_str(change, "reason")}))
+            else:
+                raise ValueError(f"presence change of type {kind!r}")
+        for name, key, _ in checked:
+            if key is None:
+                self.roster.pop(name, None)
+            else:
+                self.roster[name] = key
+                self.last_statement.pop(name, None)  # forget the author's last session when they join again (7.4)
+        return [result for _, _, result in checked]
+
     def _interpret(self, event_type: str, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event types of 7.3."""
         is_history = event_type == "chat" and event.get("history") is True
@@ -521,15 +542,14 @@ class IndependentClient:
             if is_history and not window:
                 return None  # history is accepted only directly after the welcome (7.5)
             return self._chat(event, is_history)
-        if event_type == "join":
-            name, key, info = check_user(event.get("user"))
-            self.roster[name] = key
-            self.last_statement.pop(name, None)  # forget the author's last session when they join again (7.4)
-            return {"type": "join", **info}
-        if event_type == "leave":
-            name = get_name(event, "name")
-            self.roster.pop(name, None)
-            return {"type": "leave", "name": name, "reason": get_str(event, "reason")}
+        if event_type in ("join", "leave"):
+            (change,) = self._presence([event])
+            return change
+        if event_type == "presence":
+            changes = event.get("changes")
+            if not isinstance(changes, list) or not changes:
+                raise ValueError("changes: not a non-empty array")
+            return {"type": "presence", "changes": self._presence(changes)}
         if event_type == "who":
             users = event.get("users")
             if not isinstance(users, list):

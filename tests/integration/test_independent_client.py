@@ -52,9 +52,10 @@ def wait_event(client: IndependentClient, predicate: Callable[[Event], bool], ti
         event = client.receive(timeout=remaining)
         if event is None:
             continue
-        if predicate(event):
-            return event
-        seen.append(event)
+        for one in event["changes"] if event["type"] == "presence" else [event]:  # joins and leaves sent together
+            if predicate(one):
+                return one
+            seen.append(one)
     raise AssertionError(f"{client.name}: no matching event within {timeout}s; got {seen!r}")
 
 

@@ -66,8 +66,10 @@ class World:
         return self.run(self.core.receive(identity, list(frames), self.now, source=identity.hex()))
 
     def run(self, work: list[Work]) -> list[Outgoing]:
-        """Do the core's crypto jobs, as the broker does without workers: the frames it sends."""
-        return run_inline(self.core, self.runner, work, self.now)
+        """Do the core's crypto jobs, as the broker does without workers, then send the joins and leaves
+        that wait, as the broker does when it has nothing else to do: the frames it sends."""
+        out = run_inline(self.core, self.runner, work, self.now)
+        return out + run_inline(self.core, self.runner, self.core.flush_presence(self.now, idle=True), self.now)
 
     def deliver(self, out: list[Outgoing]) -> dict[bytes, list[Event]]:
         """Feed each outgoing message to its client session; the events each identity saw, in order."""
