@@ -1,9 +1,11 @@
 """The broker's I/O loop and command line: a ZeroMQ ROUTER that moves frames.
 
 All chat rules live in `chat.broker_core`. This file binds the socket, reads
-frames, sends what the core returns without ever blocking, reports peers that
-cannot be reached or keep up, and stops gracefully on an admin's /shutdown,
-`/shutdown` typed on its console, SIGINT or SIGTERM.
+frames, hands the core's crypto jobs to `chat.workers` (worker processes, or
+its own loop with `workers: 0`) and their results back to the core, sends what
+is ready without ever blocking, lets waiting joins and leaves go out, reports
+peers that cannot be reached or keep up, and stops gracefully on an admin's
+/shutdown, `/shutdown` typed on its console, SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Broker:
         self.config = config
         self.core = BrokerCore(key, Registry(KeyLayout(config.keys_dir)), config)
         self.context = zmq.Context()
-        self.unreachable: set[bytes] = set()  # identities a send failed for: their deliveries need no sealing
+        self.unreachable_ids: set[bytes] = set()  # a send to them failed: their deliveries need no sealing
         self.jobs: InlineJobs | WorkerPool = InlineJobs(key, self._deliverable)
         if config.workers:
             try:
@@ -98,15 +100,12 @@ class Broker:
                 return
             source = str(message[0].get("Peer-Address") or "")
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
+            self.unreachable_ids.discard(identity)  # it speaks: a client that reuses its routing id is back
             try:
-                work = self.core.receive(identity, frames, time.monotonic(), source)
+                self._handle(self.core.receive(identity, frames, time.monotonic(), source))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
-                continue
-            self._handle(work)
-            if self.core.shutdown_requested_by:
-                return
 
     def _take_results(self) -> None:
         """Send what the crypto jobs produced; opened envelopes go back to the core, which may make more."""
@@ -119,13 +118,11 @@ class Broker:
                     self._send([result])
                     continue
                 try:
-                    work = self.core.opened(result, time.monotonic())
+                    self._handle(self.core.opened(result, time.monotonic()))
                 except Exception:
                     log.exception(
                         "internal error after opening a frame from %s; frame dropped", result.identity.hex()[:10]
                     )
-                    continue
-                self._handle(work)
 
     def _console_command(self, line: str) -> None:
         line = line.strip()
@@ -142,7 +139,7 @@ class Broker:
         self._send([item for item in work if isinstance(item, Outgoing)])
 
     def _deliverable(self, identity: bytes) -> bool:
-        return identity not in self.unreachable
+        return identity not in self.unreachable_ids
 
     def _send(self, outgoing: list[Outgoing]) -> None:
         for item in outgoing:
@@ -153,13 +150,14 @@ class Broker:
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
-                if len(self.unreachable) >= MAX_REMEMBERED_UNREACHABLE:
-                    self.unreachable.clear()
-                self.unreachable.add(item.identity)
+                if len(self.unreachable_ids) >= MAX_REMEMBERED_UNREACHABLE:
+                    self.unreachable_ids.clear()
+                self.unreachable_ids.add(item.identity)
                 self._handle(self.core.unreachable(item.identity, time.monotonic()))
 
     def _shutdown(self) -> None:
         log.info("shutting down: %s", self.stop_reason)
+        self.jobs.discard_opens()
         self._handle(self.core.shutdown(self.stop_reason or "broker", time.monotonic()))
         deadline = time.monotonic() + FLUSH_LINGER_MS / 1000
         while not self.jobs.idle() and time.monotonic() < deadline:

@@ -10,8 +10,9 @@ its own loop or in worker processes), and reports peers it could not reach
 a broker without workers and for tests.
 
 Order: the core numbers each session's deliveries as it creates their jobs.
-Whoever runs the jobs must hand over the results in the order the jobs were
-created, and each sender's OpenJobs' results in the order of its frames.
+Whoever runs the jobs must send each recipient's deliveries in the order they
+were created, and hand back the OpenJobs' results in the order their frames
+arrived (chat.workers does both).
 
 A routing identity is trusted only after it completed the login proof; its
 session is bound to it. Every failure of a peer's frame is a silent drop
@@ -123,6 +124,7 @@ class BrokerCore:
         self.evicted: dict[bytes, float] = {}
         self.gone: set[bytes] = set()  # sessions whose connection dropped, ended once their frames are handled
         self.hellos_opening = 0
+        self.logins_opening: dict[bytes, Pending] = {}  # LOGINs handed out as OpenJobs, their challenge used up
         self.presence_waiting: set[bytes] = set()  # sessions with joins or leaves not yet sent
         self.presence_since = 0.0
         self.login_buckets: dict[str, TokenBucket] = {}
@@ -156,8 +158,10 @@ class BrokerCore:
         if command == p.HELLO:
             return self._on_hello_frame(identity, body, now, source)
         if command == p.LOGIN:
-            if identity not in self.pending:
+            pending = self.pending.pop(identity, None)
+            if pending is None:  # also a second LOGIN while the first is being opened: one RSA open per HELLO
                 return self._refuse(identity, "LOGIN without a challenge")
+            self.logins_opening[identity] = pending
             return [OpenJob(identity, p.LOGIN, body)]
         if identity in self.evicted:
             return [Outgoing(identity, p.encode_frames(p.EVICTED))]
@@ -288,7 +292,7 @@ class BrokerCore:
             return self._busy(
                 identity, f"more than {self.config.logins_per_second_per_source:g} logins/s from {source}"
             )
-        logins_in_progress = len(self.pending) + self.hellos_opening
+        logins_in_progress = len(self.pending) + self.hellos_opening + len(self.logins_opening)
         if identity not in self.pending and logins_in_progress >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
         if len(self.sessions) >= self.config.max_clients:  # before reading the name: no hint who is online
@@ -300,7 +304,7 @@ class BrokerCore:
         if identity in self.sessions:
             return []
         try:
-            hello = p.Hello.decode(_opened(plaintext))
+            hello = p.Hello.decode(_require_plaintext(plaintext))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
         registered = self.registry.lookup(hello.user)
@@ -317,11 +321,11 @@ class BrokerCore:
         return [ChallengeJob(identity, key_der, hello.user, hello.nonce, server_nonce, delivery_key)]
 
     def _on_login(self, identity: bytes, plaintext: bytes | None, now: float) -> list[Work]:
-        pending = self.pending.pop(identity, None)
-        if pending is None:
-            return self._refuse(identity, "LOGIN without a challenge")
+        pending = self.logins_opening.pop(identity, None)
+        if pending is None:  # its connection dropped meanwhile
+            return []
         try:
-            login = p.Login.decode(_opened(plaintext))
+            login = p.Login.decode(_require_plaintext(plaintext))
             signed = p.login_proof_input(pending.user, pending.client_nonce, pending.server_nonce)
             crypto.verify(pending.key, signed, login.signature)
             if pending.key is self.decoy_key:
@@ -362,7 +366,7 @@ class BrokerCore:
 
     def _on_send(self, session: Session, plaintext: bytes | None, now: float) -> list[Work]:
         try:
-            doc = p.load_doc(_opened(plaintext))
+            doc = p.load_doc(_require_plaintext(plaintext))
             signed = p.SignedStatement.from_doc(doc, self.config.max_text_bytes)
             statement = p.Statement.parse(signed.statement)
             if statement.sender != session.name or statement.session != session.session_id:
@@ -418,9 +422,12 @@ class BrokerCore:
     # ------------------------------------------------------------ helpers
 
     def _close(self, session: Session, reason: str, public_reason: str, now: float) -> list[Work]:
-        """End a session for good: tell it why (it must not reconnect), tell the others it left."""
+        """End a session for good: tell it why (it must not reconnect), tell the others it left.
+
+        Its later frames are dropped, not answered with EVICTED: that would go out at once, and could
+        overtake the `closed` still waiting to be sealed, and the client would reconnect.
+        """
         out = self._event(session, {"type": "closed", "reason": reason}, now)
-        self.evicted[session.identity] = now
         return out + self._remove(session, public_reason, now)
 
     def _event(self, session: Session, event: dict[str, Any], now: float) -> list[Work]:
@@ -470,7 +477,7 @@ class BrokerCore:
         return []
 
 
-def _opened(plaintext: bytes | None) -> bytes:
+def _require_plaintext(plaintext: bytes | None) -> bytes:
     if plaintext is None:
         raise crypto.CryptoError()
     return plaintext

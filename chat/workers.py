@@ -7,16 +7,19 @@ private ipc:// socket (a fresh 0700 directory), a DEALER per worker, at most
 `CREDIT` batches handed to each worker at a time. Workers get the broker's
 private key on their stdin, never on a socket or a command line.
 
-Both keep the order the core relies on: results come out in the order their
-jobs went in. The pool numbers each batch and releases results in batch
-order (a reorder buffer), whichever worker finishes first.
+Both keep the order the core relies on: each recipient's deliveries in the
+order the core made them, and every envelope opened in the order its frame
+arrived. The pool keeps two queues, each first in, first out (deliveries;
+envelopes to open with the challenges to sign), numbers each batch as it
+hands it out, and releases results in batch order (a reorder buffer),
+whichever worker finishes first.
 
-The pool's queues are bounded by what feeds them: login jobs go first (few,
-limited by `max_pending_logins`), then deliveries, then SEND envelopes, which
-are opened only while fewer than `DELIVERY_BACKLOG` deliveries wait. So in a
-burst the backlog stays unopened SEND frames (at most `send_queue_limit` per
-session, see BrokerCore.receive) rather than sealed copies for every member.
-Deliveries to a peer the broker could not reach are dropped unsealed.
+The queues are bounded by what feeds them. Envelopes are opened first, but
+only while fewer than `DELIVERY_BACKLOG` deliveries wait; beyond that,
+deliveries go first. So in a burst the backlog is unopened SEND frames (at
+most `send_queue_limit` per session, see BrokerCore.receive), not sealed
+copies for every member. Deliveries to a peer the broker could not reach are
+dropped unsealed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from pathlib import Path
 import zmq
 
 import crypto
-from chat import protocol as p
 from chat.broker_work import (
     DeliveryJob,
     Job,
@@ -56,12 +58,12 @@ from chat.errors import ChatError
 log = logging.getLogger(__name__)
 
 CREDIT = 2  # batches handed to one worker at a time: one to work on, one waiting
-LOGIN_BATCH = 4
-DELIVERY_BATCH = 8  # about 2.5 ms of sealing with RSA-3072: a fan-out spreads over every worker
+DELIVERY_BATCH = 16  # about 4.5 ms of sealing with RSA-3072
 OPEN_BATCH = 2
-DELIVERY_BACKLOG = 2000  # deliveries waiting before the pool stops opening more SEND envelopes
+DELIVERY_BACKLOG = 2000  # deliveries waiting before they go ahead of the envelopes still to open
 START_TIMEOUT = 30.0
-MAX_RESTARTS = 10
+MAX_RESTARTS = 10  # within RESTART_WINDOW: workers that keep dying stop the broker
+RESTART_WINDOW = 600.0
 READY = b"ready"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,9 +84,14 @@ class InlineJobs:
     def submit(self, jobs: list[Job]) -> None:
         for job in jobs:
             if not isinstance(job, DeliveryJob) or self.deliverable(job.identity):
-                self.results.append(self.runner.perform(job))
+                result = perform(self.runner, job)
+                if result is not None:
+                    self.results.append(result)
 
     def dispatch(self) -> None:
+        pass
+
+    def discard_opens(self) -> None:
         pass
 
     def collect(self) -> list[Result]:
@@ -131,22 +138,24 @@ class WorkerPool:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
-        self.socket.bind(self.endpoint)
         self.sockets = [self.socket]
-        self.logins: collections.deque[Job] = collections.deque()
         self.deliveries: collections.deque[DeliveryJob] = collections.deque()
-        self.opens: collections.deque[OpenJob] = collections.deque()
-        self.sent: dict[int, tuple[int, list[bytes]]] = {}  # batch → (worker, frames), until its results arrive
+        self.opens: collections.deque[Job] = collections.deque()  # OpenJobs and ChallengeJobs, in arrival order
+        self.sent: dict[int, list[bytes]] = {}  # batch → its frames, until its results arrive
         self.resend: list[int] = []  # batches of a worker that died, to hand out again first
         self.done: dict[int, list[Result]] = {}
         self.next_batch = 0
         self.next_release = 0
-        self.restarts = 0
-        self.workers = [self._start(index) for index in range(count)]
+        self.restarts: list[float] = []
+        self.workers: list[Worker] = []
         try:
+            self.socket.bind(self.endpoint)
+            self.workers = [self._start(index) for index in range(count)]
             self._wait_until_ready()
-        except WorkerError:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, (OSError, zmq.ZMQError)):
+                raise WorkerError(f"cannot start the crypto workers: {exc}") from None
             raise
 
     # ------------------------------------------------------------ the broker's side
@@ -155,11 +164,13 @@ class WorkerPool:
         for job in jobs:
             if isinstance(job, DeliveryJob):
                 self.deliveries.append(job)
-            elif isinstance(job, OpenJob) and job.command == p.SEND:
-                self.opens.append(job)
             else:
-                self.logins.append(job)
+                self.opens.append(job)
         self.dispatch()
+
+    def discard_opens(self) -> None:
+        """Stopping: envelopes not yet handed out will never matter."""
+        self.opens.clear()
 
     def dispatch(self) -> None:
         """Hand batches to every worker with credit left."""
@@ -167,14 +178,16 @@ class WorkerPool:
             while worker.ready and len(worker.batches) < CREDIT:
                 if self.resend:
                     batch = self.resend.pop(0)
-                    frames = self.sent[batch][1]
+                    if batch not in self.sent:  # its results arrived after all
+                        continue
+                    frames = self.sent[batch]
                 else:
                     jobs = self._next_jobs()
                     if not jobs:
                         return
                     batch, self.next_batch = self.next_batch, self.next_batch + 1
                     frames = [struct.pack(">Q", batch), pack(encode_jobs(jobs))]
-                self.sent[batch] = (worker.index, frames)
+                self.sent[batch] = frames
                 try:
                     self.socket.send_multipart([worker.identity, *frames])
                 except zmq.ZMQError:  # it is gone: check() restarts it, then the batch goes out again
@@ -196,7 +209,8 @@ class WorkerPool:
                 continue
             (batch,) = struct.unpack(">Q", frames[0])
             worker.batches.discard(batch)
-            self.sent.pop(batch, None)
+            if self.sent.pop(batch, None) is None:  # answered twice: by a worker that died, and again
+                continue
             self.done[batch] = decode_results(unpack(frames[1]))
         results: list[Result] = []
         while self.next_release in self.done:
@@ -206,7 +220,7 @@ class WorkerPool:
         return results
 
     def idle(self) -> bool:
-        return not (self.logins or self.deliveries or self.opens or self.sent or self.done)
+        return not (self.deliveries or self.opens or self.sent or self.done)
 
     def has_results(self) -> bool:
         """Results that `collect()` would release without waiting for a worker."""
@@ -218,10 +232,11 @@ class WorkerPool:
             status = worker.process.poll()
             if status is None:
                 continue
-            self.restarts += 1
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
             log.error("crypto worker %d exited with status %s; restarting it", worker.index, status)
-            if self.restarts > MAX_RESTARTS:
-                raise WorkerError(f"crypto workers exited {self.restarts} times")
+            if len(self.restarts) > MAX_RESTARTS:
+                raise WorkerError(f"crypto workers exited {len(self.restarts)} times in {RESTART_WINDOW:g} s")
             self.resend = sorted([*self.resend, *worker.batches])
             self.workers[worker.index] = self._start(worker.index)
 
@@ -238,16 +253,14 @@ class WorkerPool:
     # ------------------------------------------------------------ internals
 
     def _next_jobs(self) -> list[Job]:
-        if self.logins:
-            return [self.logins.popleft() for _ in range(min(LOGIN_BATCH, len(self.logins)))]
+        if self.opens and len(self.deliveries) < DELIVERY_BACKLOG:
+            return [self.opens.popleft() for _ in range(min(OPEN_BATCH, len(self.opens)))]
         jobs: list[Job] = []
         while self.deliveries and len(jobs) < DELIVERY_BATCH:
             job = self.deliveries.popleft()
             if self.deliverable(job.identity):
                 jobs.append(job)
-        if jobs or len(self.deliveries) >= DELIVERY_BACKLOG:
-            return jobs
-        return [self.opens.popleft() for _ in range(min(OPEN_BATCH, len(self.opens)))]
+        return jobs
 
     def _start(self, index: int) -> Worker:
         identity = f"w{index}".encode()
@@ -307,19 +320,24 @@ def run_worker(endpoint: str, identity: bytes, broker_key: crypto.PrivateKey, br
             if not socket.poll(1000):
                 continue
             batch, packed = socket.recv_multipart()
-            results = [_perform(runner, job) for job in decode_jobs(unpack(packed))]
+            try:
+                jobs = decode_jobs(unpack(packed))
+            except Exception:  # a bug: say so, and answer, or the broker waits for this batch for ever
+                log.exception("internal error in a crypto worker: a batch it cannot read; batch dropped")
+                jobs = []
+            results = [perform(runner, job) for job in jobs]
             socket.send_multipart([batch, pack(encode_results([r for r in results if r is not None]))])
     finally:
         socket.close(linger=0)
         context.term()
 
 
-def _perform(runner: JobRunner, job: Job) -> Result | None:
+def perform(runner: JobRunner, job: Job) -> Result | None:
+    """One job; a bug is logged loudly, and an envelope that could not be opened counts as not opening."""
     try:
         return runner.perform(job)
     except Exception:
-        # A bug, not a peer's fault: log it loudly, and keep the broker's books straight.
-        log.exception("internal error in a crypto worker; job dropped")
+        log.exception("internal error while doing a crypto job; job dropped")
         return Opened(job.identity, job.command, None) if isinstance(job, OpenJob) else None
 
 

@@ -320,3 +320,18 @@ def test_a_login_that_did_not_open_is_refused_like_any_other(world):
     assert world.core.opened(Opened(b"alice", p.LOGIN, None), world.now) == [Outgoing(b"alice", REFUSED_FRAMES)]
     assert world.core.pending == {}
     assert world.core.sessions == {}
+
+
+def test_one_hello_buys_one_login_envelope_opening(world):
+    """A stream of LOGINs after one HELLO: only the first is opened (RSA); the others get REFUSED at once."""
+    session = world.client("alice")
+    (challenge,) = world.send(b"alice", session.hello())
+    _, login = session.receive(challenge.frames)
+    assert login is not None
+    first = world.core.receive(b"alice", login, world.now, source="x")
+    assert [type(job) for job in first] == [OpenJob]
+    for _ in range(5):
+        assert world.core.receive(b"alice", login, world.now, source="x") == [Outgoing(b"alice", REFUSED_FRAMES)]
+    out = world.run(first)  # the first one still completes the login
+    assert b"alice" in world.core.sessions
+    assert out
