@@ -14,11 +14,12 @@ envelopes to open with the challenges to sign), numbers each batch as it
 hands it out, and releases results in batch order (a reorder buffer),
 whichever worker finishes first.
 
-The queues are bounded by what feeds them. Envelopes are opened first, but
-only while fewer than `DELIVERY_BACKLOG` deliveries wait; beyond that,
-deliveries go first. So in a burst the backlog is unopened SEND frames (at
-most `send_queue_limit` per session, see BrokerCore.receive), not sealed
-copies for every member. Deliveries to a peer the broker could not reach are
+The queues are bounded by what feeds them. Deliveries go first: a fan-out
+under way finishes before the next envelope is opened, which keeps latency
+low and the delivery queue short (at most a few batches of envelopes' worth
+of fan-outs). So in a burst the backlog is unopened SEND frames (at most
+`send_queue_limit` per session, see BrokerCore.receive), not sealed copies
+for every member. Deliveries to a peer the broker could not reach are
 dropped unsealed.
 """
 
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 CREDIT = 2  # batches handed to one worker at a time: one to work on, one waiting
 DELIVERY_BATCH = 16  # about 4.5 ms of sealing with RSA-3072
 OPEN_BATCH = 2
-DELIVERY_BACKLOG = 2000  # deliveries waiting before they go ahead of the envelopes still to open
 START_TIMEOUT = 30.0
 MAX_RESTARTS = 10  # within RESTART_WINDOW: workers that keep dying stop the broker
 RESTART_WINDOW = 600.0
@@ -253,14 +253,14 @@ class WorkerPool:
     # ------------------------------------------------------------ internals
 
     def _next_jobs(self) -> list[Job]:
-        if self.opens and len(self.deliveries) < DELIVERY_BACKLOG:
-            return [self.opens.popleft() for _ in range(min(OPEN_BATCH, len(self.opens)))]
         jobs: list[Job] = []
         while self.deliveries and len(jobs) < DELIVERY_BATCH:
             job = self.deliveries.popleft()
             if self.deliverable(job.identity):
                 jobs.append(job)
-        return jobs
+        if jobs:
+            return jobs
+        return [self.opens.popleft() for _ in range(min(OPEN_BATCH, len(self.opens)))]
 
     def _start(self, index: int) -> Worker:
         identity = f"w{index}".encode()
