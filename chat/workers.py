@@ -333,7 +333,8 @@ def run_worker(endpoint: str, identity: bytes, broker_key: crypto.PrivateKey, br
 
 
 def perform(runner: JobRunner, job: Job) -> Result | None:
-    """One job; a bug is logged loudly, and an envelope that could not be opened counts as not opening."""
+    """One job. A bug is logged loudly: an envelope then counts as not opening, and a delivery is dropped
+    (its recipient sees a gap in the sequence numbers and logs in afresh)."""
     try:
         return runner.perform(job)
     except Exception:
