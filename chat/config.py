@@ -17,7 +17,11 @@ from chat.errors import ConfigError
 from chat.protocol import DEFAULT_MAX_TEXT_BYTES, NAME_PATTERN
 
 DEFAULT_CONFIG = Path("config.json")
-DEFAULT_WORKERS = os.cpu_count() or 1
+MAX_WORKERS = 256
+# The cores this process may run on (its CPU affinity), where the platform says so.
+DEFAULT_WORKERS = min(
+    MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def parse_config(raw: Any, source: Path) -> Config:
         logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
         history_size=history_size,
-        workers=_number(raw, "workers", DEFAULT_WORKERS, 0, 256, integer=True),
+        workers=_number(raw, "workers", DEFAULT_WORKERS, 0, MAX_WORKERS, integer=True),
         source=source,
     )
 

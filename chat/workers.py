@@ -203,7 +203,9 @@ class WorkerPool:
                 identity, *frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            worker = self.workers[int(identity[1:])]
+            worker = next((w for w in self.workers if w.identity == identity), None)
+            if worker is None:  # not one of ours (same user, same directory): ignore it
+                continue
             if frames == [READY]:
                 worker.ready = True
                 continue
