@@ -311,10 +311,17 @@ def test_a_hello_that_did_not_open_is_refused_like_any_other(world):
     assert world.core.sessions == {}
 
 
-def test_a_login_that_did_not_open_is_refused_like_any_other(world):
-    session = world.client("alice")
-    (challenge,) = world.send(b"alice", session.hello())
+def login_frames(world: World, name: str) -> list[bytes]:
+    """A LOGIN for `name`, after a HELLO the broker answered: the frames, not yet sent."""
+    session = world.client(name)
+    (challenge,) = world.send(name.encode(), session.hello())
     _, login = session.receive(challenge.frames)
+    assert login is not None
+    return login
+
+
+def test_a_login_that_did_not_open_is_refused_like_any_other(world):
+    login = login_frames(world, "alice")
     (job,) = world.core.receive(b"alice", login, world.now)
     assert job == OpenJob(b"alice", p.LOGIN, login[2])
     assert world.core.opened(Opened(b"alice", p.LOGIN, None), world.now) == [Outgoing(b"alice", REFUSED_FRAMES)]
@@ -324,10 +331,7 @@ def test_a_login_that_did_not_open_is_refused_like_any_other(world):
 
 def test_one_hello_buys_one_login_envelope_opening(world):
     """A stream of LOGINs after one HELLO: only the first is opened (RSA); the others get REFUSED at once."""
-    session = world.client("alice")
-    (challenge,) = world.send(b"alice", session.hello())
-    _, login = session.receive(challenge.frames)
-    assert login is not None
+    login = login_frames(world, "alice")
     first = world.core.receive(b"alice", login, world.now, source="x")
     assert [type(job) for job in first] == [OpenJob]
     for _ in range(5):
