@@ -37,6 +37,7 @@ log = logging.getLogger("broker")
 FLUSH_LINGER_MS = 3000
 MAX_MESSAGES_PER_TURN = 1000
 MAX_REMEMBERED_UNREACHABLE = 100_000
+SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 
 
 class Broker:
@@ -142,9 +143,14 @@ class Broker:
         return identity not in self.unreachable_ids
 
     def _send(self, outgoing: list[Outgoing]) -> None:
+        send = self.socket.send
         for item in outgoing:
             try:
-                self.socket.send_multipart([item.identity, *item.frames], zmq.NOBLOCK)
+                # send_multipart() with these flags, without its per-frame flag arithmetic (a tenth of the loop)
+                send(item.identity, SEND_MORE)
+                for frame in item.frames[:-1]:
+                    send(frame, SEND_MORE)
+                send(item.frames[-1], SEND_LAST)
             except zmq.Again:
                 self._handle(self.core.too_slow(item.identity, time.monotonic()))
             except zmq.ZMQError as exc:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 EVICTED_MEMORY = 60.0
+SWEEPS_PER_INTERVAL = 10  # tick() looks at every session this often per heartbeat interval, at most
 PRESENCE_MAX_DELAY = 0.5  # joins and leaves wait at most this long to go out together
 
 
@@ -131,6 +132,7 @@ class BrokerCore:
         # The room's last messages (never private ones), replayed to each new session that wants them.
         self.history: collections.deque[tuple[dict[str, Any], UserInfo]] = collections.deque(maxlen=config.history_size)
         self.last_registry_check = 0.0
+        self.last_sweep = float("-inf")
         self.shutdown_requested_by: str | None = None
 
     # ------------------------------------------------------------ entry points
@@ -182,6 +184,11 @@ class BrokerCore:
         return self._on_send(session, result.plaintext, now)
 
     def tick(self, now: float) -> list[Work]:
+        """Timeouts, PINGs and forgetting; it looks at every session, so at most SWEEPS_PER_INTERVAL times per
+        heartbeat interval however often the I/O loop turns."""
+        if now - self.last_sweep < self.config.heartbeat_interval / SWEEPS_PER_INTERVAL:
+            return []
+        self.last_sweep = now
         out: list[Work] = []
         for identity, pending in list(self.pending.items()):
             if now - pending.started > HANDSHAKE_TIMEOUT:

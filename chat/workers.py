@@ -64,6 +64,8 @@ OPEN_BATCH = 2
 START_TIMEOUT = 30.0
 MAX_RESTARTS = 10  # within RESTART_WINDOW: workers that keep dying stop the broker
 RESTART_WINDOW = 600.0
+BATCH_TIMEOUT = 30.0  # a batch takes milliseconds: a worker that holds one this long is hung, and is restarted
+CHECK_INTERVAL = 0.1  # check() looks at the workers at most this often
 READY = b"ready"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,7 +119,7 @@ class Worker:
     identity: bytes
     process: subprocess.Popen[bytes]
     ready: bool = False
-    batches: set[int] = field(default_factory=set)  # handed to it, no answer yet
+    batches: dict[int, float] = field(default_factory=dict)  # handed to it, no answer yet: batch → when
 
 
 class WorkerPool:
@@ -147,6 +149,7 @@ class WorkerPool:
         self.next_batch = 0
         self.next_release = 0
         self.restarts: list[float] = []
+        self.last_check = 0.0
         self.workers: list[Worker] = []
         try:
             self.socket.bind(self.endpoint)
@@ -194,7 +197,7 @@ class WorkerPool:
                     worker.ready = False
                     self.resend = sorted([*self.resend, batch])
                     break
-                worker.batches.add(batch)
+                worker.batches[batch] = time.monotonic()
 
     def collect(self) -> list[Result]:
         """Results that arrived, in the order their jobs were submitted."""
@@ -210,7 +213,7 @@ class WorkerPool:
                 worker.ready = True
                 continue
             (batch,) = struct.unpack(">Q", frames[0])
-            worker.batches.discard(batch)
+            worker.batches.pop(batch, None)
             if self.sent.pop(batch, None) is None:  # answered twice: by a worker that died, and again
                 continue
             self.done[batch] = decode_results(unpack(frames[1]))
@@ -229,12 +232,19 @@ class WorkerPool:
         return self.next_release in self.done
 
     def check(self) -> None:
-        """Restart a worker that died and hand its batches out again; WorkerError if they keep dying."""
+        """Restart a worker that died or hung and hand its batches out again; WorkerError if they keep failing."""
+        now = time.monotonic()
+        if now - self.last_check < CHECK_INTERVAL:
+            return
+        self.last_check = now
         for worker in self.workers:
             status = worker.process.poll()
+            if status is None and worker.batches and now - min(worker.batches.values()) > BATCH_TIMEOUT:
+                log.error("crypto worker %d has not answered for %g s; killing it", worker.index, BATCH_TIMEOUT)
+                worker.process.kill()
+                status = worker.process.wait()
             if status is None:
                 continue
-            now = time.monotonic()
             self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
             log.error("crypto worker %d exited with status %s; restarting it", worker.index, status)
             if len(self.restarts) > MAX_RESTARTS:

@@ -391,6 +391,19 @@ def test_tick_pings_idle_sessions_after_the_heartbeat_interval(world):
     assert world.run(world.core.tick(world.now)) == []
 
 
+def test_tick_looks_at_sessions_a_bounded_number_of_times_per_interval(world):
+    """The I/O loop may turn thousands of times a second; tick() sweeps every session only every tenth of an
+    interval, so a timeout or PING is at most that late."""
+    world.login("alice")
+    interval = world.config.heartbeat_interval
+    world.now += interval * 0.95
+    assert world.core.tick(world.now) == []  # a sweep: no PING due yet
+    world.now += interval * 0.05
+    assert world.core.tick(world.now) == []  # the PING is due, but the last sweep was too recent
+    world.now += interval * 0.06
+    assert world.core.tick(world.now) == [Outgoing(b"alice", PING_FRAMES)]
+
+
 def test_pings_do_not_wait_for_deliveries(world):
     """A PING is plain frames sent at once: even a session whose deliveries queue behind a burst gets one."""
     world.login("alice")

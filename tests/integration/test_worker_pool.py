@@ -1,0 +1,106 @@
+"""WorkerPool driven directly, with real worker processes: order over many batches, a hung worker, the restart limit."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import zmq
+
+import crypto
+from chat import protocol as p
+from chat import workers
+from chat.broker_work import DeliveryJob, Job, Opened, OpenJob, Outgoing, Result
+from chat.workers import WorkerError, WorkerPool
+from tests.conftest import KeyRing
+
+DELIVERY_KEY = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
+SESSION = "s-pool-test"
+
+
+@pytest.fixture
+def make_pool(keyring: KeyRing, zmq_context: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[int], WorkerPool]]:
+    pools: list[WorkerPool] = []
+
+    def factory(count: int) -> WorkerPool:
+        pool = WorkerPool(count, keyring.keys["broker"], zmq_context, deliverable=lambda identity: True)
+        pools.append(pool)
+        return pool
+
+    yield factory
+    for pool in pools:
+        pool.close()
+
+
+def delivery(keyring: KeyRing, name: str, seq: int) -> DeliveryJob:
+    key_der = crypto.public_key_to_der(keyring.keys[name])
+    return DeliveryJob(name.encode(), key_der, DELIVERY_KEY, SESSION, seq, {"type": "notice", "text": f"n{seq}"})
+
+
+def seq_of(keyring: KeyRing, result: Result) -> int:
+    """Open a sealed delivery as its recipient would and read its sequence number."""
+    assert isinstance(result, Outgoing)
+    command, body = p.decode_frames(result.frames, {p.EVENT}, 1 << 20)
+    plaintext = crypto.open_envelope(keyring.keys[result.identity.decode()], body, p.context(command))
+    return p.Delivery.open(plaintext, DELIVERY_KEY).seq
+
+
+def run_until(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Result]:
+    """Turn the pool as the broker loop does until `count` results came back."""
+    results: list[Result] = []
+    deadline = time.monotonic() + timeout
+    while len(results) < count and time.monotonic() < deadline:
+        pool.check()
+        pool.socket.poll(50)
+        results += pool.collect()
+    return results
+
+
+def test_results_come_back_in_submission_order_across_many_batches(keyring, make_pool):
+    pool = make_pool(2)
+    jobs: list[Job] = []
+    for seq in range(1, 121):
+        jobs.append(delivery(keyring, "alice" if seq % 2 else "bob", seq))
+        if seq % 10 == 0:
+            body = crypto.seal(keyring.keys["broker"].public_key(), f"open {seq}".encode(), p.context(p.SEND))
+            jobs.append(OpenJob(b"carol", p.SEND, body))
+    pool.submit(jobs)
+    results = run_until(pool, len(jobs))
+    assert len(results) == len(jobs)
+    assert [seq_of(keyring, r) for r in results if isinstance(r, Outgoing)] == list(range(1, 121))
+    opened = [r.plaintext for r in results if isinstance(r, Opened)]
+    assert opened == [f"open {seq}".encode() for seq in range(10, 121, 10)]
+    assert pool.idle()
+
+
+def test_a_hung_worker_is_killed_and_its_batches_done_by_its_replacement(keyring, make_pool, monkeypatch):
+    monkeypatch.setattr(workers, "BATCH_TIMEOUT", 1.0)
+    pool = make_pool(1)
+    hung = pool.workers[0].process
+    os.kill(hung.pid, signal.SIGSTOP)  # alive, holds its batches, never answers
+    pool.submit([delivery(keyring, "alice", seq) for seq in range(1, 41)])
+    results = run_until(pool, 40)
+    assert [seq_of(keyring, r) for r in results] == list(range(1, 41))  # nothing lost, nothing twice
+    assert hung.returncode == -signal.SIGKILL
+    assert pool.workers[0].process.pid != hung.pid
+    assert pool.idle()
+
+
+def test_workers_that_keep_dying_stop_the_pool(keyring, make_pool, monkeypatch):
+    monkeypatch.setattr(workers, "MAX_RESTARTS", 1)
+    monkeypatch.setattr(workers, "CHECK_INTERVAL", 0.0)
+    pool = make_pool(1)
+    first = pool.workers[0].process
+    first.kill()
+    first.wait()
+    pool.check()  # the first exit: restarted
+    second = pool.workers[0].process
+    assert second.pid != first.pid
+    second.kill()
+    second.wait()
+    with pytest.raises(WorkerError, match="exited 2 times"):
+        pool.check()
