@@ -54,6 +54,24 @@ class CryptoBound:
         return 1 / self.fanout_s
 
 
+def averaged(before: CryptoBound, after: CryptoBound) -> CryptoBound:
+    """One bound from two timings of it (before and after the broker's rows): each time is their mean."""
+
+    def mean(a: float, b: float) -> float:
+        return (a + b) / 2
+
+    return CryptoBound(
+        clients=before.clients,
+        fanout_s=mean(before.fanout_s, after.fanout_s),
+        open_s=mean(before.open_s, after.open_s),
+        verify_s=mean(before.verify_s, after.verify_s),
+        mac_s=mean(before.mac_s, after.mac_s),
+        seal_s=mean(before.seal_s, after.seal_s),
+        fanouts_timed=before.fanouts_timed + after.fanouts_timed,
+        login_s=mean(before.login_s, after.login_s),
+    )
+
+
 def _timed(action: Callable[[], object], min_seconds: float) -> tuple[float, int]:
     """Seconds per call and the number of calls, running `action` for at least `min_seconds` (and 3 calls)."""
     calls, started = 0, time.perf_counter()

@@ -12,7 +12,9 @@ process started is stopped on the way out):
 3. the broker (`broker.py --config ...` as its own process) with `--clients`
    clients logged in from the load generator (`bench.fleet`): deliveries per
    second while it is kept saturated, then latency at half that rate with a
-   few verifying receivers in their own processes (`bench.verifier`);
+   few verifying receivers in their own processes (`bench.verifier`); then
+   the crypto bound again: efficiencies use the mean of the two timings, and
+   a note says when the machine's speed changed between them;
 4. the reference relays (`bench.relay`), plain and CurveZMQ, with the same
    clients, fan-out and message size;
 5. a login storm on a fresh broker, and a fresh broker filled with idle
@@ -67,6 +69,7 @@ RELAY_IN_FLIGHT = 1000  # messages in flight for the relays
 VERIFIERS = 3
 MIN_LATENCY_MESSAGES = 50
 OTHER_CPU_WARNING = 0.2  # cores busy outside the benchmark during a timed phase before the report warns
+BOUND_DRIFT_WARNING = 0.1  # the crypto bound's two timings differ by more: the report says the machine's speed changed
 
 
 @dataclass
@@ -177,9 +180,9 @@ class Run:
 # ---------------------------------------------------------------- phases
 
 
-def measure_crypto(ws: Workspace, run: Run) -> cryptobound.CryptoBound:
+def measure_crypto(ws: Workspace, run: Run, label: str = "crypto") -> cryptobound.CryptoBound:
     s = run.settings
-    progress(f"timing the broker's crypto for one message to {s.clients - 1} recipients")
+    progress(f"timing the broker's crypto for one message to {s.clients - 1} recipients ({label})")
     recipients = [ws.client_key(i).public_key() for i in range(1, min(s.clients, ws.pool_size))] or [
         ws.client_key(0).public_key()
     ]
@@ -189,7 +192,7 @@ def measure_crypto(ws: Workspace, run: Run) -> cryptobound.CryptoBound:
     )
     seconds = time.monotonic() - t0
     own = (self_cpu_seconds() - own0) / seconds
-    run.details["crypto"] = {
+    run.details[label] = {
         "open_ms": bound.open_s * 1e3,
         "verify_ms": bound.verify_s * 1e3,
         "mac_ms": bound.mac_s * 1e3,
@@ -659,10 +662,23 @@ def standard_notes(run: Run, ws: Workspace) -> None:
     ]
 
 
+def drift_note(run: Run, before: cryptobound.CryptoBound, after: cryptobound.CryptoBound) -> None:
+    """The VM's speed can change from minute to minute: say so when the two timings of the bound disagree."""
+    drift = after.deliveries_per_s / before.deliveries_per_s - 1
+    run.details["crypto_bound_drift"] = drift
+    if abs(drift) > BOUND_DRIFT_WARNING:
+        run.notes.append(
+            f"the crypto bound was {before.deliveries_per_s:.0f}/s before the broker's rows and "
+            f"{after.deliveries_per_s:.0f}/s after them ({drift:+.0%}): the machine's speed changed, "
+            "so the efficiencies are uncertain by about that much; run again"
+        )
+
+
 def interference_notes(run: Run) -> None:
     """Say so when something besides the benchmark's own processes used the CPU during a timed phase."""
     phases = {
         "the crypto bound": run.details.get("crypto", {}),
+        "the crypto bound's second timing": run.details.get("crypto_after", {}),
         "the broker's window": run.details.get("broker", {}),
         "the latency run": run.details.get("latency", {}),
     }
@@ -685,9 +701,12 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"generating {distinct + 1} RSA-{settings.key_bits} keys in {n} processes")
             ws.make_keys(distinct, settings.key_bits, n)
             run.details["keygen_s"] = time.monotonic() - run.started
-            bound = measure_crypto(ws, run)
-            measure_broker(ws, run, bound, workers=0)
-            measure_broker(ws, run, bound)
+            before = measure_crypto(ws, run)
+            measure_broker(ws, run, before, workers=0)
+            measure_broker(ws, run, before)
+            after = measure_crypto(ws, run, "crypto_after")
+            bound = cryptobound.averaged(before, after)
+            drift_note(run, before, after)
             measure_relay(ws, run, curve=False)
             measure_relay(ws, run, curve=True)
             login_storm(ws, run)
