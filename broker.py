@@ -83,7 +83,7 @@ class Broker:
             if self.socket in ready or self.core.gone:
                 self._read_clients()
             self._take_results()
-            self._handle(self.core.flush_presence(time.monotonic(), idle=self.jobs.idle()))
+            self._handle(self.core.flush_presence(time.monotonic()))
             while not self.console.empty():
                 self._console_command(self.console.get_nowait())
             self.jobs.check()

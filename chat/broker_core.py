@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 EVICTED_MEMORY = 60.0
 SWEEPS_PER_INTERVAL = 10  # tick() looks at every session this often per heartbeat interval, at most
-PRESENCE_MAX_DELAY = 0.5  # joins and leaves wait at most this long to go out together
 
 
 @dataclass
@@ -127,7 +126,7 @@ class BrokerCore:
         self.hellos_opening = 0
         self.logins_opening: dict[bytes, Pending] = {}  # LOGINs handed out as OpenJobs, their challenge used up
         self.presence_waiting: set[bytes] = set()  # sessions with joins or leaves not yet sent
-        self.presence_since = 0.0
+        self.last_presence_flush = float("-inf")
         self.login_buckets: dict[str, TokenBucket] = {}
         # The room's last messages (never private ones), replayed to each new session that wants them.
         self.history: collections.deque[tuple[dict[str, Any], UserInfo]] = collections.deque(maxlen=config.history_size)
@@ -260,16 +259,17 @@ class BrokerCore:
         self.gone.clear()
         return out
 
-    def flush_presence(self, now: float, idle: bool) -> list[Work]:
+    def flush_presence(self, now: float) -> list[Work]:
         """Send the joins and leaves that wait, each session's in one event.
 
-        The I/O loop calls this every turn; `idle` says nothing else is queued. Joins
-        and leaves wait while the broker is busy, at most PRESENCE_MAX_DELAY: in a
-        login storm or a mass disconnect each member then gets one event for many
-        changes, not one sealed event per change.
+        The I/O loop calls this every turn. Joins and leaves go out at most once per
+        `presence_interval`: a change after a quiet spell goes out at once, and in a
+        login storm or a mass disconnect each member gets one event for many changes,
+        not one sealed event per change.
         """
-        if not self.presence_waiting or not (idle or now - self.presence_since >= PRESENCE_MAX_DELAY):
+        if not self.presence_waiting or now - self.last_presence_flush < self.config.presence_interval:
             return []
+        self.last_presence_flush = now
         out: list[Work] = []
         for identity in list(self.presence_waiting):
             session = self.sessions.get(identity)
@@ -366,7 +366,7 @@ class BrokerCore:
             for earlier, author in self.history:
                 replay = {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)}
                 out += self._event(session, replay, now)
-        self._announce({"type": "join", "user": p.user_info_doc(info)}, now, exclude=identity)
+        self._announce({"type": "join", "user": p.user_info_doc(info)}, exclude=identity)
         return out
 
     # ------------------------------------------------------------ statements
@@ -446,10 +446,8 @@ class BrokerCore:
             return []
         return self._send_presence(session, now) + self._deliver(session, event)
 
-    def _announce(self, change: dict[str, Any], now: float, exclude: bytes) -> None:
+    def _announce(self, change: dict[str, Any], exclude: bytes) -> None:
         """A join or leave for everyone but `exclude`; it waits for flush_presence() or their next event."""
-        if not self.presence_waiting:
-            self.presence_since = now
         for session in self.sessions.values():
             if session.identity != exclude and not session.gone:
                 session.presence.append(change)
@@ -480,7 +478,7 @@ class BrokerCore:
         self.presence_waiting.discard(session.identity)
         if self.by_name.get(session.name) == session.identity:
             del self.by_name[session.name]
-        self._announce({"type": "leave", "name": session.name, "reason": reason}, now, exclude=session.identity)
+        self._announce({"type": "leave", "name": session.name, "reason": reason}, exclude=session.identity)
         return []
 
 

@@ -39,6 +39,7 @@ class Config:
     logins_per_second_per_source: float = 5.0
     messages_per_second_per_user: float = 20.0
     history_size: int = 100
+    presence_interval: float = 0.5  # joins and leaves go out at most this often, each member's in one event
     workers: int = DEFAULT_WORKERS  # crypto worker processes; 0 does the crypto in the broker's own loop
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
 
@@ -57,6 +58,7 @@ _KNOWN_KEYS = {
     "logins_per_second_per_source",
     "messages_per_second_per_user",
     "history_size",
+    "presence_interval",
     "workers",
 }
 
@@ -115,6 +117,7 @@ def parse_config(raw: Any, source: Path) -> Config:
         logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
         history_size=history_size,
+        presence_interval=float(_number(raw, "presence_interval", 0.5, 0, 60, integer=False)),
         workers=_number(raw, "workers", DEFAULT_WORKERS, 0, MAX_WORKERS, integer=True),
         source=source,
     )

@@ -1,7 +1,7 @@
 """Joins and leaves queued per member and sent together (chat/broker_core.py), and how a client reads them.
 
-The `world` harness flushes presence after every step; these tests drive `world.core` with
-`run_inline` (which never flushes) to see what waits, and when it goes out.
+The `world` harness (`presence_interval` 0) flushes presence after every step; these tests drive
+`world.core` with `run_inline` (which never flushes) to see what waits, and when it goes out.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 import crypto
 from chat import protocol as p
-from chat.broker_core import PRESENCE_MAX_DELAY, run_inline
+from chat.broker_core import run_inline
 from chat.broker_work import DeliveryJob, Outgoing, Work
 from chat.events import ChatMessage, Joined, Left, UserInfo, Welcome
 from tests.unit.test_session import broker_event
@@ -30,8 +30,8 @@ def receive(world: World, identity: bytes, frames: list[bytes]) -> list[Outgoing
     return run(world, world.core.receive(identity, list(frames), world.now, source=identity.hex()))
 
 
-def flush(world: World, idle: bool = True) -> list[Work]:
-    return world.core.flush_presence(world.now, idle=idle)
+def flush(world: World) -> list[Work]:
+    return world.core.flush_presence(world.now)
 
 
 def quiet_login(world: World, name: str) -> None:
@@ -83,47 +83,53 @@ def test_logins_without_a_flush_reach_a_member_as_one_event(world):
     assert flush(world) == []  # nothing left to send
 
 
-def test_busy_broker_holds_presence_until_the_max_delay_since_the_first_change(world):
+@pytest.fixture
+def paced(keyring) -> World:
+    """A broker that sends joins and leaves at most every half second, as by default."""
+    return World(keyring.keys, keyring.layout, {"presence_interval": INTERVAL})
+
+
+INTERVAL = 0.5
+
+
+def test_presence_goes_out_at_once_after_a_quiet_spell_then_at_most_once_per_interval(paced):
+    world = paced
     world.login("bob")
     start = world.now
     quiet_login(world, "alice")
-    assert flush(world, idle=False) == []
-    world.now = start + PRESENCE_MAX_DELAY * 0.6
+    (job,) = deliveries(flush(world))  # nothing went out lately: at once
+    assert world.deliver(run(world, [job])) == {b"bob": [Joined(user(world, "alice"))]}
+
+    world.now = start + INTERVAL * 0.6
     quiet_login(world, "carol")
-    assert flush(world, idle=False) == []
-    world.now = start + PRESENCE_MAX_DELAY * 0.9
-    assert flush(world, idle=False) == []
-
-    world.now = start + PRESENCE_MAX_DELAY  # counted from alice's login, not carol's
-    jobs = deliveries(flush(world, idle=False))
-    by_identity = {job.identity: job.event for job in jobs}
-    assert set(by_identity) == {b"bob", b"alice"}
-    assert by_identity[b"bob"]["type"] == "presence"
-    assert [c["user"]["name"] for c in by_identity[b"bob"]["changes"]] == ["alice", "carol"]
-    events = world.deliver(run(world, jobs))
-    assert events[b"bob"] == [Joined(user(world, "alice")), Joined(user(world, "carol"))]
-    assert events[b"alice"] == [Joined(user(world, "carol"))]
-    assert flush(world, idle=False) == []
-
-    # The next change starts a new wait.
-    later = world.now + 10.0
-    world.now = later
+    assert flush(world) == []
+    world.now = start + INTERVAL * 0.9
     quiet_login(world, "admin")
-    world.now = later + PRESENCE_MAX_DELAY / 2
-    assert flush(world, idle=False) == []
-    world.now = later + PRESENCE_MAX_DELAY
-    assert {job.identity for job in deliveries(flush(world, idle=False))} == {b"bob", b"alice", b"carol"}
+    assert flush(world) == []
+
+    world.now = start + INTERVAL  # counted from the last flush
+    jobs = deliveries(flush(world))
+    by_identity = {job.identity: job.event for job in jobs}
+    assert set(by_identity) == {b"bob", b"alice", b"carol"}
+    assert by_identity[b"bob"]["type"] == "presence"
+    assert [c["user"]["name"] for c in by_identity[b"bob"]["changes"]] == ["carol", "admin"]
+    events = world.deliver(run(world, jobs))
+    assert events[b"bob"] == [Joined(user(world, "carol")), Joined(user(world, "admin"))]
+    assert events[b"carol"] == [Joined(user(world, "admin"))]
+    assert flush(world) == []
+
+    world.now += 10.0  # quiet again: the next change goes out at once
+    receive(world, b"admin", world.clients[b"admin"].request("bye"))
+    assert {job.identity for job in deliveries(flush(world))} == {b"bob", b"alice", b"carol"}
 
 
-def test_presence_sent_early_with_an_event_does_not_cut_the_next_wait_short(world):
+def test_presence_sent_early_with_an_event_does_not_delay_the_next_flush(paced):
+    world = paced
     world.login("bob")
     quiet_login(world, "alice")
-    receive(world, b"alice", world.clients[b"alice"].say("hi"))  # bob's join goes out with the chat
-    world.now += 10.0
+    receive(world, b"alice", world.clients[b"alice"].say("hi"))  # bob hears of alice with her chat
     quiet_login(world, "carol")
-    assert flush(world, idle=False) == []  # carol's join waits like any other
-    world.now += PRESENCE_MAX_DELAY
-    assert {job.identity for job in deliveries(flush(world, idle=False))} == {b"bob", b"alice"}
+    assert {job.identity for job in deliveries(flush(world))} == {b"bob", b"alice"}  # no flush yet: at once
 
 
 def test_chat_from_a_new_user_comes_after_their_pending_join(world):

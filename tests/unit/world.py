@@ -45,7 +45,7 @@ class World:
             server_port=0,
             admins=frozenset({"admin"}),
             keys_dir=self.layout.root,
-            **self.config_overrides,
+            **{"presence_interval": 0.0, **self.config_overrides},  # joins and leaves at once, unless a test says
         )
         self.core = BrokerCore(self.keys["broker"], Registry(self.layout), self.config)
         self.runner = JobRunner(self.keys["broker"])
@@ -67,9 +67,9 @@ class World:
 
     def run(self, work: list[Work]) -> list[Outgoing]:
         """Do the core's crypto jobs, as the broker does without workers, then send the joins and leaves
-        that wait, as the broker does when it has nothing else to do: the frames it sends."""
+        that wait, as the broker does every turn: the frames it sends."""
         out = run_inline(self.core, self.runner, work, self.now)
-        return out + run_inline(self.core, self.runner, self.core.flush_presence(self.now, idle=True), self.now)
+        return out + run_inline(self.core, self.runner, self.core.flush_presence(self.now), self.now)
 
     def deliver(self, out: list[Outgoing]) -> dict[bytes, list[Event]]:
         """Feed each outgoing message to its client session; the events each identity saw, in order."""
