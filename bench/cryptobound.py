@@ -20,10 +20,13 @@ is what the broker could reach if everything but the crypto were free.
 
 from __future__ import annotations
 
+import multiprocessing
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import crypto
 from bench.stats import message_text
@@ -87,6 +90,52 @@ def _per_call(action: Callable[[], object], min_seconds: float) -> float:
     return _timed(action, min_seconds)[0]
 
 
+class Workload:
+    """One message's and one login's crypto, on real inputs built with `chat.protocol`."""
+
+    def __init__(
+        self,
+        broker_key: crypto.PrivateKey,
+        author: crypto.PrivateKey,
+        recipient_keys: Sequence[crypto.PublicKey],
+        clients: int,
+        message_bytes: int,
+    ) -> None:
+        self.broker_key = broker_key
+        self.recipients = [recipient_keys[i % len(recipient_keys)].public_key() for i in range(clients - 1)]
+        session = p.session_id(secrets.token_bytes(p.NONCE_BYTES))
+        statement = p.Statement.build("chat", "c0000", session, 1, time.time(), message_text(0, 1, message_bytes))
+        self.signing_input = p.statement_signing_input(statement.text)
+        self.signed = p.SignedStatement(statement.text, crypto.sign(author, self.signing_input))
+        self.send_context, self.event_context = p.context(p.SEND), p.context(p.EVENT)
+        self.body = crypto.seal(broker_key.public_key(), self.signed.encode(), self.send_context)
+        self.author_public = author.public_key()
+        self.delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
+        event = {"type": "chat", **self.signed.to_doc()}
+        self.plaintext = p.seal_delivery(self.delivery_key, session, 1, event)
+        delivery = p.dump_doc({"session": session, "seq": 1, "event": event}).decode("utf-8")
+        self.mac_input = p.delivery_mac_input(delivery)
+        self.hello_body = crypto.seal(broker_key.public_key(), bytes(200), p.context(p.HELLO))
+        self.login_body = crypto.seal(broker_key.public_key(), bytes(600), p.context(p.LOGIN))
+        self.login_signature = crypto.sign(author, self.signing_input)
+
+    def fanout(self) -> None:
+        crypto.open_envelope(self.broker_key, self.body, self.send_context)
+        crypto.verify(self.author_public, self.signing_input, self.signed.signature)
+        for recipient in self.recipients:
+            crypto.mac(self.delivery_key, self.mac_input)
+            crypto.seal(recipient, self.plaintext, self.event_context)
+
+    def login(self) -> None:
+        crypto.open_envelope(self.broker_key, self.hello_body, p.context(p.HELLO))
+        proof = crypto.sign(self.broker_key, self.signing_input)
+        crypto.seal(self.author_public, proof + bytes(200), p.context(p.CHALLENGE))
+        crypto.open_envelope(self.broker_key, self.login_body, p.context(p.LOGIN))
+        crypto.verify(self.author_public, self.signing_input, self.login_signature)
+        crypto.mac(self.delivery_key, self.mac_input)
+        crypto.seal(self.author_public, self.plaintext, self.event_context)
+
+
 def measure(
     broker_key: crypto.PrivateKey,
     author: crypto.PrivateKey,
@@ -96,50 +145,50 @@ def measure(
     min_seconds: float,
 ) -> CryptoBound:
     """Time the broker's crypto for one message to `clients - 1` recipients (keys reused round robin)."""
-    recipients = [recipient_keys[i % len(recipient_keys)].public_key() for i in range(clients - 1)]
-    session = p.session_id(secrets.token_bytes(p.NONCE_BYTES))
-    statement = p.Statement.build("chat", "c0000", session, 1, time.time(), message_text(0, 1, message_bytes))
-    signing_input = p.statement_signing_input(statement.text)
-    signed = p.SignedStatement(statement.text, crypto.sign(author, signing_input))
-    send_context, event_context = p.context(p.SEND), p.context(p.EVENT)
-    body = crypto.seal(broker_key.public_key(), signed.encode(), send_context)
-    author_public = author.public_key()
-    delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
-    event = {"type": "chat", **signed.to_doc()}
-    plaintext = p.seal_delivery(delivery_key, session, 1, event)
-    delivery = p.dump_doc({"session": session, "seq": 1, "event": event}).decode("utf-8")
-    mac_input = p.delivery_mac_input(delivery)
-
-    def fanout() -> None:
-        crypto.open_envelope(broker_key, body, send_context)
-        crypto.verify(author_public, signing_input, signed.signature)
-        for recipient in recipients:
-            crypto.mac(delivery_key, mac_input)
-            crypto.seal(recipient, plaintext, event_context)
-
-    hello_body = crypto.seal(broker_key.public_key(), bytes(200), p.context(p.HELLO))
-    login_body = crypto.seal(broker_key.public_key(), bytes(600), p.context(p.LOGIN))
-    login_signature = crypto.sign(author, signing_input)
-
-    def login() -> None:
-        crypto.open_envelope(broker_key, hello_body, p.context(p.HELLO))
-        proof = crypto.sign(broker_key, signing_input)
-        crypto.seal(author_public, proof + bytes(200), p.context(p.CHALLENGE))
-        crypto.open_envelope(broker_key, login_body, p.context(p.LOGIN))
-        crypto.verify(author_public, signing_input, login_signature)
-        crypto.mac(delivery_key, mac_input)
-        crypto.seal(author_public, plaintext, event_context)
-
-    fanout()  # warm up: first-call costs (imports, caches) are not the broker's steady state
-    fanout_s, calls = _timed(fanout, min_seconds)
+    w = Workload(broker_key, author, recipient_keys, clients, message_bytes)
+    w.fanout()  # warm up: first-call costs (imports, caches) are not the broker's steady state
+    fanout_s, calls = _timed(w.fanout, min_seconds)
     part = min_seconds / 4  # the breakdown, for the table; the bound itself is the full fan-out above
     return CryptoBound(
         clients=clients,
         fanout_s=fanout_s,
-        open_s=_per_call(lambda: crypto.open_envelope(broker_key, body, send_context), part),
-        verify_s=_per_call(lambda: crypto.verify(author_public, signing_input, signed.signature), part),
-        mac_s=_per_call(lambda: crypto.mac(delivery_key, mac_input), part),
-        seal_s=_per_call(lambda: crypto.seal(recipients[0], plaintext, event_context), part),
+        open_s=_per_call(lambda: crypto.open_envelope(broker_key, w.body, w.send_context), part),
+        verify_s=_per_call(lambda: crypto.verify(w.author_public, w.signing_input, w.signed.signature), part),
+        mac_s=_per_call(lambda: crypto.mac(w.delivery_key, w.mac_input), part),
+        seal_s=_per_call(lambda: crypto.seal(w.recipients[0], w.plaintext, w.event_context), part),
         fanouts_timed=calls,
-        login_s=_per_call(login, part),
+        login_s=_per_call(w.login, part),
     )
+
+
+def _fanouts_per_s(
+    key_files: Sequence[Path], clients: int, message_bytes: int, seconds: float, start: Any, results: Any
+) -> None:
+    """One process of `all_cores`: key_files are the broker's, the author's, then the recipients'."""
+    broker_key, author, *others = [crypto.load_private_key(path) for path in key_files]
+    w = Workload(broker_key, author, others or [author], clients, message_bytes)
+    w.fanout()
+    start.wait()  # every process times the same stretch of wall-clock time
+    fanout_s, _ = _timed(w.fanout, seconds)
+    results.put(1 / fanout_s)
+
+
+def all_cores(key_files: Sequence[Path], clients: int, message_bytes: int, seconds: float, processes: int) -> float:
+    """Deliveries per second with the same loop running in `processes` processes at once: what all the cores
+    of this machine can do together (less than `processes` times one core's bound when they slow each other)."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    procs = [
+        context.Process(target=_fanouts_per_s, args=(list(key_files), clients, message_bytes, seconds, start, results))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        rates = [results.get(timeout=120 + seconds) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    return float(sum(rates)) * (clients - 1)

@@ -46,6 +46,13 @@ def render_table(r: dict[str, Any]) -> str:
             f"{r['workers']} crypto workers; target >= 0.75 on all cores",
         ),
         (
+            f"crypto on all {r['cores']} cores at once: deliveries/s",
+            _n(r["crypto_bound_per_s_all_cores"]),
+            f"the bound's loop in {r['cores']} processes together, "
+            f"{_n(r['crypto_bound_per_s_all_cores'] / r['crypto_bound_per_s_one_core'], 2)} x one core; "
+            f"the broker reaches {_n(r['efficiency_all_cores'], 2)} of it",
+        ),
+        (
             "one process (workers: 0): deliveries/s",
             _n(r["deliveries_per_s_one_process"]),
             f"efficiency {_n(r['efficiency_one_process'], 2)} of one core's bound (target >= 0.9); "

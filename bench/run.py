@@ -205,6 +205,18 @@ def measure_crypto(ws: Workspace, run: Run, label: str = "crypto") -> cryptoboun
     return bound
 
 
+def measure_all_cores(ws: Workspace, run: Run) -> None:
+    """The bound's loop in one process per core at once: how much all the cores give together on this machine."""
+    s, n = run.settings, cores()
+    progress(f"timing the same crypto in {n} processes at once")
+    key_files = [ws.layout.broker_private, *(ws.pool_pem(i) for i in range(min(s.clients, ws.pool_size)))]
+    try:
+        total = cryptobound.all_cores(key_files, s.clients, s.message_bytes, s.crypto_seconds, n)
+    except Exception as exc:  # a process that died or never answered
+        raise BenchError(f"timing the crypto on all cores failed: {exc!r}") from None
+    run.numbers["crypto_bound_per_s_all_cores"] = total
+
+
 def _wait_verifiers(
     fleet: Fleet, conns: list[Connection], procs: list[BaseProcess], server: ServerProcess, timeout: float
 ) -> None:
@@ -583,6 +595,8 @@ def summarise(run: Run, bound: cryptobound.CryptoBound) -> dict[str, Any]:
         "crypto_bound_per_s_one_core": bound.deliveries_per_s,
         "efficiency": deliveries / (n * bound.deliveries_per_s),
         "efficiency_one_core": deliveries / bound.deliveries_per_s,
+        "crypto_bound_per_s_all_cores": run.numbers["crypto_bound_per_s_all_cores"],
+        "efficiency_all_cores": deliveries / run.numbers["crypto_bound_per_s_all_cores"],
         "workers": broker_config(s.clients)["workers"],
         "deliveries_per_s_one_process": run.numbers["deliveries_per_s_one_process"],
         "efficiency_one_process": run.numbers["deliveries_per_s_one_process"] / bound.deliveries_per_s,
@@ -702,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             ws.make_keys(distinct, settings.key_bits, n)
             run.details["keygen_s"] = time.monotonic() - run.started
             before = measure_crypto(ws, run)
+            measure_all_cores(ws, run)
             measure_broker(ws, run, before, workers=0)
             measure_broker(ws, run, before)
             after = measure_crypto(ws, run, "crypto_after")

@@ -21,6 +21,7 @@ POSITIVE_KEYS = (
     "cores",
     "deliveries_per_s",
     "crypto_bound_per_s_one_core",
+    "crypto_bound_per_s_all_cores",
     "efficiency",
     "latency_ms_p50",
     "latency_ms_p99",
