@@ -10,7 +10,9 @@ For one chat message with `clients` people online the broker (chat.broker_core,
 
 For one login it does: open_envelope(HELLO), sign (its proof), seal (the
 CHALLENGE), open_envelope(LOGIN), verify (the login signature), mac + seal
-(the welcome). `login_s` is that, timed the same way.
+(the welcome). `login_s` is that, timed the same way. `client_login_s` is the
+client's side of a login (open the challenge, verify the broker's proof, sign
+the LOGIN, seal it): in the storm the clients run on the same cores.
 
 This module times exactly that, on real inputs built with `chat.protocol`, in a
 tight loop in one process (so on one core): full fan-outs, one after the
@@ -43,6 +45,7 @@ class CryptoBound:
     seal_s: float
     fanouts_timed: int
     login_s: float  # one login's crypto: two opens, one signature, one verify, two seals, one mac
+    client_login_s: float  # the client's: one open, one verify, one signature, one seal
 
     @property
     def recipients(self) -> int:
@@ -72,6 +75,7 @@ def averaged(before: CryptoBound, after: CryptoBound) -> CryptoBound:
         seal_s=mean(before.seal_s, after.seal_s),
         fanouts_timed=before.fanouts_timed + after.fanouts_timed,
         login_s=mean(before.login_s, after.login_s),
+        client_login_s=mean(before.client_login_s, after.client_login_s),
     )
 
 
@@ -102,6 +106,7 @@ class Workload:
         message_bytes: int,
     ) -> None:
         self.broker_key = broker_key
+        self.author = author
         self.recipients = [recipient_keys[i % len(recipient_keys)].public_key() for i in range(clients - 1)]
         session = p.session_id(secrets.token_bytes(p.NONCE_BYTES))
         statement = p.Statement.build("chat", "c0000", session, 1, time.time(), message_text(0, 1, message_bytes))
@@ -118,6 +123,9 @@ class Workload:
         self.hello_body = crypto.seal(broker_key.public_key(), bytes(200), p.context(p.HELLO))
         self.login_body = crypto.seal(broker_key.public_key(), bytes(600), p.context(p.LOGIN))
         self.login_signature = crypto.sign(author, self.signing_input)
+        self.challenge_body = crypto.seal(self.author_public, bytes(600), p.context(p.CHALLENGE))
+        self.broker_public = broker_key.public_key()
+        self.broker_proof = crypto.sign(broker_key, self.signing_input)
 
     def fanout(self) -> None:
         crypto.open_envelope(self.broker_key, self.body, self.send_context)
@@ -134,6 +142,12 @@ class Workload:
         crypto.verify(self.author_public, self.signing_input, self.login_signature)
         crypto.mac(self.delivery_key, self.mac_input)
         crypto.seal(self.author_public, self.plaintext, self.event_context)
+
+    def client_login(self) -> None:
+        crypto.open_envelope(self.author, self.challenge_body, p.context(p.CHALLENGE))
+        crypto.verify(self.broker_public, self.signing_input, self.broker_proof)
+        crypto.sign(self.author, self.signing_input)
+        crypto.seal(self.broker_public, bytes(600), p.context(p.LOGIN))
 
 
 def measure(
@@ -158,6 +172,7 @@ def measure(
         seal_s=_per_call(lambda: crypto.seal(w.recipients[0], w.plaintext, w.event_context), part),
         fanouts_timed=calls,
         login_s=_per_call(w.login, part),
+        client_login_s=_per_call(w.client_login, part),
     )
 
 

@@ -85,6 +85,8 @@ def render_table(r: dict[str, Any]) -> str:
             f"login storm: {storm['clients']} clients at once",
             f"{_n(r['login_storm_s'], 2)} s",
             f"target {_n(r['login_storm_target_s'], 2)} s (one login's crypto {_n(r['login_crypto_ms'], 1)} ms); "
+            f"floor with the clients' crypto on these cores too {_n(r['login_storm_floor_s'], 2)} s "
+            f"(+{_n(r['client_login_crypto_ms'], 1)} ms per login); "
             f"per client p50 {_n(storm['per_client_s_p50'], 2)} s; broker CPU {_n(storm['broker_cpu_s'], 1)} s, "
             f"clients {_n(storm['generator_cpu_s'], 1)} s; turned away: "
             + (", ".join(f"{n} {what}" for what, n in storm["turned_away"].items()) or "none"),

@@ -609,6 +609,8 @@ def summarise(run: Run, bound: cryptobound.CryptoBound) -> dict[str, Any]:
         "login_storm_s": run.numbers["login_storm_s"],
         "login_crypto_ms": bound.login_s * 1000,
         "login_storm_target_s": 1.5 * s.storm_clients * bound.login_s / n,
+        "client_login_crypto_ms": bound.client_login_s * 1000,
+        "login_storm_floor_s": s.storm_clients * (bound.login_s + bound.client_login_s) / n,
         "idle_clients": s.idle_clients,
         "storm_clients": s.storm_clients,
         "duration_s": s.duration,
