@@ -43,7 +43,7 @@ SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 class Broker:
     def __init__(self, config: Config, key: crypto.PrivateKey) -> None:
         self.config = config
-        self.core = BrokerCore(key, Registry(KeyLayout(config.keys_dir)), config)
+        self.core = BrokerCore(key.public_key(), Registry(KeyLayout(config.keys_dir)), config)
         self.context = zmq.Context()
         self.unreachable_ids: set[bytes] = set()  # a send to them failed: their deliveries need no sealing
         self.jobs: InlineJobs | WorkerPool = InlineJobs(key, self._deliverable)

@@ -108,12 +108,11 @@ def short(identity: bytes) -> str:
 
 
 class BrokerCore:
-    def __init__(
-        self, key: crypto.PrivateKey, registry: Registry, config: Config, decoy_key: crypto.PublicKey | None = None
-    ) -> None:
-        self.key = key
-        # Unregistered names get a challenge sealed to this key, so a HELLO does not reveal who is registered.
-        self.decoy_key = decoy_key or key
+    def __init__(self, broker_public: crypto.PublicKey, registry: Registry, config: Config) -> None:
+        """The core never holds the broker's private key: the jobs it returns are done by whoever has it."""
+        # Unregistered names get a challenge sealed to the broker's own key, so a HELLO does not reveal who is
+        # registered.
+        self.decoy_key = broker_public.public_key()
         self.decoy_key_der = crypto.public_key_to_der(self.decoy_key)
         self.registry = registry
         self.config = config

@@ -37,7 +37,7 @@ def _world() -> tuple[crypto.PrivateKey, crypto.PrivateKey, BrokerCore, Path]:
     write_private_key(layout.broker_private, broker_key)
     write_public_key(layout.broker_public, broker_key)
     write_public_key(layout.client_public("alice"), alice_key)
-    core = BrokerCore(broker_key, Registry(layout), Config("127.0.0.1", 0, keys_dir=root))
+    core = BrokerCore(broker_key.public_key(), Registry(layout), Config("127.0.0.1", 0, keys_dir=root))
     return broker_key, alice_key, core, root
 
 

@@ -47,7 +47,7 @@ class World:
             keys_dir=self.layout.root,
             **{"presence_interval": 0.0, **self.config_overrides},  # joins and leaves at once, unless a test says
         )
-        self.core = BrokerCore(self.keys["broker"], Registry(self.layout), self.config)
+        self.core = BrokerCore(self.keys["broker"].public_key(), Registry(self.layout), self.config)
         self.runner = JobRunner(self.keys["broker"])
         self.clients: dict[bytes, ClientSession] = {}
 
