@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import queue
 import signal
 import sys
@@ -79,7 +80,11 @@ class Broker:
             poller.register(socket, zmq.POLLIN)
         tick_ms = max(10, int(self.config.heartbeat_interval * 1000 / 2))
         while self.stop_reason is None:
-            ready = dict(poller.poll(0 if self.jobs.has_results() else tick_ms))
+            timeout_ms = 0 if self.jobs.has_results() else tick_ms
+            presence_due = self.core.presence_due(time.monotonic())
+            if presence_due is not None:  # waiting joins and leaves go out when their interval ends
+                timeout_ms = min(timeout_ms, math.ceil(presence_due * 1000))
+            ready = dict(poller.poll(timeout_ms))
             if self.socket in ready or self.core.gone:
                 self._read_clients()
             self._take_results()
@@ -145,12 +150,13 @@ class Broker:
     def _send(self, outgoing: list[Outgoing]) -> None:
         send = self.socket.send
         for item in outgoing:
+            *more, last = item.frames  # before sending anything: a message is never left half sent
             try:
                 # send_multipart() with these flags, without its per-frame flag arithmetic (a tenth of the loop)
                 send(item.identity, SEND_MORE)
-                for frame in item.frames[:-1]:
+                for frame in more:
                     send(frame, SEND_MORE)
-                send(item.frames[-1], SEND_LAST)
+                send(last, SEND_LAST)
             except zmq.Again:
                 self._handle(self.core.too_slow(item.identity, time.monotonic()))
             except zmq.ZMQError as exc:

@@ -23,6 +23,7 @@ is what the broker could reach if everything but the crypto were free.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -176,6 +177,9 @@ def measure(
     )
 
 
+ALL_CORES_START_TIMEOUT = 120.0  # each process loads the keys and warms up before the common start
+
+
 def _fanouts_per_s(
     key_files: Sequence[Path], clients: int, message_bytes: int, seconds: float, start: Any, results: Any
 ) -> None:
@@ -183,7 +187,7 @@ def _fanouts_per_s(
     broker_key, author, *others = [crypto.load_private_key(path) for path in key_files]
     w = Workload(broker_key, author, others or [author], clients, message_bytes)
     w.fanout()
-    start.wait()  # every process times the same stretch of wall-clock time
+    start.wait(timeout=ALL_CORES_START_TIMEOUT)  # every process times the same stretch of wall-clock time
     fanout_s, _ = _timed(w.fanout, seconds)
     results.put(1 / fanout_s)
 
@@ -200,10 +204,14 @@ def all_cores(key_files: Sequence[Path], clients: int, message_bytes: int, secon
     for proc in procs:
         proc.start()
     try:
-        rates = [results.get(timeout=120 + seconds) for _ in procs]
+        rates = [results.get(timeout=ALL_CORES_START_TIMEOUT + 2 * seconds) for _ in procs]
+    except queue.Empty:
+        statuses = [proc.exitcode for proc in procs]
+        raise RuntimeError(f"a timing process did not answer (exit statuses {statuses})") from None
     finally:
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+                proc.join()
     return float(sum(rates)) * (clients - 1)

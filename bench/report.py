@@ -22,7 +22,7 @@ def _busy(numbers: dict[str, Any], server: str) -> str:
 
 def render_table(r: dict[str, Any]) -> str:
     d = r["details"]
-    crypto, broker, latency = d["crypto"], d["broker"], d["latency"]
+    crypto, broker, latency = d["crypto_mean"], d["broker"], d["latency"]
     plain, curve, storm, idle = d["plain_relay"], d["curve_relay"], d["login_storm"], d["idle"]
     recipients = r["clients"] - 1
     rows = [

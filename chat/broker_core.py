@@ -112,7 +112,7 @@ class BrokerCore:
         """The core never holds the broker's private key: the jobs it returns are done by whoever has it."""
         # Unregistered names get a challenge sealed to the broker's own key, so a HELLO does not reveal who is
         # registered.
-        self.decoy_key = broker_public.public_key()
+        self.decoy_key = broker_public
         self.decoy_key_der = crypto.public_key_to_der(self.decoy_key)
         self.registry = registry
         self.config = config
@@ -149,7 +149,7 @@ class BrokerCore:
                 if session.opening >= self.config.send_queue_limit:
                     log.warning("disconnecting %s: sending faster than the broker can keep up", session.name)
                     self.evicted[identity] = now
-                    return self._remove(session, "too fast", now)
+                    return self._remove(session, "too fast")
                 session.opening += 1
                 return [OpenJob(identity, p.SEND, body)]
             if command != p.PING:
@@ -204,7 +204,7 @@ class BrokerCore:
             if now - session.last_heard > self.config.heartbeat_timeout:
                 log.info("%s timed out", session.name)
                 self.evicted[session.identity] = now
-                out += self._remove(session, "timed out", now)
+                out += self._remove(session, "timed out")
             elif now - session.last_ping >= self.config.heartbeat_interval:
                 # Sent whatever else is queued for the session: deliveries may wait behind a burst, a PING never does.
                 session.last_ping = now
@@ -236,7 +236,7 @@ class BrokerCore:
             if session is None:
                 self.gone.discard(identity)
             elif session.opening == 0:
-                out += self._remove(session, "connection lost", now)
+                out += self._remove(session, "connection lost")
         return out
 
     def too_slow(self, identity: bytes, now: float) -> list[Work]:
@@ -247,11 +247,11 @@ class BrokerCore:
             return []
         log.warning("disconnecting %s: too slow to keep up", session.name)
         self.evicted[identity] = now
-        return self._remove(session, "too slow to keep up", now)
+        return self._remove(session, "too slow to keep up")
 
     def shutdown(self, by: str, now: float) -> list[Work]:
         """Tell everyone the broker is stopping; the caller flushes and exits."""
-        out = [o for s in self.sessions.values() for o in self._event(s, {"type": "shutdown", "by": by}, now)]
+        out = [o for s in self.sessions.values() for o in self._event(s, {"type": "shutdown", "by": by})]
         self.sessions.clear()
         self.by_name.clear()
         self.pending.clear()
@@ -273,9 +273,15 @@ class BrokerCore:
         for identity in list(self.presence_waiting):
             session = self.sessions.get(identity)
             if session is not None:
-                out += self._send_presence(session, now)
+                out += self._send_presence(session)
         self.presence_waiting.clear()
         return out
+
+    def presence_due(self, now: float) -> float | None:
+        """Seconds until flush_presence() will send the joins and leaves that wait; None when none wait."""
+        if not self.presence_waiting:
+            return None
+        return max(0.0, self.last_presence_flush + self.config.presence_interval - now)
 
     def online(self) -> list[UserInfo]:
         return sorted((s.info for s in self.sessions.values()), key=lambda u: u.name)
@@ -343,7 +349,7 @@ class BrokerCore:
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         out: list[Work] = []
         if previous is not None:
-            out += self._close(self.sessions[previous], "you logged in again elsewhere", "logged in again", now)
+            out += self._close(self.sessions[previous], "you logged in again elsewhere", "logged in again")
         info = UserInfo(pending.user, crypto.fingerprint(pending.key), pending.bot, pending.key_der)
         bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
         session_id = p.session_id(pending.server_nonce)
@@ -360,11 +366,11 @@ class BrokerCore:
             "heartbeat_timeout": self.config.heartbeat_timeout,
             "max_text_bytes": self.config.max_text_bytes,
         }
-        out += self._event(session, welcome, now)
+        out += self._event(session, welcome)
         if pending.history:
             for earlier, author in self.history:
                 replay = {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)}
-                out += self._event(session, replay, now)
+                out += self._event(session, replay)
         self._announce({"type": "join", "user": p.user_info_doc(info)}, exclude=identity)
         return out
 
@@ -394,24 +400,24 @@ class BrokerCore:
             if problem:
                 preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
                 message = f"not delivered: {problem}: {preview!r}"
-                return self._event(session, {"type": "error", "message": message}, now)
+                return self._event(session, {"type": "error", "message": message})
             event = {"type": "chat", **signed.to_doc()}
             if statement.to is not None:
-                return self._event(self.sessions[self.by_name[statement.to]], event, now)
+                return self._event(self.sessions[self.by_name[statement.to]], event)
             self.history.append((signed.to_doc(), session.info))
-            return self._broadcast(event, now, exclude=session.identity)
+            return self._broadcast(event, exclude=session.identity)
         if statement.kind == "who":
             users = [p.user_info_doc(u) for u in self.online()]
-            return self._event(session, {"type": "who", "users": users}, now)
+            return self._event(session, {"type": "who", "users": users})
         if statement.kind == "shutdown":
             if session.name in self.config.admins:
                 log.info("shutdown requested by %s", session.name)
                 self.shutdown_requested_by = session.name
                 return []
             message = "/shutdown refused: only admins listed in the broker's config.json may stop it"
-            return self._event(session, {"type": "error", "message": message}, now)
+            return self._event(session, {"type": "error", "message": message})
         log.info("%s left", session.name)
-        return self._remove(session, "left", now)
+        return self._remove(session, "left")
 
     def _end_revoked_sessions(self, now: float) -> list[Work]:
         """End sessions whose registered key was removed or replaced since they logged in."""
@@ -422,28 +428,28 @@ class BrokerCore:
                 continue
             log.warning("%s: registered key removed or replaced; ending the session", session.name)
             reason = "your key is no longer registered with this broker"
-            out += self._close(session, reason, "key no longer registered", now)
+            out += self._close(session, reason, "key no longer registered")
         return out
 
     # ------------------------------------------------------------ helpers
 
-    def _close(self, session: Session, reason: str, public_reason: str, now: float) -> list[Work]:
+    def _close(self, session: Session, reason: str, public_reason: str) -> list[Work]:
         """End a session for good: tell it why (it must not reconnect), tell the others it left.
 
         Its later frames are dropped, not answered with EVICTED: that would go out at once, and could
         overtake the `closed` still waiting to be sealed, and the client would reconnect.
         """
-        out = self._event(session, {"type": "closed", "reason": reason}, now)
-        return out + self._remove(session, public_reason, now)
+        out = self._event(session, {"type": "closed", "reason": reason})
+        return out + self._remove(session, public_reason)
 
-    def _event(self, session: Session, event: dict[str, Any], now: float) -> list[Work]:
+    def _event(self, session: Session, event: dict[str, Any]) -> list[Work]:
         """The job that seals one EVENT for one session (none for a session whose connection dropped).
 
         Joins and leaves still waiting for it go first: a member hears of a user before hearing from them.
         """
         if session.gone:
             return []
-        return self._send_presence(session, now) + self._deliver(session, event)
+        return self._send_presence(session) + self._deliver(session, event)
 
     def _announce(self, change: dict[str, Any], exclude: bytes) -> None:
         """A join or leave for everyone but `exclude`; it waits for flush_presence() or their next event."""
@@ -452,7 +458,7 @@ class BrokerCore:
                 session.presence.append(change)
                 self.presence_waiting.add(session.identity)
 
-    def _send_presence(self, session: Session, now: float) -> list[Work]:
+    def _send_presence(self, session: Session) -> list[Work]:
         changes, session.presence = session.presence, []
         self.presence_waiting.discard(session.identity)
         if not changes or session.gone:
@@ -468,10 +474,10 @@ class BrokerCore:
             )
         ]
 
-    def _broadcast(self, event: dict[str, Any], now: float, exclude: bytes) -> list[Work]:
-        return [o for s in list(self.sessions.values()) if s.identity != exclude for o in self._event(s, event, now)]
+    def _broadcast(self, event: dict[str, Any], exclude: bytes) -> list[Work]:
+        return [o for s in list(self.sessions.values()) if s.identity != exclude for o in self._event(s, event)]
 
-    def _remove(self, session: Session, reason: str, now: float) -> list[Work]:
+    def _remove(self, session: Session, reason: str) -> list[Work]:
         self.sessions.pop(session.identity, None)
         self.gone.discard(session.identity)
         self.presence_waiting.discard(session.identity)

@@ -118,6 +118,7 @@ class Worker:
     index: int
     identity: bytes
     process: subprocess.Popen[bytes]
+    started: float
     ready: bool = False
     batches: dict[int, float] = field(default_factory=dict)  # handed to it, no answer yet: batch → when
 
@@ -149,7 +150,7 @@ class WorkerPool:
         self.next_batch = 0
         self.next_release = 0
         self.restarts: list[float] = []
-        self.last_check = 0.0
+        self.last_check = time.monotonic()
         self.workers: list[Worker] = []
         try:
             self.socket.bind(self.endpoint)
@@ -236,11 +237,14 @@ class WorkerPool:
         now = time.monotonic()
         if now - self.last_check < CHECK_INTERVAL:
             return
+        if now - self.last_check > BATCH_TIMEOUT / 2:  # the broker itself was stopped: its workers are not to blame
+            for worker in self.workers:
+                worker.batches = dict.fromkeys(worker.batches, now)
         self.last_check = now
         for worker in self.workers:
             status = worker.process.poll()
-            if status is None and worker.batches and now - min(worker.batches.values()) > BATCH_TIMEOUT:
-                log.error("crypto worker %d has not answered for %g s; killing it", worker.index, BATCH_TIMEOUT)
+            if status is None and self._hung(worker, now):
+                log.error("crypto worker %d does not answer; killing it", worker.index)
                 worker.process.kill()
                 status = worker.process.wait()
             if status is None:
@@ -264,6 +268,12 @@ class WorkerPool:
 
     # ------------------------------------------------------------ internals
 
+    def _hung(self, worker: Worker, now: float) -> bool:
+        """Holds a batch for BATCH_TIMEOUT, or is not ready START_TIMEOUT after it started."""
+        if worker.batches and now - min(worker.batches.values()) > BATCH_TIMEOUT:
+            return True
+        return not worker.ready and now - worker.started > START_TIMEOUT
+
     def _next_jobs(self) -> list[Job]:
         jobs: list[Job] = []
         while self.deliveries and len(jobs) < DELIVERY_BATCH:
@@ -282,7 +292,7 @@ class WorkerPool:
             raise WorkerError("no pipe to the crypto worker's stdin")
         with process.stdin:
             process.stdin.write(self.key_pem)
-        return Worker(index, identity, process)
+        return Worker(index, identity, process, time.monotonic())
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from bench.report import render_table
 from tests.conftest import ROOT, run_env
 
 POSITIVE_KEYS = (
@@ -22,6 +23,7 @@ POSITIVE_KEYS = (
     "deliveries_per_s",
     "crypto_bound_per_s_one_core",
     "crypto_bound_per_s_all_cores",
+    "efficiency_all_cores",
     "efficiency",
     "latency_ms_p50",
     "latency_ms_p99",
@@ -30,6 +32,8 @@ POSITIVE_KEYS = (
     "curve_relay_deliveries_per_s",
     "rss_mb_1000_clients",
     "login_storm_s",
+    "client_login_crypto_ms",
+    "login_storm_floor_s",
 )
 
 
@@ -41,7 +45,7 @@ def test_quick_bench_prints_every_key():
         env=run_env(),
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=180,
     )
     assert proc.stdout.strip(), f"no report; stderr:\n{proc.stderr}"
     numbers = json.loads(proc.stdout)
@@ -60,3 +64,7 @@ def test_quick_bench_prints_every_key():
     ), details
     assert numbers["problems"] == [], details
     assert "make bench" in numbers["command"], details
+    table = render_table(numbers)  # the table `make bench` prints, from the same numbers
+    for row in ("broker: encrypted deliveries/s", "crypto on all", "login storm:"):
+        assert row in table, table
+    assert f"{numbers['deliveries_per_s']:,.0f}" in table, table

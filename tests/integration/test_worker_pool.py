@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -60,7 +62,9 @@ def run_until(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Resul
     return results
 
 
-def test_results_come_back_in_submission_order_across_many_batches(keyring, make_pool):
+def test_results_come_back_in_order_across_many_batches(keyring, make_pool):
+    """Deliveries in the order submitted, opened envelopes likewise (deliveries go first, so the two interleave
+    differently than submitted)."""
     pool = make_pool(2)
     jobs: list[Job] = []
     for seq in range(1, 121):
@@ -81,13 +85,37 @@ def test_a_hung_worker_is_killed_and_its_batches_done_by_its_replacement(keyring
     monkeypatch.setattr(workers, "BATCH_TIMEOUT", 1.0)
     pool = make_pool(1)
     hung = pool.workers[0].process
-    os.kill(hung.pid, signal.SIGSTOP)  # alive, holds its batches, never answers
     pool.submit([delivery(keyring, "alice", seq) for seq in range(1, 41)])
+    time.sleep(0.01)
+    os.kill(hung.pid, signal.SIGSTOP)  # alive, maybe in the middle of a batch, holds its batches, never answers
     results = run_until(pool, 40)
     assert [seq_of(keyring, r) for r in results] == list(range(1, 41))  # nothing lost, nothing twice
     assert hung.returncode == -signal.SIGKILL
     assert pool.workers[0].process.pid != hung.pid
     assert pool.idle()
+
+
+def test_a_replacement_that_never_gets_ready_is_replaced_in_turn(keyring, make_pool, monkeypatch):
+    pool = make_pool(1)
+    monkeypatch.setattr(workers, "START_TIMEOUT", 1.0)
+    real_start = pool._start
+    mute: list[subprocess.Popen[bytes]] = []
+
+    def start_a_mute_one_first(index: int) -> workers.Worker:
+        if mute:
+            return real_start(index)
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # never says ready
+        mute.append(process)
+        return workers.Worker(index, f"w{index}".encode(), process, time.monotonic())
+
+    monkeypatch.setattr(pool, "_start", start_a_mute_one_first)
+    first = pool.workers[0].process
+    first.kill()
+    first.wait()
+    pool.submit([delivery(keyring, "alice", seq) for seq in range(1, 11)])
+    results = run_until(pool, 10)
+    assert [seq_of(keyring, r) for r in results] == list(range(1, 11))
+    assert mute[0].returncode == -signal.SIGKILL
 
 
 def test_workers_that_keep_dying_stop_the_pool(keyring, make_pool, monkeypatch):

@@ -132,6 +132,18 @@ def test_presence_sent_early_with_an_event_does_not_delay_the_next_flush(paced):
     assert {job.identity for job in deliveries(flush(world))} == {b"bob", b"alice"}  # no flush yet: at once
 
 
+def test_presence_due_tells_the_loop_how_long_it_may_sleep(paced):
+    world = paced
+    world.login("bob")
+    assert world.core.presence_due(world.now) is None  # nothing waits: sleep as long as you like
+    quiet_login(world, "alice")
+    assert world.core.presence_due(world.now) == 0.0  # nothing went out lately: now
+    deliveries(flush(world))
+    world.now += INTERVAL / 5
+    quiet_login(world, "carol")
+    assert world.core.presence_due(world.now) == pytest.approx(INTERVAL * 0.8)
+
+
 def test_chat_from_a_new_user_comes_after_their_pending_join(world):
     world.login("bob")
     quiet_login(world, "alice")
