@@ -676,6 +676,8 @@ def standard_notes(run: Run, ws: Workspace) -> None:
         "login storm target: 1.5 x (storm clients x one login's crypto) / cores; one login's crypto is what the "
         "broker does for a handshake: open HELLO, sign its proof, seal the challenge, open LOGIN, verify the "
         "signature, seal the welcome",
+        "login storm floor: storm clients x (the broker's + a client's login crypto) / cores; the clients run on "
+        "the same cores, so no broker can finish the storm sooner",
     ]
 
 
