@@ -319,12 +319,12 @@ class BrokerCore:
             hello = p.Hello.decode(_require_plaintext(plaintext))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
-        registered = self.registry.lookup(hello.user)
+        registered = self.registry.registered(hello.user)
         if registered is None:
             log.info("login for unregistered %r from %s; it will be refused", hello.user, short(identity))
             user_key, key_der = self.decoy_key, self.decoy_key_der
         else:
-            user_key, key_der = registered, crypto.public_key_to_der(registered)
+            user_key, key_der = registered.key, registered.der
         server_nonce = secrets.token_bytes(p.NONCE_BYTES)
         delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
         self.pending[identity] = Pending(
@@ -350,7 +350,7 @@ class BrokerCore:
         out: list[Work] = []
         if previous is not None:
             out += self._close(self.sessions[previous], "you logged in again elsewhere", "logged in again")
-        info = UserInfo(pending.user, crypto.fingerprint(pending.key), pending.bot, pending.key_der)
+        info = UserInfo(pending.user, crypto.fingerprint_der(pending.key_der), pending.bot, pending.key_der)
         bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
         session_id = p.session_id(pending.server_nonce)
         session = Session(identity, info, pending.key, session_id, pending.delivery_key, now, now, bucket)

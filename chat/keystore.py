@@ -96,6 +96,12 @@ def create_client_key(
     return crypto.fingerprint(key)
 
 
+@dataclass(frozen=True)
+class Registered:
+    key: crypto.PublicKey
+    der: bytes  # crypto.public_key_to_der(key)
+
+
 class Registry:
     """The allow-list directory. Deny by default; a file that fails to load is refused loudly.
 
@@ -107,10 +113,15 @@ class Registry:
     def __init__(self, layout: KeyLayout) -> None:
         self.layout = layout
         # name -> (file stamp, key or None when the file was refused); re-read when the file changes.
-        self._cache: dict[str, tuple[tuple[int, int, int], crypto.PublicKey | None]] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int], Registered | None]] = {}
 
     def lookup(self, name: str) -> crypto.PublicKey | None:
         """The registered key for `name`, or None (not registered, or the file was refused)."""
+        registered = self.registered(name)
+        return None if registered is None else registered.key
+
+    def registered(self, name: str) -> Registered | None:
+        """The registered key for `name` with its DER export (made once per file version), or None."""
         try:
             path = self.layout.client_public(name)
         except LocalProtocolError:
@@ -124,14 +135,15 @@ class Registry:
         cached = self._cache.get(name)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        key: crypto.PublicKey | None
+        registered: Registered | None
         try:
             key = crypto.load_public_key(path)
+            registered = Registered(key, crypto.public_key_to_der(key))
         except crypto.KeyFileError as exc:
             log.error("refusing registry file: %s", exc)
-            key = None
-        self._cache[name] = (stamp, key)
-        return key
+            registered = None
+        self._cache[name] = (stamp, registered)
+        return registered
 
     def audit(self) -> list[str]:
         """Problems with registry files, one line each, for the log at start-up."""

@@ -69,7 +69,12 @@ def public_key_from_der(der: bytes) -> PublicKey:
 
 def fingerprint(key: PublicKey) -> str:
     """SHA256:<64 hex digits> over the DER SubjectPublicKeyInfo."""
-    return "SHA256:" + hashlib.sha256(public_key_to_der(key)).hexdigest()
+    return fingerprint_der(public_key_to_der(key))
+
+
+def fingerprint_der(der: bytes) -> str:
+    """`fingerprint()` of a key already exported with `public_key_to_der` (exporting costs more than hashing)."""
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
 
 
 def _read_key_file(path: Path) -> bytes:

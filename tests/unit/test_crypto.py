@@ -349,6 +349,7 @@ def test_fingerprint_format_and_stability(alice, bob):
     assert crypto.fingerprint(alice.public_key()) == fp
     assert crypto.fingerprint(crypto.public_key_from_der(crypto.public_key_to_der(alice))) == fp
     assert crypto.fingerprint(bob) != fp
+    assert crypto.fingerprint_der(crypto.public_key_to_der(alice)) == fp
 
 
 def test_fingerprint_survives_a_key_file_round_trip(tmp_path, alice):
