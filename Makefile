@@ -1,11 +1,89 @@
 # Every command a person or CI runs. `make broker` and `make test` work on a fresh clone.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-CONFIG ?= config.json
-RUNTIME_STAMP := $(VENV)/.runtime-installed
-DEV_STAMP     := $(VENV)/.dev-installed
-BOTS          := $(filter-out __init__,$(basename $(notdir $(wildcard bots/*.py))))
+
+# ---------------------------------------------------------------- values from whoever runs make
+# NAME, BOT, CONFIG, ARGS, DURATION, FUZZ_SECONDS and PYTHON come from the command line or the environment,
+# perhaps from a script passing on a name someone typed. Three rules keep them data, never code:
+#  1. make never expands them. A variable set on the command line is expanded when make exports it to a
+#     recipe, so `NAME='$(shell ...)'` would run; the first line below turns every command-line variable into
+#     a literal copy of its text (still exported), and the seven are read with $(value) whatever their origin.
+#  2. each is checked against an allow-list before the goal that uses it runs: a one-line error, status 2.
+#  3. recipes read them only from the environment, quoted ("$$ZCHAT_NAME" and so on): the shell never
+#     parses them as code, and a value starting with `-` is never taken for an option.
+$(foreach _zchat_var,$(.VARIABLES),$(if $(filter command line,$(origin $(_zchat_var))),$\
+    $(eval override $(_zchat_var) := $$(value $(_zchat_var)))$(eval export $(_zchat_var))))
+
+PYTHON       ?= python3
+CONFIG       ?= config.json
+FUZZ_SECONDS ?= 30
+DURATION     ?= 60
+override NAME         := $(value NAME)
+override BOT          := $(value BOT)
+override CONFIG       := $(value CONFIG)
+override ARGS         := $(value ARGS)
+override DURATION     := $(value DURATION)
+override FUZZ_SECONDS := $(value FUZZ_SECONDS)
+override PYTHON       := $(value PYTHON)
+
+# Not settable from outside: these reach recipes as shell text.
+override SHELL         := /bin/sh
+override .SHELLFLAGS   := -c
+override VENV          := .venv
+override BIN           := $(VENV)/bin
+override RUNTIME_STAMP := $(VENV)/.runtime-installed
+override DEV_STAMP     := $(VENV)/.dev-installed
+override BOTS          := $(filter-out __init__,$(basename $(notdir $(wildcard bots/*.py))))
+
+_digits     := 0 1 2 3 4 5 6 7 8 9
+_name_chars := a b c d e f g h i j k l m n o p q r s t u v w x y z \
+               A B C D E F G H I J K L M N O P Q R S T U V W X Y Z $(_digits) _ -
+_path_chars := $(_name_chars) . /
+_args_chars := $(_path_chars) =
+_empty      :=
+_space      := $(_empty) $(_empty)
+# $(call _strip_chars,TEXT,CHARS): TEXT without any of CHARS (a list of single characters).
+_strip_chars = $(if $2,$(call _strip_chars,$(subst $(firstword $2),,$1),$(wordlist 2,$(words $2),$2)),$1)
+# $(call _only,TEXT,CHARS): "yes" when TEXT holds nothing but CHARS (tabs, newlines, quotes, $ ... never pass).
+_only = $(if $(findstring |$(call _strip_chars,$1,$2)|,||),yes)
+# $(call _check,VAR,CHARS,what): stop unless $(VAR) holds only CHARS (it may be empty).
+_check = $(if $(call _only,$($1),$2),,$(error $1 must be $3))
+# $(call _check_set,VAR,CHARS,what): the same, and $(VAR) must not be empty.
+_check_set = $(if $($1),$(call _check,$1,$2,$3),$(error $1 must be $3))
+
+_goals := $(or $(MAKECMDGOALS),help)
+ifneq ($(filter keys fingerprint,$(_goals)),)
+  $(call _check,NAME,$(_name_chars),a user name (1-32 of A-Z a-z 0-9 _ -))
+endif
+ifneq ($(filter bot,$(_goals)),)
+  $(call _check,BOT,$(_name_chars),one of the example bots: $(BOTS))
+  ifneq ($(BOT),)
+    ifeq ($(filter $(BOT),$(BOTS)),)
+      $(error no bot named '$(BOT)'; bots: $(BOTS))
+    endif
+  endif
+endif
+ifneq ($(filter broker client bot,$(_goals)),)
+  $(call _check_set,CONFIG,$(_path_chars),a file path (A-Z a-z 0-9 _ - . /))
+endif
+ifneq ($(filter bench,$(_goals)),)
+  $(if $(call _only,$(subst $(_space),,$(ARGS)),$(_args_chars)),,$\
+    $(error ARGS must be options for python -m bench: words of A-Z a-z 0-9 _ - . / = separated by spaces))
+endif
+ifneq ($(filter soak,$(_goals)),)
+  $(call _check_set,DURATION,$(_digits),a whole number of seconds)
+endif
+ifneq ($(filter fuzz,$(_goals)),)
+  $(call _check_set,FUZZ_SECONDS,$(_digits),a whole number of seconds)
+endif
+
+override export ZCHAT_NAME         := $(NAME)
+override export ZCHAT_BOT          := $(BOT)
+override export ZCHAT_CONFIG       := $(CONFIG)
+override export ZCHAT_ARGS         := $(ARGS)
+override export ZCHAT_DURATION     := $(DURATION)
+override export ZCHAT_FUZZ_SECONDS := $(FUZZ_SECONDS)
+override export ZCHAT_PYTHON       := $(PYTHON)
+
+# ---------------------------------------------------------------- targets
 
 .PHONY: help broker client bot keys fingerprint test unit fuzz soak bench lint typecheck clean
 
@@ -20,8 +98,10 @@ help:
 	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds)"
 	@echo "make bench             measure the broker: deliveries/s, crypto bound, latency, relays, memory (ARGS=--json)"
 
+# PYTHON only matters (and is only checked) when the venv has to be created.
 $(RUNTIME_STAMP): requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(wildcard $(BIN)/python),,$(call _check_set,PYTHON,$(_path_chars) +,a Python command or path (A-Z a-z 0-9 _ - . / +)))
+	test -x $(BIN)/python || "$$ZCHAT_PYTHON" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
@@ -30,47 +110,46 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	touch $@
 
 broker: $(RUNTIME_STAMP)
-	$(BIN)/python broker.py --config $(CONFIG)
+	$(BIN)/python broker.py --config="$$ZCHAT_CONFIG"
 
 client: $(RUNTIME_STAMP)
-	$(BIN)/python chat_client.py --config $(CONFIG)
+	$(BIN)/python chat_client.py --config="$$ZCHAT_CONFIG"
 
 bot: $(RUNTIME_STAMP)
-	@test -n "$(BOT)" || { echo "usage: make bot BOT=echo   (bots: $(BOTS))" >&2; exit 2; }
-	@test -f "bots/$(BOT).py" || { echo "no bot named '$(BOT)'; bots: $(BOTS)" >&2; exit 2; }
-	@test -f "keys/private/$(BOT).pem" || $(BIN)/python -m chat.keystore "$(BOT)"
-	$(BIN)/python -m bots.$(BOT) --config $(CONFIG)
+	@test -n "$$ZCHAT_BOT" || { echo "usage: make bot BOT=echo   (bots: $(BOTS))" >&2; exit 2; }
+	@test -f "keys/private/$$ZCHAT_BOT.pem" || $(BIN)/python -m chat.keystore -- "$$ZCHAT_BOT"
+	$(BIN)/python -m "bots.$$ZCHAT_BOT" --config="$$ZCHAT_CONFIG"
 
 fingerprint: $(RUNTIME_STAMP)
-	@test -n "$(NAME)" || { echo "usage: make fingerprint NAME=alice" >&2; exit 2; }
-	@$(BIN)/python -m chat.keystore --fingerprint "$(NAME)"
+	@test -n "$$ZCHAT_NAME" || { echo "usage: make fingerprint NAME=alice" >&2; exit 2; }
+	@$(BIN)/python -m chat.keystore --fingerprint -- "$$ZCHAT_NAME"
 
 keys: $(RUNTIME_STAMP)
-	@test -n "$(NAME)" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
-	$(BIN)/python -m chat.keystore "$(NAME)"
+	@test -n "$$ZCHAT_NAME" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
+	$(BIN)/python -m chat.keystore -- "$$ZCHAT_NAME"
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory lint typecheck
 
-FUZZ_SECONDS ?= 30
 fuzz: $(DEV_STAMP)
 	@mkdir -p fuzz/crashes
 	@for target in frames envelope broker client; do \
-		echo "== fuzzing $$target for $(FUZZ_SECONDS)s"; \
+		echo "== fuzzing $$target for $${ZCHAT_FUZZ_SECONDS}s"; \
 		log=$$(mktemp); \
-		$(BIN)/python -m fuzz.run $$target -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		$(BIN)/python -m fuzz.run $$target -max_total_time="$$ZCHAT_FUZZ_SECONDS" -print_final_stats=1 \
 			-artifact_prefix=fuzz/crashes/$$target- >$$log 2>&1 \
 			|| { tail -n 40 $$log; echo "fuzz target $$target failed; the input is in fuzz/crashes/"; exit 1; }; \
 		grep -E '^(Done|stat::(number_of_executed_units|new_units_added))' $$log; rm -f $$log; \
 	done
 
-DURATION ?= 60
 soak: $(RUNTIME_STAMP)
-	$(BIN)/python -m soak --duration $(DURATION)
+	$(BIN)/python -m soak --duration "$$ZCHAT_DURATION"
 
+# ARGS is several words (ARGS="--clients 200"), so it is split, unquoted, on spaces; set -f stops any
+# globbing. It is checked above to hold only A-Z a-z 0-9 _ - . / = and spaces.
 bench: $(RUNTIME_STAMP)
-	@$(BIN)/python -m bench $(ARGS)
+	@set -f; $(BIN)/python -m bench $$ZCHAT_ARGS
 
 unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/unit

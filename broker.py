@@ -11,10 +11,14 @@ peers that cannot be reached or keep up, and stops gracefully on an admin's
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import errno
 import logging
 import math
 import queue
+import resource
+import secrets
 import signal
 import sys
 import threading
@@ -25,20 +29,55 @@ from types import FrameType
 import zmq
 
 import crypto
+from chat.admission import Admission
 from chat.broker_core import BrokerCore
 from chat.broker_work import Outgoing, Work
 from chat.config import DEFAULT_CONFIG, Config, load_config
 from chat.errors import ConfigError
+from chat.gatekeeper import Gatekeeper
 from chat.keystore import KeyLayout, Registry, ensure_broker_keys
 from chat.protocol import max_body_bytes
+from chat.ratelimit import PeerLog
 from chat.workers import InlineJobs, WorkerError, WorkerPool
 
 log = logging.getLogger("broker")
+peer_log = PeerLog(log)
 
 FLUSH_LINGER_MS = 3000
 MAX_MESSAGES_PER_TURN = 1000
 MAX_REMEMBERED_UNREACHABLE = 100_000
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+HANDSHAKE_TIMEOUT_MS = 5000  # a connection that has not completed its CurveZMQ handshake by then is closed
+ZAP_DOMAIN = b"zchat"
+
+
+def generated_routing_id(identity: bytes) -> bool:
+    """The form of the routing ids libzmq makes up (a zero byte and a 32-bit counter); clients must not claim any."""
+    return len(identity) == 5 and identity[0] == 0
+
+
+def seed_routing_ids() -> None:
+    """Start libzmq's routing-id counter at a secret random place.
+
+    libzmq numbers connections from C `rand()`, which nothing seeds, so the ids of
+    an unseeded broker are the same after every start. A peer that claims the id
+    libzmq will give the next connection makes libzmq abort the whole process
+    (socket_base.cpp, add_out_pipe). With the counter's start secret, a peer has
+    to guess 32 bits, with no answer to learn from: the broker never shows a
+    routing id to anyone.
+    """
+    try:
+        ctypes.CDLL(None).srand(ctypes.c_uint(secrets.randbits(32)))
+    except (OSError, AttributeError):
+        log.warning("cannot seed the C library's rand(): routing ids are predictable")
+
+
+def raise_open_file_limit() -> None:
+    """Allow as many open files as the system lets this process have: each connection holds one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Broker:
@@ -54,6 +93,7 @@ class Broker:
             except BaseException:
                 self.context.term()
                 raise
+        seed_routing_ids()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -61,8 +101,21 @@ class Broker:
         self.socket.setsockopt(zmq.RCVHWM, config.send_queue_limit)
         # A bigger frame makes libzmq drop the connection before any of our code sees it.
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_body_bytes(config.max_text_bytes) + 1024)
+        # CurveZMQ: only registered users' keys complete the handshake (the gatekeeper answers ZAP).
+        self.socket.setsockopt(zmq.CURVE_SERVER, 1)
+        self.socket.setsockopt(zmq.CURVE_SECRETKEY, crypto.curve_secret(key))
+        self.socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        self.socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler answering: nobody gets in
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
+        admission = Admission(
+            Registry(KeyLayout(config.keys_dir)),
+            config.max_connections_per_source,
+            config.handshakes_per_second_per_source,
+        )
+        self.gatekeeper: Gatekeeper | None = None
         port = "*" if config.server_port == 0 else str(config.server_port)
         try:
+            self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
             self.socket.bind(f"tcp://{config.server_ip}:{port}")
         except zmq.ZMQError:
             self.close(linger=0)
@@ -93,6 +146,7 @@ class Broker:
                 self._console_command(self.console.get_nowait())
             self.jobs.check()
             self._handle(self.core.tick(time.monotonic()))
+            peer_log.flush()
             if self.core.shutdown_requested_by:
                 self.request_stop(f"/shutdown by {self.core.shutdown_requested_by}")
         self._shutdown()
@@ -104,11 +158,17 @@ class Broker:
             except zmq.Again:
                 self._handle(self.core.drained(time.monotonic()))
                 return
-            source = str(message[0].get("Peer-Address") or "")
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
-            self.unreachable_ids.discard(identity)  # it speaks: a client that reuses its routing id is back
+            if not generated_routing_id(identity):
+                peer_log.info(identity.hex()[:10], "dropped a frame from a peer that claimed routing id %r", identity)
+                continue
             try:
-                self._handle(self.core.receive(identity, frames, time.monotonic(), source))
+                source = str(message[0].get("Peer-Address"))
+                user = str(message[0].get("User-Id"))  # the registered user the gatekeeper let in
+            except zmq.ZMQError:  # no transport metadata: not a connection the gatekeeper admitted
+                continue
+            try:
+                self._handle(self.core.receive(identity, frames, time.monotonic(), source, user))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
@@ -121,7 +181,7 @@ class Broker:
                 return
             for result in results:
                 if isinstance(result, Outgoing):
-                    self._send([result])
+                    self._handle(self.core.sendable([result], time.monotonic()))
                     continue
                 try:
                     self._handle(self.core.opened(result, time.monotonic()))
@@ -184,6 +244,9 @@ class Broker:
 
     def close(self, linger: int = 0) -> None:
         self.jobs.close()
+        if self.gatekeeper is not None:
+            self.socket.disable_monitor()
+            self.gatekeeper.close()
         self.socket.close(linger=linger)
         self.context.term()
 
@@ -219,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("created the broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public)
     for problem in Registry(layout).audit():
         log.error("registry: %s", problem)
+    raise_open_file_limit()
     try:
         broker = Broker(config, key)
     except zmq.ZMQError as exc:

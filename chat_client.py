@@ -33,6 +33,8 @@ from chat.events import Event, SessionClosed, Shutdown, to_dict
 from chat.keystore import KeyLayout, create_client_key
 from chat.protocol import NAME_PATTERN
 
+log = logging.getLogger(__name__)
+
 STDIN_ENDPOINT = "inproc://chat-client-stdin"
 HELP = """commands:
   /who              list who is online, with key fingerprints
@@ -149,15 +151,23 @@ def start(args: argparse.Namespace) -> ChatClient:
 
 def _stdin_reader(context: zmq.Context[zmq.Socket[bytes]], stream: TextIO) -> None:
     """Forward each input line to the poll loop; an empty message means end of input."""
-    sock = context.socket(zmq.PAIR)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(STDIN_ENDPOINT)
     try:
-        for line in stream:
-            sock.send(line.rstrip("\r\n").encode("utf-8", errors="surrogateescape") or b"\n")
-    except (OSError, ValueError):
+        sock = context.socket(zmq.PAIR)
+    except zmq.ZMQError:  # run() has already returned and closed the context
+        return
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(STDIN_ENDPOINT)
+        try:
+            for line in stream:
+                sock.send(line.rstrip("\r\n").encode("utf-8", errors="surrogateescape") or b"\n")
+        except (OSError, ValueError):
+            pass
+        sock.send(b"")
+    except zmq.ZMQError:  # likewise
         pass
-    sock.send(b"")
+    finally:
+        sock.close()
 
 
 def run(client: ChatClient, as_json: bool = False) -> int:
@@ -167,16 +177,29 @@ def run(client: ChatClient, as_json: bool = False) -> int:
     keyboard.setsockopt(zmq.LINGER, 0)
     keyboard.bind(STDIN_ENDPOINT)
     threading.Thread(target=_stdin_reader, args=(stdin_context, sys.stdin), daemon=True).start()
+    try:
+        return _run(client, keyboard, as_json)
+    finally:
+        keyboard.close(linger=0)
+        stdin_context.destroy(linger=0)
+
+
+def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
     display = Display()
 
     def show(event: Event) -> None:
-        print(json.dumps(to_dict(event), ensure_ascii=False) if as_json else display.format(event), flush=True)
+        try:
+            print(json.dumps(to_dict(event), ensure_ascii=False) if as_json else display.format(event), flush=True)
+        except OSError:  # the output itself is gone: nothing more can be shown
+            raise
+        except Exception as exc:  # one event must never stop the others from being shown
+            _skipped(event, exc)
 
     for event in client.drain():
         show(event)
     while True:
         try:
-            ready = client.poll(1.0, also=[keyboard])
+            ready = _poll(client, 1.0, [keyboard])
         except KeyboardInterrupt:
             client.close()
             return 0
@@ -201,9 +224,17 @@ def run_terminal(client: ChatClient) -> int:
     from prompt_toolkit.history import InMemoryHistory
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    display = Display(colour=_colour_wanted(), width=shutil.get_terminal_size().columns)
     prompt: PromptSession[str] = PromptSession(history=InMemoryHistory())
     status: list[int] = []
+    colour = _colour_wanted()
+
+    def display() -> Display:
+        """A display for the terminal's width now: it is read at each print, so a resized window re-wraps."""
+        try:
+            width = prompt.app.output.get_size().columns
+        except Exception:  # no terminal to ask (yet): what the environment says
+            width = 0
+        return Display(colour=colour, width=width if width > 0 else shutil.get_terminal_size().columns)
 
     def finish(code: int) -> None:
         status.append(code)
@@ -213,13 +244,16 @@ def run_terminal(client: ChatClient) -> int:
     async def pump() -> None:
         while not status:
             try:
-                client.poll(0)
+                _poll(client, 0)
             except ConnectError as exc:
-                print(display.warning(str(exc)), flush=True)
+                print(display().warning(str(exc)), flush=True)
                 finish(1)
                 return
             for event in client.drain():
-                print(display.format(event), flush=True)
+                try:
+                    print(display().format(event), flush=True)
+                except Exception as exc:  # one event must never stop the others from being shown
+                    _skipped(event, exc)
                 if isinstance(event, Shutdown | SessionClosed):
                     finish(0)
                     return
@@ -235,13 +269,29 @@ def run_terminal(client: ChatClient) -> int:
                     line = "/exit"
                 if status:
                     break
-                if _command(client, line.strip(), display):
+                if _command(client, line.strip(), display()):
                     client.close()
                     finish(0)
             await task
         return status[0]
 
     return asyncio.run(chat())
+
+
+def _poll(client: ChatClient, timeout: float, also: list[zmq.Socket[bytes]] | None = None) -> list[zmq.Socket[bytes]]:
+    """client.poll(), except that a frame it fails to decode is logged and dropped instead of ending the client."""
+    try:
+        return client.poll(timeout, also=also or [])
+    except ConnectError:
+        raise
+    except Exception as exc:
+        log.warning("could not take in a message from the broker; skipped it (%r)", exc)
+        return []
+
+
+def _skipped(event: Event, exc: Exception) -> None:
+    # One line (a traceback would garble the terminal); %r shows any odd character in the message escaped.
+    log.warning("could not show a %s event; skipped it (%r)", type(event).__name__, exc)
 
 
 def _colour_wanted() -> bool:

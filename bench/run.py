@@ -144,7 +144,7 @@ def broker_config(clients: int, workers: int | None = None) -> dict[str, Any]:
         "workers": cores() if workers is None else workers,
         "server_port": 0,
         "messages_per_second_per_user": 1e6,
-        "logins_per_second_per_source": 1e6,
+        "logins_per_second_per_user": 1e6,
         "max_clients": clients + 100,
         "max_pending_logins": clients + 100,
         "send_queue_limit": 1_000_000,

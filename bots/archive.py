@@ -1,8 +1,13 @@
-"""archive: appends every chat message it sees to a JSON-lines file (time, sender, text), one flushed line each."""
+"""archive: appends every chat message it sees to a JSON-lines file (time, sender, text), one flushed line each.
+
+The time is the broker's receive time when it stamped one, else the author's; a time no calendar holds
+(1e300, NaN) is archived as null.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -12,16 +17,24 @@ from chat.bot import bot_arguments, run_bot
 from chat.events import ChatMessage, Event
 
 
+def _iso_time(ts: float) -> str | None:
+    """Local ISO 8601 time of `ts`, or None when no calendar holds it."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 class Archive:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
     def __call__(self, event: Event) -> str | None:
         if isinstance(event, ChatMessage):
-            when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(event.timestamp))
+            ts = event.timestamp if event.received is None else event.received
             record = {
-                "time": when,
-                "ts": event.timestamp,
+                "time": _iso_time(ts),
+                "ts": ts if math.isfinite(ts) else None,
                 "sender": event.sender,
                 "text": event.text,
                 "private": event.private,

@@ -70,7 +70,10 @@ def connect_bot(args: argparse.Namespace) -> ChatClient:
 
 
 def run_bot(args: argparse.Namespace, handle: Handler) -> int:
-    """Log in, answer events until the broker shuts down or a signal arrives. Returns an exit status."""
+    """Log in, answer events until the broker shuts down or a signal arrives. Returns an exit status.
+
+    An exception from `handle` (or from taking in one event) is logged and that event skipped.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stopping: list[str] = []
 
@@ -87,7 +90,13 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
     log.info("%s is online", args.name)
     try:
         while not stopping and not client.closed:
-            event = client.receive(timeout=0.5)
+            try:
+                event = client.receive(timeout=0.5)
+            except ConnectError:
+                raise
+            except Exception:  # a frame the client could not take in: drop it, keep listening
+                log.exception("could not take in a message from the broker; skipped it")
+                continue
             if event is None:
                 continue
             if isinstance(event, Shutdown | SessionClosed):
@@ -95,7 +104,11 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue
-            reply = handle(event)
+            try:
+                reply = handle(event)
+            except Exception:  # the handler failed on this one event; the next one may be fine
+                log.exception("the handler failed on a %s event; skipped it", type(event).__name__)
+                continue
             if reply:
                 to = event.sender if isinstance(event, ChatMessage) and event.private else None
                 try:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,39 +36,15 @@ from chat.config import Config
 from chat.errors import RemoteProtocolError
 from chat.events import UserInfo
 from chat.keystore import Registry
+from chat.ratelimit import PeerLog, TokenBucket
 
 log = logging.getLogger(__name__)
+peer_log = PeerLog(log)  # lines a peer's frames cause: rate-limited per source
 
 HANDSHAKE_TIMEOUT = 10.0
+BACKLOG_BATCH = 8  # backlog events sealed at a time for one session, as its window allows
 EVICTED_MEMORY = 60.0
 SWEEPS_PER_INTERVAL = 10  # tick() looks at every session this often per heartbeat interval, at most
-
-
-@dataclass
-class TokenBucket:
-    """`rate` events per second with bursts of up to `capacity`."""
-
-    rate: float
-    capacity: float
-    tokens: float
-    stamp: float
-
-    @classmethod
-    def full(cls, rate: float, now: float) -> TokenBucket:
-        capacity = max(1.0, 2 * rate)
-        return cls(rate, capacity, capacity, now)
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-    def idle(self, now: float) -> bool:
-        """True when the bucket would be full again: forgetting it changes nothing."""
-        return self.tokens + (now - self.stamp) * self.rate >= self.capacity
 
 
 @dataclass
@@ -97,6 +75,15 @@ class Session:
     opening: int = 0  # SEND envelopes of this session handed out as OpenJobs and not yet back
     presence: list[dict[str, Any]] = field(default_factory=list)  # joins and leaves not yet sent to it
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
+    # Flow control (PROTOCOL.md 8.4): at most `send_window_bytes` of EVENTs sent and not acknowledged.
+    in_flight: collections.deque[tuple[bytes, int]] = field(default_factory=collections.deque)  # (tag, size)
+    in_flight_bytes: int = 0
+    held: collections.deque[Outgoing] = field(default_factory=collections.deque)  # sealed, waiting for the window
+    held_bytes: int = 0
+    sealing: int = 0  # EVENT jobs made for it and not yet back as frames
+    # Events not yet sealed: the history replay, and what comes while it goes out (in order, after it).
+    backlog: collections.deque[dict[str, Any]] = field(default_factory=collections.deque)
+    backlog_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -108,8 +95,18 @@ def short(identity: bytes) -> str:
 
 
 class BrokerCore:
-    def __init__(self, broker_public: crypto.PublicKey, registry: Registry, config: Config) -> None:
-        """The core never holds the broker's private key: the jobs it returns are done by whoever has it."""
+    def __init__(
+        self,
+        broker_public: crypto.PublicKey,
+        registry: Registry,
+        config: Config,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """The core never holds the broker's private key: the jobs it returns are done by whoever has it.
+
+        `wall_clock` gives the time stamped on each chat message (the other times are the callers' `now`).
+        """
+        self.wall_clock = wall_clock
         # Unregistered names get a challenge sealed to the broker's own key, so a HELLO does not reveal who is
         # registered.
         self.decoy_key = broker_public
@@ -124,6 +121,7 @@ class BrokerCore:
         self.gone: set[bytes] = set()  # sessions whose connection dropped, ended once their frames are handled
         self.hellos_opening = 0
         self.logins_opening: dict[bytes, Pending] = {}  # LOGINs handed out as OpenJobs, their challenge used up
+        self.hello_users: dict[bytes, str] = {}  # HELLOs handed out as OpenJobs: the user their connection is
         self.presence_waiting: set[bytes] = set()  # sessions with joins or leaves not yet sent
         self.last_presence_flush = float("-inf")
         self.login_buckets: dict[str, TokenBucket] = {}
@@ -132,15 +130,21 @@ class BrokerCore:
         self.last_registry_check = 0.0
         self.last_sweep = float("-inf")
         self.shutdown_requested_by: str | None = None
+        self.now = 0.0  # the time the current entry point was called with
 
     # ------------------------------------------------------------ entry points
 
-    def receive(self, identity: bytes, frames: list[bytes], now: float, source: str = "") -> list[Work]:
-        """Handle one message from `identity`; `source` is the peer's address, for per-source login limits."""
+    def receive(self, identity: bytes, frames: list[bytes], now: float, source: str = "", user: str = "") -> list[Work]:
+        """Handle one message from `identity`.
+
+        `source` is the peer's address (for the log); `user` the registered name the transport authenticated
+        (CurveZMQ), whose logins are rate-limited and who may log in only as itself.
+        """
+        self.now = now
         try:
             command, body = p.decode_frames(frames, p.CLIENT_COMMANDS, self.max_body)
         except RemoteProtocolError as exc:
-            log.info("dropped frame from %s: %s", short(identity), exc)
+            peer_log.info(source or short(identity), "dropped frame from %s (%s): %s", short(identity), source, exc)
             return []
         session = self.sessions.get(identity)
         if session is not None:
@@ -152,11 +156,13 @@ class BrokerCore:
                     return self._remove(session, "too fast")
                 session.opening += 1
                 return [OpenJob(identity, p.SEND, body)]
+            if command == p.ACK:
+                return self._acknowledged(session, body)
             if command != p.PING:
-                log.info("dropped %s from logged-in %s", command.decode(), session.name)
+                peer_log.info(session.name, "dropped %s from logged-in %s", command.decode(), session.name)
             return []
         if command == p.HELLO:
-            return self._on_hello_frame(identity, body, now, source)
+            return self._on_hello_frame(identity, body, now, user, source)
         if command == p.LOGIN:
             pending = self.pending.pop(identity, None)
             if pending is None:  # also a second LOGIN while the first is being opened: one RSA open per HELLO
@@ -170,9 +176,10 @@ class BrokerCore:
 
     def opened(self, result: Opened, now: float) -> list[Work]:
         """An OpenJob's result: go on with the HELLO, LOGIN or SEND it came from."""
+        self.now = now
         if result.command == p.HELLO:
             self.hellos_opening -= 1
-            return self._on_hello(result.identity, result.plaintext, now)
+            return self._on_hello(result.identity, result.plaintext, now, self.hello_users.pop(result.identity, ""))
         if result.command == p.LOGIN:
             return self._on_login(result.identity, result.plaintext, now)
         session = self.sessions.get(result.identity)
@@ -181,9 +188,44 @@ class BrokerCore:
         session.opening = max(0, session.opening - 1)
         return self._on_send(session, result.plaintext, now)
 
+    def sendable(self, items: list[Outgoing], now: float) -> list[Work]:
+        """Sealed frames on their way out: the EVENTs that fit their session's window, and more backlog to seal.
+
+        The rest wait in the session until it acknowledges what it has read (`ACK`); a session for which
+        more than `send_queue_bytes` wait is too slow, and is disconnected.
+        """
+        self.now = now
+        out: list[Work] = []
+        touched: dict[bytes, Session] = {}
+        for item in items:
+            session = self.sessions.get(item.identity)
+            if session is None or item.frames[1] != p.EVENT:
+                out.append(item)
+                continue
+            session.sealing = max(0, session.sealing - 1)
+            touched[session.identity] = session
+            size = len(item.frames[2])
+            if session.held or self._window_full(session, size):
+                session.held.append(item)
+                session.held_bytes += size
+                if (
+                    session.held_bytes > self.config.send_queue_bytes
+                    or len(session.held) > self.config.send_queue_limit
+                ):
+                    out += self.too_slow(session.identity, now)
+                continue
+            session.in_flight.append((p.event_tag(item.frames[2]), size))
+            session.in_flight_bytes += size
+            out.append(item)
+        for session in touched.values():
+            if session.identity in self.sessions:
+                out += self._pump(session)
+        return out
+
     def tick(self, now: float) -> list[Work]:
         """Timeouts, PINGs and forgetting; it looks at every session, so at most SWEEPS_PER_INTERVAL times per
         heartbeat interval however often the I/O loop turns."""
+        self.now = now
         if now - self.last_sweep < self.config.heartbeat_interval / SWEEPS_PER_INTERVAL:
             return []
         self.last_sweep = now
@@ -289,39 +331,50 @@ class BrokerCore:
     # ------------------------------------------------------------ login
 
     def _refuse(self, identity: bytes, why: str) -> list[Work]:
-        log.info("login refused for %s: %s", short(identity), why)
+        peer_log.info(short(identity), "login refused for %s: %s", short(identity), why)
         self.pending.pop(identity, None)
         return [Outgoing(identity, p.encode_frames(p.REFUSED))]
 
     def _busy(self, identity: bytes, why: str) -> list[Work]:
-        log.warning("login from %s turned away: %s", short(identity), why)
+        peer_log.warning(short(identity), "login from %s turned away: %s", short(identity), why)
         return [Outgoing(identity, p.encode_frames(p.BUSY))]
 
-    def _on_hello_frame(self, identity: bytes, body: bytes, now: float, source: str) -> list[Work]:
+    def _on_hello_frame(self, identity: bytes, body: bytes, now: float, user: str, source: str) -> list[Work]:
         # Cheap checks first: no RSA work for logins we would turn away anyway.
-        bucket = self.login_buckets.setdefault(source, TokenBucket.full(self.config.logins_per_second_per_source, now))
+        who = user or source  # the transport's user; a core driven without one (tests, fuzzing) goes by source
+        bucket = self.login_buckets.setdefault(who, TokenBucket.full(self.config.logins_per_second_per_user, now))
         if not bucket.take(now):
-            return self._busy(
-                identity, f"more than {self.config.logins_per_second_per_source:g} logins/s from {source}"
-            )
+            return self._busy(identity, f"more than {self.config.logins_per_second_per_user:g} logins/s by {who}")
         logins_in_progress = len(self.pending) + self.hellos_opening + len(self.logins_opening)
         if identity not in self.pending and logins_in_progress >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
         if len(self.sessions) >= self.config.max_clients:  # before reading the name: no hint who is online
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         self.hellos_opening += 1
+        self.hello_users[identity] = user
         return [OpenJob(identity, p.HELLO, body)]
 
-    def _on_hello(self, identity: bytes, plaintext: bytes | None, now: float) -> list[Work]:
+    def _on_hello(self, identity: bytes, plaintext: bytes | None, now: float, transport_user: str) -> list[Work]:
         if identity in self.sessions:
             return []
         try:
             hello = p.Hello.decode(_require_plaintext(plaintext))
         except (crypto.CryptoError, RemoteProtocolError) as exc:
             return self._refuse(identity, f"bad HELLO ({exc})")
+        if transport_user and hello.user != transport_user:
+            return self._refuse(identity, f"HELLO for {hello.user!r} on {transport_user!r}'s connection")
         registered = self.registry.registered(hello.user)
         if registered is None:
-            log.info("login for unregistered %r from %s; it will be refused", hello.user, short(identity))
+            peer_log.info(
+                short(identity), "login for unregistered %r from %s; it will be refused", hello.user, short(identity)
+            )
+            user_key, key_der = self.decoy_key, self.decoy_key_der
+        elif (twin := self.registry.look_alike(hello.user)) is not None:
+            log.error(
+                "%r and %r are both registered and look alike: neither may log in until one is removed",
+                hello.user,
+                twin,
+            )
             user_key, key_der = self.decoy_key, self.decoy_key_der
         else:
             user_key, key_der = registered.key, registered.der
@@ -368,11 +421,23 @@ class BrokerCore:
         }
         out += self._event(session, welcome)
         if pending.history:
-            for earlier, author in self.history:
-                replay = {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)}
-                out += self._event(session, replay)
+            for earlier, author in self._history_to_replay():
+                self._defer(session, {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)})
+            out += self._pump(session)
         self._announce({"type": "join", "user": p.user_info_doc(info)}, exclude=identity)
         return out
+
+    def _history_to_replay(self) -> list[tuple[dict[str, Any], UserInfo]]:
+        """The newest history entries that fit in `history_replay_bytes`, oldest first."""
+        chosen: list[tuple[dict[str, Any], UserInfo]] = []
+        budget = self.config.history_replay_bytes
+        for entry in reversed(self.history):
+            budget -= _estimate(entry[0])
+            if budget < 0:
+                break
+            chosen.append(entry)
+        chosen.reverse()
+        return chosen
 
     # ------------------------------------------------------------ statements
 
@@ -387,11 +452,13 @@ class BrokerCore:
                 raise RemoteProtocolError(f"sequence {statement.seq}, expected {session.seq_in + 1}")
             crypto.verify(session.key, p.statement_signing_input(signed.statement), signed.signature)
         except (crypto.CryptoError, RemoteProtocolError) as exc:
-            log.info("dropped SEND from %s: %s", session.name, exc)
+            peer_log.info(session.name, "dropped SEND from %s: %s", session.name, exc)
             return []
         session.seq_in = statement.seq
         if statement.kind == "chat":
             problem = p.text_problem(statement.body, self.config.max_text_bytes)
+            if problem is None and statement.timestamp is None:
+                problem = f"its time stamp is not a time from 1970 to 2100 (ts must be 0 to {p.MAX_TIMESTAMP})"
             if problem is None and statement.to is not None and statement.to not in self.by_name:
                 problem = f"{statement.to} is not online"
             if problem is None and not session.messages.take(now):
@@ -401,10 +468,12 @@ class BrokerCore:
                 preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
                 message = f"not delivered: {problem}: {preview!r}"
                 return self._event(session, {"type": "error", "message": message})
-            event = {"type": "chat", **signed.to_doc()}
+            # Stamped with the broker's clock (like IRCv3 server-time): clients show this, not the author's ts.
+            stamped = {**signed.to_doc(), "received": round(self.wall_clock(), 3)}
+            event = {"type": "chat", **stamped}
             if statement.to is not None:
                 return self._event(self.sessions[self.by_name[statement.to]], event)
-            self.history.append((signed.to_doc(), session.info))
+            self.history.append((stamped, session.info))
             return self._broadcast(event, exclude=session.identity)
         if statement.kind == "who":
             users = [p.user_info_doc(u) for u in self.online()]
@@ -418,6 +487,37 @@ class BrokerCore:
             return self._event(session, {"type": "error", "message": message})
         log.info("%s left", session.name)
         return self._remove(session, "left")
+
+    def _acknowledged(self, session: Session, tag: bytes) -> list[Work]:
+        """The session has read every EVENT up to the one `tag` names: send what waits, seal more backlog."""
+        if not any(sent == tag for sent, _ in session.in_flight):
+            return []  # not one we sent and have not yet heard about: a late or repeated ACK
+        while session.in_flight:
+            sent, size = session.in_flight.popleft()
+            session.in_flight_bytes -= size
+            if sent == tag:
+                break
+        out: list[Work] = []
+        while session.held and not self._window_full(session, len(session.held[0].frames[2])):
+            item = session.held.popleft()
+            size = len(item.frames[2])
+            session.held_bytes -= size
+            session.in_flight.append((p.event_tag(item.frames[2]), size))
+            session.in_flight_bytes += size
+            out.append(item)
+        return out + self._pump(session)
+
+    def _window_full(self, session: Session, size: int) -> bool:
+        """No room for an EVENT of `size` bytes: the window is full (one EVENT always fits an empty one).
+
+        The window also holds at most half of `send_queue_limit` EVENTs, so the socket's own queue never fills.
+        """
+        if not session.in_flight:
+            return False
+        return (
+            session.in_flight_bytes + size > self.config.send_window_bytes
+            or len(session.in_flight) >= self.config.send_queue_limit // 2
+        )
 
     def _end_revoked_sessions(self, now: float) -> list[Work]:
         """End sessions whose registered key was removed or replaced since they logged in."""
@@ -466,6 +566,35 @@ class BrokerCore:
         return self._deliver(session, changes[0] if len(changes) == 1 else {"type": "presence", "changes": changes})
 
     def _deliver(self, session: Session, event: dict[str, Any]) -> list[Work]:
+        """The job that seals `event` for `session`; behind its backlog, if it has one."""
+        if session.backlog:
+            self._defer(session, event)
+            return []
+        return self._seal(session, event)
+
+    def _defer(self, session: Session, event: dict[str, Any]) -> None:
+        session.backlog.append(event)
+        session.backlog_bytes += _estimate(event)
+        too_much = session.backlog_bytes > self.config.send_queue_bytes
+        if (too_much or len(session.backlog) > self.config.send_queue_limit) and session.identity in self.sessions:
+            self.too_slow(session.identity, self.now)
+
+    def _pump(self, session: Session) -> list[Work]:
+        """Seal the next backlog events while the session's window has room."""
+        out: list[Work] = []
+        while (
+            session.backlog
+            and not session.held
+            and session.sealing < BACKLOG_BATCH
+            and not self._window_full(session, self.config.send_window_bytes // 2)
+        ):
+            event = session.backlog.popleft()
+            session.backlog_bytes -= _estimate(event)
+            out += self._seal(session, event)
+        return out
+
+    def _seal(self, session: Session, event: dict[str, Any]) -> list[Work]:
+        session.sealing += 1
         session.seq_out += 1
         info = session.info
         return [
@@ -487,6 +616,12 @@ class BrokerCore:
         return []
 
 
+def _estimate(event: dict[str, Any]) -> int:
+    """About how many bytes an event takes sealed: its signed statement (JSON-escaped twice) and the rest."""
+    signed = event.get("signed")
+    return 1024 + (2 * len(signed) if isinstance(signed, str) else 0)
+
+
 def _require_plaintext(plaintext: bytes | None) -> bytes:
     if plaintext is None:
         raise crypto.CryptoError()
@@ -499,9 +634,16 @@ def run_inline(core: BrokerCore, runner: JobRunner, work: list[Work], now: float
     queue = collections.deque(work)
     while queue:
         item = queue.popleft()
-        result = item if isinstance(item, Outgoing) else runner.perform(item)
+        if isinstance(item, Outgoing):
+            out.append(item)
+            continue
+        result = runner.perform(item)
         if isinstance(result, Opened):
             queue.extendleft(reversed(core.opened(result, now)))
-        else:
-            out.append(result)
+        else:  # sealed frames go out now; what sendable() makes (more backlog to seal) waits its turn
+            for made in core.sendable([result], now):
+                if isinstance(made, Outgoing):
+                    out.append(made)
+                else:
+                    queue.append(made)
     return out

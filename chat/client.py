@@ -39,8 +39,16 @@ from chat.events import (
     WhoList,
 )
 from chat.pins import PinStore, pins_path_for
-from chat.protocol import MAX_BROKER_BODY, NAME_PATTERN, text_problem
+from chat.protocol import NAME_PATTERN, text_problem
 from chat.session import ClientSession, State
+from chat.transport import (
+    HandshakeState,
+    broker_curve_key,
+    connect_dealer,
+    read_monitor,
+    stop_watching,
+    watch_handshake,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +75,11 @@ def _users_in(event: Event) -> tuple[UserInfo, ...]:
 
 def load_keys(
     key_path: str | Path, broker_key_path: str | Path, passphrase: str | None = None
-) -> tuple[crypto.PrivateKey, crypto.PublicKey]:
-    """Load the user's private key and the pinned broker key (crypto.KeyFileError says what is wrong)."""
-    return crypto.load_private_key(Path(key_path), passphrase), crypto.load_public_key(Path(broker_key_path))
+) -> tuple[crypto.PrivateKey, crypto.PublicKeyFile]:
+    """Load the user's private key and the pinned broker key file (crypto.KeyFileError says what is wrong)."""
+    broker = crypto.load_public_key_file(Path(broker_key_path))
+    broker_curve_key(broker, str(broker_key_path))
+    return crypto.load_private_key(Path(key_path), passphrase), broker
 
 
 class ChatClient:
@@ -79,7 +89,7 @@ class ChatClient:
         port: int,
         name: str,
         key: crypto.PrivateKey,
-        broker_key: crypto.PublicKey,
+        broker_key: crypto.PublicKeyFile,
         *,
         bot: bool = False,
         history: bool = True,
@@ -93,7 +103,8 @@ class ChatClient:
         self.endpoint = f"tcp://{host}:{port}"
         self.name = name
         self.key = key
-        self.broker_key = broker_key
+        self.broker_key = broker_key.rsa
+        self.broker_curve = broker_curve_key(broker_key, "the broker's public key")
         self.bot = bot
         self.history = history
         self.pins = PinStore(pins_path)
@@ -102,7 +113,9 @@ class ChatClient:
         self._own_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
-        self.session = ClientSession(name, key, broker_key, bot=bot, history=history)
+        self._handshake: zmq.Socket[bytes] | None = None  # the socket monitor: connected, secured, refused
+        self._transport = HandshakeState()
+        self.session = ClientSession(name, key, self.broker_key, bot=bot, history=history)
         self._events: collections.deque[Event] = collections.deque()
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._ever_logged_in = False
@@ -234,10 +247,9 @@ class ChatClient:
         if self._socket is not None:
             if say_bye and self.online:
                 self._send(self.session.request("bye"))
-                self._socket.close(linger=1000)
+                self._close_socket(linger=1000)
             else:
-                self._socket.close(linger=0)
-            self._socket = None
+                self._close_socket()
         self.session.state = State.CLOSED
         if self._own_context and not self._context.closed:
             self._context.term()  # waits for the goodbye to be flushed (bounded by linger)
@@ -263,9 +275,17 @@ class ChatClient:
         poller = zmq.Poller()
         if self._socket is not None:
             poller.register(self._socket, zmq.POLLIN)
+        if self._handshake is not None:
+            poller.register(self._handshake, zmq.POLLIN)
         for sock in also:
             poller.register(sock, zmq.POLLIN)
         ready = dict(poller.poll(int(max(0.0, timeout) * 1000)))
+        if (
+            self._handshake is not None
+            and self._handshake in ready
+            and read_monitor(self._handshake, self._transport).refused
+        ):
+            self._key_refused()
         if self._socket is not None and self._socket in ready:
             self._read_socket()
         self._maintain(time.monotonic())
@@ -285,7 +305,7 @@ class ChatClient:
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self._last_heard = time.monotonic()
             try:
                 events, reply = self.session.receive(frames)
@@ -305,10 +325,21 @@ class ChatClient:
             except ConnectError:
                 self.close(say_bye=False)
                 raise
+            except Exception:  # our bug, on one frame: skip it, keep the session
+                log.exception("could not handle a frame from the broker; skipped it")
+                continue
             if reply is not None:
                 self._send(reply)
             for event in events:
                 self._on_event(event)
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Tell the broker what we have read, so it sends more (its flow control)."""
+        if self._socket is not None:
+            ack = self.session.ack()
+            if ack is not None:
+                self._send(ack)
 
     def _on_event(self, event: Event) -> None:
         for user in _users_in(event):
@@ -345,6 +376,11 @@ class ChatClient:
             if now > self._attempt_deadline:
                 if not self._ever_logged_in:
                     self.close(say_bye=False)
+                    if self._transport.connected and not self._transport.secured:
+                        raise ConnectError(
+                            f"the broker at {self.endpoint} did not complete the encrypted handshake: the pinned"
+                            " broker key is not this broker's key (copy its keys/broker.pub again)"
+                        )
                     raise ConnectError(
                         f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
                         " (is it running, and is this its key?)"
@@ -356,10 +392,24 @@ class ChatClient:
             elif now - self._last_sent >= self.session.heartbeat_interval:
                 self._send(self.session.ping())
 
-    def _connection_lost(self, reason: str, now: float) -> None:
+    def _key_refused(self) -> None:
+        """The broker refused our key at the transport: it is not registered there, or no longer."""
+        self.close(say_bye=False)
+        if not self._ever_logged_in:
+            raise ConnectError(
+                f"login refused: the broker does not accept {self.name!r} with this key (is the user registered?)"
+            )
+        self._events.append(SessionClosed("the broker no longer accepts your key"))
+
+    def _close_socket(self, linger: int = 0) -> None:
+        if self._socket is not None and self._handshake is not None:
+            stop_watching(self._socket, self._handshake)
         if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+            self._socket.close(linger=linger)
+        self._socket, self._handshake = None, None
+
+    def _connection_lost(self, reason: str, now: float) -> None:
+        self._close_socket()
         self.session.state = State.CLOSED
         if not self.reconnect:
             self.close(say_bye=False)
@@ -371,15 +421,10 @@ class ChatClient:
 
     def _start_attempt(self, now: float) -> None:
         self._retry_at = None
-        if self._socket is not None:
-            self._socket.close(linger=0)
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.setsockopt(zmq.RCVHWM, 10_000)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_BROKER_BODY + 1024)
-        sock.connect(self.endpoint)
-        self._socket = sock
+        self._close_socket()
+        self._socket = connect_dealer(self._context, self.endpoint, self.key, self.broker_curve)
+        self._handshake = watch_handshake(self._socket)
+        self._transport = HandshakeState()
         self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot, history=self.history)
         self._last_heard = now
         self._attempt_deadline = now + self.connect_timeout

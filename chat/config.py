@@ -36,9 +36,14 @@ class Config:
     send_queue_limit: int = 1000
     max_pending_logins: int = 1000
     max_clients: int = 1000
-    logins_per_second_per_source: float = 5.0
+    logins_per_second_per_user: float = 5.0
+    max_connections_per_source: int = 64
+    handshakes_per_second_per_source: float = 20.0
     messages_per_second_per_user: float = 20.0
     history_size: int = 100
+    history_replay_bytes: int = 1024 * 1024  # a login replays at most this much of the history
+    send_window_bytes: int = 1024 * 1024  # EVENT bytes sent to a session and not yet acknowledged, at most
+    send_queue_bytes: int = 8 * 1024 * 1024  # EVENT bytes waiting for a session's window: more, it is too slow
     presence_interval: float = 0.5  # joins and leaves go out at most this often, each member's in one event
     workers: int = DEFAULT_WORKERS  # crypto worker processes; 0 does the crypto in the broker's own loop
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
@@ -55,9 +60,14 @@ _KNOWN_KEYS = {
     "send_queue_limit",
     "max_pending_logins",
     "max_clients",
-    "logins_per_second_per_source",
+    "logins_per_second_per_user",
+    "max_connections_per_source",
+    "handshakes_per_second_per_source",
     "messages_per_second_per_user",
     "history_size",
+    "history_replay_bytes",
+    "send_window_bytes",
+    "send_queue_bytes",
     "presence_interval",
     "workers",
 }
@@ -103,6 +113,11 @@ def parse_config(raw: Any, source: Path) -> Config:
     send_queue_limit = _number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True)
     if history_size + 10 > send_queue_limit:
         raise ConfigError("'history_size' must be at least 10 below 'send_queue_limit' (a login replays the history)")
+    history_replay_bytes = _number(raw, "history_replay_bytes", 1024 * 1024, 0, 1 << 30, integer=True)
+    send_window_bytes = _number(raw, "send_window_bytes", 1024 * 1024, 64 * 1024, 1 << 30, integer=True)
+    send_queue_bytes = _number(raw, "send_queue_bytes", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True)
+    if history_replay_bytes >= send_queue_bytes:
+        raise ConfigError("'history_replay_bytes' must be below 'send_queue_bytes' (a login replays the history)")
     return Config(
         server_ip=ip,
         server_port=port,
@@ -114,9 +129,16 @@ def parse_config(raw: Any, source: Path) -> Config:
         send_queue_limit=send_queue_limit,
         max_pending_logins=_number(raw, "max_pending_logins", 1000, 1, 1_000_000, integer=True),
         max_clients=_number(raw, "max_clients", 1000, 1, 1_000_000, integer=True),
-        logins_per_second_per_source=float(_number(raw, "logins_per_second_per_source", 5.0, 0.01, 1e6, False)),
+        logins_per_second_per_user=float(_number(raw, "logins_per_second_per_user", 5.0, 0.01, 1e6, False)),
+        max_connections_per_source=_number(raw, "max_connections_per_source", 64, 1, 1_000_000, integer=True),
+        handshakes_per_second_per_source=float(
+            _number(raw, "handshakes_per_second_per_source", 20.0, 0.01, 1e6, False)
+        ),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
         history_size=history_size,
+        history_replay_bytes=history_replay_bytes,
+        send_window_bytes=send_window_bytes,
+        send_queue_bytes=send_queue_bytes,
         presence_interval=float(_number(raw, "presence_interval", 0.5, 0, 60, integer=False)),
         workers=_number(raw, "workers", DEFAULT_WORKERS, 0, MAX_WORKERS, integer=True),
         source=source,

@@ -6,6 +6,7 @@ session has already opened and verified.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -26,7 +27,8 @@ class Event:
 @dataclass(frozen=True)
 class ChatMessage(Event):
     """A message, its author verified. `private`: sent to us alone; `action`: a /me line;
-    `history`: from before we logged in, replayed by the broker."""
+    `history`: from before we logged in, replayed by the broker. `timestamp` is the author's claim;
+    `received` the broker's receive time (Unix seconds) when it stamped one, which is what clients show."""
 
     sender: str
     text: str
@@ -34,6 +36,7 @@ class ChatMessage(Event):
     private: bool = False
     action: bool = False
     history: bool = False
+    received: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class ConnectionLost(Event):
     retry_in: float
 
 
+def _json_time(value: float) -> float | None:
+    """A time JSON can hold: None for NaN and infinities (which `json.dumps` would write as invalid JSON)."""
+    return value if math.isfinite(value) else None
+
+
 def _user_dict(user: UserInfo) -> dict[str, object]:
     return {"name": user.name, "fingerprint": user.fingerprint, "bot": user.bot}
 
@@ -109,7 +117,7 @@ def to_dict(event: Event) -> dict[str, object]:
             "type": "chat",
             "from": event.sender,
             "text": event.text,
-            "ts": event.timestamp,
+            "ts": _json_time(event.timestamp if event.received is None else event.received),
             "private": event.private,
             "action": event.action,
             "history": event.history,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import crypto
 from chat.errors import LocalProtocolError
-from chat.protocol import check_name
+from chat.names import clashing_name
+from chat.protocol import NAME_PATTERN, check_name
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,21 @@ def write_private_key(path: Path, key: crypto.PrivateKey, passphrase: str | None
         handle.write(pem)
 
 
-def write_public_key(path: Path, key: crypto.PublicKey) -> None:
+def write_public_key(path: Path, key: crypto.PrivateKey) -> None:
+    """Write the public key file of a private key: its RSA key and its Curve25519 transport key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(crypto.export_public_pem(key))
+    tmp.write_bytes(crypto.export_public_file(key))
     tmp.replace(path)
+
+
+def public_file_is_current(path: Path, key: crypto.PrivateKey) -> bool:
+    """True when `path` is the public key file of `key`, its Curve25519 key included."""
+    try:
+        held = crypto.load_public_key_file(path)
+    except crypto.KeyFileError:
+        return False
+    return held.rsa == key.public_key() and held.curve == crypto.curve_public(crypto.curve_secret(key))
 
 
 def ensure_broker_keys(layout: KeyLayout, bits: int = crypto.keys.DEFAULT_KEY_BITS) -> tuple[crypto.PrivateKey, bool]:
@@ -69,7 +80,7 @@ def ensure_broker_keys(layout: KeyLayout, bits: int = crypto.keys.DEFAULT_KEY_BI
     layout.clients_dir.mkdir(parents=True, exist_ok=True)
     if layout.broker_private.exists():
         key = crypto.load_private_key(layout.broker_private)
-        if not layout.broker_public.exists():
+        if not public_file_is_current(layout.broker_public, key):  # missing, or from before the Curve25519 key
             write_public_key(layout.broker_public, key)
         return key, False
     key = crypto.generate_private_key(bits)
@@ -84,22 +95,54 @@ def create_client_key(
     """Create keys/private/<name>.pem and register keys/clients/<name>.pub; return the fingerprint.
 
     Refuses (FileExistsError) when either file exists: a key is never overwritten
-    and a registered name is never taken over.
+    and a registered name is never taken over. Also refuses (FileExistsError) a
+    name that looks like a registered one (`aIice` after `alice`, see
+    chat.names); nothing is written then.
     """
     private_path, public_path = layout.client_private(name), layout.client_public(name)
     for path in (private_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path} already exists; not overwriting it")
+    clash = clashing_name(name, registered_names(layout))
+    if clash is not None:
+        raise FileExistsError(f"{name!r} looks like the registered user {clash!r}; choose another name")
     key = crypto.generate_private_key(bits)
     write_private_key(private_path, key, passphrase)
     write_public_key(public_path, key)
     return crypto.fingerprint(key)
 
 
+def register_existing_key(layout: KeyLayout, name: str, passphrase: str | None = None) -> tuple[str, bool]:
+    """Write keys/clients/<name>.pub again from the existing keys/private/<name>.pem: (fingerprint, written).
+
+    For a .pub that was lost, or written before it carried the Curve25519 key. Refuses (FileExistsError)
+    a .pub that holds another key: a registered name is never taken over.
+    """
+    key = crypto.load_private_key(layout.client_private(name), passphrase)
+    public_path = layout.client_public(name)
+    if public_path.exists():
+        if crypto.load_public_key_file(public_path).rsa != key.public_key():
+            raise FileExistsError(f"{public_path} holds another key; not overwriting it")
+        if public_file_is_current(public_path, key):
+            return crypto.fingerprint(key), False
+    write_public_key(public_path, key)
+    return crypto.fingerprint(key), True
+
+
+def registered_names(layout: KeyLayout) -> list[str]:
+    """The names registered in keys/clients/ (`<name>.pub` files whose stem is a valid name), sorted."""
+    try:
+        paths = list(layout.clients_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted(path.stem for path in paths if path.suffix == ".pub" and NAME_PATTERN.fullmatch(path.stem))
+
+
 @dataclass(frozen=True)
 class Registered:
     key: crypto.PublicKey
     der: bytes  # crypto.public_key_to_der(key)
+    curve: bytes | None  # the Curve25519 transport key; None in a file written before there was one
 
 
 class Registry:
@@ -114,6 +157,47 @@ class Registry:
         self.layout = layout
         # name -> (file stamp, key or None when the file was refused); re-read when the file changes.
         self._cache: dict[str, tuple[tuple[int, int, int], Registered | None]] = {}
+        # Curve25519 key -> name, for the transport's allow-list; listed again when the directory changes.
+        self._by_curve: dict[bytes, str] = {}
+        self._listed: tuple[int, int] | None = None
+        self._listed_at = float("-inf")
+        self._names: tuple[tuple[int, int] | None, list[str]] = (None, [])
+
+    def look_alike(self, name: str) -> str | None:
+        """Another registered name that looks like `name` (chat.names), or None; listed again when the directory
+        changes. Look-alikes are refused when keys are made, but a registry may have been filled by hand."""
+        try:
+            info = self.layout.clients_dir.stat()
+        except OSError:
+            return None
+        stamp = (info.st_mtime_ns, info.st_ino)
+        if self._names[0] != stamp:
+            self._names = (stamp, registered_names(self.layout))
+        return clashing_name(name, self._names[1])
+
+    def name_for_curve_key(self, curve: bytes, now: float) -> str | None:
+        """The registered user whose Curve25519 key `curve` is, or None.
+
+        The directory is listed again when it changed, or (for a key it does not hold,
+        since a file may have been rewritten in place) at most once per second.
+        """
+        try:
+            info = self.layout.clients_dir.stat()
+            stamp = (info.st_mtime_ns, info.st_ino)
+        except OSError:
+            return None
+        if stamp != self._listed or (curve not in self._by_curve and now - self._listed_at >= 1.0):
+            self._listed, self._listed_at = stamp, now
+            self._by_curve = {}
+            for path in self.layout.clients_dir.glob("*.pub"):
+                registered = self.registered(path.stem)
+                if registered is not None and registered.curve is not None:
+                    self._by_curve[registered.curve] = path.stem
+        name = self._by_curve.get(curve)
+        if name is None:
+            return None
+        registered = self.registered(name)  # the file may have changed since the listing
+        return name if registered is not None and registered.curve == curve else None
 
     def lookup(self, name: str) -> crypto.PublicKey | None:
         """The registered key for `name`, or None (not registered, or the file was refused)."""
@@ -137,8 +221,8 @@ class Registry:
             return cached[1]
         registered: Registered | None
         try:
-            key = crypto.load_public_key(path)
-            registered = Registered(key, crypto.public_key_to_der(key))
+            held = crypto.load_public_key_file(path)
+            registered = Registered(held.rsa, crypto.public_key_to_der(held.rsa), held.curve)
         except crypto.KeyFileError as exc:
             log.error("refusing registry file: %s", exc)
             registered = None
@@ -155,7 +239,11 @@ class Registry:
                 continue
             try:
                 check_name(path.stem)
-                crypto.load_public_key(path)
+                if crypto.load_public_key_file(path).curve is None:
+                    problems.append(
+                        f"{path}: has no Curve25519 key, so {path.stem} cannot connect;"
+                        f" run `make keys NAME={path.stem}` where the private key is, and register the .pub it writes"
+                    )
             except LocalProtocolError:
                 problems.append(f"{path}: file name is not a valid user name; ignored")
             except crypto.KeyFileError as exc:
@@ -205,12 +293,29 @@ def main(argv: list[str] | None = None) -> int:
         check_name(args.name)
         if args.bits < crypto.MIN_KEY_BITS:
             raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")
-        _, created = ensure_broker_keys(layout)
-        if created:
-            print(f"created the broker key pair {layout.broker_private} and {layout.broker_public}")
+        if layout.broker_private.exists() or not layout.broker_public.exists():
+            _, created = ensure_broker_keys(layout)  # never on a client machine that holds a copied broker.pub
+            if created:
+                print(f"created the broker key pair {layout.broker_private} and {layout.broker_public}")
+        if layout.client_private(args.name).exists():
+            passphrase = os.environ.get("PASSPHRASE") or None
+            if (
+                passphrase is None
+                and sys.stdin.isatty()
+                and b"ENCRYPTED" in layout.client_private(args.name).read_bytes()
+            ):
+                passphrase = getpass.getpass(f"Passphrase for {layout.client_private(args.name)}: ")
+            fp, written = register_existing_key(layout, args.name, passphrase)
+            state = "registered" if written else "already registered:"
+            print(f"{layout.client_private(args.name)} exists; {state} {layout.client_public(args.name)}")
+            print(f"fingerprint {fp}")
+            return 0
         fp = create_client_key(layout, args.name, read_new_passphrase(), args.bits)
     except (LocalProtocolError, ValueError, FileExistsError, crypto.KeyFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print("\nerror: no passphrase given", file=sys.stderr)
         return 1
     print(f"wrote {layout.client_private(args.name)} (mode 0600, keep it secret)")
     print(f"registered {layout.client_public(args.name)}")

@@ -1,9 +1,10 @@
-"""Wire protocol zchat/1, without I/O: frames, documents, signing inputs, limits.
+"""Wire protocol zchat/2, without I/O: frames, documents, signing inputs, limits.
 
 Every ZeroMQ message between a client (DEALER) and the broker (ROUTER) has
-exactly three frames: the marker b"zchat/1", a command name, and a body. A
-body is either empty (PING, REFUSED, EVICTED, BUSY) or a hybrid envelope (see
-`crypto.envelope`) whose plaintext is a UTF-8 JSON object. docs/PROTOCOL.md is
+exactly three frames: the marker b"zchat/2", a command name, and a body. A
+body is either empty (PING, REFUSED, EVICTED, BUSY), the 16 bytes of an ACK,
+or a hybrid envelope (see `crypto.envelope`) whose plaintext is a UTF-8 JSON
+object. The transport under it is CurveZMQ (`chat.transport`, `chat.admission`). docs/PROTOCOL.md is
 the normative description; this module is its one implementation.
 
 Decoding functions raise RemoteProtocolError for anything a peer could get
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -24,13 +26,14 @@ import crypto
 from chat.errors import LocalProtocolError, RemoteProtocolError
 from chat.events import UserInfo
 
-MARKER = b"zchat/1"
+MARKER = b"zchat/2"
 
 # Commands a client sends.
 HELLO = b"HELLO"
 LOGIN = b"LOGIN"
 SEND = b"SEND"
 PING = b"PING"
+ACK = b"ACK"  # flow control: "I have read every EVENT up to the one whose body ends with these bytes"
 # Commands the broker sends (and PING).
 CHALLENGE = b"CHALLENGE"
 EVENT = b"EVENT"
@@ -38,7 +41,7 @@ REFUSED = b"REFUSED"
 EVICTED = b"EVICTED"
 BUSY = b"BUSY"
 
-CLIENT_COMMANDS = frozenset({HELLO, LOGIN, SEND, PING})
+CLIENT_COMMANDS = frozenset({HELLO, LOGIN, SEND, PING, ACK})
 BROKER_COMMANDS = frozenset({CHALLENGE, EVENT, REFUSED, EVICTED, BUSY, PING})
 BODYLESS_COMMANDS = frozenset({PING, REFUSED, EVICTED, BUSY})
 FRAME_COUNT = 3
@@ -50,6 +53,8 @@ MAX_BROKER_BODY = 16 * 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 MAX_SEQ = 2**53 - 1
+ACK_BYTES = 16  # an ACK names an EVENT by the last 16 bytes of its body (AES-GCM output: only its reader knows them)
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: a time stamp is a number of seconds from 0 to this
 # Statement kinds a logged-in client may send.
 STATEMENT_KINDS = frozenset({"chat", "who", "shutdown", "bye"})
 
@@ -91,7 +96,14 @@ def decode_frames(frames: list[bytes], allowed: frozenset[bytes], max_body: int)
         raise RemoteProtocolError(f"body of {len(body)} bytes exceeds {max_body}")
     if command in BODYLESS_COMMANDS and body:
         raise RemoteProtocolError("unexpected body")
+    if command == ACK and len(body) != ACK_BYTES:
+        raise RemoteProtocolError("an ACK body has 16 bytes")
     return command, body
+
+
+def event_tag(body: bytes) -> bytes:
+    """What an ACK carries for an EVENT body: its last ACK_BYTES bytes."""
+    return body[-ACK_BYTES:]
 
 
 # ---------------------------------------------------------------- JSON documents
@@ -144,7 +156,28 @@ def get_float(doc: dict[str, Any], key: str) -> float:
     value = doc.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RemoteProtocolError(f"field {key!r} missing or not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise RemoteProtocolError(f"field {key!r} is out of range") from None
+    if not math.isfinite(number):
+        raise RemoteProtocolError(f"field {key!r} is not a finite number")
+    return number
+
+
+def get_timestamp(doc: dict[str, Any], key: str) -> float:
+    """Seconds since 1970 as a JSON number from 0 to MAX_TIMESTAMP (no NaN, infinity or 4000-digit integer)."""
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TIMESTAMP:
+        raise RemoteProtocolError(f"field {key!r} missing or not a time from 0 to {MAX_TIMESTAMP}")
     return float(value)
+
+
+def _sane_timestamp(doc: dict[str, Any], key: str) -> float | None:
+    try:
+        return get_timestamp(doc, key)
+    except RemoteProtocolError:
+        return None
 
 
 def get_name(doc: dict[str, Any], key: str) -> str:
@@ -185,15 +218,21 @@ def text_problem(text: str, max_text_bytes: int) -> str | None:
     """Why `text` cannot be a chat message, or None if it can.
 
     Control characters (other than tab) are refused: they could rewrite a
-    recipient's terminal.
+    recipient's terminal. So are format characters (bidi controls, zero-width
+    ones, tag characters) and line/paragraph separators, which could make a line look
+    like someone else's; only the zero-width joiner (U+200D) that emoji
+    sequences need is allowed (variation selectors are marks, not format).
     """
     if not text.strip():
         return "message is empty"
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > max_text_bytes:
         return f"message is {size} bytes, the limit is {max_text_bytes}"
-    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch != "\t" for ch in text):
+    categories = {unicodedata.category(ch) for ch in text if ch not in "\t\u200d"}
+    if categories & {"Cc", "Cs"}:
         return "message contains control characters"
+    if categories & {"Cf", "Zl", "Zp"} or any("\U000e0000" <= ch <= "\U000e007f" for ch in text):
+        return "message contains invisible or direction-changing characters"
     return None
 
 
@@ -308,7 +347,7 @@ class Statement:
     sender: str
     session: str
     seq: int
-    timestamp: float
+    timestamp: float | None  # the author's clock; None when `ts` was not a sane time (the broker refuses it)
     body: str
     text: str
     to: str | None = None
@@ -356,7 +395,7 @@ class Statement:
             get_name(doc, "from"),
             get_str(doc, "session"),
             get_int(doc, "seq", 1),
-            get_float(doc, "ts"),
+            _sane_timestamp(doc, "ts"),
             get_str(doc, "text") if chat else "",
             text,
             get_name(doc, "to") if chat and "to" in doc else None,

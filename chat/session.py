@@ -81,6 +81,7 @@ class ClientSession:
         self._seq_in = 0
         self._peers: dict[str, _Peer] = {}
         self._replaying_history = False  # history events may only follow the welcome, before anything else
+        self._unacked_tag: bytes | None = None  # the last EVENT read and not yet acknowledged
 
     # ------------------------------------------------------------ outgoing
 
@@ -109,6 +110,15 @@ class ClientSession:
 
     def ping(self) -> list[bytes]:
         return p.encode_frames(p.PING)
+
+    def ack(self) -> list[bytes] | None:
+        """Frames acknowledging every EVENT read so far, or None when there is nothing new to acknowledge.
+
+        The broker sends a session only so many bytes it has not acknowledged (flow control); a driver
+        sends this after each batch of frames it read.
+        """
+        tag, self._unacked_tag = self._unacked_tag, None
+        return None if tag is None else p.encode_frames(p.ACK, tag)
 
     def _statement(self, kind: str, body: str, *, to: str | None = None, action: bool = False) -> list[bytes]:
         if self.state is not State.READY:
@@ -144,6 +154,7 @@ class ClientSession:
         if command == p.CHALLENGE and self.state is State.HELLO_SENT:
             return [], self._on_challenge(body)
         if command == p.EVENT and self.state in (State.LOGIN_SENT, State.READY):
+            self._unacked_tag = p.event_tag(body)  # read, so acknowledged, even if it turns out unusable
             return self._on_event(body), None
         raise RemoteProtocolError(f"unexpected {command.decode()} in state {self.state.value}")
 
@@ -289,6 +300,8 @@ class ClientSession:
             if found is None:
                 raise RemoteProtocolError("chat from someone not online")
             peer = found
+        if statement.timestamp is None:
+            raise RemoteProtocolError("chat whose time stamp is not a time")
         if statement.kind != "chat" or statement.to not in (None, self.name):
             raise RemoteProtocolError("not a chat message for us")
         try:
@@ -309,4 +322,5 @@ class ClientSession:
             private=statement.to is not None,
             action=statement.action,
             history=history,
+            received=p.get_timestamp(event, "received"),
         )

@@ -8,11 +8,13 @@ private ipc:// socket (a fresh 0700 directory), a DEALER per worker, at most
 private key on their stdin, never on a socket or a command line.
 
 Both keep the order the core relies on: each recipient's deliveries in the
-order the core made them, and every envelope opened in the order its frame
-arrived. The pool keeps two queues, each first in, first out (deliveries;
-envelopes to open with the challenges to sign), numbers each batch as it
-hands it out, and releases results in batch order (a reorder buffer),
-whichever worker finishes first.
+order the core made them, and each connection's envelopes opened in the order
+its frames arrived. Envelopes wait in an `OpenQueue`: logged-in sessions'
+statements take turns, one session at a time, ahead of handshake work (which
+gets every fifth turn while both wait), so neither a login storm nor one
+user's flood delays everyone else. The pool numbers each batch as it hands it
+out and releases results in batch order (a reorder buffer), whichever worker
+finishes first.
 
 The queues are bounded by what feeds them. Deliveries go first: a fan-out
 under way finishes before the next envelope is opened, which keeps latency
@@ -55,6 +57,7 @@ from chat.broker_work import (
     encode_results,
 )
 from chat.errors import ChatError
+from chat.protocol import SEND
 
 log = logging.getLogger(__name__)
 
@@ -74,37 +77,91 @@ class WorkerError(ChatError):
     """The worker processes could not be started or keep dying."""
 
 
+HANDSHAKE_TURN = 5  # while both wait, every fifth envelope opened is handshake work
+INLINE_OPENS_PER_TURN = 8  # `workers: 0`: envelopes opened per turn of the loop, so it reads frames in between
+
+
+class OpenQueue:
+    """Envelopes to open and challenges to sign, served fairly.
+
+    Logged-in sessions' SENDs take turns (round robin, each session's in arrival order) ahead of handshake
+    work (HELLO, LOGIN, challenges), which gets every HANDSHAKE_TURN-th turn while both wait.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: dict[bytes, collections.deque[Job]] = {}  # insertion order is the round
+        self.handshakes: collections.deque[Job] = collections.deque()
+        self.turn = 0
+
+    def append(self, job: Job) -> None:
+        if isinstance(job, OpenJob) and job.command == SEND:
+            self.sessions.setdefault(job.identity, collections.deque()).append(job)
+        else:
+            self.handshakes.append(job)
+
+    def popleft(self) -> Job:
+        self.turn += 1
+        if self.handshakes and (not self.sessions or self.turn % HANDSHAKE_TURN == 0):
+            return self.handshakes.popleft()
+        identity, jobs = next(iter(self.sessions.items()))
+        job = jobs.popleft()
+        del self.sessions[identity]
+        if jobs:
+            self.sessions[identity] = jobs  # to the end of the round
+        return job
+
+    def clear(self) -> None:
+        self.sessions.clear()
+        self.handshakes.clear()
+
+    def __len__(self) -> int:
+        return len(self.handshakes) + sum(len(jobs) for jobs in self.sessions.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.handshakes or self.sessions)
+
+
 class InlineJobs:
-    """`workers: 0`: every job is done in the broker's own loop, at once."""
+    """`workers: 0`: the crypto is done in the broker's own loop: deliveries at once, envelopes a few per turn."""
 
     def __init__(self, broker_key: crypto.PrivateKey, deliverable: Callable[[bytes], bool]) -> None:
         self.sockets: list[zmq.Socket[bytes]] = []
         self.runner = JobRunner(broker_key)
         self.deliverable = deliverable
         self.results: list[Result] = []
+        self.opens = OpenQueue()
 
     def submit(self, jobs: list[Job]) -> None:
         for job in jobs:
-            if not isinstance(job, DeliveryJob) or self.deliverable(job.identity):
-                result = perform(self.runner, job)
-                if result is not None:
-                    self.results.append(result)
+            if not isinstance(job, DeliveryJob):
+                self.opens.append(job)
+            elif self.deliverable(job.identity):
+                self._perform(job)
+
+    def _perform(self, job: Job) -> None:
+        result = perform(self.runner, job)
+        if result is not None:
+            self.results.append(result)
 
     def dispatch(self) -> None:
         pass
 
     def discard_opens(self) -> None:
-        pass
+        self.opens.clear()
 
     def collect(self) -> list[Result]:
+        for _ in range(INLINE_OPENS_PER_TURN):
+            if not self.opens:
+                break
+            self._perform(self.opens.popleft())
         results, self.results = self.results, []
         return results
 
     def idle(self) -> bool:
-        return not self.results
+        return not self.results and not self.opens
 
     def has_results(self) -> bool:
-        return bool(self.results)
+        return bool(self.results or self.opens)
 
     def check(self) -> None:
         pass
@@ -143,7 +200,7 @@ class WorkerPool:
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
         self.sockets = [self.socket]
         self.deliveries: collections.deque[DeliveryJob] = collections.deque()
-        self.opens: collections.deque[Job] = collections.deque()  # OpenJobs and ChallengeJobs, in arrival order
+        self.opens = OpenQueue()  # OpenJobs and ChallengeJobs
         self.sent: dict[int, list[bytes]] = {}  # batch → its frames, until its results arrive
         self.resend: list[int] = []  # batches of a worker that died, to hand out again first
         self.done: dict[int, list[Result]] = {}

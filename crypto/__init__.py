@@ -2,20 +2,25 @@
 
 A few verbs, no knobs: generate/load/export RSA keys, seal/open a hybrid
 envelope (RSA-OAEP wrapping an AES-256-GCM body), sign/verify (RSA-PSS),
-mac/verify_mac (HMAC-SHA256), and fingerprint a public key. Every algorithm, hash, mask function and mode is
-fixed here and passed explicitly; callers never choose one.
+mac/verify_mac (HMAC-SHA256), fingerprint a public key, and derive the
+Curve25519 pair for the CurveZMQ transport from an RSA key (`crypto.curve`).
+Every algorithm, hash, mask function and mode is fixed here and passed
+explicitly; callers never choose one.
 
 Every failure to open or verify something a peer sent raises the single
 `CryptoError`, whose message never says which step failed.
 """
 
+from crypto.curve import CURVE_KEY_BYTES, curve_public, curve_secret
 from crypto.envelope import open_envelope, seal
 from crypto.errors import CryptoError, KeyFileError
 from crypto.keys import (
     MIN_KEY_BITS,
     PrivateKey,
     PublicKey,
+    PublicKeyFile,
     export_private_pem,
+    export_public_file,
     export_public_pem,
     fingerprint,
     fingerprint_der,
@@ -23,6 +28,7 @@ from crypto.keys import (
     key_bits,
     load_private_key,
     load_public_key,
+    load_public_key_file,
     private_key_from_pem,
     public_key_from_der,
     public_key_to_der,
@@ -31,13 +37,18 @@ from crypto.mac import MAC_KEY_BYTES, mac, verify_mac
 from crypto.signing import sign, verify
 
 __all__ = [
+    "CURVE_KEY_BYTES",
     "MAC_KEY_BYTES",
     "MIN_KEY_BITS",
     "CryptoError",
     "KeyFileError",
     "PrivateKey",
     "PublicKey",
+    "PublicKeyFile",
+    "curve_public",
+    "curve_secret",
     "export_private_pem",
+    "export_public_file",
     "export_public_pem",
     "fingerprint",
     "fingerprint_der",
@@ -45,6 +56,7 @@ __all__ = [
     "key_bits",
     "load_private_key",
     "load_public_key",
+    "load_public_key_file",
     "mac",
     "open_envelope",
     "private_key_from_pem",

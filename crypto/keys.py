@@ -1,12 +1,29 @@
-"""RSA key generation, import, export and fingerprints."""
+"""RSA key generation, import, export and fingerprints; the public key file.
+
+A public key file holds the RSA SubjectPublicKeyInfo PEM block and, after it,
+the Curve25519 public key for the CurveZMQ transport (derived from the RSA
+private key, `crypto.curve`) in a block of its own:
+
+    -----BEGIN PUBLIC KEY-----
+    ...
+    -----END PUBLIC KEY-----
+    -----BEGIN ZCHAT CURVE25519 PUBLIC KEY-----
+    <base64 of the 32 key bytes>
+    -----END ZCHAT CURVE25519 PUBLIC KEY-----
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from Crypto.PublicKey import RSA
 
+from crypto.curve import CURVE_KEY_BYTES, curve_public, curve_secret
 from crypto.errors import KeyFileError
 
 PrivateKey = RSA.RsaKey
@@ -50,6 +67,31 @@ def export_private_pem(key: PrivateKey, passphrase: str | None = None) -> bytes:
 def export_public_pem(key: PublicKey) -> bytes:
     """SubjectPublicKeyInfo PEM of the public half."""
     return bytes(key.public_key().export_key(format="PEM"))
+
+
+CURVE_BLOCK = "ZCHAT CURVE25519 PUBLIC KEY"
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class PublicKeyFile:
+    """What a public key file holds: the RSA key and its Curve25519 transport key (None in a file without one)."""
+
+    rsa: PublicKey
+    curve: bytes | None
+
+
+def export_public_file(key: PrivateKey) -> bytes:
+    """The public key file of a private key: its RSA public key and its derived Curve25519 public key."""
+    curve = base64.b64encode(curve_public(curve_secret(key)))
+    return (
+        export_public_pem(key).rstrip(b"\n")
+        + b"\n-----BEGIN "
+        + CURVE_BLOCK.encode()
+        + b"-----\n"
+        + curve
+        + (b"\n-----END " + CURVE_BLOCK.encode() + b"-----\n")
+    )
 
 
 def public_key_to_der(key: PublicKey) -> bytes:
@@ -112,16 +154,34 @@ def private_key_from_pem(data: bytes, passphrase: str | None = None, source: str
 
 
 def load_public_key(path: Path) -> PublicKey:
-    """Load a PEM public key; refuses private keys and keys under MIN_KEY_BITS."""
+    """Load the RSA key of a public key file; refuses private keys and keys under MIN_KEY_BITS."""
+    return load_public_key_file(path).rsa
+
+
+def load_public_key_file(path: Path) -> PublicKeyFile:
+    """Load a public key file: its RSA key, and its Curve25519 key if it has one. KeyFileError names the problem."""
     data = _read_key_file(path)
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{path}: holds a PRIVATE key; public key files must never contain one")
+    found = [(name.decode(), body) for name, body in _PEM_BLOCK.findall(data)]
+    blocks = dict(found)
+    rsa_block = re.search(rb"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", data, re.DOTALL)
+    if set(blocks) - {"PUBLIC KEY", CURVE_BLOCK} or len(blocks) != len(found):  # no strangers, no repeats
+        raise KeyFileError(f"{path}: not an RSA public key file")
     try:
-        key = RSA.import_key(data)
+        key = RSA.import_key(data if rsa_block is None else rsa_block.group(0))  # PEM, or a bare DER key
     except (ValueError, IndexError, TypeError):
         raise KeyFileError(f"{path}: not an RSA public key") from None
     if key.has_private():
         raise KeyFileError(f"{path}: holds a PRIVATE key; public key files must never contain one")
     if key_bits(key) < MIN_KEY_BITS:
         raise KeyFileError(f"{path}: key has {key_bits(key)} bits, at least {MIN_KEY_BITS} are required")
-    return key
+    curve = None
+    if CURVE_BLOCK in blocks:
+        try:
+            curve = base64.b64decode(b"".join(blocks[CURVE_BLOCK].split()), validate=True)
+        except (binascii.Error, ValueError):
+            curve = None
+        if curve is None or len(curve) != CURVE_KEY_BYTES:
+            raise KeyFileError(f"{path}: its Curve25519 key is not 32 bytes of base64")
+    return PublicKeyFile(key, curve)

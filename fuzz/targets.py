@@ -2,12 +2,25 @@
 
 Anything else (an IndexError, a KeyError, a crash in the broker core) is a bug.
 The same targets run under atheris (`make fuzz`) and, briefly, in the test suite.
+
+`tcp` is different: it writes the bytes to a real broker process's TCP port and
+raises `BrokerDied` when that broker stops or logs a traceback.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
+import json
+import re
+import socket
+import struct
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +34,7 @@ from chat.keystore import KeyLayout, Registry, write_private_key, write_public_k
 from chat.session import ClientSession
 
 EXPECTED = (RemoteProtocolError, crypto.CryptoError)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def split_frames(data: bytes) -> list[bytes]:
@@ -87,4 +101,143 @@ def client(data: bytes) -> None:
             session.receive([p.MARKER, p.CHALLENGE, body])
 
 
-TARGETS = {"frames": frames_and_documents, "envelope": envelope, "broker": broker, "client": client}
+# ------------------------------------------------------------ raw bytes on a real broker's port
+
+
+class BrokerDied(Exception):
+    """The broker process behind the `tcp` target stopped, logged a traceback or stopped accepting: a finding."""
+
+
+_ZMTP_SIGNATURE = b"\xff" + bytes(8) + b"\x7f"
+
+
+def _greeting(mechanism: bytes) -> bytes:
+    return _ZMTP_SIGNATURE + b"\x03\x00" + mechanism.ljust(20, b"\x00") + b"\x00" + bytes(31)
+
+
+_READY_BODY = b"\x05READY" + b"\x0bSocket-Type" + len(b"DEALER").to_bytes(4, "big") + b"DEALER"
+_NULL_READY = bytes([0x04, len(_READY_BODY)]) + _READY_BODY  # a command frame: the NULL mechanism's READY
+# The first input byte picks what goes before the rest: nothing, a NULL greeting and READY, a CURVE greeting,
+# or the greeting's signature and version only (the input goes on with the mechanism).
+TCP_PREFIXES = (b"", _greeting(b"NULL") + _NULL_READY, _greeting(b"CURVE"), _ZMTP_SIGNATURE + b"\x03\x00")
+_BAD_LOG_LINES = re.compile(r"Traceback|internal error|Assertion failed")
+
+
+@dataclass
+class _TcpBroker:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    log_offset: int = 0
+    recent: collections.deque[bytes] = field(default_factory=lambda: collections.deque(maxlen=3))
+
+    def check(self) -> None:
+        """Raise BrokerDied if the broker stopped or logged something it never should."""
+        status = self.process.poll()
+        with self.log.open("rb") as log:
+            log.seek(self.log_offset)
+            added = log.read().decode("utf-8", "replace")
+        self.log_offset += len(added.encode())
+        bad = _BAD_LOG_LINES.search(added)
+        if status is None and bad is None:
+            return
+        # The broker handles a connection after we close it: the input to blame may be one of the last few.
+        inputs = ", ".join(data[:200].hex() for data in self.recent)
+        why = f"stopped (exit status {status})" if status is not None else f"logged {bad.group(0) if bad else ''!r}"
+        raise BrokerDied(f"the broker {why}; last inputs (hex): {inputs}\n--- broker log:\n{added[-4000:]}")
+
+
+# The broker runs under this watchdog, which stops it when the fuzzer goes away: libFuzzer ends the process
+# without running Python's atexit handlers. Its exit status is the broker's (128 + N for signal N).
+_WATCHDOG = """
+import os, signal, subprocess, sys, time
+parent = os.getppid()
+broker = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+signal.signal(signal.SIGTERM, lambda *_: broker.kill())
+while broker.poll() is None and os.getppid() == parent:
+    time.sleep(0.1)
+if broker.poll() is None:
+    broker.kill()
+code = broker.wait()
+sys.exit(128 - code if code < 0 else code)
+"""
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the watchdog, which stops the broker."""
+    if process.poll() is None:
+        process.terminate()
+        process.wait(10)
+
+
+@cache
+def _tcp_broker() -> _TcpBroker:
+    """broker.py in its own process on a free loopback port, with the fuzz world's keys (alice registered)."""
+    _, _, _, root = _world()
+    workdir = Path(tempfile.mkdtemp(prefix="zchat-fuzz-tcp-"))
+    config = {
+        "server_ip": "127.0.0.1",
+        "server_port": 0,
+        "keys_dir": str(root),
+        "workers": 0,  # no RSA work should ever happen here; a crypto worker would only cost start-up time
+        "max_connections_per_source": 100_000,  # every input reaches libzmq's parser, none is refused for count
+        "handshakes_per_second_per_source": 1_000_000,
+    }
+    (workdir / "config.json").write_text(json.dumps(config))
+    log = workdir / "broker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHDOG,
+                sys.executable,
+                str(PROJECT_ROOT / "broker.py"),
+                "--config",
+                str(workdir / "config.json"),
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    atexit.register(_stop, process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        match = re.search(r"listening on tcp://[\d.]+:(\d+)", log.read_text("utf-8", "replace"))
+        if match:
+            return _TcpBroker(process, int(match.group(1)), log)
+        time.sleep(0.02)
+    _stop(process)
+    raise RuntimeError(f"the fuzz broker did not start:\n{log.read_text('utf-8', 'replace')}")
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset on close: no TIME_WAIT
+    sock.settimeout(2)
+    try:
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def tcp(data: bytes) -> None:
+    """Raw bytes on a real broker's port (after a ZMTP prefix the first byte picks): the broker stays up."""
+    broker = _tcp_broker()
+    broker.check()
+    payload = TCP_PREFIXES[data[0] % len(TCP_PREFIXES)] + data[1:] if data else b""
+    broker.recent.append(data)
+    try:
+        sock = _connect(broker.port)
+    except OSError as exc:
+        broker.check()
+        raise BrokerDied(f"the broker is running but does not accept a connection: {exc}") from None
+    with sock, contextlib.suppress(OSError):  # the broker may close first: that is its right
+        sock.sendall(payload)
+    broker.check()
+
+
+TARGETS = {"frames": frames_and_documents, "envelope": envelope, "broker": broker, "client": client, "tcp": tcp}

@@ -156,7 +156,7 @@ def write_config(workdir: Path, clients: int) -> Path:
         "server_port": 0,
         "keys_dir": "keys",
         "messages_per_second_per_user": 1000,
-        "logins_per_second_per_source": 100000,
+        "logins_per_second_per_user": 100000,
         "max_clients": clients + 50,
         "send_queue_limit": 10000,
         "heartbeat_interval": 1,

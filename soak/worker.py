@@ -127,7 +127,7 @@ class Worker:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.context.set(zmq.MAX_SOCKETS, max(1024, 4 * len(spec.names) + 64))
         layout = KeyLayout(spec.keys_root)
-        self.broker_key = crypto.load_public_key(layout.broker_public)
+        self.broker_key = crypto.load_public_key_file(layout.broker_public)
         self.slots = [
             Slot(name, crypto.load_private_key(layout.client_private(name)), name in spec.stable) for name in spec.names
         ]

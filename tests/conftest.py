@@ -27,6 +27,7 @@ from chat.client import ChatClient
 from chat.events import Event, Welcome
 from chat.keystore import KeyLayout, write_private_key, write_public_key
 from chat.session import ClientSession
+from chat.transport import connect_dealer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY_BITS = 2048
@@ -90,6 +91,13 @@ class BrokerProcess:
     @property
     def keys(self) -> KeyLayout:
         return KeyLayout(self.workdir / "keys")
+
+    @property
+    def curve_key(self) -> bytes:
+        """The broker's Curve25519 public key, from the broker.pub it wrote."""
+        curve = crypto.load_public_key_file(self.keys.broker_public).curve
+        assert curve is not None
+        return curve
 
     def start(self, port: int | None = None, stdin: int | None = subprocess.DEVNULL) -> BrokerProcess:
         self.config["server_port"] = self.port if port is None else port
@@ -213,16 +221,17 @@ def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 
 
 @pytest.fixture
-def raw_dealer(zmq_context: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[BrokerProcess], zmq.Socket[bytes]]]:
-    """A bare DEALER connected to a broker, for sending hand-made frames."""
+def raw_dealer(
+    zmq_context: zmq.Context[zmq.Socket[bytes]], keyring: KeyRing
+) -> Iterator[Callable[..., zmq.Socket[bytes]]]:
+    """A bare DEALER connected to a broker over CurveZMQ as a registered user (alice unless told), for sending
+    hand-made frames."""
     sockets: list[zmq.Socket[bytes]] = []
 
-    def factory(broker: BrokerProcess) -> zmq.Socket[bytes]:
-        sock = zmq_context.socket(zmq.DEALER)
+    def factory(broker: BrokerProcess, name: str = "alice") -> zmq.Socket[bytes]:
+        sock = connect_dealer(zmq_context, f"tcp://127.0.0.1:{broker.port}", keyring.keys[name], broker.curve_key)
         sockets.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 3000)
-        sock.connect(f"tcp://127.0.0.1:{broker.port}")
         return sock
 
     yield factory

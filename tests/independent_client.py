@@ -1,4 +1,4 @@
-"""A minimal zchat/1 client written only from docs/PROTOCOL.md.
+"""A minimal zchat/2 client written only from docs/PROTOCOL.md.
 
 It imports nothing from the project (only the standard library, pyzmq and PyCryptodome), so a test that
 talks to the real broker through it shows that the document is enough to write a compatible client.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -20,19 +21,30 @@ from typing import Any
 import zmq
 from Crypto.Cipher import AES, PKCS1_OAEP
 from Crypto.Hash import HMAC, SHA256
+from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import RSA
 from Crypto.PublicKey.RSA import RsaKey
 from Crypto.Random import get_random_bytes
 from Crypto.Signature import pss
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
-MARKER = b"zchat/1"  # frame 0 of every message (1.2)
+MARKER = b"zchat/2"  # frame 0 of every message (1.2)
+PREFIX = b"zchat/2|"  # every context and signing/MAC input starts with it (2.3, 2.4, 3.1)
 MAX_BROKER_BODY = 16 * 1024 * 1024  # largest body a client accepts (9.1)
 BODYLESS = {b"PING", b"REFUSED", b"BUSY", b"EVICTED"}  # (1.3)
+ACK_BYTES = 16  # an ACK body: the last 16 bytes of the newest EVENT body read (8.4)
 FROM_BROKER = {b"CHALLENGE", b"EVENT", *BODYLESS}
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # (4)
 MAX_B64_CHARS = 10_926  # (4)
 MAX_SEQ = 2**53 - 1
 MIN_KEY_BITS = 2048  # (2.1)
+MAX_TIME = 4_102_444_800  # `ts` and `received`: Unix seconds from 0 to 2100-01-01 (6.1, 7.3)
+CURVE_INFO = b"zchat curve25519 secret key v1"  # HKDF info for the transport key pair (2.1)
+CURVE_BLOCK = re.compile(
+    r"-----BEGIN ZCHAT CURVE25519 PUBLIC KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END ZCHAT CURVE25519 PUBLIC KEY-----"
+)
+RSA_PUBLIC_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.DOTALL)
 LOGIN_TIMEOUT = 5.0  # the reference client's per-attempt limit (5.6)
 
 
@@ -70,7 +82,7 @@ def _pss(key: RsaKey) -> Any:
 
 
 def context_of(command: bytes) -> bytes:
-    return b"zchat/1|" + command  # (3.1)
+    return PREFIX + command  # (3.1)
 
 
 def seal(recipient: RsaKey, plaintext: bytes, command: bytes) -> bytes:
@@ -120,9 +132,9 @@ def verify(public_key: RsaKey, data: bytes, signature: bytes) -> bool:
 
 
 def mac_ok(delivery_key: bytes, delivery: str, mac: bytes) -> bool:
-    """HMAC-SHA256 over b"zchat/1|delivery|" + UTF-8(D) (2.4, 7.1)."""
+    """HMAC-SHA256 over b"zchat/2|delivery|" + UTF-8(D) (2.4, 7.1)."""
     try:  # HMAC.verify compares in constant time
-        HMAC.new(delivery_key, b"zchat/1|delivery|" + delivery.encode("utf-8"), digestmod=SHA256).verify(mac)
+        HMAC.new(delivery_key, PREFIX + b"delivery|" + delivery.encode("utf-8"), digestmod=SHA256).verify(mac)
     except ValueError:
         return False
     return True
@@ -141,11 +153,43 @@ def load_private_key(path: str | Path, passphrase: str | None = None) -> RsaKey:
 
 
 def load_public_key(path: str | Path) -> RsaKey:
-    """PEM SubjectPublicKeyInfo (2.1); the pinned broker key."""
-    key = RSA.import_key(Path(path).read_bytes())
+    """The PEM SubjectPublicKeyInfo block of a public key file (2.1); the pinned broker key."""
+    match = RSA_PUBLIC_BLOCK.search(Path(path).read_text("ascii"))
+    if match is None:
+        raise ValueError(f"{path}: no PUBLIC KEY block")
+    key = RSA.import_key(match.group(0))
     if key.has_private() or key.size_in_bits() < MIN_KEY_BITS:
         raise ValueError(f"{path}: not an RSA public key of at least {MIN_KEY_BITS} bits")
     return key
+
+
+def load_curve_public_key(path: str | Path) -> bytes:
+    """The 32-byte Curve25519 public key in the second block of a public key file (2.1); files written before
+    protocol 2 have none, and their owner cannot connect."""
+    match = CURVE_BLOCK.search(Path(path).read_text("ascii"))
+    if match is None:
+        raise ValueError(f"{path}: no ZCHAT CURVE25519 PUBLIC KEY block (a key file from before zchat/2)")
+    try:
+        curve = base64.b64decode("".join(match.group(1).split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{path}: the Curve25519 block is not base64") from exc
+    if len(curve) != 32:
+        raise ValueError(f"{path}: the Curve25519 public key is not 32 bytes")
+    return curve
+
+
+def curve_keypair(own_key: RsaKey) -> tuple[bytes, bytes]:
+    """The transport pair derived from the RSA private key (2.1): (public, secret), 32 raw bytes each.
+
+    secret = HKDF-SHA256(IKM = d as a k-byte big-endian integer, salt = empty, info = CURVE_INFO, L = 32);
+    public = X25519(secret, 9), which libzmq's zmq_curve_public computes (clamping included).
+    """
+    k = own_key.size_in_bytes()
+    ikm = int(own_key.d).to_bytes(k, "big")
+    secret = HKDF(ikm, 32, b"", SHA256, context=CURVE_INFO)  # empty salt = HashLen zero bytes (RFC 5869)
+    assert isinstance(secret, bytes)
+    public = z85.decode(zmq.curve_public(z85.encode(secret)))
+    return public, secret
 
 
 # --- JSON documents (section 4) ----------------------------------------------------------------------------------
@@ -197,6 +241,16 @@ def get_number(doc: dict[str, Any], field: str) -> float:
     value = doc.get(field)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ValueError(f"{field}: not a number")
+    return float(value)
+
+
+def get_time(doc: dict[str, Any], field: str) -> float:
+    """A JSON number (not a boolean, not NaN/infinity) from 0 to 4 102 444 800 (6.1, 7.3)."""
+    value = doc.get(field)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{field}: not a number")
+    if (isinstance(value, float) and not math.isfinite(value)) or not 0 <= value <= MAX_TIME:  # a huge int too
+        raise ValueError(f"{field}: not a time from 0 to {MAX_TIME}")
     return float(value)
 
 
@@ -255,7 +309,7 @@ def text_problem(text: str, max_text_bytes: int) -> str | None:
 
 
 class IndependentClient:
-    """One zchat/1 session over a fresh DEALER socket.
+    """One zchat/2 session over a fresh CurveZMQ DEALER socket.
 
     `receive()` returns events as plain dicts: welcome, chat, join, leave, who, error, closed, shutdown, and the
     local ones evicted / connection_lost (the session is then over; this minimal client does not reconnect).
@@ -280,9 +334,12 @@ class IndependentClient:
         self.bot = bot
         self.history = history
         self.own_key = load_private_key(key_path, passphrase)
-        self.broker_key = load_public_key(broker_key_path)
+        self.broker_key = load_public_key(broker_key_path)  # pinned (2.1)
+        self.broker_curve_key = load_curve_public_key(broker_key_path)  # the transport's server key (1.5, 2.1)
+        self.curve_public, self.curve_secret = curve_keypair(self.own_key)  # our transport pair (2.1)
         self.zmq_context = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None  # handshake events during a login (1.5)
         self._reset()
 
     def _reset(self) -> None:
@@ -300,6 +357,8 @@ class IndependentClient:
         self.max_text_bytes = 65_536
         self.last_sent = self.last_heard = time.monotonic()
         self.pings_sent = self.pings_received = 0
+        self.pending_ack: bytes | None = None  # last 16 bytes of the newest EVENT body read, not yet ACKed (8.4)
+        self.acks_sent = 0
 
     # --- frames
 
@@ -312,9 +371,17 @@ class IndependentClient:
         self.last_sent = time.monotonic()
         return True
 
+    def _flush_ack(self) -> None:
+        """ACK the newest EVENT read so far, which acknowledges it and every earlier one (8.4)."""
+        if self.pending_ack is not None and self._send(b"ACK", self.pending_ack):
+            self.pending_ack = None
+            self.acks_sent += 1
+
     def _recv(self, timeout: float) -> tuple[bytes, bytes] | None:
         """One well-formed broker message within `timeout` seconds (1.4), or None."""
         assert self.sock is not None
+        if self.pending_ack is not None and not self.sock.poll(0, zmq.POLLIN):
+            self._flush_ack()  # a batch of frames has been read: acknowledge before waiting for more (8.4)
         if not self.sock.poll(max(0, int(timeout * 1000)), zmq.POLLIN):
             return None
         frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
@@ -326,6 +393,8 @@ class IndependentClient:
         self.last_heard = time.monotonic()
         if command == b"PING":
             self.pings_received += 1
+        elif command == b"EVENT":  # acknowledged whether or not the event turns out usable (8.4)
+            self.pending_ack = body[-ACK_BYTES:]
         return command, body
 
     # --- login (section 5)
@@ -334,11 +403,17 @@ class IndependentClient:
         """HELLO, CHALLENGE, LOGIN, welcome. Returns the welcome event; raises on refusal or timeout."""
         self.close(say_bye=False, keep_context=True)
         self._reset()
-        self.sock = self.zmq_context.socket(zmq.DEALER)  # a new socket (new routing id) for every login
+        self.sock = self.zmq_context.socket(zmq.DEALER)  # a new socket for every login; never a ZMQ_ROUTING_ID (1.1)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 10_000)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BROKER_BODY + 1024)
+        # A CurveZMQ client (1.5): the broker's Curve public key, and our own pair derived from the RSA key (2.1).
+        self.sock.setsockopt(zmq.CURVE_SERVERKEY, self.broker_curve_key)
+        self.sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve_public)
+        self.sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve_secret)
+        # A refused handshake (our Curve key is not registered) shows only on the socket monitor (1.5).
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self.sock.connect(self.endpoint)
         deadline = time.monotonic() + timeout
 
@@ -361,13 +436,13 @@ class IndependentClient:
         if user != self.name or echoed != client_nonce:
             raise NotTheBroker("the challenge does not echo our name and nonce")
         broker_proof = (
-            b"zchat/1|broker|" + self.name.encode("ascii") + b"|" + client_nonce + server_nonce + delivery_key
+            PREFIX + b"broker|" + self.name.encode("ascii") + b"|" + client_nonce + server_nonce + delivery_key
         )
         if not verify(self.broker_key, broker_proof, broker_sig):
             raise NotTheBroker("the challenge is not signed by the pinned broker key")
         self.session, self.delivery_key = server_nonce.hex(), delivery_key
 
-        login_proof = b"zchat/1|login|" + self.name.encode("ascii") + b"|" + client_nonce + server_nonce
+        login_proof = PREFIX + b"login|" + self.name.encode("ascii") + b"|" + client_nonce + server_nonce
         document = {"sig": b64e(sign(self.own_key, login_proof))}
         self._send(b"LOGIN", seal(self.broker_key, dumps(document).encode("utf-8"), b"LOGIN"))
         while True:
@@ -378,12 +453,34 @@ class IndependentClient:
             if event is not None and event["type"] == "welcome":
                 self.logged_in = True
                 self.last_sent = self.last_heard = time.monotonic()
+                self._stop_monitor()
+                self._flush_ack()  # the welcome is an EVENT like any other (8.4)
                 return event
 
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            if self.sock is not None:
+                self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+
     def _await_login_answer(self, wanted: bytes, deadline: float) -> bytes:
-        """Wait for `wanted` during the handshake; REFUSED and BUSY end the attempt (9.3)."""
+        """Wait for `wanted` during the login; a refused CurveZMQ handshake (1.5), REFUSED and BUSY end the
+        attempt (9.3)."""
+        assert self.sock is not None
+        assert self.monitor is not None
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         while (remaining := deadline - time.monotonic()) > 0:
-            message = self._recv(remaining)
+            ready = dict(poller.poll(max(1, int(remaining * 1000))))
+            if self.monitor in ready:
+                event = recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    raise LoginRefused("login refused: the broker does not accept this key")
+            if self.sock not in ready:
+                continue
+            message = self._recv(0)
             if message is None:
                 continue
             command, body = message
@@ -406,11 +503,11 @@ class IndependentClient:
             "from": self.name,
             "session": self.session,
             "seq": self.seq_out,
-            "ts": time.time(),
+            "ts": time.time(),  # a number from 0 to 4 102 444 800, or the broker drops the statement (6.1, 6.3)
             **fields,
         }
         signed = dumps(statement)  # serialised once, signed and sent as is (6.2)
-        sig = sign(self.own_key, b"zchat/1|statement|" + signed.encode("utf-8"))
+        sig = sign(self.own_key, PREFIX + b"statement|" + signed.encode("utf-8"))
         document = {"signed": signed, "sig": b64e(sig)}
         if not self._send(b"SEND", seal(self.broker_key, dumps(document).encode("utf-8"), b"SEND")):
             self.logged_in, self.over = False, True
@@ -455,6 +552,8 @@ class IndependentClient:
             if command == b"EVENT":
                 event = self._on_event(body)
                 if event is not None:
+                    if not self.over:
+                        self._flush_ack()  # the caller may not read again soon (8.4)
                     return event
             # PING: nothing to do; REFUSED / BUSY / CHALLENGE while logged in: dropped (9.3)
         return None
@@ -585,12 +684,17 @@ class IndependentClient:
         to = get_name(statement, "to") if "to" in statement else None
         if to is not None and to != self.name:
             raise ValueError("a private message for someone else")
-        if not verify(key, b"zchat/1|statement|" + signed.encode("utf-8"), sig):
+        if not verify(key, PREFIX + b"statement|" + signed.encode("utf-8"), sig):
             raise ValueError(f"bad signature from {author}")
         text = get_str(statement, "text")
         if text_problem(text, self.max_text_bytes):
             raise ValueError("text breaks the rules")
-        ts, action = get_number(statement, "ts"), get_bool(statement, "action", default=False)
+        action = get_bool(statement, "action", default=False)
+        received = get_time(event, "received")  # the broker's clock: the time to show; required (7.3, 7.4)
+        try:
+            ts: float | None = get_time(statement, "ts")  # the author's clock, only informational (6.1, 7.4)
+        except ValueError:
+            ts = None
         if not is_history:
             last = self.last_statement.get(author)
             if last is not None and last[0] == session and seq <= last[1]:
@@ -600,6 +704,7 @@ class IndependentClient:
             "type": "chat",
             "from": author,
             "text": text,
+            "received": received,
             "ts": ts,
             "private": to is not None,
             "action": action,
@@ -610,6 +715,7 @@ class IndependentClient:
 
     def close(self, say_bye: bool = True, keep_context: bool = False) -> None:
         """Optionally say `bye` (6.1), then close the socket (linger 0, or 200 ms to flush the goodbye)."""
+        self._stop_monitor()
         if self.sock is not None:
             linger = 0
             if say_bye and self.logged_in:

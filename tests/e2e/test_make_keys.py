@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import crypto
 from tests.conftest import ROOT
 
 STAMP = ".venv/.runtime-installed"
@@ -61,11 +62,47 @@ def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
     assert "created the broker key pair" in first.stdout
 
     before = (private.read_bytes(), public.read_bytes(), (keys / "broker.pem").read_bytes())
+    fingerprint = first.stdout.split("fingerprint ")[1].split()[0]
     second = make(repo_copy, "keys", "NAME=zed")
-    assert second.returncode != 0, second.stdout
-    assert "already exists; not overwriting" in second.stderr
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already registered" in second.stdout
+    assert f"fingerprint {fingerprint}" in second.stdout
     assert "Traceback" not in second.stderr
     assert (private.read_bytes(), public.read_bytes(), (keys / "broker.pem").read_bytes()) == before
+
+
+def test_make_keys_registers_an_existing_key_again(repo_copy):
+    """A lost .pub, or one from before the Curve25519 key, is written again from the private key."""
+    keys = repo_copy / "keys"
+    assert make(repo_copy, "keys", "NAME=zed").returncode == 0
+    public = keys / "clients" / "zed.pub"
+    current = public.read_bytes()
+    for damaged in (None, current.split(b"-----BEGIN ZCHAT")[0]):  # lost; then without its Curve block
+        if damaged is None:
+            public.unlink()
+        else:
+            public.write_bytes(damaged)
+        again = make(repo_copy, "keys", "NAME=zed")
+        assert again.returncode == 0, again.stderr
+        assert "registered keys/clients/zed.pub" in again.stdout
+        assert public.read_bytes() == current
+    public.write_bytes((keys / "broker.pub").read_bytes())  # someone else's key under zed's name
+    refused = make(repo_copy, "keys", "NAME=zed")
+    assert refused.returncode != 0
+    assert "holds another key; not overwriting it" in refused.stderr
+    assert public.read_bytes() == (keys / "broker.pub").read_bytes()
+
+
+def test_make_keys_on_a_client_machine_keeps_the_copied_broker_key(repo_copy, tmp_path):
+    keys = repo_copy / "keys"
+    keys.mkdir()
+    copied = crypto.export_public_file(crypto.generate_private_key(2048))
+    (keys / "broker.pub").write_bytes(copied)
+    result = make(repo_copy, "keys", "NAME=zed")
+    assert result.returncode == 0, result.stderr
+    assert "created the broker key pair" not in result.stdout
+    assert (keys / "broker.pub").read_bytes() == copied
+    assert not (keys / "broker.pem").exists()
 
 
 def test_make_keys_without_a_name_prints_usage(repo_copy):

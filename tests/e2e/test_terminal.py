@@ -177,7 +177,7 @@ def test_a_changed_key_raises_a_loud_warning(broker, connect, terminal, keyring)
     first.close()
     alice.wait_text("bob left")
     # bob's registration is replaced by another key, and "bob" logs in with it.
-    broker.keys.client_public("bob").write_bytes(crypto.export_public_pem(keyring.keys["mallory"]))
+    broker.keys.client_public("bob").write_bytes(crypto.export_public_file(keyring.keys["mallory"]))
     connect(broker, "bob", key_path=keyring.private("mallory"))
     alice.wait_text("WARNING: bob now has key")
     assert f"but you pinned {crypto.fingerprint(keyring.keys['bob'])}" in alice.text()

@@ -179,7 +179,7 @@ def test_twenty_bots_each_get_every_other_bots_messages_once_in_order(make_broke
         heartbeat_timeout=60.0,
         send_queue_limit=5000,
         messages_per_second_per_user=1000,
-        logins_per_second_per_source=1000,
+        logins_per_second_per_user=1000,
     )
     names = [f"bot{i:02d}" for i in range(20)]
     for name in names:

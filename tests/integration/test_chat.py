@@ -137,8 +137,13 @@ def test_registered_name_with_the_wrong_key_is_refused(broker, connect, keyring)
 def test_broker_without_the_pinned_key_is_refused(make_broker, connect, keyring, tmp_path):
     broker = make_broker()
     impostor_pub = tmp_path / "impostor.pub"
-    impostor_pub.write_bytes(crypto.export_public_pem(keyring.keys["carol"]))
-    with pytest.raises(ConnectError):
+    impostor_pub.write_bytes(crypto.export_public_file(keyring.keys["carol"]))
+    with pytest.raises(ConnectError, match="did not answer"):  # its CurveZMQ handshake fails
+        connect(broker, "alice", broker_key_path=impostor_pub, connect_timeout=1.0)
+    # The broker's Curve key with another RSA key: the transport opens, the RSA proof still fails.
+    real_curve = broker.keys.broker_public.read_bytes().split(b"-----END PUBLIC KEY-----")[1]
+    impostor_pub.write_bytes(crypto.export_public_pem(keyring.keys["carol"]).rstrip() + real_curve)
+    with pytest.raises(ConnectError, match="login refused"):
         connect(broker, "alice", broker_key_path=impostor_pub)
 
 
@@ -290,7 +295,7 @@ def test_no_reconnect_after_a_deliberate_shutdown(broker, connect):
 def test_a_receiver_that_stops_reading_is_disconnected_and_told(make_broker, connect, keyring, raw_dealer):
     broker = make_broker(send_queue_limit=10, history_size=0)
     bob = connect(broker, "bob")
-    slow = raw_dealer(broker)
+    slow = raw_dealer(broker, "carol")
     slow.setsockopt(zmq.RCVHWM, 1)
     raw_login(slow, "carol", keyring, broker)
     alice = connect(broker, "alice")
@@ -337,7 +342,8 @@ def test_client_reports_unreachable_broker():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     key = crypto.generate_private_key(2048)
-    client = ChatClient("127.0.0.1", port, "alice", key, key, connect_timeout=1.0)
+    broker_key = crypto.PublicKeyFile(key.public_key(), crypto.curve_public(crypto.curve_secret(key)))
+    client = ChatClient("127.0.0.1", port, "alice", key, broker_key, connect_timeout=1.0)
     started = time.monotonic()
     with pytest.raises(ConnectError, match="did not answer"):
         client.login()

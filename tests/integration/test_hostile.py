@@ -48,7 +48,7 @@ def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring,
     bob = connect(broker, "bob")
     alice = connect(broker, "alice")
     intruder = raw_dealer(broker)
-    insider = raw_dealer(broker)
+    insider = raw_dealer(broker, "carol")
     carol, _ = raw_login(insider, "carol", keyring, broker)
     genuine = carol.say("a real message from carol")
     insider.send_multipart(genuine)
@@ -71,7 +71,7 @@ def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring,
         honest = f"honest message {next(rounds)}"
         alice.send(honest)
         event = wait_for(bob, lambda e: isinstance(e, ChatMessage | Notice))
-        assert event == ChatMessage("alice", honest, event.timestamp)
+        assert event == ChatMessage("alice", honest, event.timestamp, received=event.received)
         while True:  # carol's socket holds only what the broker sent her: never an error about garbage
             try:
                 insider.recv_multipart(zmq.NOBLOCK)
@@ -88,7 +88,7 @@ def test_lone_surrogate_from_a_logged_in_user_is_dropped(broker, connect, keyrin
     import crypto
 
     bob = connect(broker, "bob")
-    insider = raw_dealer(broker)
+    insider = raw_dealer(broker, "carol")
     carol, _ = raw_login(insider, "carol", keyring, broker)
     # The statement itself holds a lone surrogate; the outer JSON carries it as an escape.
     statement = (

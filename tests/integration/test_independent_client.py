@@ -111,7 +111,7 @@ def test_a_forged_author_signature_is_rejected(broker, connect, independent):
     statement = dumps(
         {"type": "chat", "from": "alice", "session": "00" * 32, "seq": 1, "ts": time.time(), "text": "forged"}
     )
-    sig = sign(load_private_key(broker.keys.client_private("carol")), b"zchat/1|statement|" + statement.encode())
+    sig = sign(load_private_key(broker.keys.client_private("carol")), b"zchat/2|statement|" + statement.encode())
     with pytest.raises(ValueError, match="bad signature"):
         carol._chat({"type": "chat", "signed": statement, "sig": b64e(sig)}, is_history=False)
 

@@ -70,7 +70,7 @@ def test_keys_are_pinned_on_first_sight_and_a_change_is_reported(broker, connect
     pins = json.loads((broker.keys.root / "private" / "alice.known.json").read_text())
     assert pins["bob"] == crypto.fingerprint(keyring.keys["bob"])
     bob.close()
-    broker.keys.client_public("bob").write_bytes(crypto.export_public_pem(keyring.keys["mallory"]))
+    broker.keys.client_public("bob").write_bytes(crypto.export_public_file(keyring.keys["mallory"]))
     connect(broker, "bob", key_path=keyring.private("mallory"))
     warning = wait_for(alice, lambda e: isinstance(e, KeyChanged))
     assert (warning.name, warning.pinned, warning.seen) == (

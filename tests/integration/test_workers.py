@@ -90,7 +90,7 @@ def test_a_burst_beyond_capacity_is_worked_off_in_order_without_stalling_heartbe
     bob = connect(broker, "bob")
     senders: list[tuple[str, zmq.Socket[bytes], ClientSession]] = []
     for name in ("alice", "carol", "admin"):
-        sock = raw_dealer(broker)
+        sock = raw_dealer(broker, name)
         session, _ = raw_login(sock, name, keyring, broker)
         senders.append((name, sock, session))
         wait_for(bob, lambda e, name=name: isinstance(e, Joined) and e.user.name == name)

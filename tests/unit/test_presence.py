@@ -153,7 +153,10 @@ def test_chat_from_a_new_user_comes_after_their_pending_join(world):
     assert [m.identity for m in out] == [b"bob", b"bob"]
     events = world.deliver(out)
     assert events == {
-        b"bob": [Joined(user(world, "alice")), ChatMessage("alice", "hi bob", events[b"bob"][1].timestamp)]
+        b"bob": [
+            Joined(user(world, "alice")),
+            ChatMessage("alice", "hi bob", events[b"bob"][1].timestamp, received=events[b"bob"][1].received),
+        ]
     }
     assert "alice" in world.clients[b"bob"].roster
     assert flush(world) == []  # the join went out with the chat: it is not sent twice

@@ -42,7 +42,7 @@ def test_decode_frames_rejects_wrong_frame_count(count):
     assert "frames" in str(error)
 
 
-@pytest.mark.parametrize("marker", [b"", b"zchat/2", b"ZCHAT/1", b"zchat/1 ", b"zchat"])
+@pytest.mark.parametrize("marker", [b"", b"zchat/1", b"ZCHAT/2", b"zchat/2 ", b"zchat"])
 def test_decode_frames_rejects_wrong_marker(marker):
     error = remote_error(lambda: p.decode_frames([marker, p.PING, b""], p.CLIENT_COMMANDS, MAX_BODY))
     assert "marker" in str(error)
@@ -97,7 +97,7 @@ def test_encode_frames_refuses_body_on_bodyless_command():
 def test_contexts_differ_per_command():
     contexts = {p.context(command) for command in p.CLIENT_COMMANDS | p.BROKER_COMMANDS}
     assert len(contexts) == len(p.CLIENT_COMMANDS | p.BROKER_COMMANDS)
-    assert p.context(p.SEND) == b"zchat/1|SEND"
+    assert p.context(p.SEND) == b"zchat/2|SEND"
 
 
 def worst_case_chat() -> p.SignedStatement:
@@ -387,7 +387,7 @@ def test_statement_parse_keeps_the_exact_signed_text():
 
 def test_statement_signing_input_covers_the_exact_text():
     built = p.Statement.build("chat", "alice", SESSION, 1, 1.0, "é")
-    assert p.statement_signing_input(built.text) == b"zchat/1|statement|" + built.text.encode("utf-8")
+    assert p.statement_signing_input(built.text) == b"zchat/2|statement|" + built.text.encode("utf-8")
     assert "é" in built.text  # not ASCII-escaped: the signed bytes are the UTF-8 text
 
 
@@ -415,8 +415,6 @@ GOOD_STATEMENT = {"type": "chat", "from": "alice", "session": SESSION, "seq": 1,
         {"seq": 1.0},
         {"seq": "1"},
         {"seq": 2**53},
-        {"ts": True},
-        {"ts": "now"},
         {"text": 5},
         {"text": None},
     ],
@@ -424,6 +422,17 @@ GOOD_STATEMENT = {"type": "chat", "from": "alice", "session": SESSION, "seq": 1,
 def test_statement_parse_rejects_wrong_fields(change):
     assert p.Statement.parse(json.dumps(GOOD_STATEMENT)).body == "hi"
     remote_error(lambda: p.Statement.parse(json.dumps({**GOOD_STATEMENT, **change})))
+
+
+@pytest.mark.parametrize("ts", [True, "now", None, float("nan"), -1, 1e300, 10**4000, [1.0]])
+def test_statement_with_an_impossible_ts_parses_with_no_timestamp(ts):
+    """The broker then refuses it with an error that names it (the statement is authentic: its seq counts)."""
+    text = (
+        json.dumps({**GOOD_STATEMENT, "ts": ts})
+        if ts != 10**4000
+        else json.dumps(GOOD_STATEMENT).replace('"ts": 1.0', '"ts": ' + "9" * 4000)
+    )
+    assert p.Statement.parse(text).timestamp is None
 
 
 @pytest.mark.parametrize("text", ["", "[]", "{", '"x"', json.dumps({"type": "chat"})])
@@ -455,7 +464,7 @@ LIMIT = 100
         "x" * LIMIT,
         "é" * (LIMIT // 2),
         "  padded  ",
-        "\u200b zero width",
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 joined emoji",
     ],
 )
 def test_text_problem_accepts(text):
@@ -479,6 +488,8 @@ def test_text_problem_accepts(text):
         ("del\x7f", "control"),
         ("c1 \x9b control", "control"),
         ("lone \ud800 surrogate", "control"),
+        ("\u200b zero width", "invisible"),
+        ("\u202e reversed", "direction-changing"),
     ],
 )
 def test_text_problem_refuses(text, expected):
@@ -503,7 +514,7 @@ def test_check_name_refuses(name):
 def test_signing_inputs_are_distinct_per_purpose():
     broker = p.broker_proof_input("alice", NONCE, OTHER_NONCE, DELIVERY_KEY)
     login = p.login_proof_input("alice", NONCE, OTHER_NONCE)
-    assert not broker.startswith(login[: len(b"zchat/1|login")])
+    assert not broker.startswith(login[: len(b"zchat/2|login")])
     assert broker != p.broker_proof_input("alice", NONCE, OTHER_NONCE, bytes(32))
     assert p.delivery_mac_input("x") != p.statement_signing_input("x")
     assert p.login_proof_input("alice", NONCE, OTHER_NONCE) != p.login_proof_input("alice", OTHER_NONCE, NONCE)

@@ -35,7 +35,7 @@ def broker_event(
 def chat_event(key: crypto.PrivateKey, sender: str, session: str, seq: int, text: str = "forged") -> dict[str, Any]:
     statement = p.Statement.build("chat", sender, session, seq, 1.0, text)
     signature = crypto.sign(key, p.statement_signing_input(statement.text))
-    return {"type": "chat", **p.SignedStatement(statement.text, signature).to_doc()}
+    return {"type": "chat", **p.SignedStatement(statement.text, signature).to_doc(), "received": 2.0}
 
 
 def remote_error(client: ClientSession, frames: list[bytes], match: str) -> None:
@@ -79,7 +79,7 @@ def test_event_sealed_for_someone_else_is_rejected(pair):
     remote_error(alice, for_bob.frames, "did not open")
     # The rejected frame left alice's session intact.
     (message,) = alice.receive(for_alice.frames)[0]
-    assert message == ChatMessage("carol", "hello both", message.timestamp)
+    assert message == ChatMessage("carol", "hello both", message.timestamp, received=message.received)
 
 
 def test_event_from_an_earlier_session_is_rejected(world):

@@ -1,0 +1,581 @@
+"""The six attacks of issue 11 (findings 1-6), each the body of its own process, each paced to a modest rate.
+
+Every attacker waits for the "go" event, attacks until `duration` seconds
+later, closes everything and puts ("result", kind, stats) on the out queue
+(stats: what it sent, and its own CPU seconds), or ("error", kind, traceback).
+Each attacker connects from its own loopback source addresses (127.0.0.2 and
+up), so the per-source limits it trips are its own and not the honest users'
+(they connect from 127.0.0.1).
+
+    random_bytes       4 KiB of random bytes on each new TCP connection
+    routing_claims     an insider's CURVE DEALERs announcing routing ids: the ids an unseeded libzmq would generate
+                       next, random ids of that form, and arbitrary ones; each sends HELLO-shaped frames
+    endless_multipart  a stranger: raw TCP, a ZMTP 3.0 NULL greeting, then empty frames with MORE set, forever
+    conn_flood         as many raw TCP connections as it can hold open, from several sources, reopened when closed
+    rsa_work           a captured HELLO replayed from unregistered CURVE keys, NULL DEALERs and raw NULL ZMTP;
+                       an insider's HELLOs far over its login rate
+    log_amp            an insider that logged in sends malformed frames as fast as its pace allows
+
+`scale` (1.0, or less for --quick) multiplies every rate and count.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import resource
+import secrets
+import selectors
+import socket
+import struct
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import crypto
+from attack.zmtp import ENDLESS_FRAME, NULL_HANDSHAKE, generated_form, greeting, message
+from chat import protocol as p
+from chat.errors import ChatError
+from chat.events import Welcome
+from chat.keystore import KeyLayout
+from chat.session import ClientSession, State
+from chat.transport import connect_dealer
+
+Stats = dict[str, float]
+Message = tuple[Any, ...]
+
+GO_TIMEOUT = 120.0
+IDLE = 0.002
+
+# Paces at scale 1.0 (per second unless said otherwise). Chosen so that all six together use well under one core.
+RANDOM_BYTES_RATE = 40.0  # connections
+RANDOM_BYTES_CHUNK = 4096
+RANDOM_BYTES_HOLD = 1.0  # seconds a connection stays open after its bytes
+CLAIM_RATE = 10.0  # CURVE connections with a claimed routing id (the ZAP handler admits 20/s per source)
+CLAIM_HOLD = 2.0
+ENDLESS_BYTES_RATE = 16 * 1024 * 1024.0
+ENDLESS_RECONNECT_RATE = 20.0
+ENDLESS_CHUNK = ENDLESS_FRAME * 32 * 1024  # 64 KiB of empty MORE frames
+FLOOD_TARGET = 4000  # connections it tries to hold open
+FLOOD_OPEN_RATE = 200.0  # new connections per second, at most
+STRANGER_DEALER_RATE = 20.0  # new DEALERs per second, per kind (unregistered CURVE key, NULL)
+STRANGER_HOLD = 1.0
+STRANGER_HELLOS = 4  # HELLOs queued on each stranger DEALER
+RAW_NULL_RATE = 10.0  # raw NULL-ZMTP connections per second, each with RAW_NULL_HELLOS replayed HELLOs
+RAW_NULL_HELLOS = 20
+INSIDER_HELLO_RATE = 100.0
+JUNK_RATE = 10_000.0  # malformed frames
+JUNK_BATCH = 100
+LOGIN_TIMEOUT = 10.0
+
+# Malformed messages a logged-in user may send (finding 6); each the broker must drop without a log line each.
+LOG_JUNK: list[list[bytes]] = [
+    [b"x"],
+    [p.MARKER, b"NOPE", b""],
+    [p.MARKER],
+    [p.MARKER, p.SEND],
+    [p.MARKER, p.SEND, b"", b"one too many"],
+    [b"", b"", b"", b"", b""],
+    [b"zchat/0", p.HELLO, b"\x01"],
+    [p.MARKER, p.HELLO, b"\x01" + bytes(40)],
+    [p.MARKER, p.CHALLENGE, b"\x01"],
+    [p.MARKER, p.SEND, os.urandom(600)],
+    [p.MARKER, p.ACK, bytes(16)],
+]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    kind: str
+    port: int
+    keys_root: Path
+    duration: float
+    scale: float
+    sources: tuple[str, ...]  # loopback addresses to connect from
+    insider: str = ""  # the registered user it abuses, if any
+    captured_hello: tuple[bytes, ...] = ()  # an honest user's genuine HELLO, for replay
+    counters: tuple[int, ...] = ()  # libzmq's first generate_random() values in an unseeded process
+
+
+class Pacer:
+    """Lets an action happen `rate` times per second on average (never catching up more than a second)."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else float("inf")
+        self.next = now
+
+    def due(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        self.next = max(self.next + self.interval, now - 1.0)
+        return True
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _endpoint(source: str, port: int) -> str:
+    return f"tcp://{source}:0;127.0.0.1:{port}"
+
+
+def _tcp(source: str, port: int, timeout: float = 1.0) -> socket.socket:
+    """A TCP connection to the broker from `source`; OSError when it cannot be made. Reset (linger 0) on close."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _broker_keys(spec: AttackSpec) -> crypto.PublicKeyFile:
+    return crypto.load_public_key_file(KeyLayout(spec.keys_root).broker_public)
+
+
+def _insider_key(spec: AttackSpec) -> crypto.PrivateKey:
+    return crypto.load_private_key(KeyLayout(spec.keys_root).client_private(spec.insider))
+
+
+def _curve_dealer(
+    context: zmq.Context[zmq.Socket[bytes]],
+    endpoint: str,
+    curve_secret: bytes | None,
+    server_key: bytes,
+    routing_id: bytes | None = None,
+) -> zmq.Socket[bytes]:
+    """A DEALER with hand-picked credentials: CURVE with `curve_secret`, or NULL when None."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100)
+    sock.setsockopt(zmq.RCVHWM, 100)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    if curve_secret is not None:
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+    sock.connect(endpoint)
+    return sock
+
+
+def _queue(sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
+def _drain_replies(sock: zmq.Socket[bytes], stats: Stats, prefix: str) -> None:
+    while True:
+        try:
+            reply = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        command = reply[1].decode("ascii", "replace") if len(reply) > 1 else "?"
+        key = f"{prefix}_{command.lower()}"
+        stats[key] = stats.get(key, 0) + 1
+
+
+# ------------------------------------------------------------ 1. random bytes
+
+
+def random_bytes(spec: AttackSpec, end: float) -> Stats:
+    stats: Stats = {"connections": 0, "bytes": 0, "connect_failures": 0}
+    pacer = Pacer(RANDOM_BYTES_RATE * spec.scale, time.monotonic())
+    held: collections.deque[tuple[socket.socket, float]] = collections.deque()
+    while (now := time.monotonic()) < end:
+        if pacer.due(now):
+            try:
+                sock = _tcp(spec.sources[0], spec.port)
+                sock.setblocking(False)
+                stats["bytes"] += sock.send(os.urandom(RANDOM_BYTES_CHUNK))
+                stats["connections"] += 1
+                held.append((sock, now))
+            except OSError:
+                stats["connect_failures"] += 1
+        while held and now - held[0][1] > RANDOM_BYTES_HOLD:
+            held.popleft()[0].close()
+        time.sleep(max(IDLE, min(pacer.next, end) - time.monotonic()))
+    for sock, _ in held:
+        sock.close()
+    return stats
+
+
+# ------------------------------------------------------------ 2. routing-id claims
+
+
+def routing_claims(spec: AttackSpec, end: float) -> Stats:
+    stats: Stats = {
+        "connections": 0,
+        "claims_predicted": 0,
+        "claims_generated_form_random": 0,
+        "claims_arbitrary": 0,
+        "frames_queued": 0,
+        "frames_not_queued": 0,
+    }
+    rng = random.Random()  # noqa: S311 - attack traffic, not a secret
+    broker = _broker_keys(spec)
+    key = _insider_key(spec)
+    secret = crypto.curve_secret(key)
+    server_key = broker.curve or b""
+    hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(4)]
+    counters = list(spec.counters) or [0]
+    next_offset = [0] * len(counters)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    held: collections.deque[tuple[zmq.Socket[bytes], float]] = collections.deque()
+    pacer = Pacer(CLAIM_RATE * spec.scale, time.monotonic())
+    made = 0
+    try:
+        while (now := time.monotonic()) < end:
+            if pacer.due(now):
+                kind = made % 4
+                if kind < 2:  # the ids an unseeded broker gives its next connections, each start in turn
+                    which = (made // 2) % len(counters)
+                    claimed = generated_form(counters[which] + next_offset[which])
+                    next_offset[which] += 1
+                    stats["claims_predicted"] += 1
+                elif kind == 2:
+                    claimed = b"\x00" + secrets.token_bytes(4)
+                    stats["claims_generated_form_random"] += 1
+                else:
+                    claimed = bytes([rng.randrange(1, 256)]) + secrets.token_bytes(rng.randrange(0, 32))
+                    stats["claims_arbitrary"] += 1
+                made += 1
+                sock = _curve_dealer(context, _endpoint(spec.sources[0], spec.port), secret, server_key, claimed)
+                stats["connections"] += 1
+                for frames in (hellos[made % len(hellos)], [p.MARKER, p.HELLO, secrets.token_bytes(442)]):
+                    queued = _queue(sock, frames)
+                    stats["frames_queued" if queued else "frames_not_queued"] += 1
+                held.append((sock, now))
+            for sock, _ in held:
+                _drain_replies(sock, stats, "replies")
+            while held and now - held[0][1] > CLAIM_HOLD:
+                held.popleft()[0].close(linger=0)
+            time.sleep(max(IDLE, min(pacer.next, end) - time.monotonic()))
+    finally:
+        for sock, _ in held:
+            sock.close(linger=0)
+        context.term()
+    return stats
+
+
+# ------------------------------------------------------------ 3. a never-ending multipart message
+
+
+def endless_multipart(spec: AttackSpec, end: float) -> Stats:
+    stats: Stats = {"connections": 0, "bytes": 0, "frames": 0, "max_bytes_one_connection": 0, "connect_failures": 0}
+    budget = Pacer(ENDLESS_BYTES_RATE * spec.scale / len(ENDLESS_CHUNK), time.monotonic())  # chunks per second
+    reconnect = Pacer(ENDLESS_RECONNECT_RATE * spec.scale, time.monotonic())
+    prelude = greeting(b"NULL")
+    while (now := time.monotonic()) < end:
+        if not reconnect.due(now):
+            time.sleep(max(IDLE, min(reconnect.next, end) - now))
+            continue
+        try:
+            sock = _tcp(spec.sources[0], spec.port)
+        except OSError:
+            stats["connect_failures"] += 1
+            continue
+        stats["connections"] += 1
+        this = 0
+        try:
+            sock.settimeout(0.5)
+            sock.sendall(prelude)
+            stats["bytes"] += len(prelude)
+            while (now := time.monotonic()) < end:
+                if not budget.due(now):
+                    time.sleep(max(IDLE, min(budget.next, end) - now))
+                    continue
+                try:
+                    sent = sock.send(ENDLESS_CHUNK)
+                except TimeoutError:  # the broker stopped reading but holds the connection: keep pushing
+                    continue
+                this += sent
+                stats["bytes"] += sent
+                stats["frames"] += sent // 2
+        except OSError:  # closed by the broker: the normal end of a connection
+            pass
+        finally:
+            sock.close()
+            stats["max_bytes_one_connection"] = max(stats["max_bytes_one_connection"], this)
+    return stats
+
+
+# ------------------------------------------------------------ 4. a connection flood
+
+
+def conn_flood(spec: AttackSpec, end: float) -> Stats:
+    stats: Stats = {"opened": 0, "closed_by_broker": 0, "peak_open": 0, "open_at_end": 0, "connect_failures": 0}
+    target = max(1, int(FLOOD_TARGET * spec.scale))
+    pacer = Pacer(FLOOD_OPEN_RATE * spec.scale, time.monotonic())
+    selector = selectors.DefaultSelector()
+    open_count = 0
+    made = 0
+    try:
+        while (now := time.monotonic()) < end:
+            while open_count < target and pacer.due(now):
+                source = spec.sources[made % len(spec.sources)]
+                made += 1
+                try:
+                    sock = _tcp(source, spec.port, timeout=0.5)
+                    if made % 2:  # half begin a CurveZMQ handshake and stall; the others say nothing at all
+                        sock.sendall(greeting(b"CURVE"))
+                    sock.setblocking(False)
+                except OSError:
+                    stats["connect_failures"] += 1
+                    break
+                selector.register(sock, selectors.EVENT_READ, sock)
+                open_count += 1
+                stats["opened"] += 1
+                now = time.monotonic()
+            stats["peak_open"] = max(stats["peak_open"], open_count)
+            for key, _ in selector.select(timeout=0.01):
+                sock = key.data
+                try:
+                    closed = not sock.recv(65536)
+                except BlockingIOError:
+                    closed = False
+                except OSError:
+                    closed = True
+                if closed:
+                    selector.unregister(sock)
+                    sock.close()
+                    open_count -= 1
+                    stats["closed_by_broker"] += 1
+    finally:
+        stats["open_at_end"] = open_count
+        for key in list(selector.get_map().values()):
+            key.data.close()
+        selector.close()
+    return stats
+
+
+# ------------------------------------------------------------ 5. unauthenticated RSA work
+
+
+def rsa_work(spec: AttackSpec, end: float) -> Stats:
+    stats: Stats = {
+        "unregistered_curve_dealers": 0,
+        "null_dealers": 0,
+        "stranger_hellos_queued": 0,
+        "stranger_hellos_not_queued": 0,
+        "raw_null_connections": 0,
+        "raw_null_hellos": 0,
+        "raw_null_bytes": 0,
+        "insider_hellos": 0,
+        "insider_hellos_not_queued": 0,
+        "connect_failures": 0,
+    }
+    unregistered_source, null_source, insider_source = spec.sources[0], spec.sources[1], spec.sources[2]
+    broker = _broker_keys(spec)
+    server_key = broker.curve or b""
+    captured = list(spec.captured_hello)
+    random_hello = [p.MARKER, p.HELLO, secrets.token_bytes(442)]
+    raw_attack = NULL_HANDSHAKE + message(captured) * RAW_NULL_HELLOS
+    key = _insider_key(spec)
+    insider_hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(8)]
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    insider = _curve_dealer(context, _endpoint(insider_source, spec.port), crypto.curve_secret(key), server_key)
+    now = time.monotonic()
+    curve_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
+    null_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
+    raw_pace = Pacer(RAW_NULL_RATE * spec.scale, now)
+    insider_pace = Pacer(INSIDER_HELLO_RATE * spec.scale, now)
+    held: collections.deque[tuple[zmq.Socket[bytes], float]] = collections.deque()
+    raw_held: collections.deque[tuple[socket.socket, float]] = collections.deque()
+
+    def stranger(source: str, secret: bytes | None, counter: str, at: float) -> None:
+        sock = _curve_dealer(context, _endpoint(source, spec.port), secret, server_key)
+        stats[counter] += 1
+        for k in range(STRANGER_HELLOS):
+            queued = _queue(sock, random_hello if k == STRANGER_HELLOS - 1 else captured)
+            stats["stranger_hellos_queued" if queued else "stranger_hellos_not_queued"] += 1
+        held.append((sock, at))
+
+    try:
+        while (now := time.monotonic()) < end:
+            if curve_pace.due(now):
+                stranger(unregistered_source, secrets.token_bytes(32), "unregistered_curve_dealers", now)
+            if null_pace.due(now):
+                stranger(null_source, None, "null_dealers", now)
+            if raw_pace.due(now):
+                try:
+                    raw = _tcp(null_source, spec.port)
+                    raw.setblocking(False)
+                    sent = raw.send(raw_attack)
+                    stats["raw_null_connections"] += 1
+                    stats["raw_null_bytes"] += sent
+                    stats["raw_null_hellos"] += max(0, sent - len(NULL_HANDSHAKE)) // len(message(captured))
+                    raw_held.append((raw, now))
+                except OSError:
+                    stats["connect_failures"] += 1
+            while insider_pace.due(now):
+                frames = insider_hellos[int(stats["insider_hellos"]) % len(insider_hellos)]
+                queued = _queue(insider, frames)
+                stats["insider_hellos" if queued else "insider_hellos_not_queued"] += 1
+            _drain_replies(insider, stats, "insider_replies")
+            for sock, _ in held:
+                _drain_replies(sock, stats, "stranger_replies")
+            while held and now - held[0][1] > STRANGER_HOLD:
+                held.popleft()[0].close(linger=0)
+            while raw_held and now - raw_held[0][1] > STRANGER_HOLD:
+                raw_held.popleft()[0].close()
+            next_due = min(curve_pace.next, null_pace.next, raw_pace.next, insider_pace.next, end)
+            time.sleep(max(IDLE, next_due - time.monotonic()))
+    finally:
+        for sock, _ in held:
+            sock.close(linger=0)
+        for raw, _ in raw_held:
+            raw.close()
+        insider.close(linger=0)
+        context.term()
+    return stats
+
+
+# ------------------------------------------------------------ 6. log amplification
+
+
+class _Insider:
+    """A registered user's bare DEALER, logged in by hand, that reads and acknowledges what the broker sends."""
+
+    def __init__(self, spec: AttackSpec, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.spec = spec
+        self.context = context
+        self.key = _insider_key(spec)
+        self.broker = _broker_keys(spec)
+        self.sock: zmq.Socket[bytes] | None = None
+        self.session = ClientSession(spec.insider, self.key, self.broker.rsa, bot=True, history=False)
+        self.events = 0
+        self.last_ping = 0.0
+
+    def login(self, deadline: float) -> bool:
+        self.close()
+        self.sock = connect_dealer(
+            self.context, _endpoint(self.spec.sources[0], self.spec.port), self.key, self.broker.curve or b""
+        )
+        self.session = ClientSession(self.spec.insider, self.key, self.broker.rsa, bot=True, history=False)
+        self.sock.send_multipart(self.session.hello())
+        while time.monotonic() < deadline:
+            if not self.sock.poll(100):
+                continue
+            try:
+                events, reply = self.session.receive(self.sock.recv_multipart())
+            except ChatError:
+                return False
+            if reply is not None:
+                self.sock.send_multipart(reply)
+            if any(isinstance(event, Welcome) for event in events):
+                self.last_ping = time.monotonic()
+                return True
+        return False
+
+    @property
+    def online(self) -> bool:
+        return self.sock is not None and self.session.state is State.READY
+
+    def pump(self, now: float) -> None:
+        """Read what came (up to a batch), acknowledge it, and ping once a second."""
+        if self.sock is None:
+            return
+        for _ in range(200):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                events, reply = self.session.receive(frames)
+            except ChatError:
+                continue
+            self.events += len(events)
+            if reply is not None:
+                _queue(self.sock, reply)
+        ack = self.session.ack()
+        if ack is not None:
+            _queue(self.sock, ack)
+        if now - self.last_ping >= 1.0:
+            self.last_ping = now
+            _queue(self.sock, self.session.ping())
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+
+def log_amp(spec: AttackSpec, end: float) -> Stats:
+    stats: Stats = {"frames": 0, "bytes": 0, "frames_not_queued": 0, "logins": 0, "login_failures": 0}
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    insider = _Insider(spec, context)
+    pacer = Pacer(JUNK_RATE * spec.scale / JUNK_BATCH, time.monotonic())  # batches per second
+    count = 0
+    try:
+        while (now := time.monotonic()) < end:
+            if not insider.online:
+                if insider.login(min(end, now + LOGIN_TIMEOUT)):
+                    stats["logins"] += 1
+                else:
+                    stats["login_failures"] += 1
+                    time.sleep(0.5)
+                continue
+            insider.pump(now)
+            if pacer.due(now) and insider.sock is not None:
+                for _ in range(JUNK_BATCH):
+                    frames = LOG_JUNK[count % len(LOG_JUNK)]
+                    count += 1
+                    if _queue(insider.sock, frames):
+                        stats["frames"] += 1
+                        stats["bytes"] += sum(len(f) + 1 for f in frames)
+                    else:
+                        stats["frames_not_queued"] += 1
+            time.sleep(max(IDLE, min(pacer.next, end) - time.monotonic()))
+        stats["events_received"] = insider.events
+    finally:
+        insider.close()
+        context.term()
+    return stats
+
+
+ATTACKS: dict[str, Callable[[AttackSpec, float], Stats]] = {
+    "random_bytes": random_bytes,
+    "routing_claims": routing_claims,
+    "endless_multipart": endless_multipart,
+    "conn_flood": conn_flood,
+    "rsa_work": rsa_work,
+    "log_amp": log_amp,
+}
+
+
+def attacker_main(spec: AttackSpec, out: Queue[Message], go: EventType) -> None:
+    """Entry point of an attacker process: wait for go, attack for spec.duration seconds, report."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops us
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        out.put(("armed", spec.kind, None))
+        if not go.wait(GO_TIMEOUT):
+            raise TimeoutError("no go signal")
+        cpu_before = _cpu_seconds()
+        stats = ATTACKS[spec.kind](spec, time.monotonic() + spec.duration)
+        stats["cpu_s"] = round(_cpu_seconds() - cpu_before, 2)
+        out.put(("result", spec.kind, stats))
+    except BaseException:
+        out.put(("error", spec.kind, traceback.format_exc()))
+        raise SystemExit(1) from None

@@ -1,0 +1,631 @@
+"""The attack runner: a real broker, honest users chatting, findings 1-6 of issue 11 at once, and the verdict.
+
+    python -m attack [--duration 30] [--clients 6] [--interval 0.2] [--bits 2048] [--quick] [--json] [--keep]
+
+Steps:
+
+1. a temporary directory with config.json (port 0, every limit at its
+   default) and keys made in parallel: the broker's, one per honest user, and
+   two insiders (registered users who attack: `mallory`, `eve`);
+2. `broker.py --config DIR/config.json` as its own process (default crypto
+   workers), output to DIR/broker.log, its port read from "listening on";
+3. the honest users' process (`attack.honest`) logs everyone in; the six
+   attacker processes (`attack.attackers`) start and wait;
+4. go: for `--duration` seconds the honest users chat while every attack
+   runs; the resident memory of the broker and its child processes is
+   sampled every 0.15 s throughout; then the honest users drain (up to
+   `--drain` seconds), close, and the broker gets SIGTERM;
+5. the report (a table, or one JSON object with `--json`) and the verdict
+   against issue 11's targets: the broker stayed up, memory growth <= 100 MB,
+   honest p99 latency <= 1 s, nothing lost. Exit status 0 only when all hold.
+
+Ctrl-C or an error kills the broker and every child process on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import crypto
+from attack.attackers import ATTACKS, AttackSpec, Stats, attacker_main
+from attack.honest import HonestResult, HonestSpec, honest_main
+from attack.zmtp import predicted_counters
+from chat.keystore import KeyLayout, write_private_key, write_public_key
+from chat.session import ClientSession
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = ROOT / "broker.py"
+LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
+INSIDERS = ("mallory", "eve")
+BROKER_START_TIMEOUT = 30.0
+BROKER_STOP_TIMEOUT = 30.0
+READY_TIMEOUT = 90.0
+SAMPLE_EVERY = 0.15
+MB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# Issue 11's targets, on 2 cores.
+MAX_MEMORY_GROWTH_MB = 100.0
+MAX_P99_MS = 1000.0
+
+Message = tuple[Any, ...]
+
+
+class AttackError(Exception):
+    """The run itself failed: the broker never started, the honest users could not log in, a process died."""
+
+
+def log(message: str) -> None:
+    print(f"attack: {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m attack",
+        description="Issue 11's findings 1-6 at once against a real broker while honest users chat; a verdict.",
+    )
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of chat and attack (default 30)")
+    parser.add_argument("--clients", type=int, help="honest users (default 6; 3 with --quick)")
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between one user's messages (0.2)")
+    parser.add_argument("--bits", type=int, default=2048, choices=[2048, 3072], help="RSA key size (default 2048)")
+    parser.add_argument("--drain", type=float, help="seconds to wait for the last deliveries (default 15; 5 quick)")
+    parser.add_argument("--flood-sources", type=int, default=8, help="source addresses of the connection flood (8)")
+    parser.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        help=f"comma-separated attacks to run (default all: {','.join(ATTACKS)}; 'none' for a baseline)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small scale: fewer users, a tenth of every attack rate")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, keys, broker.log)")
+    parser.add_argument("--timeout", type=float, help="hard limit for the whole run in seconds (default: generous)")
+    args = parser.parse_args(argv)
+    if args.clients is None:
+        args.clients = 3 if args.quick else 6
+    if args.drain is None:
+        args.drain = 5.0 if args.quick else 15.0
+    if args.clients < 2:
+        parser.error("--clients must be at least 2")
+    if not args.duration > 0 or not args.interval > 0 or args.drain < 0:
+        parser.error("--duration and --interval must be positive, --drain not negative")
+    if not 1 <= args.flood_sources <= 250:
+        parser.error("--flood-sources must be from 1 to 250")
+    args.attacks = [] if args.attacks == "none" else [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = sorted(set(args.attacks) - set(ATTACKS))
+    if unknown:
+        parser.error(f"unknown attack(s): {', '.join(unknown)}")
+    args.scale = 0.1 if args.quick else 1.0
+    if args.timeout is None:
+        args.timeout = 180 + 2 * args.duration + args.drain + 10 * args.clients
+    return args
+
+
+# ---------------------------------------------------------------- keys and config
+
+
+def _make_key(job: tuple[Path, str | None, int]) -> None:
+    """One key pair: the broker's (name None) or a user's (private key and registration)."""
+    root, name, bits = job
+    layout = KeyLayout(root)
+    key = crypto.generate_private_key(bits)
+    if name is None:
+        write_private_key(layout.broker_private, key)
+        write_public_key(layout.broker_public, key)
+    else:
+        write_private_key(layout.client_private(name), key)
+        write_public_key(layout.client_public(name), key)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_keys(mp: multiprocessing.context.BaseContext, root: Path, names: list[str], bits: int) -> None:
+    KeyLayout(root).clients_dir.mkdir(parents=True)
+    (root / "private").mkdir()
+    jobs: list[tuple[Path, str | None, int]] = [(root, None, bits), *((root, name, bits) for name in names)]
+    with mp.Pool(os.cpu_count() or 1, initializer=_ignore_sigint) as pool:
+        for _ in pool.imap_unordered(_make_key, jobs):
+            pass
+
+
+def write_config(workdir: Path) -> Path:
+    """Every limit at its default: the point is what a broker as shipped withstands."""
+    path = workdir / "config.json"
+    path.write_text(json.dumps({"server_ip": "127.0.0.1", "server_port": 0, "keys_dir": "keys"}, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- the broker
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (the broker's crypto workers and whatever they start)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as handle:
+                    kids = [int(k) for k in handle.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class BrokerProcess:
+    """broker.py run the way a person runs it, with its output in a log file."""
+
+    def __init__(self, workdir: Path, config_path: Path) -> None:
+        self.log_path = workdir / "broker.log"
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BROKER), "--config", str(config_path)],
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        self.port = 0
+        self.died_at: float | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_bytes().decode("utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_for_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log())
+            if match:
+                self.port = int(match.group(1))
+                return self.port
+            if self.proc.poll() is not None:
+                raise AttackError(f"the broker exited with status {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise AttackError(f"the broker did not log 'listening on' within {timeout:g}s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        if self.proc.poll() is None:
+            return True
+        if self.died_at is None:
+            self.died_at = time.monotonic()
+        return False
+
+    def tree_rss_mb(self) -> float:
+        """Resident memory of the broker and all its child processes, in MiB."""
+        pids = [self.proc.pid, *_children(self.proc.pid)]
+        return sum(_rss_bytes(pid) for pid in pids) / MB
+
+    def tree_cpu_s(self) -> float:
+        """CPU seconds (user + system) the broker and its living child processes have used so far."""
+        return sum(_cpu_seconds(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM, like a service manager; the exit status, or None if it had to be killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_numbers(self) -> dict[str, Any]:
+        data = self.log_path.read_bytes()
+        text = data.decode("utf-8", errors="replace")
+        lines = text.splitlines()
+        return {
+            "log_bytes": len(data),
+            "log_lines": len(lines),
+            "tracebacks": text.count("Traceback"),
+            "assertion_failures": text.count("Assertion failed"),
+            "internal_errors": text.count("internal error"),
+            "suppressed_summaries": sum("suppressed" in line for line in lines),
+            "errors_or_warnings": sum(" ERROR " in line or " WARNING " in line for line in lines),
+        }
+
+
+# ---------------------------------------------------------------- children
+
+
+@dataclass
+class Children:
+    procs: dict[str, multiprocessing.process.BaseProcess]
+    out: Queue[Message]
+    honest_control: Queue[Message]
+    go: Any  # a multiprocessing Event
+    armed: set[str] = field(default_factory=set)
+    ready: bool = False
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def receive(self, timeout: float) -> None:
+        try:
+            kind, who, payload = self.out.get(timeout=timeout)
+        except queue.Empty:
+            return
+        if kind == "armed":
+            self.armed.add(who)
+        elif kind == "ready":
+            self.ready = True
+        elif kind == "result":
+            self.results[who] = payload
+        elif kind == "error":
+            self.errors[who] = payload
+
+    def dead_without_report(self) -> list[str]:
+        return [
+            who
+            for who, proc in self.procs.items()
+            if proc.exitcode is not None and who not in self.results and who not in self.errors
+        ]
+
+    def wait(self, what: str, done: Callable[[], bool], timeout: float, broker: BrokerProcess) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if "honest" in self.errors:
+                raise AttackError(f"the honest users failed:\n{self.errors['honest']}")
+            if not broker.alive():
+                raise AttackError(f"the broker exited with status {broker.proc.returncode}:\n{broker.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AttackError(f"timed out after {timeout:g}s waiting for {what}")
+            self.receive(0.1)
+
+    def stop(self) -> None:
+        self.honest_control.cancel_join_thread()
+        for proc in self.procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs.values():
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Resident memory of the broker and its children (MiB): before the attacks, the peak, at the end."""
+
+    baseline: float
+    peak: float
+    end: float | None
+    samples: int
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
+    started = time.monotonic()
+    mp = multiprocessing.get_context("spawn")
+    names = [f"honest{i}" for i in range(args.clients)]
+    keys_root = workdir / "keys"
+    log(f"generating {len(names) + len(INSIDERS) + 1} RSA-{args.bits} keys in {workdir}")
+    make_keys(mp, keys_root, [*names, *INSIDERS], args.bits)
+    config_path = write_config(workdir)
+    counters = predicted_counters(8)
+
+    broker = BrokerProcess(workdir, config_path)
+    cleanup.append(broker.kill)
+    port = broker.wait_for_port(BROKER_START_TIMEOUT)
+    log(f"keys in {time.monotonic() - started:.1f}s; broker pid {broker.proc.pid} on port {port}")
+
+    layout = KeyLayout(keys_root)
+    broker_rsa = crypto.load_public_key_file(layout.broker_public).rsa
+    captured = ClientSession(names[0], crypto.load_private_key(layout.client_private(names[0])), broker_rsa).hello()
+
+    out: Queue[Message] = mp.Queue()
+    honest_control: Queue[Message] = mp.Queue()
+    go = mp.Event()
+    procs: dict[str, multiprocessing.process.BaseProcess] = {}
+    honest_spec = HonestSpec(port, keys_root, tuple(names), args.interval, args.duration, args.drain)
+    procs["honest"] = mp.Process(target=honest_main, args=(honest_spec, out, honest_control), name="attack-honest")
+    flood_sources = tuple(f"127.0.1.{i + 1}" for i in range(args.flood_sources))
+    common = {"port": port, "keys_root": keys_root, "duration": args.duration, "scale": args.scale}
+    specs = [
+        AttackSpec("random_bytes", sources=("127.0.0.2",), **common),
+        AttackSpec("routing_claims", sources=("127.0.0.3",), insider="mallory", counters=tuple(counters), **common),
+        AttackSpec("endless_multipart", sources=("127.0.0.4",), **common),
+        AttackSpec("conn_flood", sources=flood_sources, **common),
+        AttackSpec(
+            "rsa_work",
+            sources=("127.0.0.5", "127.0.0.6", "127.0.0.7"),
+            insider="mallory",
+            captured_hello=tuple(captured),
+            **common,
+        ),
+        AttackSpec("log_amp", sources=("127.0.0.8",), insider="eve", **common),
+    ]
+    specs = [spec for spec in specs if spec.kind in args.attacks]
+    for spec in specs:
+        procs[spec.kind] = mp.Process(target=attacker_main, args=(spec, out, go), name=f"attack-{spec.kind}")
+    children = Children(procs, out, honest_control, go)
+    cleanup.append(children.stop)
+    for proc in procs.values():
+        proc.daemon = True
+        proc.start()
+
+    log(f"logging in {len(names)} honest users; arming {len(specs)} attackers")
+    children.wait(
+        "the honest users to log in and the attackers to arm",
+        lambda: children.ready and len(children.armed) == len(specs),
+        READY_TIMEOUT,
+        broker,
+    )
+    if children.errors:
+        raise AttackError("an attacker failed before the start:\n" + "\n".join(children.errors.values()))
+
+    baseline = broker.tree_rss_mb()
+    cpu_before = broker.tree_cpu_s()
+    t0 = time.monotonic() + 0.2
+    honest_control.put(("go", t0))
+    go.set()
+    log(f"go: {len(names)} users chat every {args.interval:g}s for {args.duration:g}s under {len(specs)} attacks")
+    peak, samples = baseline, 1
+    attack_end = t0 + args.duration
+    hard_end = attack_end + args.drain + 60
+    next_sample = time.monotonic()
+    broker_up = True
+    while "honest" not in children.results and "honest" not in children.errors:
+        now = time.monotonic()
+        if now > hard_end:
+            raise AttackError("the honest users did not report within a minute after the drain")
+        if children.dead_without_report() == ["honest"]:
+            raise AttackError("the honest users' process died without a report")
+        if broker_up and not broker.alive():
+            broker_up = False
+            log(f"the broker died with status {broker.proc.returncode} at t+{now - t0:.1f}s")
+        if broker_up and now >= next_sample:
+            peak = max(peak, broker.tree_rss_mb())
+            samples += 1
+            next_sample = now + SAMPLE_EVERY
+        children.receive(min(SAMPLE_EVERY, max(0.01, next_sample - time.monotonic())))
+    if "honest" in children.errors:
+        raise AttackError(f"the honest users failed:\n{children.errors['honest']}")
+
+    def attackers_done() -> bool:
+        return all(s.kind in children.results or s.kind in children.errors for s in specs)
+
+    deadline = time.monotonic() + 30
+    while not attackers_done() and time.monotonic() < deadline and not children.dead_without_report():
+        children.receive(0.1)
+    broker_up = broker_up and broker.alive()
+    end_rss = broker.tree_rss_mb() if broker_up else None
+    broker_cpu = broker.tree_cpu_s() - cpu_before if broker_up else None
+    for proc in procs.values():
+        proc.join(10)
+    exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.proc.returncode
+    log(f"broker {'stopped' if broker_up else 'was down'}; exit status {exit_status}")
+    honest: HonestResult = children.results["honest"]
+    memory = Memory(baseline, peak, end_rss, samples)
+    return report(args, broker, broker_up, exit_status, broker_cpu, memory, honest, children, specs)
+
+
+def report(
+    args: argparse.Namespace,
+    broker: BrokerProcess,
+    broker_up: bool,
+    exit_status: int | None,
+    broker_cpu: float | None,
+    memory: Memory,
+    honest: HonestResult,
+    children: Children,
+    specs: list[AttackSpec],
+) -> dict[str, Any]:
+    p50 = percentile(honest.latencies_ms, 50)
+    p99 = percentile(honest.latencies_ms, 99)
+    growth = memory.peak - memory.baseline
+    lost = honest.lost()
+    targets = {
+        "broker_up": broker_up,
+        "memory_growth_le_100mb": growth <= MAX_MEMORY_GROWTH_MB,
+        "p99_le_1s": p99 is not None and p99 <= MAX_P99_MS,
+        "nothing_lost": lost == 0 and honest.expected() > 0,
+    }
+    attacks: dict[str, Stats | str] = {}
+    for spec in specs:
+        if spec.kind in children.results:
+            attacks[spec.kind] = children.results[spec.kind]
+        else:
+            attacks[spec.kind] = children.errors.get(spec.kind, "no report").strip().splitlines()[-1]
+    attacker_cpu = sum(float(s.get("cpu_s", 0)) for s in attacks.values() if isinstance(s, dict))
+
+    def r(value: float | None, digits: int = 1) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return {
+        "ok": all(targets.values()),
+        "targets": targets,
+        "duration_s": args.duration,
+        "scale": args.scale,
+        "key_bits": args.bits,
+        "broker": {
+            "up": broker_up,
+            "exit_status": exit_status,
+            "cpu_s": r(broker_cpu),
+            **broker.log_numbers(),
+            **({} if broker_up else {"log_tail": broker.log_tail()}),
+        },
+        "memory": {
+            "baseline_mb": r(memory.baseline),
+            "peak_mb": r(memory.peak),
+            "end_mb": r(memory.end),
+            "growth_mb": r(growth),
+            "samples": memory.samples,
+        },
+        "honest": {
+            "clients": len(honest.sent),
+            "interval_s": args.interval,
+            "sent": sum(honest.sent.values()),
+            "expected_deliveries": honest.expected(),
+            "delivered": len(honest.latencies_ms),
+            "lost": lost,
+            "duplicated": honest.duplicated,
+            "unexpected": honest.unexpected,
+            "latency_ms_p50": r(p50),
+            "latency_ms_p99": r(p99),
+            "latency_ms_max": r(max(honest.latencies_ms, default=None)),
+            "connection_losses": honest.connection_losses,
+            "sessions_closed": honest.sessions_closed,
+            "send_errors": honest.send_errors,
+            "drained": honest.drained,
+            "drain_s": honest.drain_s,
+            "login_s": honest.login_s,
+            "max_turn_s": r(honest.max_turn_s, 3),
+            "cpu_s": honest.cpu_s,
+            "notices": dict(honest.notices.most_common(10)),
+        },
+        "attacks": attacks,
+        "attackers_cpu_s": round(attacker_cpu, 1),
+    }
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def print_report(numbers: dict[str, Any]) -> None:
+    b, m, h = numbers["broker"], numbers["memory"], numbers["honest"]
+    print(
+        f"broker up:          {b['up']} (exit status after SIGTERM: {b['exit_status']};"
+        f" {b['cpu_s']} CPU seconds during the run, workers included)"
+    )
+    print(
+        f"broker memory:      {m['baseline_mb']} MB at the start, peak {m['peak_mb']} MB,"
+        f" growth {m['growth_mb']} MB ({m['samples']} samples; broker + its worker processes)"
+    )
+    print(
+        f"broker log:         {b['log_bytes']} bytes, {b['log_lines']} lines ({b['tracebacks']} tracebacks,"
+        f" {b['assertion_failures']} assertion failures, {b['internal_errors']} internal errors,"
+        f" {b['suppressed_summaries']} suppression summaries)"
+    )
+    print(
+        f"honest users:       {h['clients']} clients, {h['sent']} messages sent, {h['delivered']} of"
+        f" {h['expected_deliveries']} deliveries received; lost {h['lost']}, duplicated {h['duplicated']},"
+        f" unexpected {h['unexpected']}"
+    )
+    print(
+        f"honest latency:     p50 {h['latency_ms_p50']} ms, p99 {h['latency_ms_p99']} ms, max {h['latency_ms_max']} ms"
+        f" (connection losses {h['connection_losses']}, send errors {h['send_errors']},"
+        f" drained in {h['drain_s']} s, client CPU {h['cpu_s']} s)"
+    )
+    for text, count in h["notices"].items():
+        print(f"  honest notice:    {count} x {text}")
+    print(f"attacks ({numbers['attackers_cpu_s']} CPU seconds in all):")
+    for kind, stats in numbers["attacks"].items():
+        shown = stats if isinstance(stats, str) else ", ".join(f"{k} {_number(v)}" for k, v in stats.items())
+        print(f"  {kind + ':':<19} {shown}")
+    if "log_tail" in b:
+        print("broker log tail:")
+        print(b["log_tail"])
+    print("targets:")
+    for name, met in numbers["targets"].items():
+        print(f"  {name + ':':<24} {'met' if met else 'MISSED'}")
+    print(f"verdict:            {'PASS' if numbers['ok'] else 'FAIL'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_alarm(_signum: int, _frame: FrameType | None) -> None:
+        raise AttackError(f"the whole run took longer than --timeout {args.timeout:g}s")
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(max(1, math.ceil(args.timeout)))
+    workdir = Path(tempfile.mkdtemp(prefix=f"zchat-attack-{secrets.token_hex(2)}-"))
+    cleanup: list[Callable[[], None]] = []
+    keep = args.keep
+    try:
+        numbers = run(args, workdir, cleanup)
+        keep = keep or not numbers["ok"]
+    except AttackError as exc:
+        log(f"error: {exc}")
+        keep = True
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for step in reversed(cleanup):
+            step()
+        if keep:
+            log(f"kept {workdir} (config.json, keys, broker.log)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(numbers))
+    else:
+        print_report(numbers)
+    return 0 if numbers["ok"] else 1

@@ -1,0 +1,95 @@
+"""Rate limits the broker keeps per source: token buckets, and a log that a peer cannot flood.
+
+`TokenBucket` allows `rate` events per second with bursts. `PeerLog` writes a
+log line about a peer only while that peer (and all peers together) stay under
+a budget per window; what it holds back is counted and reported as one
+summary line per window, so malformed frames cost the log a few lines, not
+one line each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+LOG_WINDOW = 10.0  # seconds
+LOG_LINES_PER_SOURCE = 20  # per window
+LOG_LINES_IN_ALL = 200  # per window, every source together
+MAX_LOG_SOURCES = 10_000  # sources counted in one window; more are summed up together
+
+
+@dataclass
+class TokenBucket:
+    """`rate` events per second with bursts of up to `capacity`."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    stamp: float
+
+    @classmethod
+    def full(cls, rate: float, now: float) -> TokenBucket:
+        capacity = max(1.0, 2 * rate)
+        return cls(rate, capacity, capacity, now)
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def idle(self, now: float) -> bool:
+        """True when the bucket would be full again: forgetting it changes nothing."""
+        return self.tokens + (now - self.stamp) * self.rate >= self.capacity
+
+
+class PeerLog:
+    """Log lines caused by peers, at most LOG_LINES_PER_SOURCE per source and LOG_LINES_IN_ALL in all per window."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.window_start = time.monotonic()
+        self.lines: dict[str, int] = {}
+        self.written = 0
+        self.suppressed: dict[str, int] = {}
+
+    def log(self, level: int, source: str, message: str, *args: object) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        self._roll(time.monotonic())
+        count = self.lines.get(source, 0)
+        if count >= LOG_LINES_PER_SOURCE or self.written >= LOG_LINES_IN_ALL:
+            key = source if source in self.suppressed or len(self.suppressed) < MAX_LOG_SOURCES else "other sources"
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return
+        if len(self.lines) < MAX_LOG_SOURCES:
+            self.lines[source] = count + 1
+        self.written += 1
+        self.logger.log(level, message, *args)
+
+    def info(self, source: str, message: str, *args: object) -> None:
+        self.log(logging.INFO, source, message, *args)
+
+    def warning(self, source: str, message: str, *args: object) -> None:
+        self.log(logging.WARNING, source, message, *args)
+
+    def flush(self) -> None:
+        """Write the summary of a window that has ended (the I/O loop calls this every turn)."""
+        self._roll(time.monotonic())
+
+    def _roll(self, now: float) -> None:
+        if now - self.window_start < LOG_WINDOW:
+            return
+        if self.suppressed:
+            total = sum(self.suppressed.values())
+            worst = sorted(self.suppressed.items(), key=lambda item: -item[1])[:3]
+            self.logger.warning(
+                "suppressed %d log lines about peers in the last %.0f s (most: %s)",
+                total,
+                now - self.window_start,
+                ", ".join(f"{source} {count}" for source, count in worst),
+            )
+        self.window_start, self.lines, self.written, self.suppressed = now, {}, 0, {}

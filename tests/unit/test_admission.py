@@ -1,0 +1,295 @@
+"""Who may hold a connection (chat/admission.py, PROTOCOL.md 1.5) and the log a peer cannot flood
+(chat/ratelimit.py). No sockets: the ZAP questions are asked directly."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import crypto
+from chat import ratelimit
+from chat.admission import CURVE, Admission, Verdict
+from chat.keystore import KeyLayout, Registry
+from chat.ratelimit import LOG_LINES_IN_ALL, LOG_LINES_PER_SOURCE, LOG_WINDOW, PeerLog
+
+REFUSED = Verdict(False, "")
+
+
+def curve_key(keyring: Any, name: str) -> bytes:
+    return crypto.curve_public(crypto.curve_secret(keyring.keys[name]))
+
+
+@pytest.fixture
+def layout(keyring: Any, tmp_path: Path) -> KeyLayout:
+    """A private copy of the key ring: these tests rewrite and remove registry files."""
+    root = tmp_path / "keys"
+    shutil.copytree(keyring.root, root)
+    return KeyLayout(root)
+
+
+def admission(layout: KeyLayout, per_source: int = 64, rate: float = 1000.0) -> Admission:
+    return Admission(Registry(layout), max_connections_per_source=per_source, handshakes_per_second=rate)
+
+
+# ---------------------------------------------------------------- authenticate
+
+
+def test_a_registered_users_curve_key_is_admitted_as_that_user(keyring, layout):
+    gate = admission(layout)
+    for name in ("alice", "bob", "carol", "admin"):
+        assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, name)], 100.0) == Verdict(True, name)
+
+
+def test_an_unregistered_key_is_refused(keyring, layout):
+    gate = admission(layout)
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, [b"\x00" * 32], 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, [b"short"], 100.0) == REFUSED
+    # The broker's own key is not a user's.
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "broker")], 100.0) == REFUSED
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "credentials"),
+    [
+        (b"NULL", []),
+        (b"PLAIN", [b"alice", b"secret"]),
+        (b"GSSAPI", []),
+        (b"curve", None),  # the mechanism name is exact
+        (CURVE, []),
+        (CURVE, "two"),
+    ],
+)
+def test_anything_but_curve_with_one_key_is_refused(keyring, layout, mechanism, credentials):
+    key = curve_key(keyring, "alice")
+    if credentials is None:
+        credentials = [key]
+    elif credentials == "two":
+        credentials = [key, key]
+    gate = admission(layout)
+    assert gate.authenticate("192.0.2.1", mechanism, credentials, 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, [key], 100.0) == Verdict(True, "alice"), "control"
+
+
+def test_handshakes_beyond_the_rate_of_one_source_are_refused(keyring, layout):
+    gate = admission(layout, rate=2.0)  # bursts of 4
+    alice = [curve_key(keyring, "alice")]
+    assert [gate.authenticate("192.0.2.1", CURVE, alice, 100.0).allowed for _ in range(5)] == [True] * 4 + [False]
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 100.0) == REFUSED, "per source"
+    assert gate.authenticate("192.0.2.2", CURVE, alice, 100.0) == Verdict(True, "alice"), "another source"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.4) == REFUSED, "not yet a whole token"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == Verdict(True, "alice"), "one more after 0.5 s"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == REFUSED
+
+
+def test_refused_handshakes_count_against_the_rate(keyring, layout):
+    gate = admission(layout, rate=1.0)  # bursts of 2
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", b"NULL", [], 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == REFUSED
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """Overwrite a file's bytes without replacing the file (same inode, the directory unchanged)."""
+    with path.open("r+b") as handle:
+        handle.write(data)
+        handle.truncate()
+
+
+def test_a_key_file_rewritten_in_place_is_honoured_at_the_next_handshake(keyring, layout):
+    gate = admission(layout)
+    path = layout.client_public("alice")
+    old, new = [curve_key(keyring, "alice")], [curve_key(keyring, "mallory")]
+    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == Verdict(True, "alice")
+    assert gate.authenticate("192.0.2.1", CURVE, new, 100.0) == REFUSED
+    inode, directory = path.stat().st_ino, layout.clients_dir.stat().st_mtime_ns
+
+    rewrite_in_place(path, crypto.export_public_file(keyring.keys["mallory"]))  # alice's key replaced
+    assert path.stat().st_ino == inode
+    assert layout.clients_dir.stat().st_mtime_ns == directory
+
+    assert gate.authenticate("192.0.2.1", CURVE, old, 101.0) == REFUSED, "the old key at once"
+    assert gate.authenticate("192.0.2.1", CURVE, new, 101.0) == Verdict(True, "alice"), "the new key"
+    assert gate.authenticate("192.0.2.1", CURVE, old, 105.0) == REFUSED
+
+
+def test_a_key_file_replaced_by_rename_is_honoured_at_once(keyring, layout):
+    gate = admission(layout)
+    old, new = [curve_key(keyring, "alice")], [curve_key(keyring, "mallory")]
+    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == Verdict(True, "alice")
+    tmp = layout.clients_dir / "alice.tmp"
+    tmp.write_bytes(crypto.export_public_file(keyring.keys["mallory"]))
+    tmp.replace(layout.client_public("alice"))
+    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, new, 100.0) == Verdict(True, "alice")
+
+
+def test_a_removed_key_file_is_refused(keyring, layout):
+    gate = admission(layout)
+    alice = [curve_key(keyring, "alice")]
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.0) == Verdict(True, "alice")
+    layout.client_public("alice").unlink()
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 110.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 110.0) == Verdict(True, "bob")
+
+
+def test_a_key_file_without_a_curve_key_cannot_connect(keyring, layout):
+    gate = admission(layout)
+    path = layout.client_public("alice")
+    path.write_bytes(crypto.export_public_pem(keyring.keys["alice"]))  # written before protocol 2
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == REFUSED
+
+
+def test_a_missing_registry_directory_refuses_everyone(keyring, layout):
+    gate = admission(layout)
+    shutil.rmtree(layout.clients_dir)
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == REFUSED
+
+
+# ---------------------------------------------------------------- connections per source
+
+
+def test_connections_per_source_are_capped(layout):
+    gate = admission(layout, per_source=2)
+    assert gate.accepted(10, "192.0.2.1")
+    assert gate.accepted(11, "192.0.2.1")
+    assert not gate.accepted(12, "192.0.2.1"), "a third from the same source"
+    assert gate.accepted(13, "192.0.2.2"), "another source has its own count"
+    assert gate.per_source == {"192.0.2.1": 2, "192.0.2.2": 1}
+
+    gate.closed(12)  # the refused one was never counted: closing it frees nothing
+    assert gate.per_source == {"192.0.2.1": 2, "192.0.2.2": 1}
+    assert not gate.accepted(14, "192.0.2.1")
+
+    gate.closed(10)
+    assert gate.per_source == {"192.0.2.1": 1, "192.0.2.2": 1}
+    assert gate.accepted(15, "192.0.2.1")
+    assert not gate.accepted(16, "192.0.2.1")
+
+    gate.closed(11)
+    gate.closed(15)
+    gate.closed(13)
+    assert gate.per_source == {}
+    assert gate.connections == {}
+
+
+def test_a_reused_handle_counts_once(layout):
+    gate = admission(layout, per_source=2)
+    assert gate.accepted(10, "192.0.2.1")
+    # Descriptor 10 closed without a `closed` (a missed event), then reused by another source.
+    assert gate.accepted(10, "192.0.2.2")
+    assert gate.per_source == {"192.0.2.2": 1}
+    assert gate.connections == {10: "192.0.2.2"}
+    # And reused by the same source: still one connection.
+    assert gate.accepted(10, "192.0.2.2")
+    assert gate.accepted(11, "192.0.2.2")
+    assert gate.per_source == {"192.0.2.2": 2}
+    assert not gate.accepted(12, "192.0.2.2")
+
+
+def test_closing_an_unknown_handle_is_harmless(layout):
+    gate = admission(layout, per_source=1)
+    gate.closed(99)
+    assert gate.accepted(10, "192.0.2.1")
+    gate.closed(99)
+    gate.closed(10)
+    gate.closed(10)  # twice
+    assert gate.per_source == {}
+    assert gate.connections == {}
+    assert gate.accepted(11, "192.0.2.1")
+    assert gate.per_source == {"192.0.2.1": 1}
+
+
+# ---------------------------------------------------------------- the log a peer cannot flood
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
+    """chat.ratelimit's time.monotonic, by hand (only that module's view of `time` changes)."""
+    fake = FakeMonotonic()
+    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=fake))
+    return fake
+
+
+@pytest.fixture
+def peer_log(clock: FakeMonotonic, caplog: pytest.LogCaptureFixture) -> PeerLog:
+    caplog.set_level(logging.INFO, logger="tests.peerlog")
+    return PeerLog(logging.getLogger("tests.peerlog"))
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tests.peerlog"]
+
+
+def test_one_source_gets_a_few_lines_then_one_summary(peer_log, clock, caplog):
+    for i in range(1000):
+        peer_log.info("198.51.100.7", "bad frame %d from %s", i, "198.51.100.7")
+    written = lines(caplog)
+    assert written == [f"bad frame {i} from 198.51.100.7" for i in range(LOG_LINES_PER_SOURCE)]
+
+    clock.now += LOG_WINDOW - 0.5
+    peer_log.flush()
+    assert lines(caplog) == written, "no summary before the window ends"
+
+    clock.now += 1.0
+    peer_log.flush()
+    *_, summary = lines(caplog)
+    assert len(lines(caplog)) == LOG_LINES_PER_SOURCE + 1
+    assert summary.startswith(f"suppressed {1000 - LOG_LINES_PER_SOURCE} log lines about peers")
+    assert f"198.51.100.7 {1000 - LOG_LINES_PER_SOURCE}" in summary
+    assert caplog.records[-1].levelno == logging.WARNING
+
+    peer_log.flush()
+    clock.now += 2 * LOG_WINDOW
+    peer_log.flush()
+    assert len(lines(caplog)) == LOG_LINES_PER_SOURCE + 1, "one summary per window with suppressed lines"
+
+    peer_log.warning("198.51.100.7", "a new window")
+    assert lines(caplog)[-1] == "a new window", "the source may log again"
+
+
+def test_the_summary_comes_with_the_next_line_too(peer_log, clock, caplog):
+    for _ in range(LOG_LINES_PER_SOURCE + 5):
+        peer_log.info("198.51.100.7", "noise")
+    clock.now += LOG_WINDOW
+    peer_log.info("203.0.113.9", "first of a new window")
+    *_, summary, line = lines(caplog)
+    assert summary.startswith("suppressed 5 log lines about peers")
+    assert line == "first of a new window"
+
+
+def test_all_sources_together_are_capped(peer_log, clock, caplog):
+    sources = [f"10.0.{i // 256}.{i % 256}" for i in range(LOG_LINES_IN_ALL + 100)]
+    for source in sources:
+        peer_log.info(source, "hello from %s", source)
+    assert lines(caplog) == [f"hello from {source}" for source in sources[:LOG_LINES_IN_ALL]]
+    clock.now += LOG_WINDOW
+    peer_log.flush()
+    summary = lines(caplog)[-1]
+    assert summary.startswith("suppressed 100 log lines about peers")
+    assert len(lines(caplog)) == LOG_LINES_IN_ALL + 1
+
+
+def test_lines_below_the_loggers_level_cost_nothing(clock, caplog):
+    caplog.set_level(logging.WARNING, logger="tests.peerlog")
+    log = PeerLog(logging.getLogger("tests.peerlog"))
+    for _ in range(1000):
+        log.info("198.51.100.7", "debugging noise")
+    log.warning("198.51.100.7", "a warning")
+    clock.now += LOG_WINDOW
+    log.flush()
+    assert lines(caplog) == ["a warning"], "no summary: nothing was held back"

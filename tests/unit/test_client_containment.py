@@ -1,0 +1,165 @@
+"""The drivers contain per-event failures: the bot runner, the piped client loop and the archive bot.
+
+No sockets: a stand-in client hands the real loops their events.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import signal
+from collections import deque
+from collections.abc import Iterator
+
+import pytest
+
+import chat_client
+from bots.archive import Archive
+from chat import bot
+from chat.display import Display
+from chat.events import ChatMessage, Event, Notice, Shutdown
+
+
+class FakeClient:
+    """What the loops use of ChatClient: events come from a script; a step may be an exception to raise."""
+
+    def __init__(self, *steps: Event | Exception) -> None:
+        self.steps: deque[Event | Exception] = deque(steps)
+        self.sent: list[tuple[str, str | None]] = []
+        self.closed = False
+
+    # the bot runner's side
+    def receive(self, timeout: float | None = None) -> Event | None:
+        if not self.steps:
+            self.closed = True
+            return None
+        step = self.steps.popleft()
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def send(self, text: str, *, to: str | None = None, action: bool = False) -> None:
+        self.sent.append((text, to))
+
+    def close(self, say_bye: bool = True) -> None:
+        self.closed = True
+
+    # the piped client's side: one step per poll
+    def poll(self, timeout: float, also: object = ()) -> list[object]:
+        if self.steps and isinstance(self.steps[0], Exception):
+            raise self.steps.popleft()
+        return []
+
+    def drain(self) -> list[Event]:
+        events: list[Event] = []
+        while self.steps and not isinstance(self.steps[0], Exception):
+            events.append(self.steps.popleft())  # type: ignore[arg-type]
+        return events
+
+
+@pytest.fixture
+def restored_signals() -> Iterator[None]:
+    """run_bot installs its own SIGINT/SIGTERM handlers; put pytest's back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def message(text: str, sender: str = "alice", timestamp: float = 1_700_000_000.0) -> ChatMessage:
+    return ChatMessage(sender, text, timestamp)
+
+
+def test_bot_runner_skips_an_event_its_handler_fails_on(monkeypatch, caplog, restored_signals):
+    client = FakeClient(
+        message("boom"),
+        RuntimeError("a frame the client could not take in"),
+        message("fine"),
+        Notice("hello"),
+        message("again"),
+        Shutdown("admin"),
+        message("never reached"),
+    )
+    monkeypatch.setattr(bot, "connect_bot", lambda args: client)
+    seen: list[str] = []
+
+    def handle(event: Event) -> str | None:
+        if isinstance(event, ChatMessage):
+            if event.text == "boom":
+                raise ValueError("the handler failed on purpose")
+            seen.append(event.text)
+            return f"got {event.text}"
+        raise KeyError("not a chat message")
+
+    args = bot.bot_arguments("tester").parse_args([])
+    with caplog.at_level(logging.WARNING, logger="chat.bot"):
+        assert bot.run_bot(args, handle) == 0
+    assert seen == ["fine", "again"]
+    assert client.sent == [("got fine", None), ("got again", None)]
+    assert client.closed
+    failures = [r for r in caplog.records if r.name == "chat.bot" and r.levelno >= logging.WARNING]
+    assert len(failures) == 3, [r.getMessage() for r in failures]  # boom, the bad frame, the Notice
+
+
+@pytest.mark.parametrize("timestamp", [1e300, -1e300, 1e20, math.nan, math.inf])
+def test_archive_bot_records_a_message_with_an_impossible_time(timestamp):
+    stream = io.StringIO()
+    archive = Archive(stream)
+    assert archive(message("from nowhere", timestamp=timestamp)) is None
+    assert archive(message("next")) is None
+    first, second = (json.loads(line, parse_constant=pytest.fail) for line in stream.getvalue().splitlines())
+    assert first["text"] == "from nowhere"
+    assert first["time"] is None
+    assert first["ts"] is None or first["ts"] == timestamp
+    assert second["text"] == "next"
+    assert second["time"]
+    assert second["ts"] == 1_700_000_000.0
+
+
+def test_archive_bot_records_the_brokers_time():
+    stream = io.StringIO()
+    Archive(stream)(ChatMessage("alice", "hi", 1e300, received=1_700_000_000.0))
+    record = json.loads(stream.getvalue())
+    assert record["ts"] == 1_700_000_000.0
+    assert record["time"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_piped_client_skips_an_event_it_cannot_show_and_shows_the_next(monkeypatch, capsys, caplog, as_json):
+    original = Display.format
+
+    def failing_format(self: Display, event: Event) -> str:
+        if isinstance(event, ChatMessage) and event.text == "boom":
+            raise RuntimeError("the display failed on purpose")
+        return original(self, event)
+
+    monkeypatch.setattr(Display, "format", failing_format)
+    real_to_dict = chat_client.to_dict
+
+    def failing_to_dict(event: Event) -> dict[str, object]:
+        if isinstance(event, ChatMessage) and event.text == "boom":
+            raise RuntimeError("the JSON encoding failed on purpose")
+        return real_to_dict(event)
+
+    monkeypatch.setattr(chat_client, "to_dict", failing_to_dict)
+    monkeypatch.setattr("sys.stdin", io.StringIO())  # the stand-in's poll never reports the keyboard anyway
+    client = FakeClient(
+        message("before"),
+        message("far future", timestamp=1e300),
+        message("boom"),
+        message("after"),
+        RuntimeError("a frame the client could not take in"),
+        message("later"),
+        Shutdown("admin"),
+    )
+    with caplog.at_level(logging.WARNING, logger="chat_client"):
+        assert chat_client.run(client, as_json=as_json) == 0  # type: ignore[arg-type]
+    out = capsys.readouterr().out.splitlines()
+    texts = [line for line in out if "alice" in line]
+    assert len(texts) == 4, out
+    assert "boom" not in "".join(out)
+    for expected, line in zip(("before", "far future", "after", "later"), texts, strict=True):
+        assert expected in line
+    assert len([r for r in caplog.records if r.name == "chat_client"]) == 2

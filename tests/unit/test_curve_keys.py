@@ -1,0 +1,247 @@
+"""The CurveZMQ transport keys derived from a user's RSA key (crypto/curve.py, PROTOCOL.md 2.1), the public key
+file that carries both (crypto/keys.py), and the broker's own files (chat.keystore.ensure_broker_keys)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from zmq.utils import z85
+
+import crypto
+from chat.keystore import KeyLayout, ensure_broker_keys, public_file_is_current, write_public_key
+from crypto.keys import CURVE_BLOCK
+
+BEGIN = b"-----BEGIN " + CURVE_BLOCK.encode() + b"-----\n"
+END = b"\n-----END " + CURVE_BLOCK.encode() + b"-----\n"
+
+
+def hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 with an empty salt (HashLen zero bytes), written out here so the derivation is checked
+    against the spec and not against the same library call."""
+    prk = hmac.new(b"\x00" * 32, ikm, hashlib.sha256).digest()
+    okm, block, counter = b"", b"", 1
+    while len(okm) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        okm += block
+        counter += 1
+    return okm[:length]
+
+
+def curve_file(key: crypto.PrivateKey, curve_text: bytes) -> bytes:
+    """A public key file whose Curve block holds `curve_text`."""
+    return crypto.export_public_pem(key).rstrip(b"\n") + b"\n" + BEGIN + curve_text + END
+
+
+# ---------------------------------------------------------------- the derivation
+
+
+def test_curve_secret_is_deterministic_per_rsa_key(keyring):
+    alice = keyring.keys["alice"]
+    secret = crypto.curve_secret(alice)
+    assert len(secret) == crypto.CURVE_KEY_BYTES == 32
+    assert crypto.curve_secret(alice) == secret
+    reloaded = crypto.load_private_key(keyring.private("alice"))  # the same key, read from its file
+    assert crypto.curve_secret(reloaded) == secret
+    secrets_ = {crypto.curve_secret(keyring.keys[name]) for name in ("alice", "bob", "carol", "broker")}
+    assert len(secrets_) == 4, "each RSA key has its own"
+
+
+def test_curve_secret_follows_the_documented_derivation(keyring):
+    for name in ("alice", "broker"):
+        key = keyring.keys[name]
+        k = (key.size_in_bits() + 7) // 8
+        expected = hkdf_sha256(int(key.d).to_bytes(k, "big"), b"zchat curve25519 secret key v1", 32)
+        assert crypto.curve_secret(key) == expected
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+def test_curve_public_matches_libzmq(keyring):
+    for name in ("alice", "bob", "broker"):
+        secret = crypto.curve_secret(keyring.keys[name])
+        public = crypto.curve_public(secret)
+        assert len(public) == 32
+        assert z85.decode(zmq.curve_public(z85.encode(secret))) == public
+    assert crypto.curve_public(crypto.curve_secret(keyring.keys["alice"])) != crypto.curve_public(
+        crypto.curve_secret(keyring.keys["bob"])
+    )
+
+
+@pytest.mark.parametrize("length", [0, 31, 33, 64])
+def test_curve_public_needs_a_32_byte_secret(length):
+    with pytest.raises(ValueError, match="32 bytes"):
+        crypto.curve_public(b"\x01" * length)
+
+
+# ---------------------------------------------------------------- the public key file
+
+
+def test_public_key_file_round_trips(keyring, tmp_path):
+    alice = keyring.keys["alice"]
+    path = tmp_path / "alice.pub"
+    write_public_key(path, alice)
+    held = crypto.load_public_key_file(path)
+    assert held.rsa == alice.public_key()
+    assert not held.rsa.has_private()
+    assert held.curve == crypto.curve_public(crypto.curve_secret(alice))
+    assert crypto.load_public_key(path) == alice.public_key()
+    assert path.read_bytes() == crypto.export_public_file(alice)
+    assert BEGIN in path.read_bytes()
+    assert b"PRIVATE" not in path.read_bytes()
+    assert public_file_is_current(path, alice)
+    assert not public_file_is_current(path, keyring.keys["bob"])
+
+
+def test_the_registered_files_carry_the_curve_key(keyring):
+    for name in ("alice", "bob", "carol", "admin"):
+        held = crypto.load_public_key_file(keyring.layout.client_public(name))
+        assert held.curve == crypto.curve_public(crypto.curve_secret(keyring.keys[name]))
+
+
+def test_a_file_without_the_curve_block_loads_without_a_curve_key(keyring, tmp_path):
+    path = tmp_path / "old.pub"
+    path.write_bytes(crypto.export_public_pem(keyring.keys["alice"]))
+    held = crypto.load_public_key_file(path)
+    assert held.rsa == keyring.keys["alice"].public_key()
+    assert held.curve is None
+    assert not public_file_is_current(path, keyring.keys["alice"])
+
+
+def test_the_curve_block_may_be_wrapped_or_indented(keyring, tmp_path):
+    alice = keyring.keys["alice"]
+    text = base64.b64encode(crypto.curve_public(crypto.curve_secret(alice)))
+    path = tmp_path / "wrapped.pub"
+    path.write_bytes(curve_file(alice, b"  " + text[:20] + b"\n  " + text[20:]))
+    assert crypto.load_public_key_file(path).curve == crypto.curve_public(crypto.curve_secret(alice))
+
+
+@pytest.mark.parametrize(
+    "curve_text",
+    [
+        base64.b64encode(b"\x01" * 31),
+        base64.b64encode(b"\x01" * 33),
+        base64.b64encode(b"\x01" * 64),
+        b"",
+        b"!!!!not base64!!!!",
+        base64.b64encode(b"\x01" * 32)[:-1],  # bad padding
+        base64.b64encode(b"\x01" * 32) + b"*",
+        base64.urlsafe_b64encode(b"\xff" * 32),  # - and _ are not in the base64 alphabet
+    ],
+    ids=["31-bytes", "33-bytes", "64-bytes", "empty", "not-base64", "bad-padding", "trailing-junk", "urlsafe"],
+)
+def test_a_corrupted_curve_block_is_refused(keyring, tmp_path, curve_text):
+    path = tmp_path / "bad.pub"
+    path.write_bytes(curve_file(keyring.keys["alice"], curve_text))
+    with pytest.raises(crypto.KeyFileError, match="Curve25519"):
+        crypto.load_public_key_file(path)
+    with pytest.raises(crypto.KeyFileError):
+        crypto.load_public_key(path)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n",
+        b"-----BEGIN ZCHAT ED25519 PUBLIC KEY-----\nAAAA\n-----END ZCHAT ED25519 PUBLIC KEY-----\n",
+    ],
+    ids=["certificate", "pkcs1", "unknown-zchat"],
+)
+def test_a_file_with_an_unknown_pem_block_is_refused(keyring, tmp_path, extra):
+    path = tmp_path / "extra.pub"
+    path.write_bytes(crypto.export_public_file(keyring.keys["alice"]) + extra)
+    with pytest.raises(crypto.KeyFileError, match="not an RSA public key file"):
+        crypto.load_public_key_file(path)
+
+
+def test_a_file_holding_a_private_key_is_refused_even_with_a_curve_block(keyring, tmp_path):
+    alice = keyring.keys["alice"]
+    path = tmp_path / "private.pub"
+    path.write_bytes(crypto.export_private_pem(alice) + BEGIN + base64.b64encode(b"\x01" * 32) + END)
+    with pytest.raises(crypto.KeyFileError, match="PRIVATE"):
+        crypto.load_public_key_file(path)
+
+
+# ---------------------------------------------------------------- the broker's files
+
+
+@pytest.fixture
+def broker_layout(keyring: Any, tmp_path: Path) -> KeyLayout:
+    """A key directory holding only the key ring's broker.pem (no broker.pub, no clients/)."""
+    layout = KeyLayout(tmp_path / "keys")
+    layout.root.mkdir()
+    shutil.copyfile(keyring.layout.broker_private, layout.broker_private)
+    return layout
+
+
+def test_ensure_broker_keys_rewrites_a_broker_pub_without_the_curve_block(keyring, broker_layout):
+    broker = keyring.keys["broker"]
+    broker_layout.broker_public.write_bytes(crypto.export_public_pem(broker))
+    key, created = ensure_broker_keys(broker_layout)
+    assert not created
+    assert key == broker
+    held = crypto.load_public_key_file(broker_layout.broker_public)
+    assert held.rsa == broker.public_key()
+    assert held.curve == crypto.curve_public(crypto.curve_secret(broker))
+    assert broker_layout.clients_dir.is_dir()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["missing", "another-key", "garbage"],
+)
+def test_ensure_broker_keys_rewrites_a_broker_pub_that_is_not_its_own(keyring, broker_layout, content):
+    broker = keyring.keys["broker"]
+    if content == "another-key":
+        broker_layout.broker_public.write_bytes(crypto.export_public_file(keyring.keys["alice"]))
+    elif content == "garbage":
+        broker_layout.broker_public.write_bytes(b"not a key")
+    key, created = ensure_broker_keys(broker_layout)
+    assert (key, created) == (broker, False)
+    assert broker_layout.broker_public.read_bytes() == crypto.export_public_file(broker)
+
+
+def test_ensure_broker_keys_leaves_a_current_broker_pub_untouched(keyring, broker_layout):
+    broker = keyring.keys["broker"]
+    path = broker_layout.broker_public
+    path.write_bytes(crypto.export_public_file(broker))
+    os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = path.stat()
+    key, created = ensure_broker_keys(broker_layout)
+    assert (key, created) == (broker, False)
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_ino, after.st_size) == (before.st_mtime_ns, before.st_ino, before.st_size)
+    assert path.read_bytes() == crypto.export_public_file(broker)
+    assert broker_layout.broker_private.read_bytes() == keyring.layout.broker_private.read_bytes()
+
+
+def blocks_of(key: crypto.PrivateKey) -> tuple[bytes, bytes]:
+    """A key's public file split into its RSA block and its Curve block."""
+    data = crypto.export_public_file(key)
+    cut = data.index(BEGIN)
+    return data[:cut], data[cut:]
+
+
+def test_a_file_with_two_curve_blocks_is_refused(keyring, tmp_path):
+    alice_rsa, alice_curve = blocks_of(keyring.keys["alice"])
+    _, mallory_curve = blocks_of(keyring.keys["mallory"])
+    path = tmp_path / "two-curves.pub"
+    path.write_bytes(alice_rsa + alice_curve + mallory_curve)
+    with pytest.raises(crypto.KeyFileError):
+        crypto.load_public_key_file(path)
+
+
+def test_a_file_with_two_rsa_blocks_is_refused(keyring, tmp_path):
+    alice_rsa, alice_curve = blocks_of(keyring.keys["alice"])
+    mallory_rsa, _ = blocks_of(keyring.keys["mallory"])
+    path = tmp_path / "two-keys.pub"
+    path.write_bytes(mallory_rsa + alice_rsa + alice_curve)
+    with pytest.raises(crypto.KeyFileError):
+        crypto.load_public_key_file(path)
