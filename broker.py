@@ -29,15 +29,15 @@ from types import FrameType
 import zmq
 
 import crypto
-from chat.admission import Admission
+from chat.admission import Admission, RoutingIds
 from chat.broker_core import BrokerCore
 from chat.broker_work import Outgoing, Work
 from chat.config import DEFAULT_CONFIG, Config, load_config
 from chat.errors import ConfigError
-from chat.gatekeeper import Gatekeeper
+from chat.gatekeeper import Gatekeeper, close_connection
 from chat.keystore import KeyLayout, Registry, ensure_broker_keys
 from chat.protocol import max_body_bytes
-from chat.ratelimit import PeerLog
+from chat.ratelimit import PeerLog, flush_peer_logs
 from chat.workers import InlineJobs, WorkerError, WorkerPool
 
 log = logging.getLogger("broker")
@@ -49,11 +49,6 @@ MAX_REMEMBERED_UNREACHABLE = 100_000
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 HANDSHAKE_TIMEOUT_MS = 5000  # a connection that has not completed its CurveZMQ handshake by then is closed
 ZAP_DOMAIN = b"zchat"
-
-
-def generated_routing_id(identity: bytes) -> bool:
-    """The form of the routing ids libzmq makes up (a zero byte and a 32-bit counter); clients must not claim any."""
-    return len(identity) == 5 and identity[0] == 0
 
 
 def seed_routing_ids() -> None:
@@ -115,14 +110,31 @@ class Broker:
         self.gatekeeper: Gatekeeper | None = None
         port = "*" if config.server_port == 0 else str(config.server_port)
         try:
-            self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
+            gatekeeper = self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
+            self.routing_ids = RoutingIds(self._probe_routing_id(), lambda: gatekeeper.admitted)
             self.socket.bind(f"tcp://{config.server_ip}:{port}")
         except zmq.ZMQError:
             self.close(linger=0)
             raise
+        self.known_ids: set[bytes] = set()  # routing ids that have spoken and were checked
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.console: queue.Queue[str] = queue.Queue()
         self.stop_reason: str | None = None
+
+    def _probe_routing_id(self) -> int:
+        """The routing-id counter's value now, before any peer can connect: a probe connection over inproc."""
+        endpoint = f"inproc://zchat-probe-{secrets.token_hex(8)}"
+        self.socket.bind(endpoint)
+        probe = self.context.socket(zmq.DEALER)
+        try:
+            probe.setsockopt(zmq.LINGER, 0)
+            probe.connect(endpoint)
+            probe.send(b"")
+            identity = self.socket.recv_multipart()[0]
+        finally:
+            probe.close()
+            self.socket.unbind(endpoint)
+        return int.from_bytes(identity[1:], "big")
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
@@ -146,7 +158,7 @@ class Broker:
                 self._console_command(self.console.get_nowait())
             self.jobs.check()
             self._handle(self.core.tick(time.monotonic()))
-            peer_log.flush()
+            flush_peer_logs()
             if self.core.shutdown_requested_by:
                 self.request_stop(f"/shutdown by {self.core.shutdown_requested_by}")
         self._shutdown()
@@ -159,19 +171,35 @@ class Broker:
                 self._handle(self.core.drained(time.monotonic()))
                 return
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
-            if not generated_routing_id(identity):
-                peer_log.info(identity.hex()[:10], "dropped a frame from a peer that claimed routing id %r", identity)
-                continue
             try:
                 source = str(message[0].get("Peer-Address"))
                 user = str(message[0].get("User-Id"))  # the registered user the gatekeeper let in
             except zmq.ZMQError:  # no transport metadata: not a connection the gatekeeper admitted
+                continue
+            if identity not in self.known_ids and not self._first_frame(identity, message[0], source):
                 continue
             try:
                 self._handle(self.core.receive(identity, frames, time.monotonic(), source, user))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
+
+    def _first_frame(self, identity: bytes, frame: zmq.Frame, source: str) -> bool:
+        """A connection's first frame: True if it may go on; False if it claimed a routing id (it is closed)."""
+        try:
+            handle = int(frame.get(zmq.SRCFD))  # the TCP connection's descriptor
+        except zmq.ZMQError:
+            return False
+        if self.gatekeeper is not None:
+            self.gatekeeper.spoke.put(handle)
+        if len(identity) == 5 and identity[0] == 0 and not self.routing_ids.claimed_ahead(identity):
+            if len(self.known_ids) >= MAX_REMEMBERED_UNREACHABLE:
+                self.known_ids.clear()
+            self.known_ids.add(identity)
+            return True
+        peer_log.warning(source, "closing a connection from %s that claimed routing id %s", source, identity.hex())
+        close_connection(handle)
+        return False
 
     def _take_results(self) -> None:
         """Send what the crypto jobs produced; opened envelopes go back to the core, which may make more."""

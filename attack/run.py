@@ -422,6 +422,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None
 
     baseline = broker.tree_rss_mb()
     cpu_before = broker.tree_cpu_s()
+    load_before = os.getloadavg()[0]
     t0 = time.monotonic() + 0.2
     honest_control.put(("go", t0))
     go.set()
@@ -463,6 +464,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None
     log(f"broker {'stopped' if broker_up else 'was down'}; exit status {exit_status}")
     honest: HonestResult = children.results["honest"]
     memory = Memory(baseline, peak, end_rss, samples)
+    args.load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     return report(args, broker, broker_up, exit_status, broker_cpu, memory, honest, children, specs)
 
 
@@ -504,6 +506,8 @@ def report(
         "duration_s": args.duration,
         "scale": args.scale,
         "key_bits": args.bits,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_avg_1min_before_after": list(args.load),
         "broker": {
             "up": broker_up,
             "exit_status": exit_status,
@@ -586,6 +590,9 @@ def print_report(numbers: dict[str, Any]) -> None:
     print("targets:")
     for name, met in numbers["targets"].items():
         print(f"  {name + ':':<24} {'met' if met else 'MISSED'}")
+    load = numbers["load_avg_1min_before_after"]
+    busy = " (already busy before the start: other work competed for the CPU)" if load[0] > 1.0 else ""
+    print(f"machine:            {numbers['cores']} cores, 1-min load average {load[0]} before, {load[1]} after{busy}")
     print(f"verdict:            {'PASS' if numbers['ok'] else 'FAIL'}")
 
 

@@ -1,12 +1,15 @@
 """The load generator: many client sockets in one process, sending prepared frames and counting what arrives.
 
-A `Fleet` holds raw DEALER sockets, one per client, all polled by one loop:
+A `Fleet` holds DEALER sockets, one per client, all polled by one loop:
 
-- chat clients (`ChatPeer`) log in with `chat.session.ClientSession`, the
-  sans-I/O session every real client uses (HELLO, CHALLENGE, LOGIN, welcome).
-  Their SEND frames are made before a timed window with `session.say()` for
-  consecutive sequence numbers; during the window the loop only sends them
-  and counts the EVENT frames that arrive, without opening them;
+- chat clients (`ChatPeer`) connect over CurveZMQ (`chat.transport.connect_dealer`,
+  zchat/2) and log in with `chat.session.ClientSession`, the sans-I/O session
+  every real client uses (HELLO, CHALLENGE, LOGIN, welcome). Their SEND frames
+  are made before a timed window with `session.say()` for consecutive sequence
+  numbers; during the window the loop only sends them and counts the EVENT
+  frames that arrive, without opening them. After each batch of frames read
+  from a socket it sends one ACK for the newest EVENT of the batch (flow
+  control: the broker stops sending a session that does not acknowledge);
 - relay clients (`RelayPeer`) register with a reference relay and send the
   same payload over and over.
 
@@ -28,11 +31,12 @@ import zmq
 
 import crypto
 from bench.stats import message_text
-from bench.workspace import BenchError, ServerProcess, system_busy_seconds
+from bench.workspace import BenchError, ServerProcess, cpu_seconds, system_busy_seconds
 from chat import protocol as p
 from chat.errors import ChatError
 from chat.events import Welcome
 from chat.session import ClientSession
+from chat.transport import connect_dealer
 
 Frames = list[bytes]
 KEEPALIVE_S = 2.0  # a chat client that sent nothing for this long sends a PING, so the broker never times it out
@@ -77,11 +81,47 @@ class Peer:
         return None
 
 
+def chat_dealer(
+    context: zmq.Context[zmq.Socket[bytes]],
+    endpoint: str,
+    key: crypto.PrivateKey,
+    broker_curve: bytes,
+    curve_secret: bytes | None = None,
+) -> zmq.Socket[bytes]:
+    """A client's CurveZMQ DEALER to the broker: `chat.transport.connect_dealer`, with no queue limit.
+
+    `curve_secret` is for a benchmark name that reuses another name's RSA key: it has a Curve pair of
+    its own (`Workspace.register`), and the socket is made the same way with that pair.
+    """
+    if curve_secret is None:
+        return connect_dealer(context, endpoint, key, broker_curve, queue_limit=0)
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_BROKER_BODY + 1024)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
+    sock.setsockopt(zmq.CURVE_SERVERKEY, broker_curve)
+    sock.connect(endpoint)
+    return sock
+
+
 class ChatPeer(Peer):
-    def __init__(self, slot: int, name: str, key: crypto.PrivateKey, broker_key: crypto.PublicKey) -> None:
+    def __init__(
+        self,
+        slot: int,
+        name: str,
+        key: crypto.PrivateKey,
+        broker_key: crypto.PublicKey,
+        broker_curve: bytes,
+        curve_secret: bytes | None = None,
+    ) -> None:
         super().__init__(slot, name)
         self.key = key
         self.broker_key = broker_key
+        self.broker_curve = broker_curve
+        self.curve_secret = curve_secret
         self.session = ClientSession(name, key, broker_key, bot=True, history=False)
         self.state = "new"  # new, hello, login, in, failed
         self.failure: str | None = None
@@ -214,6 +254,8 @@ class Mark:
     delivered: int
     target_cpu: float
     target_loop_cpu: float
+    target_main_cpu: float
+    acks: int
     own_cpu: float
     own_loop_cpu: float
     system_cpu: float
@@ -228,6 +270,8 @@ class Throughput:
     lost: int
     target_cores_busy: float  # CPU seconds of the server under test per second of window
     target_loop_busy: float  # the same for its main thread alone (the Python loop that handles every message)
+    target_io_busy: float  # its main process's other threads: libzmq's I/O thread (CurveZMQ), the ZAP handler
+    acks_per_s: float  # ACK frames the generator sent (chat only)
     generator_cores_busy: float
     generator_loop_busy: float
     other_cores_busy: float  # everything else on the machine: the kernel's share of loopback TCP, other programs
@@ -246,6 +290,9 @@ class Fleet:
         self.by_socket: dict[zmq.Socket[bytes], Peer] = {}
         self.peers: list[Peer] = []
         self.delivered = 0
+        self.acks = 0  # ACK frames sent
+        self.events = 0  # EVENT messages read, and the bytes of their bodies
+        self.event_bytes = 0
         self.last_keepalive = time.monotonic()
 
     def close(self) -> None:
@@ -269,15 +316,18 @@ class Fleet:
     def connect(self, peer: Peer) -> None:
         if peer.socket is not None:
             self.disconnect(peer)
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)  # never push back on the server: what it sends is queued here
-        sock.setsockopt(zmq.SNDHWM, 0)
-        if isinstance(peer, RelayPeer) and peer.curve is not None:
-            sock.curve_secretkey = peer.curve.secret
-            sock.curve_publickey = peer.curve.public
-            sock.curve_serverkey = peer.curve.server
-        sock.connect(self.endpoint)
+        if isinstance(peer, ChatPeer):
+            sock = chat_dealer(self.context, self.endpoint, peer.key, peer.broker_curve, peer.curve_secret)
+        else:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)  # never push back on the server: what it sends is queued here
+            sock.setsockopt(zmq.SNDHWM, 0)
+            if isinstance(peer, RelayPeer) and peer.curve is not None:
+                sock.curve_secretkey = peer.curve.secret
+                sock.curve_publickey = peer.curve.public
+                sock.curve_serverkey = peer.curve.server
+            sock.connect(self.endpoint)
         peer.socket = sock
         peer.ready = False
         self.by_socket[sock] = peer
@@ -308,21 +358,34 @@ class Fleet:
     # ------------------------------------------------------------ the loop
 
     def pump(self, timeout_ms: int) -> int:
-        """Wait up to `timeout_ms` for something to arrive, then read everything there is; deliveries counted."""
+        """Wait up to `timeout_ms` for something to arrive, then read everything there is; deliveries counted.
+
+        A chat socket that read EVENTs gets one ACK for the newest of them (zchat/2 flow control), as the
+        reference client sends one after each poll that read an EVENT.
+        """
         counted = 0
         for sock, _ in self.poller.poll(timeout_ms):
             peer = self.by_socket[sock]
+            newest: bytes | None = None
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                is_event = len(frames) == p.FRAME_COUNT and frames[1] == p.EVENT
+                if is_event:
+                    newest = frames[2]
+                    self.event_bytes += len(newest)
+                    self.events += 1
                 if not peer.ready:
                     peer.on_frames(frames)
                 elif peer.capture is not None:
                     peer.capture.append(frames)
-                elif not self.chat or (len(frames) == p.FRAME_COUNT and frames[1] == p.EVENT):
+                elif not self.chat or is_event:
                     counted += 1
+            if self.chat and newest is not None and peer.socket is sock:
+                self.send(peer, p.encode_frames(p.ACK, p.event_tag(newest)))
+                self.acks += 1
         self.delivered += counted
         if self.chat:
             self.keepalive()
@@ -410,6 +473,8 @@ class Fleet:
             delivered=self.delivered,
             target_cpu=server.cpu_seconds(),
             target_loop_cpu=server.main_thread_cpu_seconds(),
+            target_main_cpu=cpu_seconds(server.pid),
+            acks=self.acks,
             own_cpu=self_cpu_seconds(),
             own_loop_cpu=self_cpu_seconds(thread_only=True),
             system_cpu=system_busy_seconds(),
@@ -475,6 +540,9 @@ class Fleet:
             lost=expected - (self.delivered - base),
             target_cores_busy=target,
             target_loop_busy=(end.target_loop_cpu - start.target_loop_cpu) / seconds,
+            target_io_busy=(end.target_main_cpu - start.target_main_cpu - end.target_loop_cpu + start.target_loop_cpu)
+            / seconds,
+            acks_per_s=(end.acks - start.acks) / seconds,
             generator_cores_busy=own,
             generator_loop_busy=(end.own_loop_cpu - start.own_loop_cpu) / seconds,
             other_cores_busy=max(0.0, (end.system_cpu - start.system_cpu) / seconds - target - own),

@@ -24,6 +24,7 @@ def render_table(r: dict[str, Any]) -> str:
     d = r["details"]
     crypto, broker, latency = d["crypto_mean"], d["broker"], d["latency"]
     plain, curve, storm, idle = d["plain_relay"], d["curve_relay"], d["login_storm"], d["idle"]
+    hs = d["curve_handshake"]
     recipients = r["clients"] - 1
     rows = [
         (
@@ -90,6 +91,20 @@ def render_table(r: dict[str, Any]) -> str:
             f"per client p50 {_n(storm['per_client_s_p50'], 2)} s; broker CPU {_n(storm['broker_cpu_s'], 1)} s, "
             f"clients {_n(storm['generator_cpu_s'], 1)} s; turned away: "
             + (", ".join(f"{n} {what}" for what, n in storm["turned_away"].items()) or "none"),
+        ),
+        (
+            "CurveZMQ handshake: broker CPU per login",
+            f"{_n(r['curve_handshake_broker_cpu_ms'], 2)} ms",
+            f"vs the RSA work per HELLO {_n(r['login_crypto_ms'], 1)} ms "
+            f"({_n(r['login_crypto_per_curve_handshake'], 0)} x); wall time p50 {_n(r['curve_handshake_ms'], 2)} ms "
+            f"on loopback, {hs['count']} one at a time; client CPU {_n(hs['client_cpu_ms'], 2)} ms",
+        ),
+        (
+            "CurveZMQ per delivery: CPU",
+            f"{_n(r['curve_cpu_us_per_delivery'], 1)} us",
+            f"encrypt + decrypt of one EVENT ({d['curve_frame_cost']['body_bytes']}-byte body), CurveZMQ less plain "
+            f"TCP ({_n(d['curve_frame_cost']['curve_us'], 1)} vs {_n(d['curve_frame_cost']['plain_us'], 1)} us); "
+            f"the broker's ACKs read: {_n(broker['acks_per_s'])}/s",
         ),
     ]
     machine = r["machine"]

@@ -18,8 +18,10 @@ process started is stopped on the way out):
    a note says when the machine's speed changed between them;
 4. the reference relays (`bench.relay`), plain and CurveZMQ, with the same
    clients, fan-out and message size;
-5. a login storm on a fresh broker, and a fresh broker filled with idle
-   clients for its resident memory.
+5. on a fresh broker, CurveZMQ handshakes one at a time (`bench.handshake`:
+   what the transport costs per login, against the RSA work per HELLO), then
+   a login storm on that broker; a fresh broker filled with idle clients for
+   its resident memory.
 
 Prints a table, or one JSON object with `--json`. Exit status 1 when a phase
 failed or something was wrong (a lost delivery, a failed verification, an
@@ -46,7 +48,8 @@ from typing import Any
 import zmq
 import zmq.auth
 
-from bench import cryptobound
+import crypto
+from bench import cryptobound, handshake
 from bench.fleet import ChatPeer, CurveKeys, Fleet, Frames, LoginReport, Peer, RelayPeer, self_cpu_seconds
 from bench.report import render_table
 from bench.stats import message_text, percentile
@@ -62,7 +65,7 @@ from bench.workspace import (
 )
 from chat.events import WhoList
 
-KEY_POOL_MAX = 64  # distinct client keys; more names reuse them (a copy of the .pub under each name)
+KEY_POOL_MAX = 64  # distinct client keys; more names reuse their RSA halves, each with a Curve pair of its own
 LOGINS_IN_FLIGHT = 8  # while filling a broker: the broker drops a handshake that takes over 10 s
 IN_FLIGHT_S = 1.0  # the broker always has about this much work queued during the window
 SUPPLY_MARGIN = 1.25  # prepared messages: this much more than the crypto bound allows in the window
@@ -145,6 +148,8 @@ def broker_config(clients: int, workers: int | None = None) -> dict[str, Any]:
         "server_port": 0,
         "messages_per_second_per_user": 1e6,
         "logins_per_second_per_user": 1e6,
+        "handshakes_per_second_per_source": 1e6,
+        "max_connections_per_source": clients + 100,
         "max_clients": clients + 100,
         "max_pending_logins": clients + 100,
         "send_queue_limit": 1_000_000,
@@ -252,11 +257,10 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
     crypto_workers = config["workers"]
     server = ws.start_broker(label, config)
     progress(f"{label} pid {server.pid} on {server.endpoint}: logging in {s.clients} clients")
-    broker_public = ws.broker_public()
     fleet = Fleet(server.endpoint, chat=True, sockets=s.clients)
     procs: list[BaseProcess] = []
     try:
-        peers = [ChatPeer(i, name, ws.client_key(i), broker_public) for i, name in enumerate(clients)]
+        peers = chat_peers(ws, clients)
         login = fleet.login(peers, LOGINS_IN_FLIGHT, 600.0, server)
         fleet.wait_quiet(0.5, 120.0, server)
         run.details["broker_rss_mb_during_run"] = server.rss_mb()
@@ -285,6 +289,8 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
             "generator_processes": 1,
             "crypto_workers": crypto_workers,
         }
+        if not one_process:
+            run.details[label]["event_body_bytes_mean"] = fleet.event_bytes / max(1, fleet.events)
         if tp.lost:
             run.problems.append(f"{label}: {tp.lost} deliveries never arrived")
         if tp.supply_ran_out:
@@ -306,7 +312,14 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
             parent_end, child_end = mp.Pipe()
             proc: BaseProcess = mp.Process(
                 target=verifier_main,
-                args=(child_end, server.endpoint, peer.name, str(ws.pool_pem(peer.slot)), str(ws.layout.broker_public)),
+                args=(
+                    child_end,
+                    server.endpoint,
+                    peer.name,
+                    str(ws.pool_pem(peer.slot)),
+                    str(ws.layout.broker_public),
+                    ws.curve_secret(peer.name),
+                ),
                 daemon=True,
             )
             proc.start()
@@ -431,21 +444,35 @@ def measure_relay(ws: Workspace, run: Run, curve: bool) -> None:
     run.server_done(server)
 
 
+def measure_frame_cost(run: Run) -> None:
+    """What CurveZMQ's encryption of every frame costs per delivery, at the size of the broker's EVENTs."""
+    body = round(run.details["broker"]["event_body_bytes_mean"])
+    messages = 20_000 if run.settings.quick else 100_000
+    progress(f"timing {messages} EVENT-sized messages ({body}-byte bodies) plain and over CurveZMQ")
+    cost = handshake.frame_cost(body, messages)
+    run.numbers["curve_cpu_us_per_delivery"] = cost.extra_us
+    run.details["curve_frame_cost"] = asdict(cost)
+
+
 def login_storm(ws: Workspace, run: Run) -> None:
     s = run.settings
     storm = names("s", s.storm_clients)
     ws.register(storm)
     server = ws.start_broker("storm", broker_config(s.storm_clients))
-    progress(f"login storm: {s.storm_clients} clients log in at once (broker pid {server.pid})")
-    broker_public = ws.broker_public()
     fleet = Fleet(server.endpoint, chat=True, sockets=s.storm_clients)
     try:
-        peers = [ChatPeer(i, name, ws.client_key(i), broker_public) for i, name in enumerate(storm)]
+        peers = chat_peers(ws, storm)
+        progress(f"{s.storm_clients} CurveZMQ handshakes one at a time (broker pid {server.pid})")
+        secrets = [peer.curve_secret or crypto.curve_secret(peer.key) for peer in peers]
+        cost = handshake.measure(server.endpoint, secrets, ws.broker_curve(), server, s.storm_clients)
+        time.sleep(0.5)
+        progress(f"login storm: {s.storm_clients} clients log in at once")
         for peer in peers:
             peer.decrypt_welcome = False
             peer.prepare_hello()  # sealed to the broker's key before the clock starts
             fleet.connect(peer)
-        settle = time.monotonic() + 0.5  # every TCP connection is up before the clock starts
+        # every TCP connection is up and through its CurveZMQ handshake before the clock starts
+        settle = time.monotonic() + 0.5 + 0.005 * len(peers)
         while time.monotonic() < settle:
             fleet.pump(20)
         cpu0, own0 = server.cpu_seconds(), self_cpu_seconds()
@@ -457,6 +484,9 @@ def login_storm(ws: Workspace, run: Run) -> None:
     finally:
         fleet.close()
     run.numbers["login_storm_s"] = report.seconds
+    run.numbers["curve_handshake_ms"] = cost.wall_ms_p50
+    run.numbers["curve_handshake_broker_cpu_ms"] = cost.broker_cpu_ms
+    run.details["curve_handshake"] = asdict(cost)
     run.details["login_storm"] = {
         "clients": s.storm_clients,
         "per_client_s_p50": percentile(report.per_client_s, 50),
@@ -485,10 +515,9 @@ def idle_memory(ws: Workspace, run: Run) -> None:
     time.sleep(0.5)
     empty_rss = server.rss_mb()
     progress(f"filling a broker (pid {server.pid}, {empty_rss:.1f} MiB) with {s.idle_clients} idle clients")
-    broker_public = ws.broker_public()
     fleet = Fleet(server.endpoint, chat=True, sockets=s.idle_clients)
     try:
-        peers = [ChatPeer(i, name, ws.client_key(i), broker_public) for i, name in enumerate(idle)]
+        peers = chat_peers(ws, idle)
         for peer in peers:
             peer.decrypt_welcome = False
         cpu0 = server.cpu_seconds()
@@ -520,6 +549,15 @@ def idle_memory(ws: Workspace, run: Run) -> None:
     if roster != s.idle_clients or online != s.idle_clients:
         run.problems.append(f"idle: {online} online and {roster} in the last welcome, not {s.idle_clients}")
     run.server_done(server)
+
+
+def chat_peers(ws: Workspace, registered: list[str]) -> list[ChatPeer]:
+    """The generator's chat clients for the registered names (name i has pool slot i)."""
+    broker_public, broker_curve = ws.broker_public(), ws.broker_curve()
+    return [
+        ChatPeer(i, name, ws.client_key(i), broker_public, broker_curve, ws.curve_secret(name))
+        for i, name in enumerate(registered)
+    ]
 
 
 def _last_welcome(report: LoginReport) -> int:
@@ -612,6 +650,12 @@ def summarise(run: Run, bound: cryptobound.CryptoBound) -> dict[str, Any]:
         "login_storm_target_s": 1.5 * s.storm_clients * bound.login_s / n,
         "client_login_crypto_ms": bound.client_login_s * 1000,
         "login_storm_floor_s": s.storm_clients * (bound.login_s + bound.client_login_s) / n,
+        "curve_handshake_ms": run.numbers["curve_handshake_ms"],
+        "curve_handshake_broker_cpu_ms": run.numbers["curve_handshake_broker_cpu_ms"],
+        "login_crypto_per_curve_handshake": bound.login_s * 1000 / run.numbers["curve_handshake_broker_cpu_ms"]
+        if run.numbers["curve_handshake_broker_cpu_ms"] > 0
+        else None,
+        "curve_cpu_us_per_delivery": run.numbers["curve_cpu_us_per_delivery"],
         "idle_clients": s.idle_clients,
         "storm_clients": s.storm_clients,
         "duration_s": s.duration,
@@ -663,11 +707,12 @@ def standard_notes(run: Run, ws: Workspace) -> None:
             if distinct >= s.clients
             else f"the {s.clients} throughput clients share them, "
         )
-        + f"the {s.storm_clients} storm and {s.idle_clients} idle clients reuse them "
-        "(the same .pub file copied under each name): RSA costs the same for any key of a size",
-        "load generator: one process with a raw DEALER per client (the broker and the generator share the cores); "
-        "senders' frames are signed and sealed before the window, receivers only count EVENT frames; "
-        "CPU use of both is in details",
+        + f"the {s.storm_clients} storm and {s.idle_clients} idle clients reuse their RSA halves, each name with "
+        "a random Curve25519 pair of its own in its .pub (the broker maps a Curve key to one user): RSA and "
+        "CurveZMQ cost the same for any key of a size",
+        "load generator: one process with a CurveZMQ DEALER per client (the broker and the generator share the "
+        "cores); senders' frames are signed and sealed before the window, receivers only count EVENT frames and "
+        "send one ACK per socket per batch read; CPU use of both is in details",
         f"latency: {min(VERIFIERS, s.clients - 2)} receivers in their own processes run ClientSession.receive() "
         "(open, MAC, sequence, author signature); time from just before the send to just after the verification",
         "crypto bound: open + verify per message, HMAC + seal per recipient, with crypto/ in one process",
@@ -678,6 +723,12 @@ def standard_notes(run: Run, ws: Workspace) -> None:
         "signature, seal the welcome",
         "login storm floor: storm clients x (the broker's + a client's login crypto) / cores; the clients run on "
         "the same cores, so no broker can finish the storm sooner",
+        f"CurveZMQ handshake: {s.storm_clients} connections to the storm's broker before the storm, one at a time, "
+        "connect to ZMQ_EVENT_HANDSHAKE_SUCCEEDED (p50), then closed; the broker's CPU per handshake has its idle "
+        "use subtracted; compare login_crypto_ms, the RSA work per login",
+        "curve_cpu_us_per_delivery: CPU per EVENT (its 3 frames, body of the mean size the generator read) sent "
+        "over loopback TCP in one process with CurveZMQ, less without: the sender's encryption and the receiver's "
+        "decryption; the broker pays the sending half",
     ]
 
 
@@ -735,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             drift_note(run, before, after)
             measure_relay(ws, run, curve=False)
             measure_relay(ws, run, curve=True)
+            measure_frame_cost(run)
             login_storm(ws, run)
             idle_memory(ws, run)
             standard_notes(run, ws)

@@ -1,9 +1,11 @@
 """A verifying receiver for the latency measurement: its own process, a real client session.
 
-It logs in with `chat.session.ClientSession` over a raw DEALER socket and runs
-every frame through `ClientSession.receive()`: the envelope is opened, the
+It connects over CurveZMQ (`chat.transport.connect_dealer`, zchat/2), logs in
+with `chat.session.ClientSession` and runs every frame through
+`ClientSession.receive()`: the envelope is opened, the
 delivery MAC and sequence number checked and the author's signature verified,
-exactly as in the terminal client. The moment `receive()` returns a chat
+exactly as in the terminal client; after each batch of frames read it sends
+`ClientSession.ack()`, as the terminal client does. The moment `receive()` returns a chat
 message is when it was received; the benchmark's texts name their sender slot
 and number, so the parent matches it with the moment it was sent.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import zmq
 
 import crypto
+from bench.fleet import chat_dealer
 from bench.stats import parse_text
 from chat.errors import ConnectError, RemoteProtocolError
 from chat.events import ChatMessage, Notice, SessionClosed, Shutdown, Welcome
@@ -34,21 +37,27 @@ from chat.session import ClientSession, State
 PING_EVERY = 1.0
 
 
-def verifier_main(conn: Connection, endpoint: str, name: str, key_path: str, broker_public_path: str) -> None:
+def verifier_main(
+    conn: Connection, endpoint: str, name: str, key_path: str, broker_public_path: str, curve_secret: bytes | None
+) -> None:
+    """`curve_secret`: the name's own Curve25519 secret, or None for the one derived from its RSA key."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _run(conn, endpoint, name, Path(key_path), Path(broker_public_path))
+        _run(conn, endpoint, name, Path(key_path), Path(broker_public_path), curve_secret)
     except Exception:
         conn.send(("error", traceback.format_exc()))
 
 
-def _run(conn: Connection, endpoint: str, name: str, key_path: Path, broker_public_path: Path) -> None:
-    session = ClientSession(name, crypto.load_private_key(key_path), crypto.load_public_key(broker_public_path))
+def _run(
+    conn: Connection, endpoint: str, name: str, key_path: Path, broker_public_path: Path, curve_secret: bytes | None
+) -> None:
+    key = crypto.load_private_key(key_path)
+    broker = crypto.load_public_key_file(broker_public_path)
+    if broker.curve is None:
+        raise ValueError(f"{broker_public_path} holds no Curve25519 key")
+    session = ClientSession(name, key, broker.rsa)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(endpoint)
+    sock = chat_dealer(context, endpoint, key, broker.curve, curve_secret)
     sock.send_multipart(session.hello())
     last_sent = time.monotonic()
     poller = zmq.Poller()
@@ -88,6 +97,10 @@ def _run(conn: Connection, endpoint: str, name: str, key_path: Path, broker_publ
                     conn.send(("ready",))
                 elif isinstance(event, (Notice, SessionClosed, Shutdown)):
                     problems[f"{type(event).__name__}: {event}"] += 1
+        ack = session.ack()
+        if ack is not None:
+            sock.send_multipart(ack)
+            last_sent = time.monotonic()
         if conn.poll():
             message = conn.recv()
             if message[0] == "stop":

@@ -4,7 +4,7 @@ Layout of the directory:
 
     pool/key<i>.pem, pool/key<i>.pub    the distinct RSA key pairs (key0 is the broker's)
     keys/broker.pem, keys/broker.pub    the broker's key pair (a copy of key0)
-    keys/clients/<name>.pub             every registered name: a copy of one pool key's .pub
+    keys/clients/<name>.pub             every registered name of the current phase (see `register`)
     <broker-label>/config.json, .log    one directory per broker started
     curve/                              CurveZMQ certificates for the reference relay
 
@@ -13,6 +13,7 @@ Process statistics (CPU time, resident memory) come from /proc, so this runs on 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import multiprocessing
@@ -31,6 +32,7 @@ from typing import Any
 
 import crypto
 from chat.keystore import KeyLayout, write_private_key, write_public_key
+from crypto.keys import CURVE_BLOCK
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
@@ -102,6 +104,7 @@ class Workspace:
         self.pool_dir = self.root / "pool"
         self.pool_size = 0
         self.key_cache: dict[int, crypto.PrivateKey] = {}
+        self.own_curve: dict[str, bytes] = {}  # registered name -> its own Curve25519 secret (see `register`)
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Workspace:
@@ -150,9 +153,44 @@ class Workspace:
         return crypto.load_public_key(self.layout.broker_public)
 
     def register(self, names: Sequence[str]) -> None:
-        """Register each name with a pool key (name i gets slot i): a copy of that key's .pub file."""
+        """Make `names` the registered users (name i gets pool slot i), replacing the previous phase's names.
+
+        The broker maps a connection's Curve25519 key to exactly one registered user, so
+        every name needs a Curve key of its own. A name whose slot is a pool key of its own
+        gets that key's .pub (written by `write_public_key`: RSA key and derived Curve key).
+        A name that reuses a pool key (slot beyond the pool) gets a .pub with that pool
+        key's RSA half and a random Curve25519 pair of its own (`curve_secret(name)`):
+        RSA and CurveZMQ cost the same for any key of a size, and keys for 1000 names
+        would take minutes to generate.
+        """
+        for old in self.layout.clients_dir.glob("*.pub"):
+            old.unlink()
+        self.own_curve = {}
         for slot, name in enumerate(names):
-            shutil.copyfile(self.pool_pem(slot).with_suffix(".pub"), self.layout.client_public(name))
+            pool_pub = self.pool_pem(slot).with_suffix(".pub")
+            target = self.layout.client_public(name)
+            if slot < self.pool_size:
+                shutil.copyfile(pool_pub, target)
+                continue
+            secret = os.urandom(crypto.CURVE_KEY_BYTES)
+            public = crypto.curve_public(secret)
+            rsa_part = pool_pub.read_bytes().split(b"-----BEGIN " + CURVE_BLOCK.encode())[0]
+            block = f"-----BEGIN {CURVE_BLOCK}-----\n".encode() + base64.b64encode(public)
+            target.write_bytes(rsa_part + block + f"\n-----END {CURVE_BLOCK}-----\n".encode())
+            if crypto.load_public_key_file(target).curve != public:
+                raise BenchError(f"{target}: the Curve25519 key did not read back")
+            self.own_curve[name] = secret
+
+    def curve_secret(self, name: str) -> bytes | None:
+        """The Curve25519 secret key of a registered name, or None when it is the one derived from its RSA key."""
+        return self.own_curve.get(name)
+
+    def broker_curve(self) -> bytes:
+        """The broker's Curve25519 public key, from its .pub file as clients read it."""
+        curve = crypto.load_public_key_file(self.layout.broker_public).curve
+        if curve is None:
+            raise BenchError(f"{self.layout.broker_public} holds no Curve25519 key")
+        return curve
 
     # ------------------------------------------------------------ processes
 

@@ -8,12 +8,16 @@ address there is a cap on open connections and a rate of handshakes. A
 stranger gets no further than the handshake: it can send no frame, claim no
 routing id, and cause no RSA work.
 
+`RoutingIds` keeps a registered user from crashing the broker through
+libzmq's routing ids (see its docstring).
+
 `chat.gatekeeper` runs this policy on the ZAP and monitor sockets.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chat.keystore import Registry
@@ -24,6 +28,36 @@ peer_log = PeerLog(log)
 
 CURVE = b"CURVE"
 MAX_TRACKED_SOURCES = 100_000
+SILENT_LIMIT = 10.0  # seconds after it was accepted: a connection that has not sent a frame by then is closed
+COUNTER = 1 << 32
+
+
+class RoutingIds:
+    """Tells the routing ids libzmq made up from ones a peer claimed ahead of libzmq's counter.
+
+    libzmq gives each connection that announces no routing id the id 0x00 + a
+    32-bit counter, and aborts the whole process if that id is already taken
+    (socket_base.cpp, add_out_pipe). A peer that announced the id the counter
+    will reach next could so crash the broker. The counter starts at a secret
+    random place (broker.py seeds it); `first` is the value the broker's own
+    probe connection got before any peer could connect, and it moves by at most
+    one per handshake the gatekeeper admitted (`admitted()`), so every id
+    libzmq made up so far lies in [first, first + admitted()]. An id ahead of
+    that was claimed, and would collide later: its connection is closed the
+    moment it speaks. (A connection that never speaks is closed after
+    SILENT_LIMIT by the gatekeeper; ids of any other form cannot collide and
+    their frames are dropped.)
+    """
+
+    def __init__(self, first: int, admitted: Callable[[], int]) -> None:
+        self.first = first
+        self.admitted = admitted
+
+    def claimed_ahead(self, identity: bytes) -> bool:
+        if len(identity) != 5 or identity[0] != 0:
+            return False
+        value = int.from_bytes(identity[1:], "big")
+        return (value - self.first) % COUNTER > self.admitted()
 
 
 @dataclass(frozen=True)
@@ -37,24 +71,40 @@ class Admission:
         self.registry = registry
         self.max_connections_per_source = max_connections_per_source
         self.handshakes_per_second = handshakes_per_second
-        self.connections: dict[int, str] = {}  # open TCP connection (its file descriptor) -> source address
+        self.connections: dict[int, tuple[str, float]] = {}  # open TCP connection (its descriptor) -> source, when
+        self.spoke: set[int] = set()  # connections that have sent a frame
         self.per_source: dict[str, int] = {}
-        self.buckets: dict[str, TokenBucket] = {}
+        self.buckets: dict[str, TokenBucket] = {}  # handshakes per source address, and per registered user
 
-    def accepted(self, handle: int, source: str) -> bool:
+    def accepted(self, handle: int, source: str, now: float = 0.0) -> bool:
         """A TCP connection was accepted. False: its source holds too many already, close it."""
         self.closed(handle)  # a descriptor number is reused once its connection is gone
         if self.per_source.get(source, 0) >= self.max_connections_per_source:
             peer_log.warning(source, "closing a connection from %s: %d open already", source, self.per_source[source])
             return False
-        self.connections[handle] = source
+        self.connections[handle] = (source, now)
         self.per_source[source] = self.per_source.get(source, 0) + 1
         return True
 
+    def speaking(self, handle: int) -> None:
+        """The connection sent a frame: it is not one that only holds a routing id."""
+        if handle in self.connections:
+            self.spoke.add(handle)
+
+    def silent(self, now: float) -> list[int]:
+        """Connections accepted more than SILENT_LIMIT ago that never sent a frame: to be closed."""
+        return [
+            handle
+            for handle, (_, since) in self.connections.items()
+            if handle not in self.spoke and now - since > SILENT_LIMIT
+        ]
+
     def closed(self, handle: int) -> None:
-        source = self.connections.pop(handle, None)
-        if source is None:
+        self.spoke.discard(handle)
+        entry = self.connections.pop(handle, None)
+        if entry is None:
             return
+        source = entry[0]
         left = self.per_source.get(source, 1) - 1
         if left > 0:
             self.per_source[source] = left
@@ -63,12 +113,7 @@ class Admission:
 
     def authenticate(self, source: str, mechanism: bytes, credentials: list[bytes], now: float) -> Verdict:
         """The ZAP question: may this handshake complete, and as which user?"""
-        bucket = self.buckets.get(source)
-        if bucket is None:
-            if len(self.buckets) >= MAX_TRACKED_SOURCES:
-                self.forget_idle(now)
-            bucket = self.buckets[source] = TokenBucket.full(self.handshakes_per_second, now)
-        if not bucket.take(now):
+        if not self._take(source, now):
             peer_log.warning(source, "handshake from %s refused: more than %g/s", source, self.handshakes_per_second)
             return Verdict(False, "")
         if mechanism != CURVE or len(credentials) != 1:
@@ -78,7 +123,18 @@ class Admission:
         if user is None:
             peer_log.info(source, "handshake from %s refused: key not registered", source)
             return Verdict(False, "")
+        if not self._take("user " + user, now):  # the same rate per registered user, from any number of sources
+            peer_log.warning(source, "handshake by %s refused: more than %g/s", user, self.handshakes_per_second)
+            return Verdict(False, "")
         return Verdict(True, user)
+
+    def _take(self, key: str, now: float) -> bool:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= MAX_TRACKED_SOURCES:
+                self.forget_idle(now)
+            bucket = self.buckets[key] = TokenBucket.full(self.handshakes_per_second, now)
+        return bucket.take(now)
 
     def forget_idle(self, now: float) -> None:
         for source, bucket in list(self.buckets.items()):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -18,7 +19,8 @@ import time
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from chat.admission import Admission, peer_log
+from chat.admission import Admission
+from chat.ratelimit import flush_peer_logs
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class Gatekeeper:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes], admission: Admission):
         """Start answering. Call before the ROUTER binds: without a ZAP handler libzmq would admit everyone."""
         self.admission = admission
+        self.admitted = 0  # handshakes admitted so far (chat.admission.RoutingIds)
+        self.spoke: queue.SimpleQueue[int] = queue.SimpleQueue()  # from the broker's loop: descriptors that spoke
         self.zap = context.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
@@ -77,7 +81,8 @@ class Gatekeeper:
             poller.register(sock, zmq.POLLIN)
         while True:
             ready = dict(poller.poll(1000))
-            peer_log.flush()
+            flush_peer_logs()
+            self._close_silent()
             if self.stop_pipe in ready:
                 return
             try:
@@ -95,6 +100,15 @@ class Gatekeeper:
             except zmq.ContextTerminated:
                 return
 
+    def _close_silent(self) -> None:
+        """Close the connections that never sent a frame: a peer must not hold a routing id without using it."""
+        while not self.spoke.empty():
+            self.admission.speaking(self.spoke.get_nowait())
+        for handle in self.admission.silent(time.monotonic()):
+            log.info("closing a connection that sent nothing since it was accepted")
+            close_connection(handle)
+            self.admission.closed(handle)
+
     def _on_monitor(self, message: list[bytes]) -> None:
         try:
             event = parse_monitor_message(message)
@@ -103,7 +117,7 @@ class Gatekeeper:
             return
         handle = int(event["value"])
         if event["event"] == zmq.EVENT_ACCEPTED:
-            if not self.admission.accepted(handle, peer_address(handle)):
+            if not self.admission.accepted(handle, peer_address(handle), time.monotonic()):
                 close_connection(handle)
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self.admission.closed(handle)
@@ -117,5 +131,6 @@ class Gatekeeper:
             address.decode("utf-8", "replace"), mechanism, credentials, time.monotonic()
         )
         if verdict.allowed:
+            self.admitted += 1  # before the handshake completes: libzmq's counter never gets ahead of this
             return [ZAP_VERSION, request_id, b"200", b"OK", verdict.user.encode(), b""]
         return [ZAP_VERSION, request_id, b"400", b"not allowed", b"", b""]

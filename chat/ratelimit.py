@@ -10,6 +10,7 @@ one line each.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -46,10 +47,21 @@ class TokenBucket:
         return self.tokens + (now - self.stamp) * self.rate >= self.capacity
 
 
+_PEER_LOGS: list[PeerLog] = []
+
+
+def flush_peer_logs() -> None:
+    """Write the summaries of every PeerLog whose window has ended (an I/O loop calls this every turn)."""
+    for peer_log in _PEER_LOGS:
+        peer_log.flush()
+
+
 class PeerLog:
     """Log lines caused by peers, at most LOG_LINES_PER_SOURCE per source and LOG_LINES_IN_ALL in all per window."""
 
     def __init__(self, logger: logging.Logger) -> None:
+        _PEER_LOGS.append(self)
+        self.lock = threading.Lock()  # the broker's loop and its gatekeeper thread both flush every PeerLog
         self.logger = logger
         self.window_start = time.monotonic()
         self.lines: dict[str, int] = {}
@@ -59,15 +71,17 @@ class PeerLog:
     def log(self, level: int, source: str, message: str, *args: object) -> None:
         if not self.logger.isEnabledFor(level):
             return
-        self._roll(time.monotonic())
-        count = self.lines.get(source, 0)
-        if count >= LOG_LINES_PER_SOURCE or self.written >= LOG_LINES_IN_ALL:
-            key = source if source in self.suppressed or len(self.suppressed) < MAX_LOG_SOURCES else "other sources"
-            self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return
-        if len(self.lines) < MAX_LOG_SOURCES:
-            self.lines[source] = count + 1
-        self.written += 1
+        with self.lock:
+            self._roll(time.monotonic())
+            count = self.lines.get(source, 0)
+            if count >= LOG_LINES_PER_SOURCE or self.written >= LOG_LINES_IN_ALL:
+                known = source in self.suppressed or len(self.suppressed) < MAX_LOG_SOURCES
+                key = source if known else "other sources"
+                self.suppressed[key] = self.suppressed.get(key, 0) + 1
+                return
+            if len(self.lines) < MAX_LOG_SOURCES:
+                self.lines[source] = count + 1
+            self.written += 1
         self.logger.log(level, message, *args)
 
     def info(self, source: str, message: str, *args: object) -> None:
@@ -77,8 +91,9 @@ class PeerLog:
         self.log(logging.WARNING, source, message, *args)
 
     def flush(self) -> None:
-        """Write the summary of a window that has ended (the I/O loop calls this every turn)."""
-        self._roll(time.monotonic())
+        """Write the summary of a window that has ended."""
+        with self.lock:
+            self._roll(time.monotonic())
 
     def _roll(self, now: float) -> None:
         if now - self.window_start < LOG_WINDOW:

@@ -1,4 +1,8 @@
-"""`python -m fuzz.run TARGET [libFuzzer options]`: run one fuzz target under atheris."""
+"""`python -m fuzz.run TARGET [libFuzzer options]`: run one fuzz target under atheris.
+
+`tcp` writes to a broker in another process, where atheris's coverage does not reach: that target mutates
+blindly (no new units are expected) and is there to find inputs that stop the broker.
+"""
 
 from __future__ import annotations
 

@@ -157,6 +157,8 @@ def write_config(workdir: Path, clients: int) -> Path:
         "keys_dir": "keys",
         "messages_per_second_per_user": 1000,
         "logins_per_second_per_user": 100000,
+        "max_connections_per_source": 100000,  # every bot connects from 127.0.0.1
+        "handshakes_per_second_per_source": 1e6,
         "max_clients": clients + 50,
         "send_queue_limit": 10000,
         "heartbeat_interval": 1,

@@ -34,7 +34,10 @@ POSITIVE_KEYS = (
     "login_storm_s",
     "client_login_crypto_ms",
     "login_storm_floor_s",
+    "curve_handshake_ms",
 )
+# Numbers that may round to zero or below on a busy machine (small CPU differences), so only their presence is checked.
+NUMBER_KEYS = ("curve_handshake_broker_cpu_ms", "curve_cpu_us_per_delivery")
 
 
 @pytest.mark.slow
@@ -57,6 +60,8 @@ def test_quick_bench_prints_every_key():
         assert isinstance(value, (int, float)), f"{key}: {value!r}\n{details}"
         assert not isinstance(value, bool), f"{key}: {value!r}\n{details}"
         assert value > 0, f"{key}: {value!r}\n{details}"
+    for key in NUMBER_KEYS:
+        assert isinstance(numbers[key], (int, float)), f"{key}: {numbers[key]!r}\n{details}"
     assert numbers["clients"] == 10, details
     assert numbers["key_bits"] == 2048, details
     assert numbers["efficiency"] == pytest.approx(
@@ -65,6 +70,6 @@ def test_quick_bench_prints_every_key():
     assert numbers["problems"] == [], details
     assert "make bench" in numbers["command"], details
     table = render_table(numbers)  # the table `make bench` prints, from the same numbers
-    for row in ("broker: encrypted deliveries/s", "crypto on all", "login storm:"):
+    for row in ("broker: encrypted deliveries/s", "crypto on all", "login storm:", "CurveZMQ handshake"):
         assert row in table, table
     assert f"{numbers['deliveries_per_s']:,.0f}" in table, table

@@ -13,7 +13,7 @@ import pytest
 
 import crypto
 from chat import ratelimit
-from chat.admission import CURVE, Admission, Verdict
+from chat.admission import CURVE, SILENT_LIMIT, Admission, RoutingIds, Verdict
 from chat.keystore import KeyLayout, Registry
 from chat.ratelimit import LOG_LINES_IN_ALL, LOG_LINES_PER_SOURCE, LOG_WINDOW, PeerLog
 
@@ -81,7 +81,8 @@ def test_handshakes_beyond_the_rate_of_one_source_are_refused(keyring, layout):
     alice = [curve_key(keyring, "alice")]
     assert [gate.authenticate("192.0.2.1", CURVE, alice, 100.0).allowed for _ in range(5)] == [True] * 4 + [False]
     assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 100.0) == REFUSED, "per source"
-    assert gate.authenticate("192.0.2.2", CURVE, alice, 100.0) == Verdict(True, "alice"), "another source"
+    carol = [curve_key(keyring, "carol")]
+    assert gate.authenticate("192.0.2.2", CURVE, carol, 100.0) == Verdict(True, "carol"), "another source"
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.4) == REFUSED, "not yet a whole token"
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == Verdict(True, "alice"), "one more after 0.5 s"
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == REFUSED
@@ -185,7 +186,7 @@ def test_a_reused_handle_counts_once(layout):
     # Descriptor 10 closed without a `closed` (a missed event), then reused by another source.
     assert gate.accepted(10, "192.0.2.2")
     assert gate.per_source == {"192.0.2.2": 1}
-    assert gate.connections == {10: "192.0.2.2"}
+    assert gate.connections == {10: ("192.0.2.2", 0.0)}
     # And reused by the same source: still one connection.
     assert gate.accepted(10, "192.0.2.2")
     assert gate.accepted(11, "192.0.2.2")
@@ -293,3 +294,44 @@ def test_lines_below_the_loggers_level_cost_nothing(clock, caplog):
     clock.now += LOG_WINDOW
     log.flush()
     assert lines(caplog) == ["a warning"], "no summary: nothing was held back"
+
+
+# ---------------------------------------------------------------- routing ids and silent connections
+
+
+def test_routing_ids_at_or_behind_the_counter_pass_and_ids_ahead_are_claims():
+    admitted = [3]
+    check = RoutingIds(first=0xFFFFFFFE, admitted=lambda: admitted[0])  # the counter wraps round 2**32
+    given_out = [0xFFFFFFFE, 0xFFFFFFFF, 0, 1]  # the probe, then three admitted handshakes
+    for value in given_out:
+        assert not check.claimed_ahead(b"\x00" + value.to_bytes(4, "big"))
+    assert check.claimed_ahead(b"\x00" + (2).to_bytes(4, "big"))  # the id the next connection would get
+    assert check.claimed_ahead(b"\x00" + (0x7FFFFFFF).to_bytes(4, "big"))
+    admitted[0] = 4  # one more handshake: the counter may have reached 2
+    assert not check.claimed_ahead(b"\x00" + (2).to_bytes(4, "big"))
+    # Ids of another form can never be made up by libzmq, so they never collide (their frames are dropped).
+    assert not check.claimed_ahead(b"alice")
+    assert not check.claimed_ahead(b"\x00\x01")
+
+
+def test_connections_that_never_speak_are_reported_once_the_limit_has_passed(keyring):
+    admission = Admission(Registry(keyring.layout), max_connections_per_source=10, handshakes_per_second=5)
+    assert admission.accepted(7, "10.0.0.1", now=100.0)
+    assert admission.accepted(8, "10.0.0.1", now=100.0)
+    admission.speaking(8)
+    assert admission.silent(100.0 + SILENT_LIMIT - 0.1) == []
+    assert admission.silent(100.0 + SILENT_LIMIT + 0.1) == [7]
+    admission.closed(7)
+    assert admission.silent(200.0) == []
+    admission.speaking(99)  # a descriptor that is not (or no longer) counted changes nothing
+    assert admission.accepted(99, "10.0.0.2", now=200.0)
+    assert admission.silent(200.0 + SILENT_LIMIT + 1) == [99]
+
+
+def test_a_user_is_held_to_the_handshake_rate_from_every_source(keyring):
+    admission = Admission(Registry(keyring.layout), max_connections_per_source=10, handshakes_per_second=1)
+    curve = crypto.curve_public(crypto.curve_secret(keyring.keys["alice"]))
+    verdicts = [admission.authenticate(f"10.0.0.{n}", b"CURVE", [curve], 50.0).allowed for n in range(5)]
+    assert verdicts == [True, True, False, False, False]  # a burst of two, then the user's bucket is empty
+    bob = crypto.curve_public(crypto.curve_secret(keyring.keys["bob"]))
+    assert admission.authenticate("10.0.0.9", b"CURVE", [bob], 50.0).allowed
