@@ -68,7 +68,7 @@ ifneq ($(filter bench,$(_goals)),)
   $(if $(call _only,$(subst $(_space),,$(ARGS)),$(_args_chars)),,$\
     $(error ARGS must be options for python -m bench: words of A-Z a-z 0-9 _ - . / = separated by spaces))
 endif
-ifneq ($(filter soak,$(_goals)),)
+ifneq ($(filter soak attack,$(_goals)),)
   $(call _check_set,DURATION,$(_digits),a whole number of seconds)
 endif
 ifneq ($(filter fuzz,$(_goals)),)
@@ -85,7 +85,7 @@ override export ZCHAT_PYTHON       := $(PYTHON)
 
 # ---------------------------------------------------------------- targets
 
-.PHONY: help broker client bot keys fingerprint test unit fuzz soak bench lint typecheck clean
+.PHONY: help broker client bot keys fingerprint test unit fuzz soak attack bench lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
@@ -94,8 +94,9 @@ help:
 	@echo "make keys NAME=alice   create and register a user's key pair"
 	@echo "make fingerprint NAME=alice   print a registered key's fingerprint, to compare out of band"
 	@echo "make test              run the tests, ruff and mypy"
-	@echo "make fuzz              fuzz every parser of peer bytes (FUZZ_SECONDS=30 per target)"
+	@echo "make fuzz              fuzz every parser of peer bytes and a real broker's port (FUZZ_SECONDS=30 per target)"
 	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds)"
+	@echo "make attack            every known attack at once on a real broker while honest users chat (DURATION=60)"
 	@echo "make bench             measure the broker: deliveries/s, crypto bound, latency, relays, memory (ARGS=--json)"
 
 # PYTHON only matters (and is only checked) when the venv has to be created.
@@ -134,7 +135,7 @@ test: $(DEV_STAMP)
 
 fuzz: $(DEV_STAMP)
 	@mkdir -p fuzz/crashes
-	@for target in frames envelope broker client; do \
+	@for target in frames envelope broker client tcp; do \
 		echo "== fuzzing $$target for $${ZCHAT_FUZZ_SECONDS}s"; \
 		log=$$(mktemp); \
 		$(BIN)/python -m fuzz.run $$target -max_total_time="$$ZCHAT_FUZZ_SECONDS" -print_final_stats=1 \
@@ -145,6 +146,9 @@ fuzz: $(DEV_STAMP)
 
 soak: $(RUNTIME_STAMP)
 	$(BIN)/python -m soak --duration "$$ZCHAT_DURATION"
+
+attack: $(RUNTIME_STAMP)
+	$(BIN)/python -m attack --duration "$$ZCHAT_DURATION"
 
 # ARGS is several words (ARGS="--clients 200"), so it is split, unquoted, on spaces; set -f stops any
 # globbing. It is checked above to hold only A-Z a-z 0-9 _ - . / = and spaces.

@@ -117,6 +117,7 @@ class Broker:
             self.close(linger=0)
             raise
         self.known_ids: set[bytes] = set()  # routing ids that have spoken and were checked
+        self.closed_ids: set[bytes] = set()  # routing ids whose connection was closed for claiming them
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.console: queue.Queue[str] = queue.Queue()
         self.stop_reason: str | None = None
@@ -176,6 +177,8 @@ class Broker:
                 user = str(message[0].get("User-Id"))  # the registered user the gatekeeper let in
             except zmq.ZMQError:  # no transport metadata: not a connection the gatekeeper admitted
                 continue
+            if identity in self.closed_ids:
+                continue
             if identity not in self.known_ids and not self._first_frame(identity, message[0], source):
                 continue
             try:
@@ -199,6 +202,9 @@ class Broker:
             return True
         peer_log.warning(source, "closing a connection from %s that claimed routing id %s", source, identity.hex())
         close_connection(handle)
+        if len(self.closed_ids) >= MAX_REMEMBERED_UNREACHABLE:
+            self.closed_ids.clear()
+        self.closed_ids.add(identity)  # its frames already queued are dropped without a word
         return False
 
     def _take_results(self) -> None:

@@ -292,8 +292,18 @@ class BrokerCore:
         return self._remove(session, "too slow to keep up")
 
     def shutdown(self, by: str, now: float) -> list[Work]:
-        """Tell everyone the broker is stopping; the caller flushes and exits."""
-        out = [o for s in self.sessions.values() for o in self._event(s, {"type": "shutdown", "by": by})]
+        """Tell everyone the broker is stopping, after everything still waiting for them; the caller flushes and exits.
+
+        The window no longer holds anything back: what waits goes to the socket now, the notice last.
+        """
+        out: list[Work] = []
+        for session in self.sessions.values():
+            if session.gone:
+                continue
+            out += session.held
+            backlog, session.backlog = session.backlog, collections.deque()
+            for event in [*backlog, *self._send_presence_events(session), {"type": "shutdown", "by": by}]:
+                out += self._seal(session, event)
         self.sessions.clear()
         self.by_name.clear()
         self.pending.clear()
@@ -335,8 +345,8 @@ class BrokerCore:
         self.pending.pop(identity, None)
         return [Outgoing(identity, p.encode_frames(p.REFUSED))]
 
-    def _busy(self, identity: bytes, why: str) -> list[Work]:
-        peer_log.warning(short(identity), "login from %s turned away: %s", short(identity), why)
+    def _busy(self, identity: bytes, why: str, who: str = "") -> list[Work]:
+        peer_log.warning(who or short(identity), "login from %s turned away: %s", short(identity), why)
         return [Outgoing(identity, p.encode_frames(p.BUSY))]
 
     def _on_hello_frame(self, identity: bytes, body: bytes, now: float, user: str, source: str) -> list[Work]:
@@ -344,7 +354,7 @@ class BrokerCore:
         who = user or source  # the transport's user; a core driven without one (tests, fuzzing) goes by source
         bucket = self.login_buckets.setdefault(who, TokenBucket.full(self.config.logins_per_second_per_user, now))
         if not bucket.take(now):
-            return self._busy(identity, f"more than {self.config.logins_per_second_per_user:g} logins/s by {who}")
+            return self._busy(identity, f"more than {self.config.logins_per_second_per_user:g} logins/s by {who}", who)
         logins_in_progress = len(self.pending) + self.hellos_opening + len(self.logins_opening)
         if identity not in self.pending and logins_in_progress >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
@@ -559,11 +569,15 @@ class BrokerCore:
                 self.presence_waiting.add(session.identity)
 
     def _send_presence(self, session: Session) -> list[Work]:
+        return [job for event in self._send_presence_events(session) for job in self._deliver(session, event)]
+
+    def _send_presence_events(self, session: Session) -> list[dict[str, Any]]:
+        """The joins and leaves waiting for `session`, as the one event that carries them (none if none wait)."""
         changes, session.presence = session.presence, []
         self.presence_waiting.discard(session.identity)
         if not changes or session.gone:
             return []
-        return self._deliver(session, changes[0] if len(changes) == 1 else {"type": "presence", "changes": changes})
+        return [changes[0] if len(changes) == 1 else {"type": "presence", "changes": changes}]
 
     def _deliver(self, session: Session, event: dict[str, Any]) -> list[Work]:
         """The job that seals `event` for `session`; behind its backlog, if it has one."""
