@@ -17,6 +17,7 @@ import pytest
 
 import crypto
 from chat.events import ChatMessage, Joined
+from chat.keystore import write_public_key
 from tests.conftest import BrokerProcess, collect, run_env, wait_for
 from tests.e2e.helpers import CLIENT
 
@@ -177,7 +178,7 @@ def test_a_changed_key_raises_a_loud_warning(broker, connect, terminal, keyring)
     first.close()
     alice.wait_text("bob left")
     # bob's registration is replaced by another key, and "bob" logs in with it.
-    broker.keys.client_public("bob").write_bytes(crypto.export_public_file(keyring.keys["mallory"]))
+    write_public_key(broker.keys.client_public("bob"), keyring.keys["mallory"])  # replaced as make keys does
     connect(broker, "bob", key_path=keyring.private("mallory"))
     alice.wait_text("WARNING: bob now has key")
     assert f"but you pinned {crypto.fingerprint(keyring.keys['bob'])}" in alice.text()

@@ -6,6 +6,7 @@ import json
 
 import crypto
 from chat.events import ChatMessage, KeyChanged, Notice, WhoList
+from chat.keystore import write_public_key
 from tests.conftest import collect, wait_for
 
 
@@ -70,7 +71,7 @@ def test_keys_are_pinned_on_first_sight_and_a_change_is_reported(broker, connect
     pins = json.loads((broker.keys.root / "private" / "alice.known.json").read_text())
     assert pins["bob"] == crypto.fingerprint(keyring.keys["bob"])
     bob.close()
-    broker.keys.client_public("bob").write_bytes(crypto.export_public_file(keyring.keys["mallory"]))
+    write_public_key(broker.keys.client_public("bob"), keyring.keys["mallory"])  # replaced as make keys does
     connect(broker, "bob", key_path=keyring.private("mallory"))
     warning = wait_for(alice, lambda e: isinstance(e, KeyChanged))
     assert (warning.name, warning.pinned, warning.seen) == (
