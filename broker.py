@@ -11,6 +11,7 @@ peers that cannot be reached or keep up, and stops gracefully on an admin's
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import errno
@@ -34,7 +35,7 @@ from chat.broker_core import BrokerCore
 from chat.broker_work import Outgoing, Work
 from chat.config import DEFAULT_CONFIG, Config, load_config
 from chat.errors import ConfigError
-from chat.gatekeeper import Gatekeeper, close_connection
+from chat.gatekeeper import Gatekeeper
 from chat.keystore import KeyLayout, Registry, ensure_broker_keys
 from chat.protocol import max_body_bytes
 from chat.ratelimit import PeerLog, flush_peer_logs
@@ -46,6 +47,8 @@ peer_log = PeerLog(log)
 FLUSH_LINGER_MS = 3000
 MAX_MESSAGES_PER_TURN = 1000
 MAX_REMEMBERED_UNREACHABLE = 100_000
+MAX_REMEMBERED_IDS = 100_000  # routing ids checked at their first frame (known good, or closed for claiming)
+PROBE_TIMEOUT_MS = 1000
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 HANDSHAKE_TIMEOUT_MS = 5000  # a connection that has not completed its CurveZMQ handshake by then is closed
 ZAP_DOMAIN = b"zchat"
@@ -110,8 +113,11 @@ class Broker:
         self.gatekeeper: Gatekeeper | None = None
         port = "*" if config.server_port == 0 else str(config.server_port)
         try:
-            gatekeeper = self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
-            self.routing_ids = RoutingIds(self._probe_routing_id(), lambda: gatekeeper.admitted)
+            self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
+            self.probe_endpoint = f"inproc://zchat-probe-{secrets.token_hex(8)}"
+            self.socket.bind(self.probe_endpoint)
+            self.early: collections.deque[list[zmq.Frame]] = collections.deque()  # read while probing, not handled
+            self.routing_ids = RoutingIds(self._routing_id_counter(), self._routing_id_counter)
             self.socket.bind(f"tcp://{config.server_ip}:{port}")
         except zmq.ZMQError:
             self.close(linger=0)
@@ -122,20 +128,25 @@ class Broker:
         self.console: queue.Queue[str] = queue.Queue()
         self.stop_reason: str | None = None
 
-    def _probe_routing_id(self) -> int:
-        """The routing-id counter's value now, before any peer can connect: a probe connection over inproc."""
-        endpoint = f"inproc://zchat-probe-{secrets.token_hex(8)}"
-        self.socket.bind(endpoint)
+    def _routing_id_counter(self) -> int:
+        """libzmq's routing-id counter now: the id a new probe connection over inproc gets (it uses that one up).
+
+        Frames from clients read while waiting for the probe's are kept, in order, for `_read_clients`.
+        """
+        token = secrets.token_bytes(16)
         probe = self.context.socket(zmq.DEALER)
         try:
             probe.setsockopt(zmq.LINGER, 0)
-            probe.connect(endpoint)
-            probe.send(b"")
-            identity = self.socket.recv_multipart()[0]
+            probe.connect(self.probe_endpoint)
+            probe.send(token)
+            while self.socket.poll(PROBE_TIMEOUT_MS):
+                message = self.socket.recv_multipart(copy=False)
+                if len(message) == 2 and message[1].bytes == token:
+                    return int.from_bytes(message[0].bytes[1:], "big")
+                self.early.append(message)
         finally:
             probe.close()
-            self.socket.unbind(endpoint)
-        return int.from_bytes(identity[1:], "big")
+        raise RuntimeError("the routing-id probe got no answer")
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
@@ -158,6 +169,8 @@ class Broker:
             while not self.console.empty():
                 self._console_command(self.console.get_nowait())
             self.jobs.check()
+            if self.gatekeeper is not None and not self.gatekeeper.thread.is_alive():
+                raise WorkerError("the gatekeeper thread stopped: nobody could connect any more")
             self._handle(self.core.tick(time.monotonic()))
             flush_peer_logs()
             if self.core.shutdown_requested_by:
@@ -167,7 +180,7 @@ class Broker:
     def _read_clients(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                message = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                message = self.early.popleft() if self.early else self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._handle(self.core.drained(time.monotonic()))
                 return
@@ -193,16 +206,22 @@ class Broker:
             handle = int(frame.get(zmq.SRCFD))  # the TCP connection's descriptor
         except zmq.ZMQError:
             return False
-        if self.gatekeeper is not None:
-            self.gatekeeper.spoke.put(handle)
-        if len(identity) == 5 and identity[0] == 0 and not self.routing_ids.claimed_ahead(identity):
-            if len(self.known_ids) >= MAX_REMEMBERED_UNREACHABLE:
+        if self.gatekeeper is None:  # only while the broker is being built
+            return False
+        try:
+            made_by_libzmq = self.routing_ids.made_by_libzmq(identity)
+        except RuntimeError:  # the probe failed (a bug): close the connection rather than risk the abort
+            log.exception("cannot read the routing-id counter")
+            made_by_libzmq = False
+        if made_by_libzmq:
+            self.gatekeeper.report("spoke", handle)
+            if len(self.known_ids) >= MAX_REMEMBERED_IDS:
                 self.known_ids.clear()
             self.known_ids.add(identity)
             return True
         peer_log.warning(source, "closing a connection from %s that claimed routing id %s", source, identity.hex())
-        close_connection(handle)
-        if len(self.closed_ids) >= MAX_REMEMBERED_UNREACHABLE:
+        self.gatekeeper.report("close", handle)
+        if len(self.closed_ids) >= MAX_REMEMBERED_IDS:
             self.closed_ids.clear()
         self.closed_ids.add(identity)  # its frames already queued are dropped without a word
         return False

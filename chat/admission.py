@@ -27,37 +27,41 @@ log = logging.getLogger(__name__)
 peer_log = PeerLog(log)
 
 CURVE = b"CURVE"
+Peer = tuple[str, int]  # a TCP peer's address and port
 MAX_TRACKED_SOURCES = 100_000
 SILENT_LIMIT = 10.0  # seconds after it was accepted: a connection that has not sent a frame by then is closed
 COUNTER = 1 << 32
 
 
 class RoutingIds:
-    """Tells the routing ids libzmq made up from ones a peer claimed ahead of libzmq's counter.
+    """Tells a routing id libzmq made up from one a peer claimed ahead of libzmq's counter.
 
     libzmq gives each connection that announces no routing id the id 0x00 + a
     32-bit counter, and aborts the whole process if that id is already taken
     (socket_base.cpp, add_out_pipe). A peer that announced the id the counter
-    will reach next could so crash the broker. The counter starts at a secret
-    random place (broker.py seeds it); `first` is the value the broker's own
-    probe connection got before any peer could connect, and it moves by at most
-    one per handshake the gatekeeper admitted (`admitted()`), so every id
-    libzmq made up so far lies in [first, first + admitted()]. An id ahead of
-    that was claimed, and would collide later: its connection is closed the
-    moment it speaks. (A connection that never speaks is closed after
-    SILENT_LIMIT by the gatekeeper; ids of any other form cannot collide and
-    their frames are dropped.)
+    will reach later could so crash the broker. The counter starts at a secret
+    random place (broker.py seeds it). `counter()` reads it (the broker's probe
+    connection: it uses one id up); `first` is where it stood before any peer
+    could connect. Every id libzmq has made up lies in [first, counter()], so
+    an id of libzmq's form ahead of that was claimed, and its connection is
+    closed the moment it speaks. A connection that never speaks is closed after
+    SILENT_LIMIT by the gatekeeper; ids of any other form can never collide.
     """
 
-    def __init__(self, first: int, admitted: Callable[[], int]) -> None:
+    def __init__(self, first: int, counter: Callable[[], int]) -> None:
         self.first = first
-        self.admitted = admitted
+        self.high = first  # the counter's value when last read
+        self.counter = counter
 
-    def claimed_ahead(self, identity: bytes) -> bool:
+    def made_by_libzmq(self, identity: bytes) -> bool:
+        """True for an id libzmq gave out; False for a claimed one (any other form, or ahead of the counter)."""
         if len(identity) != 5 or identity[0] != 0:
             return False
-        value = int.from_bytes(identity[1:], "big")
-        return (value - self.first) % COUNTER > self.admitted()
+        offset = (int.from_bytes(identity[1:], "big") - self.first) % COUNTER
+        if offset <= (self.high - self.first) % COUNTER:
+            return True
+        self.high = self.counter()  # a new connection since the last reading, most likely
+        return offset <= (self.high - self.first) % COUNTER
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,19 @@ class Admission:
         self.registry = registry
         self.max_connections_per_source = max_connections_per_source
         self.handshakes_per_second = handshakes_per_second
-        self.connections: dict[int, tuple[str, float]] = {}  # open TCP connection (its descriptor) -> source, when
+        self.connections: dict[int, tuple[Peer, float]] = {}  # open TCP connection (its descriptor) -> peer, when
         self.spoke: set[int] = set()  # connections that have sent a frame
         self.per_source: dict[str, int] = {}
         self.buckets: dict[str, TokenBucket] = {}  # handshakes per source address, and per registered user
 
-    def accepted(self, handle: int, source: str, now: float = 0.0) -> bool:
-        """A TCP connection was accepted. False: its source holds too many already, close it."""
+    def accepted(self, handle: int, peer: Peer, now: float = 0.0) -> bool:
+        """A TCP connection from `peer` (address, port) was accepted. False: its address holds too many, close it."""
         self.closed(handle)  # a descriptor number is reused once its connection is gone
+        source = peer[0]
         if self.per_source.get(source, 0) >= self.max_connections_per_source:
             peer_log.warning(source, "closing a connection from %s: %d open already", source, self.per_source[source])
             return False
-        self.connections[handle] = (source, now)
+        self.connections[handle] = (peer, now)
         self.per_source[source] = self.per_source.get(source, 0) + 1
         return True
 
@@ -99,12 +104,17 @@ class Admission:
             if handle not in self.spoke and now - since > SILENT_LIMIT
         ]
 
+    def peer(self, handle: int) -> Peer | None:
+        """Who the connection with this descriptor came from, while it is open."""
+        entry = self.connections.get(handle)
+        return None if entry is None else entry[0]
+
     def closed(self, handle: int) -> None:
         self.spoke.discard(handle)
         entry = self.connections.pop(handle, None)
         if entry is None:
             return
-        source = entry[0]
+        source = entry[0][0]
         left = self.per_source.get(source, 1) - 1
         if left > 0:
             self.per_source[source] = left
@@ -113,17 +123,16 @@ class Admission:
 
     def authenticate(self, source: str, mechanism: bytes, credentials: list[bytes], now: float) -> Verdict:
         """The ZAP question: may this handshake complete, and as which user?"""
-        if not self._take(source, now):
-            peer_log.warning(source, "handshake from %s refused: more than %g/s", source, self.handshakes_per_second)
-            return Verdict(False, "")
-        if mechanism != CURVE or len(credentials) != 1:
-            peer_log.info(source, "handshake from %s refused: not CURVE", source)
-            return Verdict(False, "")
-        user = self.registry.name_for_curve_key(credentials[0], now)
+        # Registered users are counted per user, everyone else per address: a stranger who shares a user's
+        # address (a NAT) uses up only the strangers' allowance.
+        user = None
+        if mechanism == CURVE and len(credentials) == 1:
+            user = self.registry.name_for_curve_key(credentials[0], now)
         if user is None:
-            peer_log.info(source, "handshake from %s refused: key not registered", source)
+            if self._take("address " + source, now):
+                peer_log.info(source, "handshake from %s refused: not a registered CurveZMQ key", source)
             return Verdict(False, "")
-        if not self._take("user " + user, now):  # the same rate per registered user, from any number of sources
+        if not self._take("user " + user, now):  # the same rate from any number of addresses
             peer_log.warning(source, "handshake by %s refused: more than %g/s", user, self.handshakes_per_second)
             return Verdict(False, "")
         return Verdict(True, user)

@@ -73,6 +73,8 @@ class Session:
     seq_in: int = 0
     seq_out: int = 0
     opening: int = 0  # SEND envelopes of this session handed out as OpenJobs and not yet back
+    opening_bytes: int = 0  # their size (at most send_queue_bytes: more, and the session is too fast)
+    opening_sizes: collections.deque[int] = field(default_factory=collections.deque)
     presence: list[dict[str, Any]] = field(default_factory=list)  # joins and leaves not yet sent to it
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
     # Flow control (PROTOCOL.md 8.4): at most `send_window_bytes` of EVENTs sent and not acknowledged.
@@ -147,14 +149,20 @@ class BrokerCore:
             peer_log.info(source or short(identity), "dropped frame from %s (%s): %s", short(identity), source, exc)
             return []
         session = self.sessions.get(identity)
+        if session is not None and user and user != session.name:  # an old id on another user's connection
+            peer_log.info(user, "dropped a frame from %s on %s's session", user, session.name)
+            return []
         if session is not None:
             session.last_heard = now
             if command == p.SEND:
-                if session.opening >= self.config.send_queue_limit:
+                too_much = session.opening_bytes + len(body) > self.config.send_queue_bytes
+                if session.opening >= self.config.send_queue_limit or too_much:
                     log.warning("disconnecting %s: sending faster than the broker can keep up", session.name)
                     self.evicted[identity] = now
                     return self._remove(session, "too fast")
                 session.opening += 1
+                session.opening_bytes += len(body)
+                session.opening_sizes.append(len(body))
                 return [OpenJob(identity, p.SEND, body)]
             if command == p.ACK:
                 return self._acknowledged(session, body)
@@ -186,6 +194,8 @@ class BrokerCore:
         if session is None:  # it ended while its envelope was being opened
             return []
         session.opening = max(0, session.opening - 1)
+        if session.opening_sizes:
+            session.opening_bytes -= session.opening_sizes.popleft()
         return self._on_send(session, result.plaintext, now)
 
     def sendable(self, items: list[Outgoing], now: float) -> list[Work]:
@@ -298,12 +308,8 @@ class BrokerCore:
         """
         out: list[Work] = []
         for session in self.sessions.values():
-            if session.gone:
-                continue
-            out += session.held
-            backlog, session.backlog = session.backlog, collections.deque()
-            for event in [*backlog, *self._send_presence_events(session), {"type": "shutdown", "by": by}]:
-                out += self._seal(session, event)
+            if not session.gone:
+                out += self._last_words(session, {"type": "shutdown", "by": by})
         self.sessions.clear()
         self.by_name.clear()
         self.pending.clear()
@@ -358,6 +364,8 @@ class BrokerCore:
         logins_in_progress = len(self.pending) + self.hellos_opening + len(self.logins_opening)
         if identity not in self.pending and logins_in_progress >= self.config.max_pending_logins:
             return self._busy(identity, "too many logins in progress")
+        if user and self.registry.registered(user) is None:  # revoked since its connection was admitted
+            return self._refuse(identity, f"{user} is no longer registered")
         if len(self.sessions) >= self.config.max_clients:  # before reading the name: no hint who is online
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         self.hellos_opening += 1
@@ -549,8 +557,17 @@ class BrokerCore:
         Its later frames are dropped, not answered with EVICTED: that would go out at once, and could
         overtake the `closed` still waiting to be sealed, and the client would reconnect.
         """
-        out = self._event(session, {"type": "closed", "reason": reason})
+        out = [] if session.gone else self._last_words(session, {"type": "closed", "reason": reason})
         return out + self._remove(session, public_reason)
+
+    def _last_words(self, session: Session, event: dict[str, Any]) -> list[Work]:
+        """Everything still waiting for a session that ends now, then `event`, past its window."""
+        out: list[Work] = list(session.held)
+        session.held.clear()
+        backlog, session.backlog = session.backlog, collections.deque()
+        for waiting in [*backlog, *self._send_presence_events(session), event]:
+            out += self._seal(session, waiting)
+        return out
 
     def _event(self, session: Session, event: dict[str, Any]) -> list[Work]:
         """The job that seals one EVENT for one session (none for a session whose connection dropped).

@@ -19,7 +19,7 @@ import time
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from chat.admission import Admission
+from chat.admission import Admission, Peer, peer_log
 from chat.ratelimit import flush_peer_logs
 
 log = logging.getLogger(__name__)
@@ -29,20 +29,25 @@ MONITOR_ENDPOINT = "inproc://zchat.broker.monitor"
 ZAP_VERSION = b"1.0"
 
 
-def peer_address(handle: int) -> str:
-    """The remote address of a connected TCP socket, from a duplicate of its descriptor ("" if it is gone)."""
+def peer_of(handle: int) -> Peer | None:
+    """The remote address and port of a connected TCP socket, read through a duplicate of its descriptor."""
     try:
         with socket.socket(fileno=os.dup(handle)) as sock:
-            return str(sock.getpeername()[0])
+            name = sock.getpeername()
     except OSError:
-        return ""
+        return None
+    return (str(name[0]), int(name[1])) if isinstance(name, tuple) else None
 
 
-def close_connection(handle: int) -> None:
-    """Shut a TCP connection down under libzmq; it sees the end, closes it and reports it closed."""
+def close_connection(handle: int, peer: Peer) -> None:
+    """Shut a TCP connection down under libzmq (it sees the end, closes it and reports it closed).
+
+    Only if the descriptor still belongs to `peer`: libzmq may have closed it and reused the number.
+    """
     try:
         with socket.socket(fileno=os.dup(handle)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
+            if sock.getpeername() == peer:
+                sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 
@@ -51,8 +56,8 @@ class Gatekeeper:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes], admission: Admission):
         """Start answering. Call before the ROUTER binds: without a ZAP handler libzmq would admit everyone."""
         self.admission = admission
-        self.admitted = 0  # handshakes admitted so far (chat.admission.RoutingIds)
-        self.spoke: queue.SimpleQueue[int] = queue.SimpleQueue()  # from the broker's loop: descriptors that spoke
+        # From the broker's loop through `report()`: ("spoke", descriptor) and ("close", descriptor).
+        self.reports: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self.zap = context.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
@@ -67,6 +72,12 @@ class Gatekeeper:
         self.thread = threading.Thread(target=self._run, name="gatekeeper", daemon=True)
         self.thread.start()
 
+    def report(self, what: str, handle: int) -> None:
+        """From the broker's loop: a connection spoke ("spoke"), or is to be closed ("close")."""
+        self.reports.put((what, handle))
+        if what == "close":
+            self.stopper.send(b"wake")
+
     def close(self) -> None:
         """Stop the thread and close its sockets."""
         if self.thread.is_alive():
@@ -79,35 +90,56 @@ class Gatekeeper:
         poller = zmq.Poller()
         for sock in (self.monitor, self.zap, self.stop_pipe):
             poller.register(sock, zmq.POLLIN)
+        last_sweep = time.monotonic()
         while True:
-            ready = dict(poller.poll(1000))
-            flush_peer_logs()
-            self._close_silent()
-            if self.stop_pipe in ready:
-                return
             try:
+                ready = dict(poller.poll(1000))
+                if self.stop_pipe in ready and self.stop_pipe.recv() == b"stop":
+                    return
                 # Connections first: an accepted connection is counted before its handshake asks.
                 while self.monitor.poll(0):
                     self._on_monitor(self.monitor.recv_multipart())
+                self._from_broker()
                 if self.zap in ready:
-                    request = self.zap.recv_multipart()
-                    try:
-                        reply = self._answer(request)
-                    except Exception:  # a bug: keep guarding the door, and refuse what was asked
-                        log.exception("gatekeeper: internal error; handshake refused")
-                        reply = [ZAP_VERSION, request[1] if len(request) > 1 else b"", b"500", b"error", b"", b""]
-                    self.zap.send_multipart(reply)
+                    self._answer_zap()
+                if time.monotonic() - last_sweep >= 1.0:
+                    last_sweep = time.monotonic()
+                    flush_peer_logs()
+                    self._close_silent(last_sweep)
             except zmq.ContextTerminated:
                 return
+            except Exception:  # a bug: log it and keep guarding the door (the broker checks that this runs)
+                log.exception("gatekeeper: internal error")
 
-    def _close_silent(self) -> None:
+    def _answer_zap(self) -> None:
+        request = self.zap.recv_multipart()
+        try:
+            reply = self._answer(request)
+        except Exception:  # a bug: refuse what was asked, and say so
+            log.exception("gatekeeper: internal error; handshake refused")
+            reply = [ZAP_VERSION, request[1] if len(request) > 1 else b"", b"500", b"error", b"", b""]
+        self.zap.send_multipart(reply)
+
+    def _from_broker(self) -> None:
+        """What the broker's loop reported: connections that spoke, connections to close."""
+        while not self.reports.empty():
+            what, handle = self.reports.get_nowait()
+            if what == "spoke":
+                self.admission.speaking(handle)
+            else:
+                self._close(handle)
+
+    def _close_silent(self, now: float) -> None:
         """Close the connections that never sent a frame: a peer must not hold a routing id without using it."""
-        while not self.spoke.empty():
-            self.admission.speaking(self.spoke.get_nowait())
-        for handle in self.admission.silent(time.monotonic()):
-            log.info("closing a connection that sent nothing since it was accepted")
-            close_connection(handle)
-            self.admission.closed(handle)
+        for handle in self.admission.silent(now):
+            peer_log.info("silent", "closing a connection that has sent nothing since it was accepted")
+            self._close(handle)
+
+    def _close(self, handle: int) -> None:
+        peer = self.admission.peer(handle)
+        if peer is not None:
+            close_connection(handle, peer)
+        self.admission.closed(handle)
 
     def _on_monitor(self, message: list[bytes]) -> None:
         try:
@@ -117,8 +149,9 @@ class Gatekeeper:
             return
         handle = int(event["value"])
         if event["event"] == zmq.EVENT_ACCEPTED:
-            if not self.admission.accepted(handle, peer_address(handle), time.monotonic()):
-                close_connection(handle)
+            peer = peer_of(handle)
+            if peer is not None and not self.admission.accepted(handle, peer, time.monotonic()):
+                close_connection(handle, peer)
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self.admission.closed(handle)
 
@@ -131,6 +164,5 @@ class Gatekeeper:
             address.decode("utf-8", "replace"), mechanism, credentials, time.monotonic()
         )
         if verdict.allowed:
-            self.admitted += 1  # before the handshake completes: libzmq's counter never gets ahead of this
             return [ZAP_VERSION, request_id, b"200", b"OK", verdict.user.encode(), b""]
         return [ZAP_VERSION, request_id, b"400", b"not allowed", b"", b""]

@@ -3,7 +3,7 @@
 The broker's ROUTER admits only registered users' Curve25519 keys. A client's
 Curve pair is derived from its RSA key (`crypto.curve`), the broker's Curve
 public key comes from the pinned `keys/broker.pub`. A client never sets a
-routing id: the broker drops frames from a connection that claims one.
+routing id: the broker closes a connection that claims one.
 """
 
 from __future__ import annotations

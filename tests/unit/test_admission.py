@@ -76,23 +76,24 @@ def test_anything_but_curve_with_one_key_is_refused(keyring, layout, mechanism, 
     assert gate.authenticate("192.0.2.1", CURVE, [key], 100.0) == Verdict(True, "alice"), "control"
 
 
-def test_handshakes_beyond_the_rate_of_one_source_are_refused(keyring, layout):
+def test_handshakes_beyond_the_rate_of_one_user_are_refused_from_any_source(keyring, layout):
     gate = admission(layout, rate=2.0)  # bursts of 4
     alice = [curve_key(keyring, "alice")]
-    assert [gate.authenticate("192.0.2.1", CURVE, alice, 100.0).allowed for _ in range(5)] == [True] * 4 + [False]
-    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 100.0) == REFUSED, "per source"
-    carol = [curve_key(keyring, "carol")]
-    assert gate.authenticate("192.0.2.2", CURVE, carol, 100.0) == Verdict(True, "carol"), "another source"
+    sources = ["192.0.2.1", "192.0.2.2", "198.51.100.7", "192.0.2.1", "192.0.2.9"]
+    assert [gate.authenticate(source, CURVE, alice, 100.0).allowed for source in sources] == [True] * 4 + [False]
+    bob = [curve_key(keyring, "bob")]
+    assert gate.authenticate("192.0.2.1", CURVE, bob, 100.0) == Verdict(True, "bob"), "another user, same source"
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.4) == REFUSED, "not yet a whole token"
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == Verdict(True, "alice"), "one more after 0.5 s"
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == REFUSED
 
 
-def test_refused_handshakes_count_against_the_rate(keyring, layout):
+def test_strangers_sharing_a_users_address_use_up_only_their_own_allowance(keyring, layout):
     gate = admission(layout, rate=1.0)  # bursts of 2
-    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 100.0) == REFUSED
-    assert gate.authenticate("192.0.2.1", b"NULL", [], 100.0) == REFUSED
-    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == REFUSED
+    for _ in range(50):  # a stranger behind alice's NAT
+        assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 100.0) == REFUSED
+        assert gate.authenticate("192.0.2.1", b"NULL", [], 100.0) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == Verdict(True, "alice")
 
 
 def rewrite_in_place(path: Path, data: bytes) -> None:
@@ -158,20 +159,20 @@ def test_a_missing_registry_directory_refuses_everyone(keyring, layout):
 
 def test_connections_per_source_are_capped(layout):
     gate = admission(layout, per_source=2)
-    assert gate.accepted(10, "192.0.2.1")
-    assert gate.accepted(11, "192.0.2.1")
-    assert not gate.accepted(12, "192.0.2.1"), "a third from the same source"
-    assert gate.accepted(13, "192.0.2.2"), "another source has its own count"
+    assert gate.accepted(10, ("192.0.2.1", 40010))
+    assert gate.accepted(11, ("192.0.2.1", 40011))
+    assert not gate.accepted(12, ("192.0.2.1", 40012)), "a third from the same source"
+    assert gate.accepted(13, ("192.0.2.2", 40013)), "another source has its own count"
     assert gate.per_source == {"192.0.2.1": 2, "192.0.2.2": 1}
 
     gate.closed(12)  # the refused one was never counted: closing it frees nothing
     assert gate.per_source == {"192.0.2.1": 2, "192.0.2.2": 1}
-    assert not gate.accepted(14, "192.0.2.1")
+    assert not gate.accepted(14, ("192.0.2.1", 40014))
 
     gate.closed(10)
     assert gate.per_source == {"192.0.2.1": 1, "192.0.2.2": 1}
-    assert gate.accepted(15, "192.0.2.1")
-    assert not gate.accepted(16, "192.0.2.1")
+    assert gate.accepted(15, ("192.0.2.1", 40015))
+    assert not gate.accepted(16, ("192.0.2.1", 40016))
 
     gate.closed(11)
     gate.closed(15)
@@ -182,28 +183,28 @@ def test_connections_per_source_are_capped(layout):
 
 def test_a_reused_handle_counts_once(layout):
     gate = admission(layout, per_source=2)
-    assert gate.accepted(10, "192.0.2.1")
+    assert gate.accepted(10, ("192.0.2.1", 40010))
     # Descriptor 10 closed without a `closed` (a missed event), then reused by another source.
-    assert gate.accepted(10, "192.0.2.2")
+    assert gate.accepted(10, ("192.0.2.2", 40010))
     assert gate.per_source == {"192.0.2.2": 1}
-    assert gate.connections == {10: ("192.0.2.2", 0.0)}
+    assert gate.connections == {10: (("192.0.2.2", 40010), 0.0)}
     # And reused by the same source: still one connection.
-    assert gate.accepted(10, "192.0.2.2")
-    assert gate.accepted(11, "192.0.2.2")
+    assert gate.accepted(10, ("192.0.2.2", 40010))
+    assert gate.accepted(11, ("192.0.2.2", 40011))
     assert gate.per_source == {"192.0.2.2": 2}
-    assert not gate.accepted(12, "192.0.2.2")
+    assert not gate.accepted(12, ("192.0.2.2", 40012))
 
 
 def test_closing_an_unknown_handle_is_harmless(layout):
     gate = admission(layout, per_source=1)
     gate.closed(99)
-    assert gate.accepted(10, "192.0.2.1")
+    assert gate.accepted(10, ("192.0.2.1", 40010))
     gate.closed(99)
     gate.closed(10)
     gate.closed(10)  # twice
     assert gate.per_source == {}
     assert gate.connections == {}
-    assert gate.accepted(11, "192.0.2.1")
+    assert gate.accepted(11, ("192.0.2.1", 40011))
     assert gate.per_source == {"192.0.2.1": 1}
 
 
@@ -299,32 +300,41 @@ def test_lines_below_the_loggers_level_cost_nothing(clock, caplog):
 # ---------------------------------------------------------------- routing ids and silent connections
 
 
-def test_routing_ids_at_or_behind_the_counter_pass_and_ids_ahead_are_claims():
-    admitted = [3]
-    check = RoutingIds(first=0xFFFFFFFE, admitted=lambda: admitted[0])  # the counter wraps round 2**32
-    given_out = [0xFFFFFFFE, 0xFFFFFFFF, 0, 1]  # the probe, then three admitted handshakes
-    for value in given_out:
-        assert not check.claimed_ahead(b"\x00" + value.to_bytes(4, "big"))
-    assert check.claimed_ahead(b"\x00" + (2).to_bytes(4, "big"))  # the id the next connection would get
-    assert check.claimed_ahead(b"\x00" + (0x7FFFFFFF).to_bytes(4, "big"))
-    admitted[0] = 4  # one more handshake: the counter may have reached 2
-    assert not check.claimed_ahead(b"\x00" + (2).to_bytes(4, "big"))
-    # Ids of another form can never be made up by libzmq, so they never collide (their frames are dropped).
-    assert not check.claimed_ahead(b"alice")
-    assert not check.claimed_ahead(b"\x00\x01")
+def test_routing_ids_up_to_the_counter_are_libzmqs_and_ids_ahead_are_claims():
+    counter = [1]  # the id libzmq gives the next connection; a reading (the probe connection) uses it up
+    readings = []
+
+    def read() -> int:
+        readings.append(counter[0])
+        counter[0] += 1
+        return readings[-1]
+
+    check = RoutingIds(first=0xFFFFFFFE, counter=read)  # the counter wraps round 2**32
+    assert check.made_by_libzmq(b"\x00" + (0xFFFFFFFE).to_bytes(4, "big"))
+    assert readings == [], "at or behind the last reading: no new reading"
+    counter[0] = 5  # connections since: 0xFFFFFFFF, 0, 1, 2, 3, 4 were given out
+    for value in (0xFFFFFFFF, 0, 4):
+        assert check.made_by_libzmq(b"\x00" + value.to_bytes(4, "big"))
+    assert readings == [5]
+    assert not check.made_by_libzmq(b"\x00" + (7).to_bytes(4, "big")), "ahead of the counter: a claim"
+    assert not check.made_by_libzmq(b"\x00" + (0x7FFFFFFF).to_bytes(4, "big"))
+    assert readings == [5, 6, 7]
+    # Ids of another form are never libzmq's: they are claims (which can never collide).
+    assert not check.made_by_libzmq(b"alice")
+    assert not check.made_by_libzmq(b"\x00\x01")
 
 
 def test_connections_that_never_speak_are_reported_once_the_limit_has_passed(keyring):
     admission = Admission(Registry(keyring.layout), max_connections_per_source=10, handshakes_per_second=5)
-    assert admission.accepted(7, "10.0.0.1", now=100.0)
-    assert admission.accepted(8, "10.0.0.1", now=100.0)
+    assert admission.accepted(7, ("10.0.0.1", 40007), now=100.0)
+    assert admission.accepted(8, ("10.0.0.1", 40008), now=100.0)
     admission.speaking(8)
     assert admission.silent(100.0 + SILENT_LIMIT - 0.1) == []
     assert admission.silent(100.0 + SILENT_LIMIT + 0.1) == [7]
     admission.closed(7)
     assert admission.silent(200.0) == []
     admission.speaking(99)  # a descriptor that is not (or no longer) counted changes nothing
-    assert admission.accepted(99, "10.0.0.2", now=200.0)
+    assert admission.accepted(99, ("10.0.0.2", 40099), now=200.0)
     assert admission.silent(200.0 + SILENT_LIMIT + 1) == [99]
 
 
