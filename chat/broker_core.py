@@ -60,7 +60,7 @@ class Pending:
     history: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     identity: bytes
     info: UserInfo

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import crypto
 from chat.errors import LocalProtocolError
-from chat.names import clashing_name
+from chat.names import clashing_name, name_skeleton
 from chat.protocol import NAME_PATTERN, check_name
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class Registry:
         self._by_curve: dict[bytes, str] = {}
         self._listed: tuple[int, int] | None = None
         self._listed_at = float("-inf")
-        self._names: tuple[tuple[int, int] | None, list[str]] = (None, [])
+        self._names: tuple[tuple[int, int] | None, dict[str, list[str]]] = (None, {})  # skeleton -> names
 
     def look_alike(self, name: str) -> str | None:
         """Another registered name that looks like `name` (chat.names), or None; listed again when the directory
@@ -172,8 +172,11 @@ class Registry:
             return None
         stamp = (info.st_mtime_ns, info.st_ino)
         if self._names[0] != stamp:
-            self._names = (stamp, registered_names(self.layout))
-        return clashing_name(name, self._names[1])
+            by_skeleton: dict[str, list[str]] = {}
+            for registered in registered_names(self.layout):
+                by_skeleton.setdefault(name_skeleton(registered), []).append(registered)
+            self._names = (stamp, by_skeleton)
+        return clashing_name(name, self._names[1].get(name_skeleton(name), []))
 
     def name_for_curve_key(self, curve: bytes, now: float) -> str | None:
         """The registered user whose Curve25519 key `curve` is, or None.
