@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 import crypto
+from attack.zmtp import SIGNATURE, greeting, ready
 from chat import protocol as p
 from chat.broker_core import BrokerCore, run_inline
 from chat.broker_work import JobRunner
@@ -108,18 +109,9 @@ class BrokerDied(Exception):
     """The broker process behind the `tcp` target stopped, logged a traceback or stopped accepting: a finding."""
 
 
-_ZMTP_SIGNATURE = b"\xff" + bytes(8) + b"\x7f"
-
-
-def _greeting(mechanism: bytes) -> bytes:
-    return _ZMTP_SIGNATURE + b"\x03\x00" + mechanism.ljust(20, b"\x00") + b"\x00" + bytes(31)
-
-
-_READY_BODY = b"\x05READY" + b"\x0bSocket-Type" + len(b"DEALER").to_bytes(4, "big") + b"DEALER"
-_NULL_READY = bytes([0x04, len(_READY_BODY)]) + _READY_BODY  # a command frame: the NULL mechanism's READY
 # The first input byte picks what goes before the rest: nothing, a NULL greeting and READY, a CURVE greeting,
 # or the greeting's signature and version only (the input goes on with the mechanism).
-TCP_PREFIXES = (b"", _greeting(b"NULL") + _NULL_READY, _greeting(b"CURVE"), _ZMTP_SIGNATURE + b"\x03\x00")
+TCP_PREFIXES = (b"", greeting(b"NULL") + ready(), greeting(b"CURVE"), SIGNATURE + b"\x03\x00")
 _BAD_LOG_LINES = re.compile(r"Traceback|internal error|Assertion failed")
 
 

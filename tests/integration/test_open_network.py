@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import crypto
+from attack.zmtp import SIGNATURE, frame, greeting, message, ready, zmtp_command
 from chat import protocol as p
 from chat.events import ChatMessage
 from chat.ratelimit import LOG_WINDOW
@@ -50,39 +51,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 MEMORY_BOUND = 30 * MB  # what an attack may add to the broker's resident memory (its workers included)
 
 # ------------------------------------------------------------ ZMTP 3.0 by hand
-
-SIGNATURE = b"\xff" + bytes(8) + b"\x7f"
-MORE, LONG, COMMAND = 0x01, 0x02, 0x04
-
-
-def greeting(mechanism: bytes, as_server: bool = False) -> bytes:
-    """The 64-byte ZMTP 3.0 greeting."""
-    return SIGNATURE + b"\x03\x00" + mechanism.ljust(20, b"\x00") + bytes([as_server]) + bytes(31)
-
-
-def frame(body: bytes, *, more: bool = False, command: bool = False) -> bytes:
-    flags = (MORE if more else 0) | (COMMAND if command else 0)
-    if len(body) > 255:
-        return bytes([flags | LONG]) + len(body).to_bytes(8, "big") + body
-    return bytes([flags, len(body)]) + body
-
-
-def zmtp_command(name: bytes, data: bytes = b"") -> bytes:
-    return frame(bytes([len(name)]) + name + data, command=True)
-
-
-def ready(socket_type: bytes = b"DEALER", identity: bytes = b"") -> bytes:
-    """The NULL mechanism's READY command with its metadata properties."""
-    properties = {b"Socket-Type": socket_type, b"Identity": identity}
-    return zmtp_command(
-        b"READY", b"".join(bytes([len(k)]) + k + len(v).to_bytes(4, "big") + v for k, v in properties.items())
-    )
-
-
-def message(frames: list[bytes]) -> bytes:
-    """One multipart message: MORE on every frame but the last."""
-    return b"".join(frame(body, more=i < len(frames) - 1) for i, body in enumerate(frames))
-
 
 # A CurveZMQ HELLO command has a 200-byte body (RFC 26); this one has the right size and garbage inside.
 CURVE_GARBAGE_HELLO = greeting(b"CURVE") + zmtp_command(b"HELLO", b"\x01\x00" + random.Random(7).randbytes(192))
