@@ -40,6 +40,7 @@ TEST_CONFIG: dict[str, Any] = {
     "heartbeat_interval": 0.2,
     "heartbeat_timeout": 3.0,
     "presence_interval": 0.05,  # joins and leaves still batched, without making every test wait for them
+    "workers": 1,  # one crypto worker process: enough for a test, and quicker to start (worker tests set their own)
 }
 WAIT = 10.0  # default upper bound for any expected event
 
