@@ -157,12 +157,12 @@ class Broker:
             poller.register(socket, zmq.POLLIN)
         tick_ms = max(10, int(self.config.heartbeat_interval * 1000 / 2))
         while self.stop_reason is None:
-            timeout_ms = 0 if self.jobs.has_results() else tick_ms
+            timeout_ms = 0 if self.jobs.has_results() or self.early else tick_ms
             presence_due = self.core.presence_due(time.monotonic())
             if presence_due is not None:  # waiting joins and leaves go out when their interval ends
                 timeout_ms = min(timeout_ms, math.ceil(presence_due * 1000))
             ready = dict(poller.poll(timeout_ms))
-            if self.socket in ready or self.core.gone:
+            if self.socket in ready or self.core.gone or self.early:
                 self._read_clients()
             self._take_results()
             self._handle(self.core.flush_presence(time.monotonic()))

@@ -209,6 +209,8 @@ class BrokerCore:
         touched: dict[bytes, Session] = {}
         for item in items:
             session = self.sessions.get(item.identity)
+            if session is None and item.identity in self.evicted and item.frames[1] == p.EVENT:
+                continue  # ended as too slow or too fast a moment ago: it hears EVICTED at its next frame
             if session is None or item.frames[1] != p.EVENT:
                 out.append(item)
                 continue

@@ -9,6 +9,7 @@ moves the questions and answers, and closes a connection the policy refuses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -76,12 +77,14 @@ class Gatekeeper:
         """From the broker's loop: a connection spoke ("spoke"), or is to be closed ("close")."""
         self.reports.put((what, handle))
         if what == "close":
-            self.stopper.send(b"wake")
+            with contextlib.suppress(zmq.Again):  # wakes queued already: it is on its way
+                self.stopper.send(b"wake", zmq.NOBLOCK)
 
     def close(self) -> None:
         """Stop the thread and close its sockets."""
         if self.thread.is_alive():
-            self.stopper.send(b"stop")
+            with contextlib.suppress(zmq.Again):
+                self.stopper.send(b"stop", zmq.NOBLOCK)
             self.thread.join(timeout=5)
         for sock in (self.zap, self.monitor, self.stop_pipe, self.stopper):
             sock.close(linger=0)
