@@ -18,7 +18,7 @@ from chat import protocol as p
 from chat.broker_core import BrokerCore
 from chat.broker_work import ChallengeJob, Job, JobRunner, Opened, OpenJob, Outgoing, Work
 from chat.errors import ConnectError, RemoteProtocolError
-from chat.events import ChatMessage, Event, Left, Notice, Welcome
+from chat.events import ChatMessage, Event, Left, Notice, SessionClosed, Shutdown, Welcome
 from chat.keystore import KeyLayout, Registry
 from chat.session import ClientSession
 from chat.workers import HANDSHAKE_TURN, INLINE_OPENS_PER_TURN, InlineJobs, OpenQueue
@@ -643,3 +643,64 @@ def test_inline_jobs_open_a_bounded_number_of_envelopes_per_turn(keyring):
             Opened(identity, p.SEND, None) for job in submitted if job.identity == identity
         ]
     assert jobs.collect() == []
+
+
+# ---------------------------------------------------------------- ending a session that has events waiting
+
+
+def test_a_session_closed_during_its_replay_gets_what_waits_then_closed(keyring):
+    world, sent = history_world(keyring, 12)
+    _, out = login_with_history(world, "bob", b"bob-1")
+    seen = world.deliver(out)[b"bob-1"]
+    assert world.core.sessions[b"bob-1"].backlog, "part of the replay still waits"
+    _, out = login_with_history(world, "bob", b"bob-2")  # bob logs in again elsewhere
+    seen += world.deliver(out).get(b"bob-1", [])
+    assert [m.text for m in chats(seen)] == sent, "the whole replay, in order, past the window"
+    assert isinstance(seen[-1], SessionClosed)
+    assert seen[-1].reason == "you logged in again elsewhere"
+
+
+def test_shutdown_sends_what_waits_for_each_session_then_the_notice(keyring):
+    world, sent = history_world(keyring, 12)
+    _, out = login_with_history(world, "bob")
+    seen = world.deliver(out)[b"bob"]
+    seen += world.deliver(world.run(world.core.shutdown("SIGTERM", world.now))).get(b"bob", [])
+    assert [m.text for m in chats(seen)] == sent
+    assert seen[-1] == Shutdown("SIGTERM")
+
+
+# ---------------------------------------------------------------- what a session sends
+
+
+def test_unopened_sends_are_bounded_in_bytes(keyring):
+    world = make_world(keyring, send_queue_bytes=64 * 1024)
+    world.login("bob")
+    alice = world.login("alice").client
+    frames = [alice.say(text(i)) for i in range(10)]  # about 10 KB each: more than 64 KiB in all
+    work: list[Work] = []
+    for message in frames:  # all arrive before any is opened, as in a flood
+        work += world.core.receive(b"alice", message, world.now)
+    assert b"alice" not in world.core.sessions, "disconnected as too fast"
+    assert len([w for w in work if isinstance(w, OpenJob)]) < len(frames)
+    assert world.core.receive(b"alice", alice.ping(), world.now) == [Outgoing(b"alice", EVICTED_FRAMES)]
+
+
+def test_a_session_is_bound_to_its_connections_user(keyring):
+    world = make_world(keyring)
+    world.login("bob")
+    alice = world.login("alice").client
+    message = alice.say("from alice's session")
+    # The same routing id on a connection the transport says is bob's: dropped, alice's session untouched.
+    assert world.core.receive(b"alice", message, world.now, user="bob") == []
+    assert world.core.sessions[b"alice"].seq_in == 0
+    (chat,) = chats(world.deliver(world.run(world.core.receive(b"alice", message, world.now, user="alice")))[b"bob"])
+    assert chat.text == "from alice's session"
+
+
+def test_a_hello_from_a_user_no_longer_registered_costs_no_rsa_work(keyring, tmp_path):
+    root = tmp_path / "keys"
+    shutil.copytree(keyring.root, root)
+    world = make_world(keyring, KeyLayout(root))
+    (root / "clients" / "carol.pub").unlink()  # revoked after its connection was admitted
+    work = world.core.receive(b"conn", world.client("carol", b"conn").hello(), world.now, user="carol")
+    assert work == [Outgoing(b"conn", REFUSED_FRAMES)]
