@@ -122,7 +122,7 @@ class Broker:
         except zmq.ZMQError:
             self.close(linger=0)
             raise
-        self.known_ids: set[bytes] = set()  # routing ids that have spoken and were checked
+        self.known_ids: dict[bytes, tuple[str, str]] = {}  # routing ids checked at their first frame: address, user
         self.closed_ids: set[bytes] = set()  # routing ids whose connection was closed for claiming them
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.console: queue.Queue[str] = queue.Queue()
@@ -185,29 +185,29 @@ class Broker:
                 self._handle(self.core.drained(time.monotonic()))
                 return
             identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
-            try:
-                source = str(message[0].get("Peer-Address"))
-                user = str(message[0].get("User-Id"))  # the registered user the gatekeeper let in
-            except zmq.ZMQError:  # no transport metadata: not a connection the gatekeeper admitted
-                continue
-            if identity in self.closed_ids:
-                continue
-            if identity not in self.known_ids and not self._first_frame(identity, message[0], source):
-                continue
+            known = self.known_ids.get(identity)
+            if known is None:
+                known = self._first_frame(identity, message[0])
+                if known is None:
+                    continue
+            source, user = known
             try:
                 self._handle(self.core.receive(identity, frames, time.monotonic(), source, user))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
 
-    def _first_frame(self, identity: bytes, frame: zmq.Frame, source: str) -> bool:
-        """A connection's first frame: True if it may go on; False if it claimed a routing id (it is closed)."""
+    def _first_frame(self, identity: bytes, frame: zmq.Frame) -> tuple[str, str] | None:
+        """A connection's first frame: its (address, user), or None when it is to be dropped (a connection
+        that claimed its routing id is closed)."""
+        if identity in self.closed_ids or self.gatekeeper is None:
+            return None
         try:
+            source = str(frame.get("Peer-Address"))
+            user = str(frame.get("User-Id"))  # the registered user the gatekeeper let in
             handle = int(frame.get(zmq.SRCFD))  # the TCP connection's descriptor
-        except zmq.ZMQError:
-            return False
-        if self.gatekeeper is None:  # only while the broker is being built
-            return False
+        except zmq.ZMQError:  # no transport metadata: not a connection the gatekeeper admitted
+            return None
         try:
             made_by_libzmq = self.routing_ids.made_by_libzmq(identity)
         except RuntimeError:  # the probe failed (a bug): close the connection rather than risk the abort
@@ -217,14 +217,14 @@ class Broker:
             self.gatekeeper.report("spoke", handle)
             if len(self.known_ids) >= MAX_REMEMBERED_IDS:
                 self.known_ids.clear()
-            self.known_ids.add(identity)
-            return True
+            self.known_ids[identity] = (source, user)  # a connection's metadata never changes
+            return source, user
         peer_log.warning(source, "closing a connection from %s that claimed routing id %s", source, identity.hex())
         self.gatekeeper.report("close", handle)
         if len(self.closed_ids) >= MAX_REMEMBERED_IDS:
             self.closed_ids.clear()
         self.closed_ids.add(identity)  # its frames already queued are dropped without a word
-        return False
+        return None
 
     def _take_results(self) -> None:
         """Send what the crypto jobs produced; opened envelopes go back to the core, which may make more."""
@@ -232,16 +232,20 @@ class Broker:
             results = self.jobs.collect()
             if not results:
                 return
+            sealed: list[Outgoing] = []  # consecutive sealed frames go through the core's flow control together
             for result in results:
                 if isinstance(result, Outgoing):
-                    self._handle(self.core.sendable([result], time.monotonic()))
+                    sealed.append(result)
                     continue
+                self._handle(self.core.sendable(sealed, time.monotonic()))
+                sealed = []
                 try:
                     self._handle(self.core.opened(result, time.monotonic()))
                 except Exception:
                     log.exception(
                         "internal error after opening a frame from %s; frame dropped", result.identity.hex()[:10]
                     )
+            self._handle(self.core.sendable(sealed, time.monotonic()))
 
     def _console_command(self, line: str) -> None:
         line = line.strip()

@@ -79,6 +79,7 @@ class Session:
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
     # Flow control (PROTOCOL.md 8.4): at most `send_window_bytes` of EVENTs sent and not acknowledged.
     in_flight: collections.deque[tuple[bytes, int]] = field(default_factory=collections.deque)  # (tag, size)
+    in_flight_tags: set[bytes] = field(default_factory=set)
     in_flight_bytes: int = 0
     held: collections.deque[Outgoing] = field(default_factory=collections.deque)  # sealed, waiting for the window
     held_bytes: int = 0
@@ -226,9 +227,7 @@ class BrokerCore:
                 ):
                     out += self.too_slow(session.identity, now)
                 continue
-            session.in_flight.append((p.event_tag(item.frames[2]), size))
-            session.in_flight_bytes += size
-            out.append(item)
+            out.append(self._in_flight(session, item))
         for session in touched.values():
             if session.identity in self.sessions:
                 out += self._pump(session)
@@ -510,22 +509,28 @@ class BrokerCore:
 
     def _acknowledged(self, session: Session, tag: bytes) -> list[Work]:
         """The session has read every EVENT up to the one `tag` names: send what waits, seal more backlog."""
-        if not any(sent == tag for sent, _ in session.in_flight):
+        if tag not in session.in_flight_tags:
             return []  # not one we sent and have not yet heard about: a late or repeated ACK
         while session.in_flight:
             sent, size = session.in_flight.popleft()
+            session.in_flight_tags.discard(sent)
             session.in_flight_bytes -= size
             if sent == tag:
                 break
         out: list[Work] = []
         while session.held and not self._window_full(session, len(session.held[0].frames[2])):
             item = session.held.popleft()
-            size = len(item.frames[2])
-            session.held_bytes -= size
-            session.in_flight.append((p.event_tag(item.frames[2]), size))
-            session.in_flight_bytes += size
-            out.append(item)
+            session.held_bytes -= len(item.frames[2])
+            out.append(self._in_flight(session, item))
         return out + self._pump(session)
+
+    def _in_flight(self, session: Session, item: Outgoing) -> Outgoing:
+        """`item` (an EVENT) goes out now: it counts against the session's window until acknowledged."""
+        size, tag = len(item.frames[2]), p.event_tag(item.frames[2])
+        session.in_flight.append((tag, size))
+        session.in_flight_tags.add(tag)
+        session.in_flight_bytes += size
+        return item
 
     def _window_full(self, session: Session, size: int) -> bool:
         """No room for an EVENT of `size` bytes: the window is full (one EVENT always fits an empty one).
