@@ -47,6 +47,7 @@ peer_log = PeerLog(log)
 FLUSH_LINGER_MS = 3000
 MAX_MESSAGES_PER_TURN = 1000
 MAX_REMEMBERED_UNREACHABLE = 100_000
+UNREAD_LIMIT = 8 * 1024 * 1024  # bytes received on a connection that form no message: more, and it is closed
 MAX_REMEMBERED_IDS = 100_000  # routing ids checked at their first frame (known good, or closed for claiming)
 PROBE_TIMEOUT_MS = 1000
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
@@ -113,7 +114,8 @@ class Broker:
         self.gatekeeper: Gatekeeper | None = None
         port = "*" if config.server_port == 0 else str(config.server_port)
         try:
-            self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
+            unread_limit = max(UNREAD_LIMIT, 4 * max_body_bytes(config.max_text_bytes))
+            self.gatekeeper = Gatekeeper(self.context, self.socket, admission, unread_limit)
             self.probe_endpoint = f"inproc://zchat-probe-{secrets.token_hex(8)}"
             self.socket.bind(self.probe_endpoint)
             self.early: collections.deque[list[zmq.Frame]] = collections.deque()  # read while probing, not handled
@@ -122,7 +124,8 @@ class Broker:
         except zmq.ZMQError:
             self.close(linger=0)
             raise
-        self.known_ids: dict[bytes, tuple[str, str]] = {}  # routing ids checked at their first frame: address, user
+        # Routing ids checked at their first frame: the connection's address, user and descriptor.
+        self.known_ids: dict[bytes, tuple[str, str, int]] = {}
         self.closed_ids: set[bytes] = set()  # routing ids whose connection was closed for claiming them
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.console: queue.Queue[str] = queue.Queue()
@@ -190,16 +193,18 @@ class Broker:
                 known = self._first_frame(identity, message[0])
                 if known is None:
                     continue
-            source, user = known
+            source, user, handle = known
+            if self.gatekeeper is not None:
+                self.gatekeeper.count(handle, frames)
             try:
                 self._handle(self.core.receive(identity, frames, time.monotonic(), source, user))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
 
-    def _first_frame(self, identity: bytes, frame: zmq.Frame) -> tuple[str, str] | None:
-        """A connection's first frame: its (address, user), or None when it is to be dropped (a connection
-        that claimed its routing id is closed)."""
+    def _first_frame(self, identity: bytes, frame: zmq.Frame) -> tuple[str, str, int] | None:
+        """A connection's first frame: its (address, user, descriptor), or None when it is to be dropped (a
+        connection that claimed its routing id is closed)."""
         if identity in self.closed_ids or self.gatekeeper is None:
             return None
         try:
@@ -217,8 +222,8 @@ class Broker:
             self.gatekeeper.report("spoke", handle)
             if len(self.known_ids) >= MAX_REMEMBERED_IDS:
                 self.known_ids.clear()
-            self.known_ids[identity] = (source, user)  # a connection's metadata never changes
-            return source, user
+            self.known_ids[identity] = (source, user, handle)  # a connection's metadata never changes
+            return source, user, handle
         peer_log.warning(source, "closing a connection from %s that claimed routing id %s", source, identity.hex())
         self.gatekeeper.report("close", handle)
         if len(self.closed_ids) >= MAX_REMEMBERED_IDS:

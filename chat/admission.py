@@ -104,6 +104,19 @@ class Admission:
             if handle not in self.spoke and now - since > SILENT_LIMIT
         ]
 
+    def unread(
+        self, read: dict[int, int], received: Callable[[int, Peer], int | None], limit: int
+    ) -> list[tuple[int, Peer, int]]:
+        """Connections on which more than `limit` bytes arrived (`received`, from the kernel) than the messages
+        read from them account for (`read`): (descriptor, peer, those bytes). libzmq keeps a multipart message
+        until its last frame, so these are the connections sending one that never ends."""
+        found = []
+        for handle, (peer, _) in list(self.connections.items()):
+            arrived = received(handle, peer)
+            if arrived is not None and arrived - read.get(handle, 0) > limit:
+                found.append((handle, peer, arrived - read.get(handle, 0)))
+        return found
+
     def peer(self, handle: int) -> Peer | None:
         """Who the connection with this descriptor came from, while it is open."""
         entry = self.connections.get(handle)

@@ -4,7 +4,11 @@ It owns two sockets in the broker's ZeroMQ context: the ZAP handler
 (`inproc://zeromq.zap.01`, RFC 27) that libzmq asks before completing each
 CurveZMQ handshake, and a monitor of the ROUTER that reports each accepted
 and each closed TCP connection. `chat.admission` decides; this thread only
-moves the questions and answers, and closes a connection the policy refuses.
+moves the questions and answers, and closes the connections the policy
+refuses: over the per-source cap, silent for too long, claiming a routing id
+(the broker's loop says which), or holding more bytes that form no message
+than the broker allows (what the kernel received, Linux's TCP_INFO, against
+what the loop read: libzmq would keep a never-ending multipart message).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 
@@ -28,6 +33,10 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 MONITOR_ENDPOINT = "inproc://zchat.broker.monitor"
 ZAP_VERSION = b"1.0"
+TCP_INFO_BYTES = 256
+TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in Linux's struct tcp_info
+FRAME_OVERHEAD = 40  # bytes a CurveZMQ MESSAGE adds to each frame on the wire (35 to 38, measured)
+UNREAD_CHECK_INTERVAL = 0.25  # seconds between two looks at what each connection received
 
 
 def peer_of(handle: int) -> Peer | None:
@@ -38,6 +47,20 @@ def peer_of(handle: int) -> Peer | None:
     except OSError:
         return None
     return (str(name[0]), int(name[1])) if isinstance(name, tuple) else None
+
+
+def bytes_received(handle: int, peer: Peer) -> int | None:
+    """How many bytes the kernel has received on a TCP connection (Linux TCP_INFO), if it still belongs to `peer`."""
+    try:
+        with socket.socket(fileno=os.dup(handle)) as sock:
+            if sock.getpeername() != peer:
+                return None
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+    except (OSError, AttributeError):  # gone, or not Linux
+        return None
+    if len(info) < TCPI_BYTES_RECEIVED + 8:
+        return None
+    return int(struct.unpack_from("=Q", info, TCPI_BYTES_RECEIVED)[0])
 
 
 def close_connection(handle: int, peer: Peer) -> None:
@@ -54,9 +77,23 @@ def close_connection(handle: int, peer: Peer) -> None:
 
 
 class Gatekeeper:
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes], admission: Admission):
-        """Start answering. Call before the ROUTER binds: without a ZAP handler libzmq would admit everyone."""
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        router: zmq.Socket[bytes],
+        admission: Admission,
+        unread_limit: int,
+    ):
+        """Start answering. Call before the ROUTER binds: without a ZAP handler libzmq would admit everyone.
+
+        A connection on which more than `unread_limit` bytes arrived that form no message the broker has read
+        (a multipart message that never ends, which libzmq would keep in memory) is closed.
+        """
         self.admission = admission
+        self.unread_limit = unread_limit
+        # Bytes of the messages the broker's loop has read, per connection (descriptor), with their framing:
+        # the loop adds to it (`count()`), this thread compares it with what the kernel received.
+        self.read: dict[int, int] = {}
         # From the broker's loop through `report()`: ("spoke", descriptor) and ("close", descriptor).
         self.reports: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self.zap = context.socket(zmq.REP)
@@ -72,6 +109,10 @@ class Gatekeeper:
         self.stopper.connect("inproc://zchat.gatekeeper.stop")
         self.thread = threading.Thread(target=self._run, name="gatekeeper", daemon=True)
         self.thread.start()
+
+    def count(self, handle: int, frames: list[bytes]) -> None:
+        """From the broker's loop: it read a message of these frames from this connection."""
+        self.read[handle] = self.read.get(handle, 0) + sum(map(len, frames)) + FRAME_OVERHEAD * len(frames)
 
     def report(self, what: str, handle: int) -> None:
         """From the broker's loop: a connection spoke ("spoke"), or is to be closed ("close")."""
@@ -93,10 +134,10 @@ class Gatekeeper:
         poller = zmq.Poller()
         for sock in (self.monitor, self.zap, self.stop_pipe):
             poller.register(sock, zmq.POLLIN)
-        last_sweep = time.monotonic()
+        last_sweep = last_count = time.monotonic()
         while True:
             try:
-                ready = dict(poller.poll(1000))
+                ready = dict(poller.poll(int(UNREAD_CHECK_INTERVAL * 1000)))
                 if self.stop_pipe in ready and self.stop_pipe.recv() == b"stop":
                     return
                 # Connections first: an accepted connection is counted before its handshake asks.
@@ -109,6 +150,9 @@ class Gatekeeper:
                     last_sweep = time.monotonic()
                     flush_peer_logs()
                     self._close_silent(last_sweep)
+                if time.monotonic() - last_count >= UNREAD_CHECK_INTERVAL:
+                    last_count = time.monotonic()
+                    self._close_unread()
             except zmq.ContextTerminated:
                 return
             except Exception:  # a bug: log it and keep guarding the door (the broker checks that this runs)
@@ -138,6 +182,13 @@ class Gatekeeper:
             peer_log.info("silent", "closing a connection that has sent nothing since it was accepted")
             self._close(handle)
 
+    def _close_unread(self) -> None:
+        """Close the connections whose bytes received form no message read: libzmq holds a message until its
+        last frame, so a never-ending one would grow the broker's memory without bound."""
+        for handle, peer, unread in self.admission.unread(self.read, bytes_received, self.unread_limit):
+            peer_log.warning(peer[0], "closing a connection from %s: %d bytes that form no message", peer[0], unread)
+            self._close(handle)
+
     def _close(self, handle: int) -> None:
         peer = self.admission.peer(handle)
         if peer is not None:
@@ -152,11 +203,13 @@ class Gatekeeper:
             return
         handle = int(event["value"])
         if event["event"] == zmq.EVENT_ACCEPTED:
+            self.read[handle] = 0
             peer = peer_of(handle)
             if peer is not None and not self.admission.accepted(handle, peer, time.monotonic()):
                 close_connection(handle, peer)
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self.admission.closed(handle)
+            self.read.pop(handle, None)
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         """RFC 27: version, request id, domain, address, identity, mechanism, credentials -> the reply."""

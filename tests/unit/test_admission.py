@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 import crypto
 from chat import ratelimit
 from chat.admission import CURVE, SILENT_LIMIT, Admission, RoutingIds, Verdict
+from chat.gatekeeper import bytes_received
 from chat.keystore import KeyLayout, Registry
 from chat.ratelimit import LOG_LINES_IN_ALL, LOG_LINES_PER_SOURCE, LOG_WINDOW, PeerLog
 
@@ -345,3 +348,25 @@ def test_a_user_is_held_to_the_handshake_rate_from_every_source(keyring):
     assert verdicts == [True, True, False, False, False]  # a burst of two, then the user's bucket is empty
     bob = crypto.curve_public(crypto.curve_secret(keyring.keys["bob"]))
     assert admission.authenticate("10.0.0.9", b"CURVE", [bob], 50.0).allowed
+
+
+# ---------------------------------------------------------------- bytes that form no message
+
+
+def test_a_connection_whose_bytes_form_no_message_is_found(layout):
+    """What the kernel received on a real TCP connection, against what the broker read from it."""
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as client:
+        accepted, peer = server.accept()
+        with accepted:
+            client.sendall(b"\x01\x00" * 50_000)  # 100,000 bytes of frames with MORE set, say (fits the buffer)
+            deadline = time.monotonic() + 5
+            while bytes_received(accepted.fileno(), peer) != 100_000 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert bytes_received(accepted.fileno(), peer) == 100_000
+            assert bytes_received(accepted.fileno(), ("192.0.2.9", 1)) is None, "not that peer's descriptor"
+            gate = admission(layout, per_source=5)
+            assert gate.accepted(accepted.fileno(), peer)
+            handle = accepted.fileno()
+            assert gate.unread({handle: 90_000}, bytes_received, limit=20_000) == []
+            assert gate.unread({handle: 70_000}, bytes_received, limit=20_000) == [(handle, peer, 30_000)]
+            assert gate.unread({}, bytes_received, limit=20_000) == [(handle, peer, 100_000)]
