@@ -26,44 +26,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
 import os
 import queue
-import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import crypto
 from attack.attackers import ATTACKS, AttackSpec, Stats, attacker_main
 from attack.honest import HonestResult, HonestSpec, honest_main
 from attack.zmtp import predicted_counters
-from chat.keystore import KeyLayout, write_private_key, write_public_key
+from chat.keystore import KeyLayout
 from chat.session import ClientSession
+from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
+from soak.stats import percentile
 
-ROOT = Path(__file__).resolve().parent.parent
-BROKER = ROOT / "broker.py"
-LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
 INSIDERS = ("mallory", "eve")
 BROKER_START_TIMEOUT = 30.0
 BROKER_STOP_TIMEOUT = 30.0
 READY_TIMEOUT = 90.0
 SAMPLE_EVERY = 0.15
-MB = 1024 * 1024
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # Issue 11's targets, on 2 cores.
 MAX_MEMORY_GROWTH_MB = 100.0
@@ -72,12 +60,12 @@ MAX_P99_MS = 1000.0
 Message = tuple[Any, ...]
 
 
-class AttackError(Exception):
+class AttackError(ToolError):
     """The run itself failed: the broker never started, the honest users could not log in, a process died."""
 
 
 def log(message: str) -> None:
-    print(f"attack: {message}", file=sys.stderr, flush=True)
+    say("attack", message)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,32 +112,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ---------------------------------------------------------------- keys and config
 
 
-def _make_key(job: tuple[Path, str | None, int]) -> None:
-    """One key pair: the broker's (name None) or a user's (private key and registration)."""
-    root, name, bits = job
-    layout = KeyLayout(root)
-    key = crypto.generate_private_key(bits)
-    if name is None:
-        write_private_key(layout.broker_private, key)
-        write_public_key(layout.broker_public, key)
-    else:
-        write_private_key(layout.client_private(name), key)
-        write_public_key(layout.client_public(name), key)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def make_keys(mp: multiprocessing.context.BaseContext, root: Path, names: list[str], bits: int) -> None:
-    KeyLayout(root).clients_dir.mkdir(parents=True)
-    (root / "private").mkdir()
-    jobs: list[tuple[Path, str | None, int]] = [(root, None, bits), *((root, name, bits) for name in names)]
-    with mp.Pool(os.cpu_count() or 1, initializer=_ignore_sigint) as pool:
-        for _ in pool.imap_unordered(_make_key, jobs):
-            pass
-
-
 def write_config(workdir: Path) -> Path:
     """Every limit at its default: the point is what a broker as shipped withstands."""
     path = workdir / "config.json"
@@ -160,125 +122,19 @@ def write_config(workdir: Path) -> Path:
 # ---------------------------------------------------------------- the broker
 
 
-def _children(pid: int) -> list[int]:
-    """Every descendant of `pid` (the broker's crypto workers and whatever they start)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as handle:
-                    kids = [int(k) for k in handle.read().split()]
-            except OSError:
-                continue
-            found.extend(kids)
-            todo.extend(kids)
-    return found
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as handle:
-            return int(handle.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-class BrokerProcess:
-    """broker.py run the way a person runs it, with its output in a log file."""
-
-    def __init__(self, workdir: Path, config_path: Path) -> None:
-        self.log_path = workdir / "broker.log"
-        with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(BROKER), "--config", str(config_path)],
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
-        self.port = 0
-        self.died_at: float | None = None
-
-    def log(self) -> str:
-        return self.log_path.read_bytes().decode("utf-8", errors="replace")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self.log())
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-            if self.proc.poll() is not None:
-                raise AttackError(f"the broker exited with status {self.proc.returncode}:\n{self.log_tail()}")
-            time.sleep(0.05)
-        raise AttackError(f"the broker did not log 'listening on' within {timeout:g}s:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        if self.proc.poll() is None:
-            return True
-        if self.died_at is None:
-            self.died_at = time.monotonic()
-        return False
-
-    def tree_rss_mb(self) -> float:
-        """Resident memory of the broker and all its child processes, in MiB."""
-        pids = [self.proc.pid, *_children(self.proc.pid)]
-        return sum(_rss_bytes(pid) for pid in pids) / MB
-
-    def tree_cpu_s(self) -> float:
-        """CPU seconds (user + system) the broker and its living child processes have used so far."""
-        return sum(_cpu_seconds(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
-
-    def stop(self, timeout: float) -> int | None:
-        """SIGTERM, like a service manager; the exit status, or None if it had to be killed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log_numbers(self) -> dict[str, Any]:
-        data = self.log_path.read_bytes()
-        text = data.decode("utf-8", errors="replace")
-        lines = text.splitlines()
-        return {
-            "log_bytes": len(data),
-            "log_lines": len(lines),
-            "tracebacks": text.count("Traceback"),
-            "assertion_failures": text.count("Assertion failed"),
-            "internal_errors": text.count("internal error"),
-            "suppressed_summaries": sum("suppressed" in line for line in lines),
-            "errors_or_warnings": sum(" ERROR " in line or " WARNING " in line for line in lines),
-        }
+def log_numbers(data: bytes) -> dict[str, Any]:
+    """What the broker's log holds: its size, and what went wrong in it."""
+    text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    return {
+        "log_bytes": len(data),
+        "log_lines": len(lines),
+        "tracebacks": text.count("Traceback"),
+        "assertion_failures": text.count("Assertion failed"),
+        "internal_errors": text.count("internal error"),
+        "suppressed_summaries": sum("suppressed" in line for line in lines),
+        "errors_or_warnings": sum(" ERROR " in line or " WARNING " in line for line in lines),
+    }
 
 
 # ---------------------------------------------------------------- children
@@ -349,18 +205,10 @@ class Memory:
     samples: int
 
 
-def percentile(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
-    return ordered[rank]
-
-
 # ---------------------------------------------------------------- the run
 
 
-def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
+def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
     started = time.monotonic()
     mp = multiprocessing.get_context("spawn")
     names = [f"honest{i}" for i in range(args.clients)]
@@ -512,7 +360,7 @@ def report(
             "up": broker_up,
             "exit_status": exit_status,
             "cpu_s": r(broker_cpu),
-            **broker.log_numbers(),
+            **log_numbers(broker.log_path.read_bytes()),
             **({} if broker_up else {"log_tail": broker.log_tail()}),
         },
         "memory": {
@@ -597,42 +445,4 @@ def print_report(numbers: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def on_alarm(_signum: int, _frame: FrameType | None) -> None:
-        raise AttackError(f"the whole run took longer than --timeout {args.timeout:g}s")
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(max(1, math.ceil(args.timeout)))
-    workdir = Path(tempfile.mkdtemp(prefix=f"zchat-attack-{secrets.token_hex(2)}-"))
-    cleanup: list[Callable[[], None]] = []
-    keep = args.keep
-    try:
-        numbers = run(args, workdir, cleanup)
-        keep = keep or not numbers["ok"]
-    except AttackError as exc:
-        log(f"error: {exc}")
-        keep = True
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for step in reversed(cleanup):
-            step()
-        if keep:
-            log(f"kept {workdir} (config.json, keys, broker.log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(numbers))
-    else:
-        print_report(numbers)
-    return 0 if numbers["ok"] else 1
+    return run_tool("attack", parse_args(argv), run, print_report)

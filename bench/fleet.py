@@ -36,7 +36,7 @@ from chat import protocol as p
 from chat.errors import ChatError
 from chat.events import Welcome
 from chat.session import ClientSession
-from chat.transport import connect_dealer
+from chat.transport import connect_dealer, curve_dealer
 
 Frames = list[bytes]
 KEEPALIVE_S = 2.0  # a chat client that sent nothing for this long sends a PING, so the broker never times it out
@@ -95,14 +95,7 @@ def chat_dealer(
     """
     if curve_secret is None:
         return connect_dealer(context, endpoint, key, broker_curve, queue_limit=0)
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_BROKER_BODY + 1024)
-    sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
-    sock.setsockopt(zmq.CURVE_SERVERKEY, broker_curve)
+    sock = curve_dealer(context, curve_secret, broker_curve, queue_limit=0)
     sock.connect(endpoint)
     return sock
 

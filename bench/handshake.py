@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import zmq
 
-import crypto
 from bench.workspace import BenchError, ServerProcess
 from chat import protocol as p
-from chat.transport import HandshakeState, read_monitor, stop_watching, watch_handshake
+from chat.transport import HandshakeState, curve_dealer, read_monitor, stop_watching, watch_handshake
 
 HANDSHAKE_TIMEOUT_S = 5.0  # the broker closes a connection whose handshake took longer
 IDLE_S = 1.0  # the broker's idle CPU is measured for this long first
@@ -44,15 +43,8 @@ class HandshakeCost:
 def _dealer(
     context: zmq.Context[zmq.Socket[bytes]], secret: bytes, broker_curve: bytes
 ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-    """A DEALER with `chat.transport.connect_dealer`'s options, watched, not yet connected."""
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 10_000)
-    sock.setsockopt(zmq.RCVHWM, 10_000)
-    sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_BROKER_BODY + 1024)
-    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(secret))
-    sock.setsockopt(zmq.CURVE_SERVERKEY, broker_curve)
+    """A client's DEALER (`chat.transport.curve_dealer`), watched, not yet connected."""
+    sock = curve_dealer(context, secret, broker_curve)
     return sock, watch_handshake(sock)
 
 

@@ -44,7 +44,7 @@ from chat.session import ClientSession, State
 from chat.transport import (
     HandshakeState,
     broker_curve_key,
-    connect_dealer,
+    curve_dealer,
     read_monitor,
     stop_watching,
     watch_handshake,
@@ -105,6 +105,7 @@ class ChatClient:
         self.key = key
         self.broker_key = broker_key.rsa
         self.broker_curve = broker_curve_key(broker_key, "the broker's public key")
+        self.curve_secret = crypto.curve_secret(key)  # the transport's key, derived once
         self.bot = bot
         self.history = history
         self.pins = PinStore(pins_path)
@@ -422,9 +423,10 @@ class ChatClient:
     def _start_attempt(self, now: float) -> None:
         self._retry_at = None
         self._close_socket()
-        self._socket = connect_dealer(self._context, self.endpoint, self.key, self.broker_curve)
-        self._handshake = watch_handshake(self._socket)
+        self._socket = curve_dealer(self._context, self.curve_secret, self.broker_curve)
+        self._handshake = watch_handshake(self._socket)  # before connecting: its first event is not missed
         self._transport = HandshakeState()
+        self._socket.connect(self.endpoint)
         self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot, history=self.history)
         self._last_heard = now
         self._attempt_deadline = now + self.connect_timeout

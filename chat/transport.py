@@ -33,16 +33,23 @@ def connect_dealer(
     queue_limit: int = 10_000,
 ) -> zmq.Socket[bytes]:
     """A new DEALER (so a new routing id) connected to the broker over CurveZMQ, linger 0."""
+    sock = curve_dealer(context, crypto.curve_secret(key), broker_curve, queue_limit)
+    sock.connect(endpoint)
+    return sock
+
+
+def curve_dealer(
+    context: zmq.Context[zmq.Socket[bytes]], curve_secret: bytes, broker_curve: bytes, queue_limit: int = 10_000
+) -> zmq.Socket[bytes]:
+    """A new DEALER with the client's options and this Curve25519 secret key, not yet connected."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, queue_limit)
     sock.setsockopt(zmq.RCVHWM, queue_limit)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_BROKER_BODY + 1024)
-    secret = crypto.curve_secret(key)
-    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(secret))
+    sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
     sock.setsockopt(zmq.CURVE_SERVERKEY, broker_curve)
-    sock.connect(endpoint)
     return sock
 
 

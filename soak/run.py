@@ -42,29 +42,19 @@ import os
 import queue
 import random
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import crypto
-from chat.keystore import KeyLayout, write_private_key, write_public_key
+from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
 from soak.stats import Tally, percentile, tally
 from soak.worker import Message, Progress, WorkerResult, WorkerSpec, worker_main
 
-ROOT = Path(__file__).resolve().parent.parent
-BROKER = ROOT / "broker.py"
 KEY_BITS = 2048
-LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
 BROKER_START_TIMEOUT = 20.0
 BROKER_STOP_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
@@ -73,12 +63,8 @@ LOGINS_IN_FLIGHT = 8  # per worker, while everyone logs in for the first time
 START_DELAY = 0.5  # between "go" and the first message, so every worker starts on time
 
 
-class SoakError(Exception):
+class SoakError(ToolError):
     """The run itself failed (not the chat): a timeout, a dead worker, a broker that never started."""
-
-
-class HardTimeout(SoakError):
-    pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,37 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def log(message: str) -> None:
-    print(f"soak: {message}", file=sys.stderr, flush=True)
+    say("soak", message)
 
 
 # ---------------------------------------------------------------- keys and config
-
-
-def _make_key(job: tuple[Path, str | None]) -> None:
-    """Generate and write one key pair: the broker's (name None) or a client's (private key and registration)."""
-    root, name = job
-    layout = KeyLayout(root)
-    key = crypto.generate_private_key(KEY_BITS)
-    if name is None:
-        write_private_key(layout.broker_private, key)
-        write_public_key(layout.broker_public, key)
-    else:
-        write_private_key(layout.client_private(name), key)
-        write_public_key(layout.client_public(name), key)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def make_keys(mp: multiprocessing.context.BaseContext, root: Path, names: list[str], processes: int) -> None:
-    layout = KeyLayout(root)
-    layout.clients_dir.mkdir(parents=True)
-    (root / "private").mkdir()
-    jobs: list[tuple[Path, str | None]] = [(root, None), *((root, name) for name in names)]
-    with mp.Pool(processes, initializer=_ignore_sigint) as pool:
-        for _ in pool.imap_unordered(_make_key, jobs, chunksize=4):
-            pass
 
 
 def write_config(workdir: Path, clients: int) -> Path:
@@ -172,78 +131,15 @@ def write_config(workdir: Path, clients: int) -> Path:
 # ---------------------------------------------------------------- the broker
 
 
-class BrokerProcess:
-    """broker.py run the way a person runs it, with its output in a log file."""
-
-    def __init__(self, workdir: Path, config_path: Path) -> None:
-        self.log_path = workdir / "broker.log"
-        with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(BROKER), "--config", str(config_path)],
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
-        self.port = 0
-
-    def log(self) -> str:
-        return self.log_path.read_bytes().decode("utf-8", errors="replace")
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self.log())
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-            if self.proc.poll() is not None:
-                raise SoakError(f"the broker exited with status {self.proc.returncode}:\n{self.log_tail()}")
-            time.sleep(0.05)
-        raise SoakError(f"the broker did not log 'listening on' within {timeout:g}s:\n{self.log_tail()}")
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise SoakError(f"the broker exited early with status {self.proc.returncode}:\n{self.log_tail()}")
-
-    def peak_rss_mb(self) -> float | None:
-        """VmHWM: the most resident memory the broker ever had."""
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
-
-    def stop(self, timeout: float) -> int | None:
-        """SIGTERM, like a service manager; the exit status, or None if it had to be killed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log_counts(self) -> dict[str, int]:
-        text = self.log()
-        return {
-            "broker_internal_errors": text.count("internal error"),
-            "broker_tracebacks": text.count("Traceback"),
-            "broker_timed_out": len(re.findall(r" timed out$", text, re.MULTILINE)),
-            "broker_too_slow": text.count("too slow to keep up"),
-            "broker_busy": text.count("turned away"),
-        }
+def log_counts(text: str) -> dict[str, int]:
+    """What the broker's log says went wrong."""
+    return {
+        "broker_internal_errors": text.count("internal error"),
+        "broker_tracebacks": text.count("Traceback"),
+        "broker_timed_out": len(re.findall(r" timed out$", text, re.MULTILINE)),
+        "broker_too_slow": text.count("too slow to keep up"),
+        "broker_busy": text.count("turned away"),
+    }
 
 
 # ---------------------------------------------------------------- the workers
@@ -329,7 +225,7 @@ def drained(workers: Workers, stable: set[str]) -> bool:
 # ---------------------------------------------------------------- the run
 
 
-def run(args: argparse.Namespace, workdir: Path, cleanup: list[Any]) -> dict[str, Any]:
+def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
     started = time.monotonic()
     mp = multiprocessing.get_context("spawn")
     rng = random.Random(args.seed)  # noqa: S311 - load pattern, not a secret
@@ -339,7 +235,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: list[Any]) -> dict[str
 
     config_path = write_config(workdir, args.clients)
     log(f"generating {args.clients + 1} RSA-{KEY_BITS} keys on {os.cpu_count()} cores in {workdir}")
-    make_keys(mp, workdir / "keys", names, os.cpu_count() or 1)
+    make_keys(mp, workdir / "keys", names, KEY_BITS)
     keygen_s = time.monotonic() - started
 
     broker = BrokerProcess(workdir, config_path)
@@ -433,7 +329,7 @@ def report(
     notices: Counter[str] = Counter()
     for r in results:
         notices.update(r.notices)
-    log_counts = broker.log_counts()
+    broker_log = log_counts(broker.log())
 
     def rounded(value: float | None, digits: int = 1) -> float | None:
         return None if value is None else round(value, digits)
@@ -444,7 +340,7 @@ def report(
         and counts.out_of_order == 0
         and counts.unexpected == 0
         and broker_exit == 0
-        and log_counts["broker_internal_errors"] == 0
+        and broker_log["broker_internal_errors"] == 0
     )
     return {
         "ok": ok,
@@ -481,7 +377,7 @@ def report(
         "worker_max_turn_s": rounded(max(r.max_turn_s for r in results), 2),
         "broker_peak_rss_mb": rounded(peak_rss),
         "broker_exit": broker_exit,
-        **log_counts,
+        **broker_log,
         "drained": complete,
         "keygen_s": round(keygen_s, 1),
         "login_s": round(login_s, 1),
@@ -502,43 +398,4 @@ def print_table(numbers: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def on_alarm(_signum: int, _frame: FrameType | None) -> None:
-        raise HardTimeout(f"the whole run took longer than --timeout {args.timeout:g}s")
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(max(1, math.ceil(args.timeout)))
-    workdir = Path(tempfile.mkdtemp(prefix="zchat-soak-"))
-    cleanup: list[Any] = []
-    keep = args.keep
-    try:
-        numbers = run(args, workdir, cleanup)
-        failed = not numbers["ok"]
-        keep = keep or failed
-    except SoakError as exc:
-        log(f"error: {exc}")
-        keep = True
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for step in reversed(cleanup):
-            step()
-        if keep:
-            log(f"kept {workdir} (config.json, keys, broker.log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(numbers))
-    else:
-        print_table(numbers)
-    return 1 if failed else 0
+    return run_tool("soak", parse_args(argv), run, print_table)
