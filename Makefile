@@ -1,11 +1,11 @@
 # Every command a person or CI runs. `make broker` and `make test` work on a fresh clone.
 
 # ---------------------------------------------------------------- values from whoever runs make
-# NAME, BOT, CONFIG, ARGS, DURATION, FUZZ_SECONDS and PYTHON come from the command line or the environment,
+# NAME, BOT, CONFIG, TO, ARGS, DURATION, KILL_BROKER_EVERY, FUZZ_SECONDS and PYTHON come from the command line or the environment,
 # perhaps from a script passing on a name someone typed. Three rules keep them data, never code:
 #  1. make never expands them. A variable set on the command line is expanded when make exports it to a
 #     recipe, so `NAME='$(shell ...)'` would run; the first line below turns every command-line variable into
-#     a literal copy of its text (still exported), and the seven are read with $(value) whatever their origin.
+#     a literal copy of its text (still exported), and the nine are read with $(value) whatever their origin.
 #  2. each is checked against an allow-list before the goal that uses it runs: a one-line error, status 2.
 #  3. recipes read them only from the environment, quoted ("$$ZCHAT_NAME" and so on): the shell never
 #     parses them as code, and a value starting with `-` is never taken for an option.
@@ -16,11 +16,14 @@ PYTHON       ?= python3
 CONFIG       ?= config.json
 FUZZ_SECONDS ?= 30
 DURATION     ?= 60
+KILL_BROKER_EVERY ?= 0
 override NAME         := $(value NAME)
 override BOT          := $(value BOT)
 override CONFIG       := $(value CONFIG)
 override ARGS         := $(value ARGS)
 override DURATION     := $(value DURATION)
+override KILL_BROKER_EVERY := $(value KILL_BROKER_EVERY)
+override TO           := $(value TO)
 override FUZZ_SECONDS := $(value FUZZ_SECONDS)
 override PYTHON       := $(value PYTHON)
 
@@ -71,6 +74,13 @@ endif
 ifneq ($(filter soak attack,$(_goals)),)
   $(call _check_set,DURATION,$(_digits),a whole number of seconds)
 endif
+ifneq ($(filter soak,$(_goals)),)
+  $(call _check_set,KILL_BROKER_EVERY,$(_digits),a whole number of seconds (0: never))
+endif
+ifneq ($(filter backup,$(_goals)),)
+  $(call _check_set,CONFIG,$(_path_chars),a file path (A-Z a-z 0-9 _ - . /))
+  $(call _check_set,TO,$(_path_chars),the path of the copy to write (A-Z a-z 0-9 _ - . /))
+endif
 ifneq ($(filter fuzz,$(_goals)),)
   $(call _check_set,FUZZ_SECONDS,$(_digits),a whole number of seconds)
 endif
@@ -80,12 +90,14 @@ override export ZCHAT_BOT          := $(BOT)
 override export ZCHAT_CONFIG       := $(CONFIG)
 override export ZCHAT_ARGS         := $(ARGS)
 override export ZCHAT_DURATION     := $(DURATION)
+override export ZCHAT_KILL_EVERY   := $(KILL_BROKER_EVERY)
+override export ZCHAT_TO           := $(TO)
 override export ZCHAT_FUZZ_SECONDS := $(FUZZ_SECONDS)
 override export ZCHAT_PYTHON       := $(PYTHON)
 
 # ---------------------------------------------------------------- targets
 
-.PHONY: help broker client bot keys fingerprint test unit fuzz soak attack bench lint typecheck clean
+.PHONY: help broker client bot keys fingerprint backup test unit fuzz soak attack bench lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
@@ -93,9 +105,11 @@ help:
 	@echo "make bot BOT=echo      run an example bot ($(BOTS)); registers its key if missing"
 	@echo "make keys NAME=alice   create and register a user's key pair"
 	@echo "make fingerprint NAME=alice   print a registered key's fingerprint, to compare out of band"
+	@echo "make backup TO=file    a consistent copy of the broker's database, safe while it runs"
 	@echo "make test              run the tests, ruff and mypy"
 	@echo "make fuzz              fuzz every parser of peer bytes and a real broker's port (FUZZ_SECONDS=30 per target)"
-	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds)"
+	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds;"
+	@echo "                       KILL_BROKER_EVERY=10 kills it with SIGKILL and restarts it every 10 seconds)"
 	@echo "make attack            every known attack at once on a real broker while honest users chat (DURATION=60)"
 	@echo "make bench             measure the broker: deliveries/s, crypto bound, latency, relays, memory (ARGS=--json)"
 
@@ -125,6 +139,9 @@ fingerprint: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_NAME" || { echo "usage: make fingerprint NAME=alice" >&2; exit 2; }
 	@$(BIN)/python -m chat.keystore --fingerprint -- "$$ZCHAT_NAME"
 
+backup: $(RUNTIME_STAMP)
+	$(BIN)/python broker.py --config="$$ZCHAT_CONFIG" --backup="$$ZCHAT_TO"
+
 keys: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_NAME" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
 	$(BIN)/python -m chat.keystore -- "$$ZCHAT_NAME"
@@ -145,7 +162,7 @@ fuzz: $(DEV_STAMP)
 	done
 
 soak: $(RUNTIME_STAMP)
-	$(BIN)/python -m soak --duration "$$ZCHAT_DURATION"
+	$(BIN)/python -m soak --duration "$$ZCHAT_DURATION" --kill-broker-every "$$ZCHAT_KILL_EVERY"
 
 attack: $(RUNTIME_STAMP)
 	$(BIN)/python -m attack --duration "$$ZCHAT_DURATION"

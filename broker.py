@@ -1,9 +1,10 @@
 """The broker's I/O loop and command line: a ZeroMQ ROUTER that moves frames.
 
-All chat rules live in `chat.broker_core`. This file binds the socket, reads
-frames, hands the core's crypto jobs to `chat.workers` (worker processes, or
-its own loop with `workers: 0`) and their results back to the core, sends what
-is ready without ever blocking, lets waiting joins and leaves go out, reports
+All chat rules live in `chat.broker_core`. This file opens the database
+(`chat.broker_store`), binds the socket, reads frames, hands the core's crypto
+jobs to `chat.workers` (worker processes, or its own loop with `workers: 0`) and
+their results back to the core, commits what the core stored once per turn,
+sends what is ready without ever blocking, lets waiting joins and leaves go out, reports
 peers that cannot be reached or keep up, and stops gracefully on an admin's
 /shutdown, `/shutdown` typed on its console, SIGINT or SIGTERM.
 """
@@ -32,6 +33,7 @@ import zmq
 import crypto
 from chat.admission import Admission, RoutingIds
 from chat.broker_core import BrokerCore
+from chat.broker_store import Store, StoreError, backup
 from chat.broker_work import Outgoing, Work
 from chat.config import DEFAULT_CONFIG, Config, load_config
 from chat.errors import ConfigError
@@ -53,6 +55,7 @@ PROBE_TIMEOUT_MS = 1000
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 HANDSHAKE_TIMEOUT_MS = 5000  # a connection that has not completed its CurveZMQ handshake by then is closed
 ZAP_DOMAIN = b"zchat"
+DATABASE_FILE = "zchat.db"  # in the config's data_dir
 
 
 def seed_routing_ids() -> None:
@@ -80,9 +83,9 @@ def raise_open_file_limit() -> None:
 
 
 class Broker:
-    def __init__(self, config: Config, key: crypto.PrivateKey) -> None:
+    def __init__(self, config: Config, key: crypto.PrivateKey, store: Store) -> None:
         self.config = config
-        self.core = BrokerCore(key.public_key(), Registry(KeyLayout(config.keys_dir)), config)
+        self.core = BrokerCore(key.public_key(), Registry(KeyLayout(config.keys_dir)), config, store)
         self.context = zmq.Context()
         self.unreachable_ids: set[bytes] = set()  # a send to them failed: their deliveries need no sealing
         self.jobs: InlineJobs | WorkerPool = InlineJobs(key, self._deliverable)
@@ -168,6 +171,7 @@ class Broker:
             if self.socket in ready or self.core.gone or self.early:
                 self._read_clients()
             self._take_results()
+            self._handle(self.core.commit(time.monotonic()))  # group commit: one transaction per turn
             self._handle(self.core.flush_presence(time.monotonic()))
             while not self.console.empty():
                 self._console_command(self.console.get_nowait())
@@ -305,6 +309,7 @@ class Broker:
         log.info("broker stopped")
 
     def close(self, linger: int = 0) -> None:
+        self.core.store.close()
         self.jobs.close()
         if self.gatekeeper is not None:
             self.socket.disable_monitor()
@@ -325,11 +330,28 @@ def _console_reader(lines: queue.Queue[str]) -> None:
         pass
 
 
+def _backup(config_path: Path, target: Path) -> int:
+    """`--backup FILE`: copy the database with SQLite's backup API (safe while the broker runs)."""
+    try:
+        source = load_config(config_path).data_dir / DATABASE_FILE
+        pages = backup(source, target)
+    except (ConfigError, StoreError) as exc:
+        print(f"broker: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"copied {source} to {target} ({pages} pages); it opens only with the same keys/broker.pem")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Encrypted chat broker (ZeroMQ ROUTER).")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config.json)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--backup", type=Path, metavar="FILE", help="write a consistent copy of the database to FILE and exit"
+    )
     args = parser.parse_args(argv)
+    if args.backup is not None:
+        return _backup(args.config, args.backup)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -344,14 +366,20 @@ def main(argv: list[str] | None = None) -> int:
         log.info("created the broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public)
     for problem in Registry(layout).audit():
         log.error("registry: %s", problem)
+    try:
+        store = Store.open(config.data_dir / DATABASE_FILE, key, now=time.time())
+    except StoreError as exc:
+        print(f"broker: error: {exc}", file=sys.stderr)
+        return 1
     raise_open_file_limit()
     try:
-        broker = Broker(config, key)
-    except zmq.ZMQError as exc:
-        print(f"broker: error: cannot listen on {config.server_ip}:{config.server_port}: {exc}", file=sys.stderr)
-        return 1
-    except WorkerError as exc:
-        print(f"broker: error: {exc}", file=sys.stderr)
+        broker = Broker(config, key, store)
+    except (zmq.ZMQError, WorkerError) as exc:
+        store.close()
+        reason = (
+            f"cannot listen on {config.server_ip}:{config.server_port}: {exc}" if isinstance(exc, zmq.ZMQError) else exc
+        )
+        print(f"broker: error: {reason}", file=sys.stderr)
         return 1
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -362,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
     log.info("listening on %s (broker key %s)", broker.endpoint, crypto.fingerprint(key))
+    log.info("data: %s", config.data_dir / DATABASE_FILE)
     log.info("admins: %s", ", ".join(sorted(config.admins)) or "none")
     log.info("crypto: %s", f"{config.workers} worker processes" if config.workers else "in the broker's own loop")
     try:

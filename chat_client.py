@@ -6,6 +6,13 @@ incoming messages appear above it in colour; with stdin or stdout piped,
 prompt answers and messages are read line by line, each event is printed as
 one plain line (or, with --json, one JSON object), and end of input leaves
 like /exit. Commands: see HELP.
+
+The broker answers each message we send: until it has, the terminal's prompt
+counts it as pending; a message it did not deliver is shown as
+`! not delivered: <reason>: <preview>`, and a private message it keeps for
+someone offline as `* queued for bob (offline): <preview>`. Piped output shows
+those two lines too (not the plain acknowledgements); --json prints every answer
+(`acked`, `failed`).
 """
 
 from __future__ import annotations
@@ -29,13 +36,14 @@ from chat.client import ChatClient
 from chat.config import DEFAULT_CONFIG, load_config
 from chat.display import Display
 from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import Event, SessionClosed, Shutdown, to_dict
+from chat.events import Accepted, Event, Failed, SessionClosed, Shutdown, to_dict
 from chat.keystore import KeyLayout, create_client_key
 from chat.protocol import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
 STDIN_ENDPOINT = "inproc://chat-client-stdin"
+LEAVE_WAIT = 3.0  # seconds /exit waits for the broker to answer the messages sent just before it
 HELP = """commands:
   /who              list who is online, with key fingerprints
   /whois NAME       show NAME's full key fingerprint and whether it matches the one you pinned
@@ -149,6 +157,26 @@ def start(args: argparse.Namespace) -> ChatClient:
 # ------------------------------------------------------------ the loop
 
 
+class Sent:
+    """Our messages the broker has not answered yet (id -> text and recipient), so its answer can name them."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, tuple[str, str | None]] = {}
+
+    def add(self, message_id: str, text: str, to: str | None = None) -> None:
+        self.waiting[message_id] = (text, to)
+
+    def describe(self, event: Event, display: Display) -> str | None:
+        """The line to show for `event`; None for what needs no line (a plain acknowledgement)."""
+        if isinstance(event, Accepted):
+            text, to = self.waiting.pop(event.message_id, ("", None))
+            return display.queued(to, text) if event.queued and to is not None else None
+        if isinstance(event, Failed):
+            message = self.waiting.pop(event.message_id, None)
+            return display.failed(event.reason, None if message is None else message[0])
+        return display.format(event)
+
+
 def _stdin_reader(context: zmq.Context[zmq.Socket[bytes]], stream: TextIO) -> None:
     """Forward each input line to the poll loop; an empty message means end of input."""
     try:
@@ -186,10 +214,13 @@ def run(client: ChatClient, as_json: bool = False) -> int:
 
 def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
     display = Display()
+    sent = Sent()
 
     def show(event: Event) -> None:
         try:
-            print(json.dumps(to_dict(event), ensure_ascii=False) if as_json else display.format(event), flush=True)
+            line = json.dumps(to_dict(event), ensure_ascii=False) if as_json else sent.describe(event, display)
+            if line is not None:
+                print(line, flush=True)
         except OSError:  # the output itself is gone: nothing more can be shown
             raise
         except Exception as exc:  # one event must never stop the others from being shown
@@ -202,6 +233,8 @@ def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
             ready = _poll(client, 1.0, [keyboard])
         except KeyboardInterrupt:
             client.close()
+            for event in client.drain():
+                show(event)
             return 0
         for event in client.drain():
             show(event)
@@ -209,8 +242,11 @@ def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
                 return 0
         if keyboard in ready:
             raw = keyboard.recv()
-            if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip(), display):
+            if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip(), display, sent):
+                client.flush(LEAVE_WAIT)
                 client.close()
+                for event in client.drain():  # messages that will now never be answered
+                    show(event)
                 return 0
 
 
@@ -227,6 +263,12 @@ def run_terminal(client: ChatClient) -> int:
     prompt: PromptSession[str] = PromptSession(history=InMemoryHistory())
     status: list[int] = []
     colour = _colour_wanted()
+    sent = Sent()
+
+    def prompt_text() -> str:
+        """`alice> `, or `alice (2 pending)> ` while the broker has not answered two of our messages."""
+        waiting = len(client.pending)
+        return f"{client.name} ({waiting} pending)> " if waiting else f"{client.name}> "
 
     def display() -> Display:
         """A display for the terminal's width now: it is read at each print, so a resized window re-wraps."""
@@ -249,14 +291,19 @@ def run_terminal(client: ChatClient) -> int:
                 print(display().warning(str(exc)), flush=True)
                 finish(1)
                 return
-            for event in client.drain():
+            events = client.drain()
+            for event in events:
                 try:
-                    print(display().format(event), flush=True)
+                    line = sent.describe(event, display())
+                    if line is not None:
+                        print(line, flush=True)
                 except Exception as exc:  # one event must never stop the others from being shown
                     _skipped(event, exc)
                 if isinstance(event, Shutdown | SessionClosed):
                     finish(0)
                     return
+            if events and prompt.app.is_running:
+                prompt.app.invalidate()  # the pending count in the prompt may have changed
             await asyncio.sleep(0.02)
 
     async def chat() -> int:
@@ -264,13 +311,17 @@ def run_terminal(client: ChatClient) -> int:
             task = asyncio.create_task(pump())
             while not status:
                 try:
-                    line = await prompt.prompt_async(f"{client.name}> ")
+                    line = await prompt.prompt_async(prompt_text)
                 except (EOFError, KeyboardInterrupt):
                     line = "/exit"
                 if status:
                     break
-                if _command(client, line.strip(), display()):
+                if _command(client, line.strip(), display(), sent):
+                    client.flush(LEAVE_WAIT)
                     client.close()
+                    for event in client.drain():  # the last answers (Failed: never to be answered)
+                        if isinstance(event, Accepted | Failed) and (shown := sent.describe(event, display())):
+                            print(shown, flush=True)
                     finish(0)
             await task
         return status[0]
@@ -298,8 +349,8 @@ def _colour_wanted() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-def _command(client: ChatClient, line: str, display: Display) -> bool:
-    """Act on one input line; True means leave."""
+def _command(client: ChatClient, line: str, display: Display, sent: Sent) -> bool:
+    """Act on one input line (what it sends is noted in `sent`); True means leave."""
     if not line:
         return False
     if line == "/exit":
@@ -317,16 +368,17 @@ def _command(client: ChatClient, line: str, display: Display) -> bool:
             print(_whois(client, rest, display), flush=True)
         elif command == "/msg" and len(rest.split(maxsplit=1)) == 2:
             to, text = rest.split(maxsplit=1)
-            client.send(text, to=to)
+            sent.add(client.send(text, to=to), text, to)
             print(display.system(f"(private to {to}) {text}"), flush=True)
         elif command == "/me" and rest:
-            client.send(rest, action=True)
+            sent.add(client.send(rest, action=True), rest)
         elif command in ("/whois", "/msg", "/me"):
             print(display.warning(f"usage: {_usage(command)}"), flush=True)
         elif line.startswith("/") and not line.startswith("//"):
             print(display.warning(f"unknown command {command}; /help lists the commands"), flush=True)
         else:
-            client.send(line[1:] if line.startswith("//") else line)
+            text = line[1:] if line.startswith("//") else line
+            sent.add(client.send(text), text)
     except ValueError as exc:
         print(display.warning(f"not sent: {exc}"), flush=True)
     except ConnectError as exc:

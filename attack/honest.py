@@ -35,7 +35,18 @@ import zmq
 import crypto
 from chat.client import ChatClient
 from chat.errors import ConnectError
-from chat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, SessionClosed, Shutdown, Welcome
+from chat.events import (
+    Accepted,
+    ChatMessage,
+    ConnectionLost,
+    Failed,
+    Joined,
+    Left,
+    Notice,
+    SessionClosed,
+    Shutdown,
+    Welcome,
+)
 from chat.keystore import KeyLayout
 
 PREFIX = "attack-honest"
@@ -163,7 +174,9 @@ class Honest:
             self.notice(f"{receiver}: session ended: {event}")
         elif isinstance(event, Notice):
             self.notice(f"{receiver}: notice: {event.message}")
-        elif not isinstance(event, Welcome | Joined | Left):
+        elif isinstance(event, Failed):
+            self.notice(f"{receiver}: not delivered: {event.reason}")
+        elif not isinstance(event, Welcome | Joined | Left | Accepted):
             self.notice(f"{receiver}: {type(event).__name__}")
 
     def login(self) -> None:

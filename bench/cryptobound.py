@@ -110,7 +110,8 @@ class Workload:
         self.author = author
         self.recipients = [recipient_keys[i % len(recipient_keys)].public_key() for i in range(clients - 1)]
         session = p.session_id(secrets.token_bytes(p.NONCE_BYTES))
-        statement = p.Statement.build("chat", "c0000", session, 1, time.time(), message_text(0, 1, message_bytes))
+        text = message_text(0, 1, message_bytes)
+        statement = p.Statement.build("chat", "c0000", session, 1, time.time(), text, message_id=p.new_message_id())
         self.signing_input = p.statement_signing_input(statement.text)
         self.signed = p.SignedStatement(statement.text, crypto.sign(author, self.signing_input))
         self.send_context, self.event_context = p.context(p.SEND), p.context(p.EVENT)

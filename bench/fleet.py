@@ -3,15 +3,22 @@
 A `Fleet` holds DEALER sockets, one per client, all polled by one loop:
 
 - chat clients (`ChatPeer`) connect over CurveZMQ (`chat.transport.connect_dealer`,
-  zchat/2) and log in with `chat.session.ClientSession`, the sans-I/O session
+  zchat/3) and log in with `chat.session.ClientSession`, the sans-I/O session
   every real client uses (HELLO, CHALLENGE, LOGIN, welcome). Their SEND frames
   are made before a timed window with `session.say()` for consecutive sequence
   numbers; during the window the loop only sends them and counts the EVENT
-  frames that arrive, without opening them. After each batch of frames read
-  from a socket it sends one ACK for the newest EVENT of the batch (flow
-  control: the broker stops sending a session that does not acknowledge);
+  frames that arrive, without opening them: for each message, one per
+  recipient and one to its sender (the broker's `accepted`, `ANSWERS`). After
+  each batch of frames read from a socket it sends one ACK for the newest
+  EVENT of the batch (flow control: the broker stops sending a session that
+  does not acknowledge);
 - relay clients (`RelayPeer`) register with a reference relay and send the
   same payload over and over.
+
+This is a measuring instrument, not a client: it does not run the client policy
+(`chat.client_core`: the outbox, reconnecting, opening every event), whose cost
+would load the generator. It only retries a turned-away login (`Fleet.login`)
+and keeps idle sessions alive with a PING.
 
 `saturate()` keeps a bounded number of messages in flight (sent, not yet seen
 by every recipient), so the server under test always has work queued while
@@ -44,6 +51,7 @@ ATTEMPT_TIMEOUT = 60.0  # one login attempt, HELLO to welcome
 RETRY_DELAY = 0.5
 SATURATE_NAP_S = 0.02  # a second of work is queued at the server: 20 ms naps between reads cost it nothing
 POLL_MS = 5
+ANSWERS = 1  # EVENTs a chat message brings its sender: the broker's answer (accepted, or failed)
 
 
 def self_cpu_seconds(thread_only: bool = False) -> float:
@@ -195,7 +203,7 @@ class ChatPeer(Peer):
         for _ in range(count):
             self.built += 1
             text = message_text(self.slot, self.built, message_bytes)
-            self.supply.append((self.built, self.session.say(text)))
+            self.supply.append((self.built, self.session.say(text, message_id=p.new_message_id())))
 
     def take(self) -> tuple[int, Frames] | None:
         return self.supply.popleft() if self.supply else None
@@ -284,6 +292,7 @@ class Fleet:
         self.peers: list[Peer] = []
         self.delivered = 0
         self.acks = 0  # ACK frames sent
+        self.answers = ANSWERS if chat else 0  # counted EVENTs per message besides its recipients
         self.events = 0  # EVENT messages read, and the bytes of their bodies
         self.event_bytes = 0
         self.last_keepalive = time.monotonic()
@@ -353,7 +362,7 @@ class Fleet:
     def pump(self, timeout_ms: int) -> int:
         """Wait up to `timeout_ms` for something to arrive, then read everything there is; deliveries counted.
 
-        A chat socket that read EVENTs gets one ACK for the newest of them (zchat/2 flow control), as the
+        A chat socket that read EVENTs gets one ACK for the newest of them (zchat/3 flow control), as the
         reference client sends one after each poll that read an EVENT.
         """
         counted = 0
@@ -486,9 +495,11 @@ class Fleet:
         """Keep `in_flight` messages queued at the server for warmup + duration; count deliveries in the window.
 
         A message is in flight from its sending until all `fanout` recipients (all in
-        this fleet) could have counted it. Afterwards the run drains, so the numbers
-        also say whether anything was lost.
+        this fleet) and, for chat, its sender (the broker's answer) could have counted it.
+        Afterwards the run drains, so the numbers also say whether anything was lost.
+        Deliveries are to recipients: the answers are taken out of the counts.
         """
+        per_message = fanout + self.answers
         base = self.delivered
         sent = 0
         active = list(senders)
@@ -502,7 +513,7 @@ class Fleet:
                 start = self._mark(server)
             if now >= go + warmup + duration:
                 break
-            while sent - (self.delivered - base) / fanout < in_flight and active:
+            while sent - (self.delivered - base) / per_message < in_flight and active:
                 peer = active[turn % len(active)]
                 item = peer.take()
                 if item is None:
@@ -518,17 +529,18 @@ class Fleet:
         end = self._mark(server)
         if start is None:
             raise BenchError("the timed window never started")
-        expected = sent * fanout
+        expected = sent * per_message
         deadline = time.monotonic() + drain_timeout
         while self.delivered - base < expected and time.monotonic() < deadline:
             self.pump(20)
         seconds = end.at - start.at
         target = (end.target_cpu - start.target_cpu) / seconds
         own = (end.own_cpu - start.own_cpu) / seconds
+        share = fanout / per_message  # of the EVENTs counted, the deliveries to recipients
         return Throughput(
-            deliveries_per_s=(end.delivered - start.delivered) / seconds,
+            deliveries_per_s=(end.delivered - start.delivered) * share / seconds,
             window_s=seconds,
-            deliveries=end.delivered - start.delivered,
+            deliveries=round((end.delivered - start.delivered) * share),
             sent=sent,
             lost=expected - (self.delivered - base),
             target_cores_busy=target,
@@ -566,5 +578,6 @@ class Fleet:
                 raise BenchError(f"{peer.name} ran out of prepared messages")
             sent_at[(peer.slot, item[0])] = time.time()
             self.send(peer, item[1])
-        self.wait_for(lambda: self.delivered - base >= count * local_fanout, "the paced messages", 60.0, server)
+        expected = count * (local_fanout + self.answers)
+        self.wait_for(lambda: self.delivered - base >= expected, "the paced messages", 60.0, server)
         return sent_at, lag

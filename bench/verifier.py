@@ -1,6 +1,6 @@
 """A verifying receiver for the latency measurement: its own process, a real client session.
 
-It connects over CurveZMQ (`chat.transport.connect_dealer`, zchat/2), logs in
+It connects over CurveZMQ (`chat.transport.connect_dealer`, zchat/3), logs in
 with `chat.session.ClientSession` and runs every frame through
 `ClientSession.receive()`: the envelope is opened, the
 delivery MAC and sequence number checked and the author's signature verified,

@@ -13,8 +13,14 @@ A bot is a function that receives each event and may return a line to send
 
     run_bot(bot_arguments("echo").parse_args(), handle)
 
+The handler sees every event, the broker's answers to the bot's own messages
+included: `Accepted` (stored and sent on; `queued` for someone offline) or
+`Failed` (not delivered, with the reason), each naming the id `send()` returned.
+The runner logs a failed reply as a warning.
+
 Bots log in like people, with their own registered key, flagged as bots in /who.
-For full control use `chat.client.ChatClient` directly.
+For full control use `chat.client.ChatClient` directly, or
+`chat.async_client.AsyncChatClient` in an asyncio program.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ import crypto
 from chat.client import ChatClient
 from chat.config import DEFAULT_CONFIG, load_config
 from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import ChatMessage, Event, SessionClosed, Shutdown
+from chat.events import Accepted, ChatMessage, Event, Failed, SessionClosed, Shutdown
 from chat.keystore import KeyLayout
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], str | None]
+LEAVE_WAIT = 3.0  # seconds a stopping bot waits for the broker to answer its last replies
 
 
 def bot_arguments(name: str, description: str = "") -> argparse.ArgumentParser:
@@ -104,6 +111,10 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue
+            if isinstance(event, Failed):
+                log.warning("a reply was not delivered: %s", event.reason)
+            elif isinstance(event, Accepted) and event.queued:
+                log.info("a reply is kept for its offline recipient (message %s)", event.message_id)
             try:
                 reply = handle(event)
             except Exception:  # the handler failed on this one event; the next one may be fine
@@ -115,9 +126,13 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                     client.send(reply, to=to)  # a private question gets a private answer
                 except ValueError as exc:
                     log.warning("reply not sent: %s", exc)
+        client.flush(LEAVE_WAIT)
     except ConnectError as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
+        for event in client.drain():
+            if isinstance(event, Failed):
+                log.warning("a reply was not delivered: %s", event.reason)
     return 0

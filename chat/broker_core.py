@@ -14,6 +14,12 @@ Whoever runs the jobs must send each recipient's deliveries in the order they
 were created, and hand back the OpenJobs' results in the order their frames
 arrived (chat.workers does both).
 
+What must survive a restart goes to the store (`chat.broker_store`): the room's
+history, private messages until their recipient has read them, and the ids of
+accepted messages (so a re-send is recognised). A sender hears `accepted` only
+once the I/O loop has called `commit()` after the store took the message: one
+commit for everything since the previous call (group commit).
+
 A routing identity is trusted only after it completed the login proof; its
 session is bound to it. Every failure of a peer's frame is a silent drop
 (details go to the log) or, during login, the one generic REFUSED answer.
@@ -31,6 +37,7 @@ from typing import Any
 
 import crypto
 from chat import protocol as p
+from chat.broker_store import Store, StoreError
 from chat.broker_work import ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
 from chat.config import Config
 from chat.errors import RemoteProtocolError
@@ -45,6 +52,11 @@ HANDSHAKE_TIMEOUT = 10.0
 BACKLOG_BATCH = 8  # backlog events sealed at a time for one session, as its window allows
 EVICTED_MEMORY = 60.0
 SWEEPS_PER_INTERVAL = 10  # tick() looks at every session this often per heartbeat interval, at most
+PRUNE_INTERVAL = 60.0  # seconds between the store's retention passes
+SEEN_DAYS = 30.0  # an accepted message id is recognised this long after (longer while the message is kept)
+DAY = 86_400.0
+
+Queued = tuple[dict[str, Any], int | None]  # an event not yet sealed, and the stored mail row it carries (if any)
 
 
 @dataclass
@@ -75,7 +87,7 @@ class Session:
     opening: int = 0  # SEND envelopes of this session handed out as OpenJobs and not yet back
     opening_bytes: int = 0  # their size (at most send_queue_bytes: more, and the session is too fast)
     opening_sizes: collections.deque[int] = field(default_factory=collections.deque)
-    presence: list[dict[str, Any]] = field(default_factory=list)  # joins and leaves not yet sent to it
+    presence: list[p.JoinEvent | p.LeaveEvent] = field(default_factory=list)  # joins and leaves not yet sent
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
     # Flow control (PROTOCOL.md 8.4): at most `send_window_bytes` of EVENTs sent and not acknowledged.
     in_flight: collections.deque[tuple[bytes, int]] = field(default_factory=collections.deque)  # (tag, size)
@@ -84,9 +96,12 @@ class Session:
     held: collections.deque[Outgoing] = field(default_factory=collections.deque)  # sealed, waiting for the window
     held_bytes: int = 0
     sealing: int = 0  # EVENT jobs made for it and not yet back as frames
-    # Events not yet sealed: the history replay, and what comes while it goes out (in order, after it).
-    backlog: collections.deque[dict[str, Any]] = field(default_factory=collections.deque)
+    # Events not yet sealed: the login's replay (history, then mail), and what comes while it goes out (after it).
+    replay: collections.deque[Queued] = field(default_factory=collections.deque)
+    backlog: collections.deque[Queued] = field(default_factory=collections.deque)
     backlog_bytes: int = 0
+    acknowledged: int = 0  # EVENTs it has acknowledged: the seq of the last one (they go out in seq order)
+    mail_seqs: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)  # (seq, mail row)
 
     @property
     def name(self) -> str:
@@ -103,13 +118,20 @@ class BrokerCore:
         broker_public: crypto.PublicKey,
         registry: Registry,
         config: Config,
+        store: Store,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """The core never holds the broker's private key: the jobs it returns are done by whoever has it.
 
-        `wall_clock` gives the time stamped on each chat message (the other times are the callers' `now`).
+        `wall_clock` gives the time stamped on each chat message and kept in the store (the other times are
+        the callers' monotonic `now`).
         """
         self.wall_clock = wall_clock
+        self.store = store
+        self.store_dirty = False  # the store holds changes not yet committed
+        self.awaiting_commit: list[tuple[bytes, p.AcceptedEvent]] = []  # answers that wait for commit()
+        self.uncommitted_mail: set[int] = set()  # mail rows added since the last commit (a failed one undoes them)
+        self.last_prune = float("-inf")
         # Unregistered names get a challenge sealed to the broker's own key, so a HELLO does not reveal who is
         # registered.
         self.decoy_key = broker_public
@@ -128,8 +150,10 @@ class BrokerCore:
         self.presence_waiting: set[bytes] = set()  # sessions with joins or leaves not yet sent
         self.last_presence_flush = float("-inf")
         self.login_buckets: dict[str, TokenBucket] = {}
-        # The room's last messages (never private ones), replayed to each new session that wants them.
-        self.history: collections.deque[tuple[dict[str, Any], UserInfo]] = collections.deque(maxlen=config.history_size)
+        # The room's last messages (never private ones) as history events, replayed to each new session that
+        # wants them: the store's newest, kept here too.
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.history_size)
+        self._load_history()
         self.last_registry_check = 0.0
         self.last_sweep = float("-inf")
         self.shutdown_requested_by: str | None = None
@@ -233,6 +257,46 @@ class BrokerCore:
                 out += self._pump(session)
         return out
 
+    def commit(self, now: float) -> list[Work]:
+        """Make durable everything the store took since the last call (one transaction), then tell the senders.
+
+        The I/O loop calls this once per turn, after handling what it read. If the store fails (a full disk,
+        say), every message of the transaction is answered `failed` instead of `accepted` (a re-send of a message
+        committed earlier stays accepted).
+        """
+        self.now = now
+        if not self.store_dirty:
+            return []
+        self.store_dirty = False
+        answers, self.awaiting_commit = self.awaiting_commit, []
+        added_mail, self.uncommitted_mail = self.uncommitted_mail, set()
+        failure = ""
+        try:
+            self.store.commit()
+        except StoreError as exc:
+            log.error("%s", exc)
+            failure = f"not stored: {exc}"
+            self._load_history()
+            self._forget_mail(added_mail)
+        out: list[Work] = []
+        for identity, accepted in answers:
+            session = self.sessions.get(identity)
+            if session is not None:
+                lost = failure and not accepted.duplicate
+                answer = p.FailedEvent(accepted.message_id, failure) if lost else accepted
+                out += self._event(session, answer.to_doc())
+        return out
+
+    def _forget_mail(self, rows: set[int]) -> None:
+        """Mail rows a failed commit took back: no ACK may delete them, since the store may give them out again."""
+        for session in self.sessions.values():
+            session.mail_seqs = collections.deque(entry for entry in session.mail_seqs if entry[1] not in rows)
+            for queue in (session.replay, session.backlog):
+                if any(row in rows for _, row in queue):
+                    kept = [(event, None if row in rows else row) for event, row in queue]
+                    queue.clear()
+                    queue.extend(kept)
+
     def tick(self, now: float) -> list[Work]:
         """Timeouts, PINGs and forgetting; it looks at every session, so at most SWEEPS_PER_INTERVAL times per
         heartbeat interval however often the I/O loop turns."""
@@ -253,6 +317,9 @@ class BrokerCore:
         if now - self.last_registry_check >= self.config.heartbeat_interval:
             self.last_registry_check = now
             out += self._end_revoked_sessions(now)
+        if now - self.last_prune >= PRUNE_INTERVAL:
+            self.last_prune = now
+            self._prune()
         for session in list(self.sessions.values()):
             if now - session.last_heard > self.config.heartbeat_timeout:
                 log.info("%s timed out", session.name)
@@ -305,12 +372,13 @@ class BrokerCore:
     def shutdown(self, by: str, now: float) -> list[Work]:
         """Tell everyone the broker is stopping, after everything still waiting for them; the caller flushes and exits.
 
-        The window no longer holds anything back: what waits goes to the socket now, the notice last.
+        The window no longer holds anything back: what waits goes to the socket now, the notice last. What the
+        store took is committed first, so the answers to the last messages go out too.
         """
-        out: list[Work] = []
+        out = self.commit(now)
         for session in self.sessions.values():
             if not session.gone:
-                out += self._last_words(session, {"type": "shutdown", "by": by})
+                out += self._last_words(session, p.ShutdownEvent(by).to_doc())
         self.sessions.clear()
         self.by_name.clear()
         self.pending.clear()
@@ -421,7 +489,8 @@ class BrokerCore:
             return self._busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         out: list[Work] = []
         if previous is not None:
-            out += self._close(self.sessions[previous], "you logged in again elsewhere", "logged in again")
+            closed = p.ClosedEvent("you logged in again elsewhere")
+            out += self._close(self.sessions[previous], closed, "logged in again")
         info = UserInfo(pending.user, crypto.fingerprint_der(pending.key_der), pending.bot, pending.key_der)
         bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
         session_id = p.session_id(pending.server_nonce)
@@ -430,37 +499,77 @@ class BrokerCore:
         self.by_name[info.name] = identity
         self.evicted.pop(identity, None)
         log.info("%s logged in (%s%s)", info.name, info.fingerprint[:23], ", bot" if info.bot else "")
-        welcome = {
-            "type": "welcome",
-            "name": info.name,
-            "users": [p.user_info_doc(u) for u in self.online()],
-            "heartbeat_interval": self.config.heartbeat_interval,
-            "heartbeat_timeout": self.config.heartbeat_timeout,
-            "max_text_bytes": self.config.max_text_bytes,
-        }
-        out += self._event(session, welcome)
+        welcome = p.WelcomeEvent(
+            info.name,
+            tuple(self.online()),
+            self.config.heartbeat_interval,
+            self.config.heartbeat_timeout,
+            self.config.max_text_bytes,
+        )
+        out += self._event(session, welcome.to_doc())
         if pending.history:
-            for earlier, author in self._history_to_replay():
-                self._defer(session, {"type": "chat", **earlier, "history": True, "author": p.user_info_doc(author)})
-            out += self._pump(session)
-        self._announce({"type": "join", "user": p.user_info_doc(info)}, exclude=identity)
+            session.replay.extend((earlier, None) for earlier in self._history_to_replay())
+        session.replay.extend(self._mailbox(info.name))
+        out += self._pump(session)
+        self._announce(p.JoinEvent(info), exclude=identity)
         return out
 
-    def _history_to_replay(self) -> list[tuple[dict[str, Any], UserInfo]]:
+    def _history_to_replay(self) -> list[dict[str, Any]]:
         """The newest history entries that fit in `history_replay_bytes`, oldest first."""
-        chosen: list[tuple[dict[str, Any], UserInfo]] = []
+        chosen: list[dict[str, Any]] = []
         budget = self.config.history_replay_bytes
         for entry in reversed(self.history):
-            budget -= _estimate(entry[0])
+            budget -= _estimate(entry)
             if budget < 0:
                 break
             chosen.append(entry)
         chosen.reverse()
         return chosen
 
+    def _mailbox(self, name: str) -> list[Queued]:
+        """The private messages kept for `name`, oldest first, each with its row (deleted once acknowledged)."""
+        try:
+            return [(p.MailEvent(mail.sealed).to_doc(), mail.row) for mail in self.store.mailbox(name)]
+        except StoreError as exc:
+            log.error("cannot read %s's kept messages: %s", name, exc)
+            return []
+
+    def _load_history(self) -> None:
+        """The room's history as the store has it (at start, and after a failed commit)."""
+        self.history.clear()
+        try:
+            kept = self.store.history(self.config.history_size, since=self._oldest_kept(self.config.history_days))
+        except StoreError as exc:
+            log.error("cannot read the history: %s", exc)
+            return
+        self.history.extend(entry.document for entry in kept)
+
+    def _oldest_kept(self, days: float) -> float:
+        """The wall-clock time before which what is kept for `days` days is dropped (0 days: nothing is)."""
+        return self.wall_clock() - days * DAY if days else 0.0
+
+    def _prune(self) -> None:
+        """Drop what the retention settings say is too old (history, mail, remembered ids)."""
+        try:
+            self.store.prune(
+                self.wall_clock(),
+                history_size=self.config.history_size,
+                history_days=self.config.history_days,
+                mail_days=self.config.mailbox_days,
+                seen_days=SEEN_DAYS,
+            )
+        except StoreError as exc:
+            log.error("%s", exc)
+            return
+        self.store_dirty = True
+        oldest = self._oldest_kept(self.config.history_days)
+        while self.history and self.history[0]["received"] < oldest:
+            self.history.popleft()
+
     # ------------------------------------------------------------ statements
 
     def _on_send(self, session: Session, plaintext: bytes | None, now: float) -> list[Work]:
+        statement: p.Statement | None = None
         try:
             doc = p.load_doc(_require_plaintext(plaintext))
             signed = p.SignedStatement.from_doc(doc, self.config.max_text_bytes)
@@ -471,41 +580,87 @@ class BrokerCore:
                 raise RemoteProtocolError(f"sequence {statement.seq}, expected {session.seq_in + 1}")
             crypto.verify(session.key, p.statement_signing_input(signed.statement), signed.signature)
         except (crypto.CryptoError, RemoteProtocolError) as exc:
-            peer_log.info(session.name, "dropped SEND from %s: %s", session.name, exc)
-            return []
+            # Its sequence is out of step from now on: the session ends, and the client logs in again and
+            # re-sends what was not accepted. The answer names the statement when it could be read, never why.
+            peer_log.info(session.name, "refused a SEND from %s (%s); ending the session", session.name, exc)
+            seq, message_id = (statement.seq, statement.message_id) if statement else (None, "")
+            return self._close(session, p.RefusedEvent(seq, message_id), "connection lost")
         session.seq_in = statement.seq
         if statement.kind == "chat":
-            problem = p.text_problem(statement.body, self.config.max_text_bytes)
-            if problem is None and statement.timestamp is None:
-                problem = f"its time stamp is not a time from 1970 to 2100 (ts must be 0 to {p.MAX_TIMESTAMP})"
-            if problem is None and statement.to is not None and statement.to not in self.by_name:
-                problem = f"{statement.to} is not online"
-            if problem is None and not session.messages.take(now):
-                limit = self.config.messages_per_second_per_user
-                problem = f"you are sending more than {limit:g} messages per second"
-            if problem:
-                preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
-                message = f"not delivered: {problem}: {preview!r}"
-                return self._event(session, {"type": "error", "message": message})
-            # Stamped with the broker's clock (like IRCv3 server-time): clients show this, not the author's ts.
-            stamped = {**signed.to_doc(), "received": round(self.wall_clock(), 3)}
-            event = {"type": "chat", **stamped}
-            if statement.to is not None:
-                return self._event(self.sessions[self.by_name[statement.to]], event)
-            self.history.append((stamped, session.info))
-            return self._broadcast(event, exclude=session.identity)
+            return self._on_chat(session, signed, statement, now)
         if statement.kind == "who":
-            users = [p.user_info_doc(u) for u in self.online()]
-            return self._event(session, {"type": "who", "users": users})
+            return self._event(session, p.WhoEvent(tuple(self.online())).to_doc())
         if statement.kind == "shutdown":
             if session.name in self.config.admins:
                 log.info("shutdown requested by %s", session.name)
                 self.shutdown_requested_by = session.name
                 return []
             message = "/shutdown refused: only admins listed in the broker's config.json may stop it"
-            return self._event(session, {"type": "error", "message": message})
+            return self._event(session, p.ErrorEvent(message).to_doc())
         log.info("%s left", session.name)
         return self._remove(session, "left")
+
+    def _on_chat(self, session: Session, signed: p.SignedStatement, statement: p.Statement, now: float) -> list[Work]:
+        """Keep a chat message in the store, send it on, and answer the sender once it is committed."""
+        message_id, to = statement.message_id, statement.to
+        try:
+            earlier = self.store.seen(session.name, message_id)
+        except StoreError as exc:
+            return self._failed(session, statement, f"not stored: {exc}")
+        if earlier is not None:  # a re-send of a message we have: say so again, deliver nothing
+            return self._after_commit(session, p.AcceptedEvent(message_id, earlier, duplicate=True))
+        problem = p.text_problem(statement.body, self.config.max_text_bytes)
+        if problem is None and statement.timestamp is None:
+            problem = f"its time stamp is not a time from 1970 to 2100 (ts must be 0 to {p.MAX_TIMESTAMP})"
+        recipient = None if to is None or problem else self.registry.registered(to)
+        if problem is None and to is not None and recipient is None:
+            problem = f"nobody is registered here as {to}"
+        if problem is None and not session.messages.take(now):
+            problem = f"you are sending more than {self.config.messages_per_second_per_user:g} messages per second"
+        if problem:
+            return self._failed(session, statement, problem)
+        # Stamped with the broker's clock (like IRCv3 server-time): clients show this, not the author's ts.
+        received = round(self.wall_clock(), 3)
+        live = p.ChatEvent(signed, received).to_doc()
+        if to is None:
+            kept = p.ChatEvent(signed, received, session.info, history=True).to_doc()
+            try:
+                self.store.add_chat(session.name, message_id, received, kept)
+            except StoreError as exc:
+                return self._failed(session, statement, f"not stored: {exc}")
+            self.history.append(kept)
+            return self._after_commit(session, p.AcceptedEvent(message_id, received)) + self._broadcast(
+                live, exclude=session.identity
+            )
+        if recipient is None:  # checked above
+            return []
+        # Kept until its recipient acknowledges it, sealed to the recipient: a copy of the database shows nothing.
+        mail = p.ChatEvent(signed, received, session.info, away=True).to_doc()
+        sealed = crypto.seal(recipient.key, p.dump_doc(mail), p.MAIL_CONTEXT)
+        online = self.by_name.get(to)
+        try:
+            count, size = self.store.mailbox_usage(to)
+            full = count >= self.config.mailbox_messages or size + len(sealed) > self.config.mailbox_bytes
+            if online is None and full:  # the limits are for people away: an online recipient's mail is in transit
+                return self._failed(session, statement, f"{to}'s mailbox is full ({count} messages waiting)")
+            row = self.store.add_mail(to, session.name, message_id, received, sealed)
+        except StoreError as exc:
+            return self._failed(session, statement, f"not stored: {exc}")
+        self.uncommitted_mail.add(row)
+        out = self._after_commit(session, p.AcceptedEvent(message_id, received, queued=online is None))
+        if online is not None:
+            out += self._event(self.sessions[online], live, row)
+        return out
+
+    def _failed(self, session: Session, statement: p.Statement, problem: str) -> list[Work]:
+        preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
+        return self._event(session, p.FailedEvent(statement.message_id, f"{problem}: {preview!r}").to_doc())
+
+    def _after_commit(self, session: Session, accepted: p.AcceptedEvent) -> list[Work]:
+        """`accepted` goes to the session at the next commit(), once what the store took is durable."""
+        self.awaiting_commit.append((session.identity, accepted))
+        self.store_dirty = True
+        return []
 
     def _acknowledged(self, session: Session, tag: bytes) -> list[Work]:
         """The session has read every EVENT up to the one `tag` names: send what waits, seal more backlog."""
@@ -515,8 +670,14 @@ class BrokerCore:
             sent, size = session.in_flight.popleft()
             session.in_flight_tags.discard(sent)
             session.in_flight_bytes -= size
+            session.acknowledged += 1
             if sent == tag:
                 break
+        read: list[int] = []  # kept private messages it has now read
+        while session.mail_seqs and session.mail_seqs[0][0] <= session.acknowledged:
+            read.append(session.mail_seqs.popleft()[1])
+        if read:
+            self._delete_mail(read)
         out: list[Work] = []
         while session.held and not self._window_full(session, len(session.held[0].frames[2])):
             item = session.held.popleft()
@@ -544,6 +705,14 @@ class BrokerCore:
             or len(session.in_flight) >= self.config.send_queue_limit // 2
         )
 
+    def _delete_mail(self, rows: list[int]) -> None:
+        try:
+            self.store.delete_mail(rows)
+        except StoreError as exc:  # it comes again at the next login; the client shows it once
+            log.error("%s", exc)
+            return
+        self.store_dirty = True
+
     def _end_revoked_sessions(self, now: float) -> list[Work]:
         """End sessions whose registered key was removed or replaced since they logged in."""
         out: list[Work] = []
@@ -553,39 +722,42 @@ class BrokerCore:
                 continue
             log.warning("%s: registered key removed or replaced; ending the session", session.name)
             reason = "your key is no longer registered with this broker"
-            out += self._close(session, reason, "key no longer registered")
+            out += self._close(session, p.ClosedEvent(reason), "key no longer registered")
         return out
 
     # ------------------------------------------------------------ helpers
 
-    def _close(self, session: Session, reason: str, public_reason: str) -> list[Work]:
-        """End a session for good: tell it why (it must not reconnect), tell the others it left.
+    def _close(self, session: Session, last: p.ClosedEvent | p.RefusedEvent, public_reason: str) -> list[Work]:
+        """End a session: tell it why (`closed`: for good; `refused`: log in again), tell the others it left.
 
         Its later frames are dropped, not answered with EVICTED: that would go out at once, and could
         overtake the `closed` still waiting to be sealed, and the client would reconnect.
         """
-        out = [] if session.gone else self._last_words(session, {"type": "closed", "reason": reason})
+        out = [] if session.gone else self._last_words(session, last.to_doc())
         return out + self._remove(session, public_reason)
 
     def _last_words(self, session: Session, event: dict[str, Any]) -> list[Work]:
-        """Everything still waiting for a session that ends now, then `event`, past its window."""
+        """Everything still waiting for a session that ends now (its login's replay aside), then `event`, past its
+        window. Kept mail it has not acknowledged stays kept: it comes again at its next login."""
         out: list[Work] = list(session.held)
         session.held.clear()
         backlog, session.backlog = session.backlog, collections.deque()
-        for waiting in [*backlog, *self._send_presence_events(session), event]:
+        session.replay.clear()
+        for waiting in [*(queued for queued, _ in backlog), *self._send_presence_events(session), event]:
             out += self._seal(session, waiting)
         return out
 
-    def _event(self, session: Session, event: dict[str, Any]) -> list[Work]:
+    def _event(self, session: Session, event: dict[str, Any], mail_row: int | None = None) -> list[Work]:
         """The job that seals one EVENT for one session (none for a session whose connection dropped).
 
         Joins and leaves still waiting for it go first: a member hears of a user before hearing from them.
+        `mail_row`: the event carries this kept private message, deleted once the session acknowledges it.
         """
         if session.gone:
             return []
-        return self._send_presence(session) + self._deliver(session, event)
+        return self._send_presence(session) + self._deliver(session, event, mail_row)
 
-    def _announce(self, change: dict[str, Any], exclude: bytes) -> None:
+    def _announce(self, change: p.JoinEvent | p.LeaveEvent, exclude: bytes) -> None:
         """A join or leave for everyone but `exclude`; it waits for flush_presence() or their next event."""
         for session in self.sessions.values():
             if session.identity != exclude and not session.gone:
@@ -601,39 +773,44 @@ class BrokerCore:
         self.presence_waiting.discard(session.identity)
         if not changes or session.gone:
             return []
-        return [changes[0] if len(changes) == 1 else {"type": "presence", "changes": changes}]
+        return [changes[0].to_doc() if len(changes) == 1 else p.PresenceEvent(tuple(changes)).to_doc()]
 
-    def _deliver(self, session: Session, event: dict[str, Any]) -> list[Work]:
-        """The job that seals `event` for `session`; behind its backlog, if it has one."""
-        if session.backlog:
-            self._defer(session, event)
+    def _deliver(self, session: Session, event: dict[str, Any], mail_row: int | None = None) -> list[Work]:
+        """The job that seals `event` for `session`; behind its replay and backlog, if it has them."""
+        if session.replay or session.backlog:
+            self._defer(session, event, mail_row)
             return []
-        return self._seal(session, event)
+        return self._seal(session, event, mail_row)
 
-    def _defer(self, session: Session, event: dict[str, Any]) -> None:
-        session.backlog.append(event)
+    def _defer(self, session: Session, event: dict[str, Any], mail_row: int | None) -> None:
+        session.backlog.append((event, mail_row))
         session.backlog_bytes += _estimate(event)
         too_much = session.backlog_bytes > self.config.send_queue_bytes
         if (too_much or len(session.backlog) > self.config.send_queue_limit) and session.identity in self.sessions:
             self.too_slow(session.identity, self.now)
 
     def _pump(self, session: Session) -> list[Work]:
-        """Seal the next backlog events while the session's window has room."""
+        """Seal the next replay or backlog events while the session's window has room."""
         out: list[Work] = []
         while (
-            session.backlog
+            (session.replay or session.backlog)
             and not session.held
             and session.sealing < BACKLOG_BATCH
             and not self._window_full(session, self.config.send_window_bytes // 2)
         ):
-            event = session.backlog.popleft()
-            session.backlog_bytes -= _estimate(event)
-            out += self._seal(session, event)
+            if session.replay:
+                event, mail_row = session.replay.popleft()
+            else:
+                event, mail_row = session.backlog.popleft()
+                session.backlog_bytes -= _estimate(event)
+            out += self._seal(session, event, mail_row)
         return out
 
-    def _seal(self, session: Session, event: dict[str, Any]) -> list[Work]:
+    def _seal(self, session: Session, event: dict[str, Any], mail_row: int | None = None) -> list[Work]:
         session.sealing += 1
         session.seq_out += 1
+        if mail_row is not None:
+            session.mail_seqs.append((session.seq_out, mail_row))
         info = session.info
         return [
             DeliveryJob(
@@ -650,14 +827,15 @@ class BrokerCore:
         self.presence_waiting.discard(session.identity)
         if self.by_name.get(session.name) == session.identity:
             del self.by_name[session.name]
-        self._announce({"type": "leave", "name": session.name, "reason": reason}, exclude=session.identity)
+        self._announce(p.LeaveEvent(session.name, reason), exclude=session.identity)
         return []
 
 
 def _estimate(event: dict[str, Any]) -> int:
-    """About how many bytes an event takes sealed: its signed statement (JSON-escaped twice) and the rest."""
-    signed = event.get("signed")
-    return 1024 + (2 * len(signed) if isinstance(signed, str) else 0)
+    """About how many bytes an event takes sealed: its signed statement (JSON-escaped twice) or its sealed mail,
+    and the rest."""
+    carried = event.get("signed", event.get("sealed"))
+    return 1024 + (2 * len(carried) if isinstance(carried, str) else 0)
 
 
 def _require_plaintext(plaintext: bytes | None) -> bytes:

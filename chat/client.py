@@ -1,4 +1,4 @@
-"""`ChatClient`: a logged-in chat session over a ZeroMQ DEALER socket, for people and bots.
+"""`ChatClient`: a chat client over a ZeroMQ DEALER socket, for people and bots, blocking (no asyncio).
 
     from chat.client import ChatClient
 
@@ -6,41 +6,30 @@
         for event in bot:
             ...
 
-It owns the socket, heartbeats, and reconnection: when the broker goes silent
-it emits `ConnectionLost`, retries with exponential backoff and logs in again
-(never after a deliberate shutdown). Protocol rules live in `chat.session`.
+The policy (login, heartbeats, reconnecting, the acknowledged outbox, key pins) is
+`chat.client_core.ClientCore`; the protocol is `chat.session`. This module owns
+the sockets: `SocketDriver` carries out a core's actions on a CurveZMQ DEALER
+and its handshake monitor and feeds it what they report (the asyncio driver,
+`chat.async_client`, uses it too), and `ChatClient` is the blocking loop around it.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import random
+import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
 
 import zmq
 
 import crypto
-from chat.errors import BrokerBusy, ConnectError, DeliveryGap, RemoteProtocolError
-from chat.events import (
-    ConnectionLost,
-    Event,
-    Joined,
-    KeyChanged,
-    Notice,
-    SessionClosed,
-    Shutdown,
-    UserInfo,
-    Welcome,
-    WhoList,
-)
+from chat.client_core import DEFAULT_CONNECT_TIMEOUT, ClientCore, Connect, Disconnect, Send
+from chat.errors import ConnectError
+from chat.events import Event, UserInfo
 from chat.pins import PinStore, pins_path_for
-from chat.protocol import NAME_PATTERN, text_problem
-from chat.session import ClientSession, State
+from chat.session import ClientSession, SeenMessages
 from chat.transport import (
     HandshakeState,
     broker_curve_key,
@@ -52,25 +41,8 @@ from chat.transport import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONNECT_TIMEOUT = 5.0
-FIRST_RETRY_DELAY = 0.5
-MAX_RETRY_DELAY = 8.0
-MAX_QUEUED_WHILE_OFFLINE = 1000
-MAX_FRAMES_PER_POLL = 100
-
-
-class _Outgoing(NamedTuple):
-    text: str
-    to: str | None
-    action: bool
-
-
-def _users_in(event: Event) -> tuple[UserInfo, ...]:
-    if isinstance(event, Welcome | WhoList):
-        return event.users
-    if isinstance(event, Joined):
-        return (event.user,)
-    return ()
+MAX_FRAMES_PER_POLL = 100  # under a flood of deliveries the loop still gets round to heartbeats
+IDLE_WAIT = 0.5  # the longest a wait lasts when the core names no deadline
 
 
 def load_keys(
@@ -82,7 +54,121 @@ def load_keys(
     return crypto.load_private_key(Path(key_path), passphrase), broker
 
 
+def endpoint_for(host: str, port: int) -> str:
+    if not 0 < port < 65536:
+        raise ConnectError(f"port must be from 1 to 65535, not {port}")
+    return f"tcp://{host}:{port}"
+
+
+class SocketDriver:
+    """A `ClientCore`'s hands: one CurveZMQ DEALER at a time (and its handshake monitor), no waiting.
+
+    A loop waits on `sockets()` (or `core.next_deadline()`, see `wait_time()`) in its own way, blocking
+    or asyncio, then calls `handle()` with the sockets that are readable.
+    """
+
+    def __init__(
+        self,
+        core: ClientCore,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        curve_secret: bytes,
+        broker_curve: bytes,
+    ) -> None:
+        self.core = core
+        self.context = context
+        self.endpoint = endpoint
+        self.curve_secret = curve_secret  # the transport's key, derived from the RSA key once
+        self.broker_curve = broker_curve
+        self.socket: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
+        self._transport = HandshakeState()
+
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        """What to wait on for reading: the DEALER and its monitor, while there is one."""
+        return [sock for sock in (self.socket, self.monitor) if sock is not None]
+
+    def wait_time(self, now: float, limit: float) -> float:
+        """Seconds to wait at most: `limit`, or less when the core has something to do earlier."""
+        deadline = self.core.next_deadline()
+        wait = limit if deadline is None else min(limit, deadline - now)
+        return max(0.0, wait)
+
+    def handle(self, ready: Collection[zmq.Socket[bytes]], now: float) -> None:
+        """Feed the core what the ready sockets hold, let time pass, and carry out what it decided.
+
+        Raises ConnectError when the core closed for good during a first login (the socket is closed then).
+        """
+        try:
+            if self.monitor is not None and self.monitor in ready:
+                read_monitor(self.monitor, self._transport)
+                self.core.handshake(connected=self._transport.connected, secured=self._transport.secured)
+                if self._transport.refused:
+                    self.core.key_refused(now)
+            if self.socket is not None and self.socket in ready:
+                self.core.frames_received(self._read(), now)
+            self.core.tick(now)
+        finally:
+            self.perform()
+
+    def perform(self) -> bool:
+        """Carry out the core's actions; False if a Send would have blocked (the core then reconnects)."""
+        all_sent = True
+        while (action := self.core.next_action()) is not None:
+            if isinstance(action, Send):
+                if not self._queue(action.frames):
+                    all_sent = False
+                    try:
+                        self.core.send_blocked(time.monotonic())
+                    except ConnectError:
+                        self.perform()  # closed for good: close the socket before telling the caller
+                        raise
+            elif isinstance(action, Connect):
+                self._open()
+            elif isinstance(action, Disconnect):
+                self._close(action.linger)
+        return all_sent
+
+    def close(self) -> None:
+        """Close the socket now, whatever the core thinks (the core should be closed already)."""
+        self._close(0.0)
+
+    def _read(self) -> list[list[bytes]]:
+        batch: list[list[bytes]] = []
+        while self.socket is not None and len(batch) < MAX_FRAMES_PER_POLL:
+            try:
+                batch.append(self.socket.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return batch
+
+    def _queue(self, frames: list[bytes]) -> bool:
+        if self.socket is None:
+            return False
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def _open(self) -> None:
+        self._close(0.0)
+        self.socket = curve_dealer(self.context, self.curve_secret, self.broker_curve)
+        self.monitor = watch_handshake(self.socket)  # before connecting: its first event is not missed
+        self._transport = HandshakeState()
+        self.socket.connect(self.endpoint)
+
+    def _close(self, linger: float) -> None:
+        if self.socket is not None and self.monitor is not None:
+            stop_watching(self.socket, self.monitor)
+        if self.socket is not None:
+            self.socket.close(linger=int(linger * 1000))
+        self.socket, self.monitor = None, None
+
+
 class ChatClient:
+    """A chat client whose socket work happens while it is called: `poll()`, `receive()`, iteration, `login()`."""
+
     def __init__(
         self,
         host: str,
@@ -98,34 +184,25 @@ class ChatClient:
         pins_path: Path | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        if not 0 < port < 65536:
-            raise ConnectError(f"port must be from 1 to 65535, not {port}")
-        self.endpoint = f"tcp://{host}:{port}"
+        self.endpoint = endpoint_for(host, port)
         self.name = name
-        self.key = key
-        self.broker_key = broker_key.rsa
-        self.broker_curve = broker_curve_key(broker_key, "the broker's public key")
-        self.curve_secret = crypto.curve_secret(key)  # the transport's key, derived once
-        self.bot = bot
-        self.history = history
         self.pins = PinStore(pins_path)
-        self.reconnect = reconnect
-        self.connect_timeout = connect_timeout
+        self.core = ClientCore(
+            name,
+            key,
+            broker_key.rsa,
+            endpoint=self.endpoint,
+            bot=bot,
+            history=history,
+            reconnect=reconnect,
+            connect_timeout=connect_timeout,
+            pins=self.pins,
+            seen=SeenMessages(),
+        )
         self._own_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
-        self._socket: zmq.Socket[bytes] | None = None
-        self._handshake: zmq.Socket[bytes] | None = None  # the socket monitor: connected, secured, refused
-        self._transport = HandshakeState()
-        self.session = ClientSession(name, key, self.broker_key, bot=bot, history=history)
-        self._events: collections.deque[Event] = collections.deque()
-        self._outbox: collections.deque[_Outgoing] = collections.deque()
-        self._ever_logged_in = False
-        self._closed = False
-        self._attempt_deadline = 0.0
-        self._retry_at: float | None = None
-        self._retry_delay = FIRST_RETRY_DELAY
-        self._last_heard = 0.0
-        self._last_sent = 0.0
+        curve = broker_curve_key(broker_key, "the broker's public key")
+        self._driver = SocketDriver(self.core, self._context, self.endpoint, crypto.curve_secret(key), curve)
 
     # ------------------------------------------------------------ construction
 
@@ -171,7 +248,9 @@ class ChatClient:
     def login(self) -> None:
         """Connect and log in, blocking until the broker welcomed us (or ConnectError)."""
         self.start_login()
-        while self.session.state is not State.READY:
+        while not self.online:
+            if self.closed:
+                raise ConnectError("the client was closed while logging in")
             self.poll(0.1)
 
     def start_login(self) -> None:
@@ -180,42 +259,58 @@ class ChatClient:
         For programs that drive many clients from one loop (blocking in `login()`
         would starve the others' heartbeats). A `Welcome` event says it is done.
         """
-        self._start_attempt(time.monotonic())
+        self.core.start(time.monotonic())
+        self._driver.perform()
 
     # ------------------------------------------------------------ what a user does
 
     @property
     def online(self) -> bool:
         """Logged in right now."""
-        return self.session.state is State.READY
+        return self.core.online
 
     @property
     def roster(self) -> dict[str, UserInfo]:
         """Who is online, as the broker last told us (name -> UserInfo)."""
-        return self.session.roster
+        return self.core.roster
 
     @property
     def closed(self) -> bool:
         """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
-        return self._closed
+        return self.core.closed
 
-    def send(self, text: str, *, to: str | None = None, action: bool = False) -> None:
-        """Send a chat message to everyone else, or only to `to`. ValueError if the text cannot be sent.
+    @property
+    def session(self) -> ClientSession:
+        """The protocol session of the current connection (a new one after each reconnect)."""
+        return self.core.session
 
-        `action` marks a /me line. The broker answers a private message to someone offline with a Notice.
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Ids of the messages sent and not yet answered by the broker (Accepted or Failed), oldest first."""
+        return self.core.pending
 
-        While reconnecting, messages are queued (up to 1000; more raise ConnectError)
-        and sent after the next login.
+    def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
+        """Send a chat message to everyone else, or only to `to`; returns its message id.
+
+        `action` marks a /me line. ValueError if the text cannot be sent. The broker answers every
+        message with an `Accepted` event (`queued`: a private message kept for someone offline) or a
+        `Failed` event naming this id. Until then the message waits in the outbox, and is sent again
+        after a reconnect (up to 1000 waiting messages; more raise ConnectError).
         """
-        problem = text_problem(text, self.session.max_text_bytes)
-        if problem:
-            raise ValueError(problem)
-        if len(self._outbox) >= MAX_QUEUED_WHILE_OFFLINE:
-            raise ConnectError(f"not connected, and {MAX_QUEUED_WHILE_OFFLINE} messages are already waiting")
-        if to is not None and not NAME_PATTERN.fullmatch(to):
-            raise ValueError(f"invalid user name {to!r}")
-        self._outbox.append(_Outgoing(text, to, action))
-        self._flush_outbox()
+        message_id = self.core.say(text, time.monotonic(), to=to, action=action)
+        self._driver.perform()
+        return message_id
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until the broker answered every message sent so far; True if it has.
+
+        Their `Accepted` and `Failed` events are queued as usual. Call it before `close()` to leave without
+        messages whose fate is unknown.
+        """
+        deadline = time.monotonic() + timeout
+        while self.pending and not self.closed and (remaining := deadline - time.monotonic()) > 0:
+            self.poll(min(remaining, IDLE_WAIT))
+        return not self.pending
 
     def who(self) -> None:
         """Ask who is online; the answer arrives as a WhoList event."""
@@ -226,16 +321,16 @@ class ChatClient:
         self._request("shutdown")
 
     def receive(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None after `timeout` seconds (None waits forever)."""
+        """The next event, or None after `timeout` seconds (None waits forever) or once closed and drained."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._events:
-            if self._closed:
+        while not self.core.has_events:
+            if self.closed:
                 return None
-            remaining = 0.5 if deadline is None else deadline - time.monotonic()
+            remaining = IDLE_WAIT if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self.poll(min(remaining, 0.5))
-        return self._events.popleft()
+            self.poll(min(remaining, IDLE_WAIT))
+        return self.core.next_event()
 
     def __iter__(self) -> Iterator[Event]:
         """Every event, the last one included, until the client is closed (by you, a shutdown or the broker)."""
@@ -243,17 +338,15 @@ class ChatClient:
             yield event
 
     def close(self, say_bye: bool = True) -> None:
-        """Leave the chat (telling the broker when logged in) and close the socket. Idempotent."""
-        self._closed = True
-        if self._socket is not None:
-            if say_bye and self.online:
-                self._send(self.session.request("bye"))
-                self._close_socket(linger=1000)
-            else:
-                self._close_socket()
-        self.session.state = State.CLOSED
-        if self._own_context and not self._context.closed:
-            self._context.term()  # waits for the goodbye to be flushed (bounded by linger)
+        """Leave the chat (telling the broker when logged in) and close the socket. Idempotent.
+
+        Messages still waiting for the broker's answer get `Failed` events (take them with `drain()`).
+        """
+        self.core.close(time.monotonic(), say_bye=say_bye)
+        try:
+            self._driver.perform()
+        finally:
+            self._release()
 
     def __enter__(self) -> ChatClient:
         return self
@@ -271,181 +364,32 @@ class ChatClient:
         Queues any events (take them with `receive()` or `drain()`), keeps
         heartbeats and reconnection going, and returns which `also` sockets
         are readable, so a program can run one poll loop over the chat and its
-        own input. Raises ConnectError when the first login fails.
+        own input. It may return early, when the client has something to do.
+        Raises ConnectError when the first login fails.
         """
         poller = zmq.Poller()
-        if self._socket is not None:
-            poller.register(self._socket, zmq.POLLIN)
-        if self._handshake is not None:
-            poller.register(self._handshake, zmq.POLLIN)
-        for sock in also:
+        for sock in (*self._driver.sockets(), *also):
             poller.register(sock, zmq.POLLIN)
-        ready = dict(poller.poll(int(max(0.0, timeout) * 1000)))
-        if (
-            self._handshake is not None
-            and self._handshake in ready
-            and read_monitor(self._handshake, self._transport).refused
-        ):
-            self._key_refused()
-        if self._socket is not None and self._socket in ready:
-            self._read_socket()
-        self._maintain(time.monotonic())
+        wait = self._driver.wait_time(time.monotonic(), max(0.0, timeout))
+        ready = dict(poller.poll(math.ceil(wait * 1000)))
+        try:
+            self._driver.handle(ready, time.monotonic())
+        finally:
+            if self.closed:
+                self._release()
         return [sock for sock in also if sock in ready]
 
     def drain(self) -> list[Event]:
         """All events received so far."""
-        events = list(self._events)
-        self._events.clear()
-        return events
+        return self.core.drain_events()
 
-    def _read_socket(self) -> None:
-        # Bounded: under a flood of deliveries the loop must still get round to sending heartbeats.
-        for _ in range(MAX_FRAMES_PER_POLL):
-            if self._socket is None:
-                return
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._last_heard = time.monotonic()
-            try:
-                events, reply = self.session.receive(frames)
-            except DeliveryGap as exc:
-                log.warning("deliveries from the broker were lost (%s); logging in again", exc)
-                self._connection_lost("messages from the broker were lost on the way", time.monotonic())
-                return
-            except RemoteProtocolError as exc:
-                log.debug("dropped a frame from the broker: %s", exc)
-                continue
-            except BrokerBusy:
-                if not self._ever_logged_in:
-                    self.close(say_bye=False)
-                    raise
-                self._connection_lost("the broker is busy", time.monotonic())
-                return
-            except ConnectError:
-                self.close(say_bye=False)
-                raise
-            except Exception:  # our bug, on one frame: skip it, keep the session
-                log.exception("could not handle a frame from the broker; skipped it")
-                continue
-            if reply is not None:
-                self._send(reply)
-            for event in events:
-                self._on_event(event)
-        self._acknowledge()
-
-    def _acknowledge(self) -> None:
-        """Tell the broker what we have read, so it sends more (its flow control)."""
-        if self._socket is not None:
-            ack = self.session.ack()
-            if ack is not None:
-                self._send(ack)
-
-    def _on_event(self, event: Event) -> None:
-        for user in _users_in(event):
-            pinned = self.pins.check(user.name, user.fingerprint)
-            if pinned is not None and user.name != self.name:
-                self._events.append(KeyChanged(user.name, pinned, user.fingerprint))
-        if isinstance(event, Welcome):
-            self._retry_delay = FIRST_RETRY_DELAY
-            self._ever_logged_in = True
-            self._flush_outbox()
-        self._events.append(event)
-        if isinstance(event, Shutdown | SessionClosed):
-            self.close(say_bye=False)
-        elif isinstance(event, Notice) and self.session.state is State.CLOSED:
-            self._connection_lost("evicted by the broker", time.monotonic())
-
-    def _flush_outbox(self) -> None:
-        """Send queued messages while logged in; a message the socket refuses goes back to the front."""
-        while self._outbox and self.online:
-            message = self._outbox.popleft()
-            if not self._send(self.session.say(message.text, to=message.to, action=message.action)):
-                # The statement number is spent: only a fresh session can continue in order.
-                self._outbox.appendleft(message)
-                self._connection_lost("the queue to the broker is full", time.monotonic())
-
-    def _maintain(self, now: float) -> None:
-        if self._closed:
-            return
-        state = self.session.state
-        if self._retry_at is not None:
-            if now >= self._retry_at:
-                self._start_attempt(now)
-        elif state in (State.HELLO_SENT, State.LOGIN_SENT):
-            if now > self._attempt_deadline:
-                if not self._ever_logged_in:
-                    self.close(say_bye=False)
-                    if self._transport.connected and not self._transport.secured:
-                        raise ConnectError(
-                            f"the broker at {self.endpoint} did not complete the encrypted handshake: the pinned"
-                            " broker key is not this broker's key (copy its keys/broker.pub again)"
-                        )
-                    raise ConnectError(
-                        f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
-                        " (is it running, and is this its key?)"
-                    )
-                self._connection_lost("login attempt timed out", now)
-        elif state is State.READY:
-            if now - self._last_heard > self.session.heartbeat_timeout:
-                self._connection_lost("the broker stopped answering", now)
-            elif now - self._last_sent >= self.session.heartbeat_interval:
-                self._send(self.session.ping())
-
-    def _key_refused(self) -> None:
-        """The broker refused our key at the transport: it is not registered there, or no longer."""
-        self.close(say_bye=False)
-        if not self._ever_logged_in:
-            raise ConnectError(
-                f"login refused: the broker does not accept {self.name!r} with this key (is the user registered?)"
-            )
-        self._events.append(SessionClosed("the broker no longer accepts your key"))
-
-    def _close_socket(self, linger: int = 0) -> None:
-        if self._socket is not None and self._handshake is not None:
-            stop_watching(self._socket, self._handshake)
-        if self._socket is not None:
-            self._socket.close(linger=linger)
-        self._socket, self._handshake = None, None
-
-    def _connection_lost(self, reason: str, now: float) -> None:
-        self._close_socket()
-        self.session.state = State.CLOSED
-        if not self.reconnect:
-            self.close(say_bye=False)
-            raise ConnectError(f"connection to the broker lost: {reason}")
-        delay = self._retry_delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
-        self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
-        self._retry_at = now + delay
-        self._events.append(ConnectionLost(reason, round(delay, 1)))
-
-    def _start_attempt(self, now: float) -> None:
-        self._retry_at = None
-        self._close_socket()
-        self._socket = curve_dealer(self._context, self.curve_secret, self.broker_curve)
-        self._handshake = watch_handshake(self._socket)  # before connecting: its first event is not missed
-        self._transport = HandshakeState()
-        self._socket.connect(self.endpoint)
-        self.session = ClientSession(self.name, self.key, self.broker_key, bot=self.bot, history=self.history)
-        self._last_heard = now
-        self._attempt_deadline = now + self.connect_timeout
-        self._send(self.session.hello())
+    def _release(self) -> None:
+        """Closed for good: the socket goes, and the context too when it is ours."""
+        self._driver.close()
+        if self._own_context and not self._context.closed:
+            self._context.term()  # waits for a goodbye to be flushed (bounded by its linger)
 
     def _request(self, kind: str) -> None:
-        if not self.online:
+        self.core.request(kind, time.monotonic())
+        if not self._driver.perform():
             raise ConnectError("not connected to the broker right now")
-        if not self._send(self.session.request(kind)):
-            self._connection_lost("the queue to the broker is full", time.monotonic())
-            raise ConnectError("not connected to the broker right now")
-
-    def _send(self, frames: list[bytes]) -> bool:
-        """Queue frames on the socket without blocking; False if there is no room (or no socket)."""
-        if self._socket is None:
-            return False
-        try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        self._last_sent = time.monotonic()
-        return True

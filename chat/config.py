@@ -1,4 +1,4 @@
-"""config.json: the broker's address, admins, key directory and limits.
+"""config.json: the broker's address, admins, key and data directories, and limits.
 
 Only `server_ip` and `server_port` are required; every other key has a safe
 default. Relative paths are taken relative to the config file's directory.
@@ -30,6 +30,7 @@ class Config:
     server_port: int
     admins: frozenset[str] = frozenset()
     keys_dir: Path = Path("keys")
+    data_dir: Path = Path("data")  # the broker's database (history, offline mail), created on first start
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 6.0
@@ -41,6 +42,10 @@ class Config:
     handshakes_per_second_per_source: float = 20.0
     messages_per_second_per_user: float = 20.0
     history_size: int = 100
+    history_days: float = 30.0  # room messages older than this are dropped (0: kept however old)
+    mailbox_messages: int = 500  # private messages kept for one offline user, at most
+    mailbox_bytes: int = 4 * 1024 * 1024  # ... and their size
+    mailbox_days: float = 30.0  # a kept private message not collected by then is dropped
     history_replay_bytes: int = 1024 * 1024  # a login replays at most this much of the history
     send_window_bytes: int = 1024 * 1024  # EVENT bytes sent to a session and not yet acknowledged, at most
     send_queue_bytes: int = 8 * 1024 * 1024  # EVENT bytes waiting for a session's window: more, it is too slow
@@ -54,6 +59,7 @@ _KNOWN_KEYS = {
     "server_port",
     "admins",
     "keys_dir",
+    "data_dir",
     "max_text_bytes",
     "heartbeat_interval",
     "heartbeat_timeout",
@@ -65,6 +71,10 @@ _KNOWN_KEYS = {
     "handshakes_per_second_per_source",
     "messages_per_second_per_user",
     "history_size",
+    "history_days",
+    "mailbox_messages",
+    "mailbox_bytes",
+    "mailbox_days",
     "history_replay_bytes",
     "send_window_bytes",
     "send_queue_bytes",
@@ -105,24 +115,24 @@ def parse_config(raw: Any, source: Path) -> Config:
     keys_dir = raw.get("keys_dir", "keys")
     if not isinstance(keys_dir, str) or not keys_dir:
         raise ConfigError("'keys_dir' must be a path")
+    data_dir = raw.get("data_dir", "data")
+    if not isinstance(data_dir, str) or not data_dir:
+        raise ConfigError("'data_dir' must be a path")
     interval = _number(raw, "heartbeat_interval", 1.0, 0.05, 60, integer=False)
     timeout = _number(raw, "heartbeat_timeout", 6.0, 0.2, 600, integer=False)
     if timeout < 2 * interval:
         raise ConfigError("'heartbeat_timeout' must be at least twice 'heartbeat_interval'")
     history_size = _number(raw, "history_size", 100, 0, 10_000, integer=True)
     send_queue_limit = _number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True)
-    if history_size + 10 > send_queue_limit:
-        raise ConfigError("'history_size' must be at least 10 below 'send_queue_limit' (a login replays the history)")
     history_replay_bytes = _number(raw, "history_replay_bytes", 1024 * 1024, 0, 1 << 30, integer=True)
     send_window_bytes = _number(raw, "send_window_bytes", 1024 * 1024, 64 * 1024, 1 << 30, integer=True)
     send_queue_bytes = _number(raw, "send_queue_bytes", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True)
-    if history_replay_bytes >= send_queue_bytes:
-        raise ConfigError("'history_replay_bytes' must be below 'send_queue_bytes' (a login replays the history)")
     return Config(
         server_ip=ip,
         server_port=port,
         admins=frozenset(admins),
         keys_dir=(source.parent / keys_dir),
+        data_dir=(source.parent / data_dir),
         max_text_bytes=_number(raw, "max_text_bytes", DEFAULT_MAX_TEXT_BYTES, 1, 1024 * 1024, integer=True),
         heartbeat_interval=float(interval),
         heartbeat_timeout=float(timeout),
@@ -136,6 +146,10 @@ def parse_config(raw: Any, source: Path) -> Config:
         ),
         messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
         history_size=history_size,
+        history_days=float(_number(raw, "history_days", 30.0, 0, 100_000, integer=False)),
+        mailbox_messages=_number(raw, "mailbox_messages", 500, 0, 100_000, integer=True),
+        mailbox_bytes=_number(raw, "mailbox_bytes", 4 * 1024 * 1024, 0, 1 << 30, integer=True),
+        mailbox_days=float(_number(raw, "mailbox_days", 30.0, 0.001, 100_000, integer=False)),
         history_replay_bytes=history_replay_bytes,
         send_window_bytes=send_window_bytes,
         send_queue_bytes=send_queue_bytes,

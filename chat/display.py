@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import wcwidth
 
 from chat.events import (
+    Accepted,
     ChatMessage,
     ConnectionLost,
     Event,
+    Failed,
     Joined,
     KeyChanged,
     Left,
@@ -85,6 +87,11 @@ def shown_time(message: ChatMessage) -> float:
     return message.timestamp if message.received is None else message.received
 
 
+def preview(text: str, limit: int = 40) -> str:
+    """The first `limit` characters of a message (with … when longer) in Python quotes, e.g. 'are you there?'."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def text_width(text: str) -> int:
     """Terminal columns `text` takes once its colour codes are removed."""
     return max(0, wcwidth.wcswidth(_ANSI.sub("", text)))
@@ -140,6 +147,22 @@ class Display:
     def warning(self, text: str) -> str:
         return self._line(None, self.paint("! ", BOLD_RED), text, BOLD_RED)
 
+    def failed(self, reason: str, text: str | None = None) -> str:
+        """`! not delivered: <reason>: <preview>`: a message of ours (`text`, when known) was not delivered.
+
+        A reason of the client's own ("not sent: ...", "not confirmed: ..." after a close) is shown as it is.
+        """
+        reason = reason.removeprefix("not delivered: ")
+        if not reason.startswith(("not sent: ", "not confirmed: ")):  # those two are the client's own words
+            reason = f"not delivered: {reason}"
+        if text is not None and not reason.endswith(preview(text)):  # the broker's reasons quote it already
+            reason = f"{reason}: {preview(text)}"
+        return self.warning(printable(reason))
+
+    def queued(self, to: str, text: str) -> str:
+        """`* queued for bob (offline): <preview>`: a private message the broker keeps until its recipient logs in."""
+        return self.system(f"queued for {printable(to)} (offline): {preview(text)}")
+
     def format(self, event: Event) -> str:
         """The text for one event; a chat message is one line unless wrapped for a terminal."""
         if isinstance(event, ChatMessage):
@@ -147,6 +170,7 @@ class Display:
                 (
                     self.paint("(history) ", DIM) if event.history else "",
                     self.paint("(private) ", MAGENTA) if event.private else "",
+                    self.paint("(while you were away) ", MAGENTA) if event.away else "",
                 )
             )
             if event.action:
@@ -175,6 +199,10 @@ class Display:
             )
         if isinstance(event, Notice):
             return self.warning(printable(event.message))
+        if isinstance(event, Failed):
+            return self.failed(event.reason)
+        if isinstance(event, Accepted):
+            return self.system(f"message {event.message_id} {'queued' if event.queued else 'accepted'}")
         if isinstance(event, Shutdown):
             return self.system(f"the broker is shutting down ({printable(event.by)}); goodbye")
         if isinstance(event, SessionClosed):

@@ -5,7 +5,8 @@ ChatError
 │   ├── LocalProtocolError   we tried to do something the protocol forbids (our bug or misuse)
 │   └── RemoteProtocolError  the peer sent something malformed, forged, replayed or out of order
 ├── ConfigError              a configuration file or value a person wrote is wrong
-└── ConnectError             the broker is unreachable, refused us, or failed to authenticate
+├── ConnectError             the broker is unreachable, refused us, or failed to authenticate
+└── StatementRefused         the broker refused a statement of ours and ended the session: log in again
 """
 
 
@@ -39,3 +40,15 @@ class BrokerBusy(ConnectError):
 
 class DeliveryGap(RemoteProtocolError):
     pass
+
+
+class StatementRefused(ChatError):
+    """The broker could not accept one of our statements and ended the session; a new login resyncs.
+
+    `seq` and `message_id` name the statement when the broker could read it (None and "" otherwise).
+    """
+
+    def __init__(self, message: str, seq: int | None = None, message_id: str = "") -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.message_id = message_id

@@ -27,8 +27,9 @@ class Event:
 @dataclass(frozen=True)
 class ChatMessage(Event):
     """A message, its author verified. `private`: sent to us alone; `action`: a /me line;
-    `history`: from before we logged in, replayed by the broker. `timestamp` is the author's claim;
-    `received` the broker's receive time (Unix seconds) when it stamped one, which is what clients show."""
+    `history`: from before we logged in, replayed by the broker; `away`: a private message kept for us
+    while we were offline. `timestamp` is the author's claim; `received` the broker's receive time
+    (Unix seconds), which is what clients show. `message_id` is the author's id for the message."""
 
     sender: str
     text: str
@@ -37,6 +38,27 @@ class ChatMessage(Event):
     action: bool = False
     history: bool = False
     received: float | None = None
+    message_id: str = ""
+    away: bool = False
+
+
+@dataclass(frozen=True)
+class Accepted(Event):
+    """The broker stored our message `message_id` and sent it on. `queued`: a private message for someone
+    offline, delivered when they log in. `duplicate`: it had it already (we sent it again after a reconnect)."""
+
+    message_id: str
+    received: float
+    queued: bool = False
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    """The broker did not deliver or keep our message `message_id`; `reason` says why. It will not be re-sent."""
+
+    message_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -121,7 +143,19 @@ def to_dict(event: Event) -> dict[str, object]:
             "private": event.private,
             "action": event.action,
             "history": event.history,
+            "away": event.away,
+            "id": event.message_id,
         }
+    if isinstance(event, Accepted):
+        return {
+            "type": "acked",
+            "id": event.message_id,
+            "ts": _json_time(event.received),
+            "queued": event.queued,
+            "duplicate": event.duplicate,
+        }
+    if isinstance(event, Failed):
+        return {"type": "failed", "id": event.message_id, "reason": event.reason}
     if isinstance(event, KeyChanged):
         return {"type": "key_changed", "name": event.name, "pinned": event.pinned, "seen": event.seen}
     if isinstance(event, Welcome):

@@ -1,7 +1,7 @@
-"""Wire protocol zchat/2, without I/O: frames, documents, signing inputs, limits.
+"""Wire protocol zchat/3, without I/O: frames, documents, signing inputs, limits.
 
 Every ZeroMQ message between a client (DEALER) and the broker (ROUTER) has
-exactly three frames: the marker b"zchat/2", a command name, and a body. A
+exactly three frames: the marker b"zchat/3", a command name, and a body. A
 body is either empty (PING, REFUSED, EVICTED, BUSY), the 16 bytes of an ACK,
 or a hybrid envelope (see `crypto.envelope`) whose plaintext is a UTF-8 JSON
 object. The transport under it is CurveZMQ (`chat.transport`, `chat.admission`). docs/PROTOCOL.md is
@@ -18,6 +18,7 @@ import binascii
 import json
 import math
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ import crypto
 from chat.errors import LocalProtocolError, RemoteProtocolError
 from chat.events import UserInfo
 
-MARKER = b"zchat/2"
+MARKER = b"zchat/3"
 
 # Commands a client sends.
 HELLO = b"HELLO"
@@ -51,6 +52,7 @@ DELIVERY_KEY_BYTES = 32
 # Broker frames can carry the whole roster (about 1 KiB per user online): clients accept up to this.
 MAX_BROKER_BODY = 16 * 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a chat statement's id, chosen by its author
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 MAX_SEQ = 2**53 - 1
 ACK_BYTES = 16  # an ACK names an EVENT by the last 16 bytes of its body (AES-GCM output: only its reader knows them)
@@ -187,6 +189,13 @@ def get_name(doc: dict[str, Any], key: str) -> str:
     return value
 
 
+def get_message_id(doc: dict[str, Any], key: str) -> str:
+    value = get_str(doc, key)
+    if not MESSAGE_ID_PATTERN.fullmatch(value):
+        raise RemoteProtocolError(f"field {key!r} is not a message id (1-64 of A-Z a-z 0-9 _ -)")
+    return value
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -212,6 +221,11 @@ def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise LocalProtocolError(f"invalid name {name!r}: use 1-32 of A-Z a-z 0-9 _ -")
     return name
+
+
+def new_message_id() -> str:
+    """A fresh chat message id: 128 random bits, base64url without padding (22 characters)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
 
 
 def text_problem(text: str, max_text_bytes: int) -> str | None:
@@ -340,7 +354,8 @@ class Statement:
     `text` is the JSON document exactly as signed; the parsed fields are kept
     beside it so the signed bytes never have to be re-serialised. A chat
     statement may be private (`to` names its only recipient) and may be an
-    action (`/me waves`).
+    action (`/me waves`). A chat statement carries its author's message `id`, which
+    stays the same when the message is sent again in a later session.
     """
 
     kind: str
@@ -352,6 +367,7 @@ class Statement:
     text: str
     to: str | None = None
     action: bool = False
+    message_id: str = ""  # chat statements only
 
     @classmethod
     def build(
@@ -365,6 +381,7 @@ class Statement:
         *,
         to: str | None = None,
         action: bool = False,
+        message_id: str = "",
     ) -> Statement:
         if kind not in STATEMENT_KINDS:
             raise LocalProtocolError(f"unknown statement kind {kind!r}")
@@ -376,12 +393,16 @@ class Statement:
             "ts": timestamp,
         }
         if kind == "chat":
+            if not MESSAGE_ID_PATTERN.fullmatch(message_id):
+                raise LocalProtocolError(f"invalid message id {message_id!r}")
+            doc["id"] = message_id
             doc["text"] = body
             if to is not None:
                 doc["to"] = check_name(to)
             if action:
                 doc["action"] = True
-        return cls(kind, sender, session, seq, timestamp, body, dump_doc(doc).decode("utf-8"), to, action)
+        text = dump_doc(doc).decode("utf-8")
+        return cls(kind, sender, session, seq, timestamp, body, text, to, action, message_id if kind == "chat" else "")
 
     @classmethod
     def parse(cls, text: str) -> Statement:
@@ -400,6 +421,7 @@ class Statement:
             text,
             get_name(doc, "to") if chat and "to" in doc else None,
             get_bool(doc, "action") if chat and "action" in doc else False,
+            get_message_id(doc, "id") if chat else "",
         )
 
 
@@ -476,3 +498,302 @@ class Delivery:
         if not isinstance(event, dict):
             raise RemoteProtocolError("delivery without event object")
         return cls(get_str(doc, "session"), get_int(doc, "seq", 1), event, get_str(event, "type"))
+
+
+# ---------------------------------------------------------------- events (what a delivery carries)
+#
+# One typed class per event type, encoded by the broker (`to_doc()`) and decoded by the client (`decode_event()`)
+# through the same code. Decoding checks types and ranges; what a field means (is a key real, does a signature
+# verify) is the client session's business.
+
+
+@dataclass(frozen=True)
+class WelcomeEvent:
+    name: str
+    users: tuple[UserInfo, ...]
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    max_text_bytes: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "type": "welcome",
+            "name": self.name,
+            "users": [user_info_doc(u) for u in self.users],
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "max_text_bytes": self.max_text_bytes,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> WelcomeEvent:
+        return cls(
+            get_name(doc, "name"),
+            parse_user_list(doc, "users"),
+            get_float(doc, "heartbeat_interval"),
+            get_float(doc, "heartbeat_timeout"),
+            get_int(doc, "max_text_bytes", 1, 1 << 24),
+        )
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """A chat statement relayed with its author's signature, stamped with the broker's `received` time.
+
+    `history`: replayed from the room's history after the welcome; `away`: a private message kept while its
+    recipient was offline. Both come with `author`, the author's user object (the author may be offline).
+    """
+
+    statement: SignedStatement
+    received: float
+    author: UserInfo | None = None
+    history: bool = False
+    away: bool = False
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": "chat", **self.statement.to_doc(), "received": self.received}
+        if self.history:
+            doc["history"] = True
+        if self.away:
+            doc["away"] = True
+        if self.author is not None:
+            doc["author"] = user_info_doc(self.author)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> ChatEvent:
+        history, away = doc.get("history") is True, doc.get("away") is True
+        author = parse_user_info(doc.get("author")) if history or away else None
+        statement = SignedStatement.from_doc(doc, max_text_bytes)
+        return cls(statement, get_timestamp(doc, "received"), author, history, away)
+
+
+@dataclass(frozen=True)
+class MailEvent:
+    """A private message kept for us while we were away: a `chat` event (with `away` and `author`) sealed to our
+    own key when the broker stored it, so that only we can read it (context MAIL_CONTEXT)."""
+
+    sealed: bytes
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "mail", "sealed": b64(self.sealed)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> MailEvent:
+        return cls(get_b64(doc, "sealed", max_length=MAX_BROKER_BODY))
+
+
+MAIL_CONTEXT = MARKER + b"|MAIL"
+
+
+@dataclass(frozen=True)
+class JoinEvent:
+    user: UserInfo
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "join", "user": user_info_doc(self.user)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> JoinEvent:
+        return cls(parse_user_info(doc.get("user")))
+
+
+@dataclass(frozen=True)
+class LeaveEvent:
+    name: str
+    reason: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "leave", "name": self.name, "reason": self.reason}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> LeaveEvent:
+        return cls(get_name(doc, "name"), get_str(doc, "reason"))
+
+
+@dataclass(frozen=True)
+class PresenceEvent:
+    """Several joins and leaves for one member, in the order they happened."""
+
+    changes: tuple[JoinEvent | LeaveEvent, ...]
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "presence", "changes": [change.to_doc() for change in self.changes]}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> PresenceEvent:
+        changes = doc.get("changes")
+        if not isinstance(changes, list) or not changes:
+            raise RemoteProtocolError("presence without changes")
+        parsed: list[JoinEvent | LeaveEvent] = []
+        for change in changes:
+            kind = change.get("type") if isinstance(change, dict) else None
+            if kind == "join":
+                parsed.append(JoinEvent.from_doc(change))
+            elif kind == "leave":
+                parsed.append(LeaveEvent.from_doc(change))
+            else:
+                raise RemoteProtocolError(f"a presence change of type {kind!r}")
+        return cls(tuple(parsed))
+
+
+@dataclass(frozen=True)
+class WhoEvent:
+    users: tuple[UserInfo, ...]
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "who", "users": [user_info_doc(u) for u in self.users]}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> WhoEvent:
+        return cls(parse_user_list(doc, "users"))
+
+
+@dataclass(frozen=True)
+class AcceptedEvent:
+    """Our chat statement `id` is kept by the broker (committed to its database) and on its way.
+
+    `queued`: a private message whose recipient is offline, stored until they log in. `duplicate`: the broker had
+    already accepted a statement with this id (a re-send); nothing was delivered again.
+    """
+
+    message_id: str
+    received: float
+    queued: bool = False
+    duplicate: bool = False
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": "accepted", "id": self.message_id, "received": self.received}
+        if self.queued:
+            doc["queued"] = True
+        if self.duplicate:
+            doc["duplicate"] = True
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> AcceptedEvent:
+        return cls(
+            get_message_id(doc, "id"),
+            get_timestamp(doc, "received"),
+            doc.get("queued") is True,
+            doc.get("duplicate") is True,
+        )
+
+
+@dataclass(frozen=True)
+class FailedEvent:
+    """Our chat statement `id` was not delivered and not kept; `reason` is for a person to read."""
+
+    message_id: str
+    reason: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "failed", "id": self.message_id, "reason": self.reason}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> FailedEvent:
+        return cls(get_message_id(doc, "id"), get_str(doc, "reason"))
+
+
+@dataclass(frozen=True)
+class RefusedEvent:
+    """A SEND of ours failed the broker's checks; the session is over, log in again and re-send.
+
+    `seq` and `message_id` name the statement when the broker could read them (None and "" otherwise).
+    """
+
+    seq: int | None
+    message_id: str
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": "refused"}
+        if self.seq is not None:
+            doc["seq"] = self.seq
+        if self.message_id:
+            doc["id"] = self.message_id
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> RefusedEvent:
+        seq = get_int(doc, "seq", 1) if "seq" in doc else None
+        return cls(seq, get_message_id(doc, "id") if "id" in doc else "")
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "error", "message": self.message}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ErrorEvent:
+        return cls(get_str(doc, "message"))
+
+
+@dataclass(frozen=True)
+class ClosedEvent:
+    reason: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "closed", "reason": self.reason}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ClosedEvent:
+        return cls(get_str(doc, "reason"))
+
+
+@dataclass(frozen=True)
+class ShutdownEvent:
+    by: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"type": "shutdown", "by": self.by}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ShutdownEvent:
+        return cls(get_str(doc, "by"))
+
+
+BrokerEvent = (
+    WelcomeEvent
+    | ChatEvent
+    | MailEvent
+    | JoinEvent
+    | LeaveEvent
+    | PresenceEvent
+    | WhoEvent
+    | AcceptedEvent
+    | FailedEvent
+    | RefusedEvent
+    | ErrorEvent
+    | ClosedEvent
+    | ShutdownEvent
+)
+
+_EVENT_CLASSES: dict[str, Any] = {
+    "welcome": WelcomeEvent,
+    "mail": MailEvent,
+    "join": JoinEvent,
+    "leave": LeaveEvent,
+    "presence": PresenceEvent,
+    "who": WhoEvent,
+    "accepted": AcceptedEvent,
+    "failed": FailedEvent,
+    "refused": RefusedEvent,
+    "error": ErrorEvent,
+    "closed": ClosedEvent,
+    "shutdown": ShutdownEvent,
+}
+
+
+def decode_event(doc: dict[str, Any], max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> BrokerEvent:
+    """The typed event for a delivery's `event` object; RemoteProtocolError for an unknown type or a bad field."""
+    kind = get_str(doc, "type")
+    if kind == "chat":
+        return ChatEvent.from_doc(doc, max_text_bytes)
+    cls = _EVENT_CLASSES.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown event type {kind!r}")
+    event: BrokerEvent = cls.from_doc(doc)
+    return event

@@ -4,24 +4,35 @@
 the broker into typed events (`chat.events`). It checks everything the broker
 sends: the broker's proof of its pinned key, each delivery's session and
 sequence number (so replayed, reordered or reflected frames are rejected), and
-each chat message's author signature.
+each chat message's author signature. Messages it has shown once (an author and
+a message id) are skipped when they come again, live, from the history or from
+the mailbox: `SeenMessages` outlives a session, so a reconnect shows nothing twice.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import crypto
 from chat import protocol as p
-from chat.errors import BrokerBusy, ConnectError, DeliveryGap, LocalProtocolError, RemoteProtocolError
+from chat.errors import (
+    BrokerBusy,
+    ConnectError,
+    DeliveryGap,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StatementRefused,
+)
 from chat.events import (
+    Accepted,
     ChatMessage,
     Event,
+    Failed,
     Joined,
     Left,
     Notice,
@@ -38,6 +49,27 @@ REFUSED_MESSAGE = (
     "login refused: the broker does not accept {name!r} with this key "
     "(is the name registered with this key, and is the broker key the right one?)"
 )
+
+
+SEEN_MESSAGES_KEPT = 10_000
+
+
+class SeenMessages:
+    """The (author, message id) pairs of the last messages shown, oldest forgotten first."""
+
+    def __init__(self, limit: int = SEEN_MESSAGES_KEPT) -> None:
+        self.limit = limit
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    def first_time(self, author: str, message_id: str) -> bool:
+        """True the first time a message is seen (and remember it); False for a message seen before."""
+        key = (author, message_id)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+        return True
 
 
 class State(enum.Enum):
@@ -64,8 +96,10 @@ class ClientSession:
         *,
         bot: bool = False,
         history: bool = True,
+        seen: SeenMessages | None = None,
     ) -> None:
         self.name = p.check_name(name)
+        self.seen = SeenMessages() if seen is None else seen
         self.key = key
         self.broker_key = broker_key
         self.bot = bot
@@ -93,14 +127,22 @@ class ClientSession:
         self.state = State.HELLO_SENT
         return p.encode_frames(p.HELLO, crypto.seal(self.broker_key, doc, p.context(p.HELLO)))
 
-    def say(self, text: str, *, to: str | None = None, action: bool = False) -> list[bytes]:
-        """Frames for a chat message (private when `to` is given); ValueError says why it cannot be sent."""
+    def say(self, text: str, *, to: str | None = None, action: bool = False, message_id: str = "") -> list[bytes]:
+        """Frames for a chat message (private when `to` is given); ValueError says why it cannot be sent.
+
+        `message_id` (`p.new_message_id()`, a fresh one when not given) names the message: the broker answers
+        it with an Accepted or Failed event, and a re-send in a later session keeps the same id so it is
+        delivered once.
+        """
+        message_id = message_id or p.new_message_id()
         problem = p.text_problem(text, self.max_text_bytes)
         if problem:
             raise ValueError(problem)
         if to is not None and not p.NAME_PATTERN.fullmatch(to):
             raise ValueError(f"invalid user name {to!r}")
-        return self._statement("chat", text, to=to, action=action)
+        if not p.MESSAGE_ID_PATTERN.fullmatch(message_id):
+            raise ValueError(f"invalid message id {message_id!r}")
+        return self._statement("chat", text, to=to, action=action, message_id=message_id)
 
     def request(self, kind: str) -> list[bytes]:
         """Frames for a command statement: "who", "shutdown" or "bye"."""
@@ -120,12 +162,22 @@ class ClientSession:
         tag, self._unacked_tag = self._unacked_tag, None
         return None if tag is None else p.encode_frames(p.ACK, tag)
 
-    def _statement(self, kind: str, body: str, *, to: str | None = None, action: bool = False) -> list[bytes]:
+    def _statement(
+        self, kind: str, body: str, *, to: str | None = None, action: bool = False, message_id: str = ""
+    ) -> list[bytes]:
         if self.state is not State.READY:
             raise LocalProtocolError("not logged in")
         self._seq_out += 1
         statement = p.Statement.build(
-            kind, self.name, self.session_id, self._seq_out, time.time(), body, to=to, action=action
+            kind,
+            self.name,
+            self.session_id,
+            self._seq_out,
+            time.time(),
+            body,
+            to=to,
+            action=action,
+            message_id=message_id,
         )
         signature = crypto.sign(self.key, p.statement_signing_input(statement.text))
         doc = p.SignedStatement(statement.text, signature).encode()
@@ -154,7 +206,6 @@ class ClientSession:
         if command == p.CHALLENGE and self.state is State.HELLO_SENT:
             return [], self._on_challenge(body)
         if command == p.EVENT and self.state in (State.LOGIN_SENT, State.READY):
-            self._unacked_tag = p.event_tag(body)  # read, so acknowledged, even if it turns out unusable
             return self._on_event(body), None
         raise RemoteProtocolError(f"unexpected {command.decode()} in state {self.state.value}")
 
@@ -197,8 +248,9 @@ class ClientSession:
             raise DeliveryGap(f"event sequence {delivery.seq}, expected {self._seq_in + 1}")
         if self.state is State.LOGIN_SENT and delivery.kind != "welcome":
             raise RemoteProtocolError("first event is not a welcome")
-        # Authentic and in order: it counts even if we cannot use it (a newer event type, say).
+        # Authentic and in order: it counts, and is acknowledged, even if we cannot use it (a newer event type, say).
         self._seq_in = delivery.seq
+        self._unacked_tag = p.event_tag(body)
         try:
             return self._interpret(delivery)
         except RemoteProtocolError as exc:
@@ -209,59 +261,71 @@ class ClientSession:
             return []
 
     def _interpret(self, delivery: p.Delivery) -> list[Event]:
-        event, kind = delivery.event, delivery.kind
-        if kind == "welcome":
-            if self.state is not State.LOGIN_SENT or p.get_name(event, "name") != self.name:
+        event = p.decode_event(delivery.event, self.max_text_bytes)
+        if isinstance(event, p.WelcomeEvent):
+            if self.state is not State.LOGIN_SENT or event.name != self.name:
                 raise RemoteProtocolError("unexpected welcome")
-            users = p.parse_user_list(event, "users")
-            self._peers = {u.name: self._peer(u) for u in users}
-            self.heartbeat_interval = p.get_float(event, "heartbeat_interval")
-            self.heartbeat_timeout = p.get_float(event, "heartbeat_timeout")
-            self.max_text_bytes = p.get_int(event, "max_text_bytes", 1, 1 << 24)
+            self._peers = {u.name: self._peer(u) for u in event.users}
+            self.heartbeat_interval = event.heartbeat_interval
+            self.heartbeat_timeout = event.heartbeat_timeout
+            self.max_text_bytes = event.max_text_bytes
             self.state = State.READY
             self._replaying_history = True
-            return [Welcome(self.name, users)]
-        if kind == "chat":
-            return [self._verify_chat(event)]
+            return [Welcome(self.name, event.users)]
+        if isinstance(event, p.ChatEvent):
+            if event.away:
+                raise RemoteProtocolError("a kept private message outside its sealed mail")
+            return self._chat(event)
         self._replaying_history = False
-        if kind in ("join", "leave"):
-            return self._presence([event])
-        if kind == "presence":
-            changes = event.get("changes")
-            if not isinstance(changes, list) or not changes:
-                raise RemoteProtocolError("presence without changes")
-            return self._presence(changes)
-        if kind == "who":
-            users = p.parse_user_list(event, "users")
-            for user in users:
+        if isinstance(event, p.MailEvent):
+            return self._chat(self._open_mail(event))
+        if isinstance(event, p.JoinEvent | p.LeaveEvent):
+            return self._presence((event,))
+        if isinstance(event, p.PresenceEvent):
+            return self._presence(event.changes)
+        if isinstance(event, p.WhoEvent):
+            for user in event.users:
                 self._peer(user)  # the same checks as the roster: a real key with that fingerprint
-            return [WhoList(users)]
-        if kind == "error":
-            return [Notice(p.get_str(event, "message"))]
-        if kind == "shutdown":
+            return [WhoList(event.users)]
+        if isinstance(event, p.AcceptedEvent):
+            return [Accepted(event.message_id, event.received, event.queued, event.duplicate)]
+        if isinstance(event, p.FailedEvent):
+            return [Failed(event.message_id, event.reason)]
+        if isinstance(event, p.ErrorEvent):
+            return [Notice(event.message)]
+        if isinstance(event, p.RefusedEvent):
             self.state = State.CLOSED
-            return [Shutdown(p.get_str(event, "by"))]
-        if kind == "closed":
+            named = f" (statement {event.seq}{', message ' + event.message_id if event.message_id else ''})"
+            message = "the broker refused a statement" + (named if event.seq is not None else "")
+            raise StatementRefused(message, event.seq, event.message_id)
+        if isinstance(event, p.ShutdownEvent):
             self.state = State.CLOSED
-            return [SessionClosed(p.get_str(event, "reason"))]
-        raise RemoteProtocolError(f"unknown event type {kind!r}")
+            return [Shutdown(event.by)]
+        self.state = State.CLOSED  # ClosedEvent, the last one left
+        return [SessionClosed(event.reason)]
 
-    def _presence(self, changes: list[Any]) -> list[Event]:
+    def _open_mail(self, mail: p.MailEvent) -> p.ChatEvent:
+        """A private message kept while we were away: sealed to our key, inside a chat event with `away`."""
+        try:
+            plaintext = crypto.open_envelope(self.key, mail.sealed, p.MAIL_CONTEXT)
+        except crypto.CryptoError:
+            raise RemoteProtocolError("a kept message that does not open with our key") from None
+        inner = p.decode_event(p.load_doc(plaintext), self.max_text_bytes)
+        if not isinstance(inner, p.ChatEvent) or not inner.away:
+            raise RemoteProtocolError("a kept message that is not a private message")
+        return inner
+
+    def _presence(self, changes: tuple[p.JoinEvent | p.LeaveEvent, ...]) -> list[Event]:
         """Joins and leaves, in order; the roster changes only if every one of them is well formed."""
         events: list[Event] = []
         updates: list[tuple[str, _Peer | None]] = []
         for change in changes:
-            kind = change.get("type") if isinstance(change, dict) else None
-            if kind == "join":
-                user = p.parse_user_info(change.get("user"))
-                updates.append((user.name, self._peer(user)))
-                events.append(Joined(user))
-            elif kind == "leave":
-                name = p.get_name(change, "name")
-                updates.append((name, None))
-                events.append(Left(name, p.get_str(change, "reason")))
+            if isinstance(change, p.JoinEvent):
+                updates.append((change.user.name, self._peer(change.user)))
+                events.append(Joined(change.user))
             else:
-                raise RemoteProtocolError(f"a presence change of type {kind!r}")
+                updates.append((change.name, None))
+                events.append(Left(change.name, change.reason))
         for name, peer in updates:
             if peer is None:
                 self._peers.pop(name, None)
@@ -284,17 +348,25 @@ class ClientSession:
         """Who is online, as the broker last told us."""
         return {name: peer.info for name, peer in self._peers.items()}
 
-    def _verify_chat(self, event: dict[str, Any]) -> ChatMessage:
-        signed = p.SignedStatement.from_doc(event, self.max_text_bytes)
+    def _chat(self, event: p.ChatEvent) -> list[Event]:
+        """A verified ChatMessage, or nothing for a message shown before (same author and message id)."""
+        message = self._verify_chat(event)
+        if not self.seen.first_time(message.sender, message.message_id):
+            log.debug("skipped a message from %s shown before", message.sender)
+            return []
+        return [message]
+
+    def _verify_chat(self, event: p.ChatEvent) -> ChatMessage:
+        signed = event.statement
         statement = p.Statement.parse(signed.statement)
-        history = event.get("history") is True
-        if history and not self._replaying_history:
+        if event.history and not self._replaying_history:
             raise RemoteProtocolError("history outside the replay that follows the welcome")
-        self._replaying_history = history
-        if history:  # the author may be gone: the broker names the key it registered
-            peer = self._peer(p.parse_user_info(event.get("author")))
+        if not event.away:
+            self._replaying_history = event.history
+        if event.author is not None:  # history or mail: the author may be gone; the broker names the key it registered
+            peer = self._peer(event.author)
             if peer.info.name != statement.sender:
-                raise RemoteProtocolError("history entry names another author")
+                raise RemoteProtocolError("a kept message that names another author")
         else:
             found = self._peers.get(statement.sender)
             if found is None:
@@ -304,13 +376,15 @@ class ClientSession:
             raise RemoteProtocolError("chat whose time stamp is not a time")
         if statement.kind != "chat" or statement.to not in (None, self.name):
             raise RemoteProtocolError("not a chat message for us")
+        if event.away and statement.to is None:
+            raise RemoteProtocolError("a kept message to the room")
         try:
             crypto.verify(peer.key, p.statement_signing_input(signed.statement), signed.signature)
         except crypto.CryptoError:
             raise RemoteProtocolError(f"bad author signature on a message from {statement.sender}") from None
         if p.text_problem(statement.body, self.max_text_bytes):
             raise RemoteProtocolError("unacceptable message text")
-        if not history:
+        if event.author is None:
             last_session, last_seq = peer.last_statement
             if statement.session == last_session and statement.seq <= last_seq:
                 raise RemoteProtocolError(f"replayed message from {statement.sender}")
@@ -321,6 +395,8 @@ class ClientSession:
             statement.timestamp,
             private=statement.to is not None,
             action=statement.action,
-            history=history,
-            received=p.get_timestamp(event, "received"),
+            history=event.history,
+            received=event.received,
+            message_id=statement.message_id,
+            away=event.away,
         )

@@ -11,6 +11,7 @@ Every failure to open or verify something a peer sent raises the single
 `CryptoError`, whose message never says which step failed.
 """
 
+from crypto.atrest import DataKey
 from crypto.curve import CURVE_KEY_BYTES, curve_public, curve_secret
 from crypto.envelope import open_envelope, seal
 from crypto.errors import CryptoError, KeyFileError
@@ -41,6 +42,7 @@ __all__ = [
     "MAC_KEY_BYTES",
     "MIN_KEY_BITS",
     "CryptoError",
+    "DataKey",
     "KeyFileError",
     "PrivateKey",
     "PublicKey",

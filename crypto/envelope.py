@@ -4,7 +4,7 @@ Layout (all lengths fixed by the recipient's modulus size k):
 
     version (1 byte, 0x01) | wrapped key (k bytes) | nonce (12) | tag (16) | ciphertext
 
-The caller's `context` (for example b"zchat/2|SEND") is the OAEP label and,
+The caller's `context` (for example b"zchat/3|SEND") is the OAEP label and,
 together with the version byte and the wrapped key, the GCM associated data,
 so an envelope cannot be moved to another place in the protocol.
 """

@@ -28,6 +28,7 @@ import crypto
 from attack.zmtp import SIGNATURE, greeting, ready
 from chat import protocol as p
 from chat.broker_core import BrokerCore, run_inline
+from chat.broker_store import Store
 from chat.broker_work import JobRunner
 from chat.config import Config
 from chat.errors import ConnectError, RemoteProtocolError
@@ -52,7 +53,8 @@ def _world() -> tuple[crypto.PrivateKey, crypto.PrivateKey, BrokerCore, Path]:
     write_private_key(layout.broker_private, broker_key)
     write_public_key(layout.broker_public, broker_key)
     write_public_key(layout.client_public("alice"), alice_key)
-    core = BrokerCore(broker_key.public_key(), Registry(layout), Config("127.0.0.1", 0, keys_dir=root))
+    store = Store.open(":memory:", broker_key, now=0.0)
+    core = BrokerCore(broker_key.public_key(), Registry(layout), Config("127.0.0.1", 0, keys_dir=root), store)
     return broker_key, alice_key, core, root
 
 

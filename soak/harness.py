@@ -1,9 +1,10 @@
 """What a load tool (`python -m soak`, `python -m attack`) needs around a real broker.
 
 Keys made in parallel, `broker.py` run as its own process the way a person
-runs it (output in a log file, stopped with SIGTERM), the memory and CPU of
-that process and its crypto workers read from /proc (with the readers of
-`bench.workspace`), and `run_tool()`: a
+runs it (output in a log file, stopped with SIGTERM; or killed with SIGKILL,
+crypto workers and all, and started again on the same port and database), the
+memory and CPU of that process and its crypto workers read from /proc (with the
+readers of `bench.workspace`), and `run_tool()`: a
 temporary directory, a hard deadline, cleanup whatever happens (Ctrl-C
 included), the directory kept when the run failed, and the report.
 """
@@ -106,30 +107,41 @@ def children(pid: int) -> list[int]:
 
 
 class BrokerProcess:
-    """broker.py run the way a person runs it, with its output in a log file."""
+    """broker.py run the way a person runs it, with its output in a log file (appended to across restarts)."""
 
     def __init__(self, workdir: Path, config_path: Path) -> None:
+        self.workdir = workdir
         self.log_path = workdir / "broker.log"
+        self.config_path = config_path
+        self.port = 0
+        self.log_offset = 0  # where this start's part of the log begins
+        self._start()
+
+    def _start(self) -> None:
         with self.log_path.open("ab") as log_file:
+            self.log_offset = log_file.tell()
             self.proc = subprocess.Popen(
-                [sys.executable, str(BROKER), "--config", str(config_path)],
-                cwd=workdir,
+                [sys.executable, str(BROKER), "--config", str(self.config_path)],
+                cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
             )
-        self.port = 0
 
     def log(self) -> str:
+        """The whole log, every start's part of it."""
         return self.log_path.read_bytes().decode("utf-8", errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def wait_for_port(self, timeout: float) -> int:
+        """The port from this start's "listening on" line (ToolError if it does not come within `timeout`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = LISTENING.search(self.log())
+            with self.log_path.open("rb") as handle:
+                handle.seek(self.log_offset)
+                match = LISTENING.search(handle.read().decode("utf-8", errors="replace"))
             if match:
                 self.port = int(match.group(1))
                 return self.port
@@ -137,6 +149,47 @@ class BrokerProcess:
                 raise ToolError(f"the broker exited with status {self.proc.returncode}:\n{self.log_tail()}")
             time.sleep(0.05)
         raise ToolError(f"the broker did not log 'listening on' within {timeout:g}s:\n{self.log_tail()}")
+
+    def pin_port(self) -> None:
+        """Write the port this broker got into its config.json, so that a restart listens on the same one."""
+        config = json.loads(self.config_path.read_text())
+        config["server_port"] = self.port
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    def kill_tree(self, timeout: float = 10.0) -> int:
+        """SIGKILL the broker and every process under it (its crypto workers), as a crash would; wait until
+        they are all gone. Returns how many processes were killed.
+
+        The broker is stopped (SIGSTOP) first, so that it can neither start a new worker nor notice a dead
+        one between the moment its children are listed and its own death.
+        """
+        pid = self.proc.pid
+        if self.proc.poll() is not None:
+            return 0
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        kids = children(pid)
+        ipc_dirs = {d for kid in kids if (d := _worker_ipc_dir(kid)) is not None}
+        self.proc.kill()
+        for kid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while (alive := [kid for kid in kids if _running(kid)]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if alive:
+            raise ToolError(f"processes {alive} of the killed broker are still running after {timeout:g}s")
+        for directory in ipc_dirs:  # the workers' private socket directory, which only a clean stop removes
+            shutil.rmtree(directory, ignore_errors=True)
+        return 1 + len(kids)
+
+    def restart(self, timeout: float) -> int:
+        """Start broker.py again with the same config (and so the same port and database); its new port."""
+        if self.proc.poll() is None:
+            raise ToolError("restart() while the broker is still running")
+        self._start()
+        return self.wait_for_port(timeout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -181,6 +234,31 @@ class BrokerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a killed worker is reaped by whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def _worker_ipc_dir(pid: int) -> Path | None:
+    """The private directory of a broker crypto worker's ipc:// endpoint, from its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read().decode("utf-8", errors="replace").split("\0")
+    except OSError:
+        return None
+    for arg in args:
+        if arg.startswith("ipc://") and arg.endswith("/jobs"):
+            directory = Path(arg[len("ipc://") :]).parent
+            if directory.name.startswith("zchat-workers-") and directory.parent == Path(tempfile.gettempdir()):
+                return directory
+    return None
 
 
 # ---------------------------------------------------------------- the command line

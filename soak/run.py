@@ -1,20 +1,37 @@
 """The soak runner: keys, a real broker process, worker processes full of clients, and the verdict.
 
-    python -m soak [--duration 60] [--clients 200] [--rate 2.0] [--churn 0.005] [--workers N] [--json] [--seed S]
+    python -m soak [--duration 60] [--clients 200] [--rate 2.0] [--churn 0.005] [--kill-broker-every SECONDS]
+                   [--workers N] [--json] [--seed S]
 
 Steps, each bounded by a timeout and all under one hard deadline (`--timeout`):
 
-1. a temporary directory with config.json (port 0, limits far above the load)
-   and keys: the broker's and one 2048-bit pair per client, made in parallel;
+1. a temporary directory with config.json (port 0, limits far above the load,
+   a history that keeps and replays the whole run) and keys: the broker's and
+   one 2048-bit pair per client, made in parallel;
 2. `broker.py --config DIR/config.json` started as its own process, stdin
-   closed, output to DIR/broker.log, its port read from the "listening on" line;
+   closed, output to DIR/broker.log, its port read from the "listening on" line
+   and written into config.json (so that a restart listens on the same port);
 3. `--workers` processes (`soak.worker`) log their share of the clients in;
    once every worker reports all of its clients online, they start together;
 4. for `--duration` seconds the clients send `--rate` messages per second in
-   total while the non-stable half churns; then the run drains until every
-   stable receiver has everything (or 30 s), closes every client, sends SIGTERM
-   to the broker and requires exit status 0;
+   total while the non-stable half churns, and with `--kill-broker-every N`
+   the broker is killed every N seconds with SIGKILL (it and its crypto
+   workers, as a crash) and started again at once on the same port, config
+   and database (data/zchat.db), its log appended to; then the run drains
+   until every sender has an answer (`accepted` or `failed`) for every
+   message and every stable receiver has every accepted message (or gives up
+   after 30 s, 60 s with kills), closes every client, sends SIGTERM to the
+   broker and requires exit status 0 (of the last broker: a killed one has
+   none);
 5. the numbers (`soak.stats`), as a table or one JSON object (`--json`).
+
+The count is over acknowledged messages: a message is accepted when its sender
+got `Accepted` for it, refused when it got `Failed`, and unanswered otherwise
+(reported as `unanswered`, which must be 0). Clients log in again after each
+kill (they notice the dead broker by its silence: with kills the heartbeat
+timeout is shorter, half the kill period, 2 to 10 s), re-send what was not
+answered, and catch up through the history replay; a stable receiver must
+still end with every accepted message of every other sender, exactly once.
 
 The defaults are what a 2-core machine sustains: every delivery costs the
 recipient an RSA-OAEP decryption (~1.2 ms) and the broker an RSA encryption,
@@ -24,10 +41,11 @@ keep latency under a second (p99 0.6 s over 60 s), while 4 msg/s with churn
 0.02 outruns the CPUs: the backlog grows (p99 4.7 s after 20 s, 9.2 s after
 60 s) towards the 10 s heartbeat timeout.
 
-Exit status 0 when nothing was lost, duplicated, reordered or unexpected, the
-broker logged no internal error and exited 0; 1 otherwise (also when the run
-itself failed: a timeout, a worker or the broker dying). Whatever happens,
-Ctrl-C included, the broker and the workers are killed on the way out.
+Exit status 0 when nothing was lost, duplicated, reordered, unexpected or left
+unanswered, the broker logged no internal error (nor a traceback) and the last
+one exited 0; 1 otherwise (also when the run itself failed: a timeout, a worker
+dying, or the broker dying other than by the soak's own SIGKILL). Whatever
+happens, Ctrl-C included, the broker and the workers are killed on the way out.
 """
 
 from __future__ import annotations
@@ -58,6 +76,10 @@ KEY_BITS = 2048
 BROKER_START_TIMEOUT = 20.0
 BROKER_STOP_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
+DRAIN_TIMEOUT_WITH_KILLS = 60.0  # after the last kill: notice the silence, log in again, replay, re-send
+HISTORY_SIZE = 10_000  # the broker's maximum: the whole run is replayed after every login
+HISTORY_REPLAY_BYTES = 64 * 1024 * 1024
+SEND_QUEUE_BYTES = 256 * 1024 * 1024  # room for a whole replay waiting for the window, and live traffic behind it
 CONNECT_TIMEOUT = 30.0  # per login attempt; a login storm of hundreds of clients is slow on purpose-built hardware too
 LOGINS_IN_FLIGHT = 8  # per worker, while everyone logs in for the first time
 START_DELAY = 0.5  # between "go" and the first message, so every worker starts on time
@@ -82,6 +104,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.005,
         help="per non-stable client: probability per second of leaving and coming back (default 0.005)",
     )
+    parser.add_argument(
+        "--kill-broker-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="while sending, SIGKILL the broker and its crypto workers this often, and restart it (default 0: never)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="client processes (default: cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--seed", type=int, help="random seed for who sends, who churns and when (default: random)")
@@ -94,11 +123,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--workers must be at least 1")
     if not args.duration > 0 or args.rate < 0 or args.churn < 0:
         parser.error("--duration must be positive, --rate and --churn not negative")
+    if not 0 <= args.kill_broker_every < math.inf:
+        parser.error("--kill-broker-every must be a number of seconds, 0 or more")
     args.workers = min(args.workers, args.clients)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     if args.timeout is None:
         args.timeout = 240 + args.duration + args.clients
+        if args.kill_broker_every:
+            args.timeout += DRAIN_TIMEOUT_WITH_KILLS - DRAIN_TIMEOUT + 10 * kills_in(args)
     return args
 
 
@@ -109,7 +142,23 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- keys and config
 
 
-def write_config(workdir: Path, clients: int) -> Path:
+def kills_in(args: argparse.Namespace) -> int:
+    """How many times the broker is killed: every --kill-broker-every seconds, strictly within --duration."""
+    every: float = args.kill_broker_every
+    return 0 if every <= 0 else math.ceil(args.duration / every) - 1
+
+
+def heartbeat(kill_every: float) -> tuple[float, float]:
+    """(interval, timeout). Without kills, a timeout far above the worst backlog; with them, short enough
+    that clients notice a dead broker (by its silence) well before the next kill."""
+    if kill_every <= 0:
+        return 1.0, 10.0
+    timeout = min(10.0, max(2.0, kill_every / 2))
+    return min(1.0, timeout / 4), timeout
+
+
+def write_config(workdir: Path, clients: int, kill_every: float = 0.0) -> Path:
+    interval, timeout = heartbeat(kill_every)
     config = {
         "server_ip": "127.0.0.1",
         "server_port": 0,
@@ -120,8 +169,11 @@ def write_config(workdir: Path, clients: int) -> Path:
         "handshakes_per_second_per_source": 1e6,
         "max_clients": clients + 50,
         "send_queue_limit": 10000,
-        "heartbeat_interval": 1,
-        "heartbeat_timeout": 10,
+        "send_queue_bytes": SEND_QUEUE_BYTES,
+        "history_size": HISTORY_SIZE,
+        "history_replay_bytes": HISTORY_REPLAY_BYTES,
+        "heartbeat_interval": interval,
+        "heartbeat_timeout": timeout,
     }
     path = workdir / "config.json"
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -211,15 +263,37 @@ def split(names: list[str], stable: set[str], workers: int) -> list[tuple[str, .
 
 
 def drained(workers: Workers, stable: set[str]) -> bool:
-    """True when every stable receiver holds every accepted message of every other sender."""
+    """True when every message sent has its answer and every stable receiver holds every accepted message
+    of every other sender."""
     if len(workers.progress) < len(workers.procs):
         return False
-    sent = {name: n for share in workers.sent.values() for name, n in share.items()}
-    refused = {name: n for p in workers.progress.values() for name, n in p.refused.items()}
-    accepted = {name: n - refused.get(name, 0) for name, n in sent.items()}
+    if any(n for p in workers.progress.values() for n in p.waiting.values()):
+        return False
+    accepted = {name: n for p in workers.progress.values() for name, n in p.accepted.items()}
     total = sum(accepted.values())
     have = {name: n for p in workers.progress.values() for name, n in p.have.items()}
     return all(have.get(name, 0) >= total - accepted.get(name, 0) for name in stable)
+
+
+@dataclass
+class Kill:
+    at: float  # time.time() of the SIGKILL
+    processes: int  # the broker and its crypto workers
+    restart_s: float  # from the SIGKILL until the new broker listened
+
+
+def kill_and_restart(broker: BrokerProcess, t0: float) -> Kill:
+    """SIGKILL the broker's whole process tree and start it again on the same port, config and database."""
+    old = broker.proc.pid
+    at = time.time()
+    killed = broker.kill_tree()
+    log(f"t+{at - t0:.1f}s: killed the broker (pid {old} and {killed - 1} crypto workers) with SIGKILL")
+    port = broker.restart(BROKER_START_TIMEOUT)
+    if port != broker.port or port == 0:
+        raise SoakError(f"the restarted broker listens on port {port}, not on {broker.port}")
+    restart_s = time.time() - at
+    log(f"t+{time.time() - t0:.1f}s: restarted the broker as pid {broker.proc.pid} on port {port} in {restart_s:.1f}s")
+    return Kill(at, killed, restart_s)
 
 
 # ---------------------------------------------------------------- the run
@@ -233,7 +307,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     names = [f"soak{i:0{width}d}" for i in range(args.clients)]
     stable = set(rng.sample(names, max(2, math.ceil(args.clients / 2))))
 
-    config_path = write_config(workdir, args.clients)
+    config_path = write_config(workdir, args.clients, args.kill_broker_every)
     log(f"generating {args.clients + 1} RSA-{KEY_BITS} keys on {os.cpu_count()} cores in {workdir}")
     make_keys(mp, workdir / "keys", names, KEY_BITS)
     keygen_s = time.monotonic() - started
@@ -241,6 +315,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     broker = BrokerProcess(workdir, config_path)
     cleanup.append(broker.kill)
     port = broker.wait_for_port(BROKER_START_TIMEOUT)
+    broker.pin_port()
     log(f"keys in {keygen_s:.1f}s; broker pid {broker.proc.pid} listening on port {port}")
 
     deadline = time.time() + args.timeout + 10
@@ -281,11 +356,17 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         f" with churn {args.churn:g}/s on {args.clients - len(stable)} clients"
     )
     end = t0 + args.duration
-    while time.time() < end:
-        workers.receive(min(0.5, max(0.01, end - time.time())), broker)
+    kills: list[Kill] = []
+    next_kill = t0 + args.kill_broker_every if args.kill_broker_every > 0 else math.inf
+    while (now := time.time()) < end:
+        if now >= next_kill:
+            kills.append(kill_and_restart(broker, t0))
+            next_kill += args.kill_broker_every
+            continue
+        workers.receive(min(0.5, max(0.01, min(end, next_kill) - now)), broker)
     workers.wait("the senders' counts", lambda: len(workers.sent) == len(procs), 60, broker)
     log("sending done; draining")
-    drain_deadline = end + DRAIN_TIMEOUT
+    drain_deadline = end + (DRAIN_TIMEOUT_WITH_KILLS if kills else DRAIN_TIMEOUT)
     complete = False
     while time.time() < drain_deadline:
         complete = drained(workers, stable)
@@ -302,7 +383,9 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     peak_rss = broker.peak_rss_mb()
     broker_exit = broker.stop(BROKER_STOP_TIMEOUT)
     log(f"broker stopped with status {broker_exit}")
-    return report(args, workers, stable, broker, keygen_s, login_s, drain_s, complete, broker_exit, peak_rss, started)
+    return report(
+        args, workers, stable, broker, kills, keygen_s, login_s, drain_s, complete, broker_exit, peak_rss, started
+    )
 
 
 def report(
@@ -310,6 +393,7 @@ def report(
     workers: Workers,
     stable: set[str],
     broker: BrokerProcess,
+    kills: list[Kill],
     keygen_s: float,
     login_s: float,
     drain_s: float,
@@ -320,10 +404,18 @@ def report(
 ) -> dict[str, Any]:
     results = list(workers.results.values())
     sent = {name: n for r in results for name, n in r.sent.items()}
+    accepted = {name: answers for r in results for name, answers in r.accepted.items()}
     refused = {name: seqs for r in results for name, seqs in r.refused.items()}
     sessions = {name: logs for r in results for name, logs in r.sessions.items()}
     latencies = [ms for r in results for ms in r.latencies_ms]
-    counts: Tally = tally(sent, refused, stable, sessions, unparsed=sum(r.unparsed for r in results))
+    unparsed = sum(r.unparsed for r in results)
+    counts: Tally = tally(sent, accepted, refused, stable, sessions, unparsed=unparsed)
+    own_repeated = sum(r.own_repeated for r in results)
+    duplicated = counts.duplicated + own_repeated
+    last_kill = kills[-1].at if kills else None
+    accepted_after_last_kill = (
+        None if last_kill is None else sum(1 for a in accepted.values() for at in a.values() if at >= last_kill)
+    )
     before_leave = {pair for r in results for pair in r.last_before_leave}
     lost_examples = [f"{sender}|{seq} x{n}" for (sender, seq), n in counts.missing.most_common(5)]
     notices: Counter[str] = Counter()
@@ -336,11 +428,13 @@ def report(
 
     ok = (
         counts.lost == 0
-        and counts.duplicated == 0
+        and duplicated == 0
         and counts.out_of_order == 0
         and counts.unexpected == 0
+        and counts.unanswered == 0
         and broker_exit == 0
         and broker_log["broker_internal_errors"] == 0
+        and broker_log["broker_tracebacks"] == 0
     )
     return {
         "ok": ok,
@@ -351,15 +445,22 @@ def report(
         "rate": args.rate,
         "churn": args.churn,
         "seed": args.seed,
+        "kill_broker_every_s": args.kill_broker_every,
+        "kills": len(kills),
         "sent": counts.sent,
-        "refused": counts.sent - counts.accepted,
         "accepted": counts.accepted,
+        "refused": counts.refused,
+        "unanswered": counts.unanswered,
         "delivered": counts.delivered,
         "expected": counts.expected,
         "lost": counts.lost,
-        "duplicated": counts.duplicated,
+        "duplicated": duplicated,
         "out_of_order": counts.out_of_order,
         "unexpected": counts.unexpected,
+        "delivered_unanswered": counts.delivered_unanswered,
+        "duplicate_answers": sum(r.duplicate_answers for r in results),
+        "accepted_after_last_kill": accepted_after_last_kill,
+        "broker_restart_s_max": rounded(max((k.restart_s for k in kills), default=None), 2),
         "lost_messages": len(counts.missing),
         "lost_last_before_leave": len(before_leave & set(counts.missing)),
         "lost_examples": lost_examples,
@@ -372,6 +473,9 @@ def report(
         "login_failures": sum(r.login_failures for r in results),
         "closed_by_broker": sum(r.closed_by_broker for r in results),
         "history_replayed": sum(r.history_replayed for r in results),
+        "own_history": sum(r.own_history for r in results),
+        "own_history_pending": sum(r.own_history_pending for r in results),
+        "own_repeated": own_repeated,
         "skipped_sends": sum(r.skipped_sends for r in results),
         "send_errors": sum(r.send_errors for r in results),
         "worker_max_turn_s": rounded(max(r.max_turn_s for r in results), 2),

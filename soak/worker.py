@@ -4,6 +4,13 @@ A `ChatClient` heartbeats only while it is polled, so the loop never blocks on
 one client: every turn it calls `poll(0)` and `drain()` on each client in
 turn, sends what the schedule says is due, churns, and sleeps a moment only
 when nothing happened. Logins are non-blocking too (`ChatClient.start_login`).
+Reconnecting, re-sending after a reconnect and heartbeats are the client's
+(`chat.client_core`); the worker only maps the broker's answers, `Accepted` and
+`Failed` (by message id), back to the soak's seqs, and lets a client leave on
+churn only once the broker has answered everything it sent, so no message's
+fate is unknown. What a client shows is recorded session by session, history
+replays included (`soak.stats.ReceiverSession`), with the number of the client
+(a churning name gets a new `ChatClient` for each rejoin).
 
 The worker talks to `soak.run` over two queues:
 
@@ -38,9 +45,21 @@ import zmq
 import crypto
 from chat.client import ChatClient
 from chat.errors import ConnectError
-from chat.events import ChatMessage, ConnectionLost, Event, Joined, Left, Notice, SessionClosed, Shutdown, Welcome
+from chat.events import (
+    Accepted,
+    ChatMessage,
+    ConnectionLost,
+    Event,
+    Failed,
+    Joined,
+    Left,
+    Notice,
+    SessionClosed,
+    Shutdown,
+    Welcome,
+)
 from chat.keystore import KeyLayout
-from soak.stats import message_text, parse_refusal, parse_text
+from soak.stats import ReceiverSession, message_text, parse_text
 
 IDLE_SLEEP = 0.002
 PROGRESS_EVERY = 0.2
@@ -69,19 +88,25 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class Progress:
-    have: dict[str, int]  # stable receiver -> distinct accepted-looking messages received from others
-    refused: dict[str, int]  # sender -> messages the broker refused so far
+    have: dict[str, int]  # stable receiver -> distinct messages from others it has shown
+    accepted: dict[str, int]  # sender -> messages the broker answered with Accepted so far
+    waiting: dict[str, int]  # sender -> messages sent and not answered yet
 
 
 @dataclass
 class WorkerResult:
     wid: int
     sent: dict[str, int] = field(default_factory=dict)
+    accepted: dict[str, dict[int, float]] = field(default_factory=dict)  # sender -> seq -> broker's received time
     refused: dict[str, list[int]] = field(default_factory=dict)
-    sessions: dict[str, list[dict[str, list[int]]]] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
+    sessions: dict[str, list[ReceiverSession]] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)  # live messages only
     unparsed: int = 0
-    history_replayed: int = 0
+    history_replayed: int = 0  # messages shown from a history replay (own ones included)
+    duplicate_answers: int = 0  # Accepted with duplicate: a re-send the broker had already accepted
+    own_history: int = 0  # own messages shown in a history replay, sent by an earlier client of the name
+    own_history_pending: int = 0  # own messages shown in a history replay while still waiting for their answer
+    own_repeated: int = 0  # own messages shown again by a client that had them accepted or shown (duplicates)
     churn_leaves: int = 0
     last_before_leave: list[tuple[str, int]] = field(default_factory=list)  # each leaver's last message before it
     reconnects: int = 0
@@ -108,9 +133,13 @@ class Slot:
         self.leave_at = math.inf
         self.seq = 0
         self.seq_at_login = 0
+        self.accepted: dict[int, float] = {}  # seq -> the broker's received time
         self.refused: list[int] = []
-        self.sessions: list[dict[str, list[int]]] = []
-        self.current: dict[str, list[int]] | None = None
+        self.waiting: dict[str, int] = {}  # message id -> seq, until the broker answers
+        self.clients = 0  # ChatClients made for this name so far; the current one is number clients - 1
+        self.client_own: set[int] = set()  # own seqs the current client had accepted or shown
+        self.sessions: list[ReceiverSession] = []
+        self.current: ReceiverSession | None = None
         self.distinct: set[tuple[str, int]] = set()
         self.from_others = 0  # len() of the pairs in `distinct` not sent by this name
 
@@ -215,6 +244,8 @@ class Worker:
             context=self.context,
         )
         slot.client = client
+        slot.clients += 1
+        slot.client_own = set()
         client.start_login()
 
     def _pump(self, slot: Slot, now: float) -> bool:
@@ -245,7 +276,7 @@ class Worker:
         if isinstance(event, ChatMessage):
             self._on_chat(slot, event)
         elif isinstance(event, Welcome):
-            slot.current = {}
+            slot.current = ReceiverSession(slot.clients - 1)
             slot.sessions.append(slot.current)
             slot.seq_at_login = slot.seq
             slot.logging_in = False
@@ -253,12 +284,22 @@ class Worker:
                 slot.rejoining = False
                 self.result.reconnects += 1
             self._schedule_leave(slot, time.time())
-        elif isinstance(event, Notice):
-            refusal = parse_refusal(event.message)
-            if refusal is not None and refusal[0] == slot.name:
-                slot.refused.append(refusal[1])
+        elif isinstance(event, Accepted):
+            seq = slot.waiting.pop(event.message_id, None)
+            if seq is None:
+                self._notice("an answer for a message not sent: accepted")
             else:
-                self._notice(event.message)
+                slot.accepted[seq] = event.received
+                slot.client_own.add(seq)
+            self.result.duplicate_answers += event.duplicate
+        elif isinstance(event, Failed):
+            seq = slot.waiting.pop(event.message_id, None)
+            if seq is None:
+                self._notice(f"an answer for a message not sent: {event.reason}")
+            else:
+                slot.refused.append(seq)
+        elif isinstance(event, Notice):
+            self._notice(event.message)
         elif isinstance(event, ConnectionLost):
             self.result.connection_losses += 1
             self._notice(f"connection lost: {event.reason}")
@@ -271,23 +312,33 @@ class Worker:
             self._notice(f"other event: {type(event).__name__}")
 
     def _on_chat(self, slot: Slot, event: ChatMessage) -> None:
-        if event.history:  # a replay of what was said before this session: not live traffic
-            self.result.history_replayed += 1
-            return
+        """Record a message the client shows: live, or replayed from the history after a login (which counts:
+        after the broker died it is how a receiver gets what was said while it was logging in again)."""
         received_at = time.time()
+        self.result.history_replayed += event.history
         parsed = parse_text(event.text)
         if parsed is None or parsed[0] != event.sender:
             self.result.unparsed += 1
             return
         sender, seq, sent_at = parsed
+        if sender == slot.name and event.history:  # our own line, as everyone else sees it: not a delivery
+            if seq in slot.client_own:  # the client records its own line as shown when it is accepted
+                self.result.own_repeated += 1
+            elif seq in slot.waiting.values():
+                self.result.own_history_pending += 1
+            else:
+                self.result.own_history += 1
+            slot.client_own.add(seq)
+            return
         if slot.current is None:  # cannot happen: chat arrives only inside a session
-            slot.current = {}
+            slot.current = ReceiverSession(slot.clients - 1)
             slot.sessions.append(slot.current)
-        slot.current.setdefault(sender, []).append(seq)
+        slot.current.got.setdefault(sender, []).append(seq)
         if (sender, seq) not in slot.distinct:
             slot.distinct.add((sender, seq))
             slot.from_others += sender != slot.name
-        self.result.latencies_ms.append((received_at - sent_at) * 1000)
+        if not event.history:
+            self.result.latencies_ms.append((received_at - sent_at) * 1000)
 
     def _notice(self, text: str) -> None:
         if len(self.result.notices) < MAX_NOTICES_KEPT or text in self.result.notices:
@@ -320,12 +371,13 @@ class Worker:
                 continue
             slot, client = self.rng.choice(online)
             try:
-                client.send(message_text(slot.name, slot.seq + 1, time.time()))
+                message_id = client.send(message_text(slot.name, slot.seq + 1, time.time()))
             except (ConnectError, ValueError) as exc:
                 self.result.send_errors += 1
                 self._notice(f"send failed: {exc}")
                 continue
             slot.seq += 1
+            slot.waiting[message_id] = slot.seq
             sent_any = True
         return sent_any
 
@@ -333,6 +385,8 @@ class Worker:
         churned = False
         for slot in self.slots:
             if slot.client is None or not slot.client.online or now < slot.leave_at:
+                continue
+            if slot.client.pending:  # leave once the broker answered what this client sent
                 continue
             if slot.seq > slot.seq_at_login:
                 self.result.last_before_leave.append((slot.name, slot.seq))
@@ -348,11 +402,13 @@ class Worker:
 
     def _progress(self) -> Progress:
         have = {slot.name: slot.from_others for slot in self.slots if slot.stable}
-        return Progress(have, {slot.name: len(set(slot.refused)) for slot in self.slots})
+        accepted = {slot.name: len(slot.accepted) for slot in self.slots}
+        return Progress(have, accepted, {slot.name: len(slot.waiting) for slot in self.slots})
 
     def _finish(self) -> None:
         self._close_all(say_bye=True)
         result = self.result
+        result.accepted = {slot.name: dict(slot.accepted) for slot in self.slots}
         result.refused = {slot.name: sorted(set(slot.refused)) for slot in self.slots}
         result.sessions = {slot.name: slot.sessions for slot in self.slots}
         if not result.sent:

@@ -1,10 +1,13 @@
-"""A minimal zchat/2 client written only from docs/PROTOCOL.md.
+"""A minimal zchat/3 client written only from docs/PROTOCOL.md.
 
 It imports nothing from the project (only the standard library, pyzmq and PyCryptodome), so a test that
 talks to the real broker through it shows that the document is enough to write a compatible client.
 Section numbers in the comments refer to docs/PROTOCOL.md.
 
-Deliberately minimal: one session per `login()`, no automatic reconnect, no key pinning (7.6).
+Deliberately minimal: one session per `login()` and no automatic reconnect (calling `login()` again starts a new
+session on a new socket), no key pinning (7.7). What outlives a session, as 6.1, 7.6 and 11 ask: the outbox of chat
+messages the broker has not answered (re-sent with their ids after every `welcome`) and the `(from, id)` pairs of
+the messages already shown (a message that comes again is skipped).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import math
 import re
 import time
+import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +34,17 @@ from Crypto.Signature import pss
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-MARKER = b"zchat/2"  # frame 0 of every message (1.2)
-PREFIX = b"zchat/2|"  # every context and signing/MAC input starts with it (2.3, 2.4, 3.1)
+MARKER = b"zchat/3"  # frame 0 of every message (1.2)
+PREFIX = b"zchat/3|"  # every context and signing/MAC input starts with it (2.3, 2.4, 3.1)
 MAX_BROKER_BODY = 16 * 1024 * 1024  # largest body a client accepts (9.1)
 BODYLESS = {b"PING", b"REFUSED", b"BUSY", b"EVICTED"}  # (1.3)
 ACK_BYTES = 16  # an ACK body: the last 16 bytes of the newest EVENT body read (8.4)
 FROM_BROKER = {b"CHALLENGE", b"EVENT", *BODYLESS}
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # (4)
+MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # (4, 6.1)
 MAX_B64_CHARS = 10_926  # (4)
+MAX_SEALED_BYTES = MAX_BROKER_BODY  # a mail's `sealed`: up to 16 MiB decoded, not the 10 926-character limit (4, 7.3)
+SEEN_LIMIT = 10_000  # (from, id) pairs remembered across sessions, as the reference client does (7.6, 9.1)
 MAX_SEQ = 2**53 - 1
 MIN_KEY_BITS = 2048  # (2.1)
 MAX_TIME = 4_102_444_800  # `ts` and `received`: Unix seconds from 0 to 2100-01-01 (6.1, 7.3)
@@ -132,7 +140,7 @@ def verify(public_key: RsaKey, data: bytes, signature: bytes) -> bool:
 
 
 def mac_ok(delivery_key: bytes, delivery: str, mac: bytes) -> bool:
-    """HMAC-SHA256 over b"zchat/2|delivery|" + UTF-8(D) (2.4, 7.1)."""
+    """HMAC-SHA256 over b"zchat/3|delivery|" + UTF-8(D) (2.4, 7.1)."""
     try:  # HMAC.verify compares in constant time
         HMAC.new(delivery_key, PREFIX + b"delivery|" + delivery.encode("utf-8"), digestmod=SHA256).verify(mac)
     except ValueError:
@@ -267,9 +275,21 @@ def b64e(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def get_b64(doc: dict[str, Any], field: str, length: int | None = None) -> bytes:
+def get_message_id(doc: dict[str, Any], field: str) -> str:
     value = get_str(doc, field)
-    if len(value) > MAX_B64_CHARS:
+    if not MESSAGE_ID.fullmatch(value):
+        raise ValueError(f"{field}: not a message id")
+    return value
+
+
+def new_message_id() -> str:
+    """16 random bytes in base64url without padding, as the reference client does (6.1)."""
+    return base64.urlsafe_b64encode(get_random_bytes(16)).rstrip(b"=").decode("ascii")
+
+
+def get_b64(doc: dict[str, Any], field: str, length: int | None = None, max_chars: int = MAX_B64_CHARS) -> bytes:
+    value = get_str(doc, field)
+    if len(value) > max_chars:
         raise ValueError(f"{field}: base64 too long")
     try:
         data = base64.b64decode(value, validate=True)  # standard alphabet, padding required
@@ -294,6 +314,12 @@ def check_user(obj: Any) -> tuple[str, RsaKey, dict[str, Any]]:
     return name, key, {"name": name, "fingerprint": claimed, "bot": bot}
 
 
+def _invisible(c: str) -> bool:
+    """Category Cf except the zero-width joiner, Zl, Zp, and the tag characters U+E0000-U+E007F (6.4)."""
+    category = unicodedata.category(c)
+    return (category == "Cf" and c != "\u200d") or category in ("Zl", "Zp") or 0xE0000 <= ord(c) <= 0xE007F
+
+
 def text_problem(text: str, max_text_bytes: int) -> str | None:
     """The chat text rules of 6.4; None when the text is acceptable."""
     if not text.strip():
@@ -302,6 +328,8 @@ def text_problem(text: str, max_text_bytes: int) -> str | None:
         return "message too long"
     if any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F for c in text):
         return "message contains control characters"
+    if any(_invisible(c) for c in text):
+        return "message contains invisible or direction-changing characters"
     return None
 
 
@@ -309,10 +337,13 @@ def text_problem(text: str, max_text_bytes: int) -> str | None:
 
 
 class IndependentClient:
-    """One zchat/2 session over a fresh CurveZMQ DEALER socket.
+    """One zchat/3 session at a time, each over a fresh CurveZMQ DEALER socket.
 
-    `receive()` returns events as plain dicts: welcome, chat, join, leave, who, error, closed, shutdown, and the
-    local ones evicted / connection_lost (the session is then over; this minimal client does not reconnect).
+    `receive()` returns events as plain dicts whose `type` says which: welcome, chat (live or history), mail (a
+    private message kept while we were away, opened and verified), accepted, failed, refused, join, leave,
+    presence, who, error, closed, shutdown, and the local ones evicted / connection_lost. After refused, closed,
+    shutdown, evicted and connection_lost the session is over (`over`); this minimal client does not reconnect by
+    itself, but `login()` may be called again for a new session, and re-sends what the broker has not answered.
     """
 
     def __init__(
@@ -340,12 +371,18 @@ class IndependentClient:
         self.zmq_context = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None  # handshake events during a login (1.5)
+        # Kept across sessions (6.1, 7.6): chat messages without an answer yet, id -> statement fields in the
+        # order of the table of 6.1; and the (from, id) pairs of the messages already shown.
+        self.outbox: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.duplicates_skipped = 0  # authentic messages not shown again because their (from, id) was seen (7.6)
+        self.skipped: list[str] = []  # why authentic, in-order events were unusable (7.1 step 6), for diagnosis
         self._reset()
 
     def _reset(self) -> None:
         self.session: str | None = None
         self.logged_in = False
-        self.over = False  # after closed / shutdown / evicted / lost: the session is gone
+        self.over = False  # after refused / closed / shutdown / evicted / lost: the session is gone
         self.delivery_key = b""
         self.seq_out = 0  # statements sent (6.1)
         self.seq_in = 0  # last accepted delivery (7.1)
@@ -360,6 +397,10 @@ class IndependentClient:
         self.pending_ack: bytes | None = None  # last 16 bytes of the newest EVENT body read, not yet ACKed (8.4)
         self.acks_sent = 0
 
+    @property
+    def max_body(self) -> int:
+        return 4 * self.max_text_bytes + 16_384  # (9.1)
+
     # --- frames
 
     def _send(self, command: bytes, body: bytes = b"") -> bool:
@@ -373,9 +414,13 @@ class IndependentClient:
 
     def _flush_ack(self) -> None:
         """ACK the newest EVENT read so far, which acknowledges it and every earlier one (8.4)."""
-        if self.pending_ack is not None and self._send(b"ACK", self.pending_ack):
+        if self.pending_ack is not None and self.sock is not None and self._send(b"ACK", self.pending_ack):
             self.pending_ack = None
             self.acks_sent += 1
+
+    def acknowledge(self) -> None:
+        """Send the ACK for what has been read now, rather than before the next wait (8.4)."""
+        self._flush_ack()
 
     def _recv(self, timeout: float) -> tuple[bytes, bytes] | None:
         """One well-formed broker message within `timeout` seconds (1.4), or None."""
@@ -393,14 +438,16 @@ class IndependentClient:
         self.last_heard = time.monotonic()
         if command == b"PING":
             self.pings_received += 1
-        elif command == b"EVENT":  # acknowledged whether or not the event turns out usable (8.4)
-            self.pending_ack = body[-ACK_BYTES:]
         return command, body
 
     # --- login (section 5)
 
-    def login(self, timeout: float = LOGIN_TIMEOUT) -> dict[str, Any]:
-        """HELLO, CHALLENGE, LOGIN, welcome. Returns the welcome event; raises on refusal or timeout."""
+    def login(self, timeout: float = LOGIN_TIMEOUT, resend: bool = True) -> dict[str, Any]:
+        """HELLO, CHALLENGE, LOGIN, welcome. Returns the welcome event; raises on refusal or timeout.
+
+        After the welcome, every chat message still in the outbox is sent again with its own id, as new
+        statements of the new session (6.1, 8.3), unless `resend` is false.
+        """
         self.close(say_bye=False, keep_context=True)
         self._reset()
         self.sock = self.zmq_context.socket(zmq.DEALER)  # a new socket for every login; never a ZMQ_ROUTING_ID (1.1)
@@ -455,6 +502,8 @@ class IndependentClient:
                 self.last_sent = self.last_heard = time.monotonic()
                 self._stop_monitor()
                 self._flush_ack()  # the welcome is an EVENT like any other (8.4)
+                if resend:
+                    self.flush_outbox()
                 return event
 
     def _stop_monitor(self) -> None:
@@ -494,7 +543,8 @@ class IndependentClient:
 
     # --- statements (section 6)
 
-    def _say(self, statement_type: str, **fields: Any) -> None:
+    def _say(self, statement_type: str, **fields: Any) -> int:
+        """Number, sign, seal and queue one statement; returns its seq."""
         if not self.logged_in or self.session is None:
             raise ConnectionError("not logged in")
         self.seq_out += 1  # numbered only when handed to the socket; a failed send spends it (6.1)
@@ -503,27 +553,46 @@ class IndependentClient:
             "from": self.name,
             "session": self.session,
             "seq": self.seq_out,
-            "ts": time.time(),  # a number from 0 to 4 102 444 800, or the broker drops the statement (6.1, 6.3)
+            "ts": time.time(),  # a number from 0 to 4 102 444 800, or a chat is answered `failed` (6.1, 6.4)
             **fields,
         }
         signed = dumps(statement)  # serialised once, signed and sent as is (6.2)
+        if len(signed) > self.max_body:
+            raise ValueError("statement longer than max_body")  # cannot happen for a text within max_text_bytes
         sig = sign(self.own_key, PREFIX + b"statement|" + signed.encode("utf-8"))
         document = {"signed": signed, "sig": b64e(sig)}
         if not self._send(b"SEND", seal(self.broker_key, dumps(document).encode("utf-8"), b"SEND")):
             self.logged_in, self.over = False, True
             raise ConnectionError("the statement could not be queued; its seq is spent, log in again")
+        return self.seq_out
 
-    def send(self, text: str, to: str | None = None, action: bool = False) -> None:
-        """A chat message to the room, or privately `to` one user."""
+    def send(self, text: str, to: str | None = None, action: bool = False, message_id: str | None = None) -> str:
+        """A chat message to the room, or privately `to` one user (any registered user, online or not, 6.5).
+
+        Returns the message's id: a fresh one, or `message_id` when sending a message again (6.1: a message sent
+        again keeps its id). The message stays in the outbox until `accepted` or `failed` names its id (6.4).
+        """
         problem = text_problem(text, self.max_text_bytes)
         if problem:  # checked before a seq is spent
             raise ValueError(problem)
-        fields: dict[str, Any] = {"text": text}
+        if to is not None and not NAME.fullmatch(to):
+            raise ValueError(f"bad recipient {to!r}")
+        message_id = new_message_id() if message_id is None else message_id
+        if not MESSAGE_ID.fullmatch(message_id):
+            raise ValueError(f"bad message id {message_id!r}")
+        fields: dict[str, Any] = {"id": message_id, "text": text}  # the order of the table of 6.1
         if to is not None:
             fields["to"] = to
         if action:
-            fields["action"] = True
+            fields["action"] = True  # written only when true, like the reference client (6.1)
+        self.outbox[message_id] = fields  # before sending: a statement that cannot be queued stays here (6.1)
         self._say("chat", **fields)
+        return message_id
+
+    def flush_outbox(self) -> None:
+        """Send again every chat message without an answer, in order, each with its own id (6.1, 8.3)."""
+        for fields in list(self.outbox.values()):
+            self._say("chat", **fields)
 
     def who(self) -> None:
         self._say("who")
@@ -560,6 +629,7 @@ class IndependentClient:
 
     def _end(self, kind: str, reason: str) -> dict[str, Any]:
         self.logged_in, self.over = False, True
+        self.pending_ack = None  # never acknowledge past a gap, nor on a session that is over (8.4)
         return {"type": kind, "reason": reason}
 
     def _on_event(self, body: bytes) -> dict[str, Any] | None:
@@ -587,12 +657,14 @@ class IndependentClient:
         if self.seq_in == 0 and event_type != "welcome":
             return None
         self.seq_in = seq  # authentic and in order: it counts, whatever happens next (step 5)
+        self.pending_ack = body[-ACK_BYTES:]  # and it is acknowledged, usable or not (7.4, 8.4)
         try:
             return self._interpret(event_type, event)
         except (ValueError, TypeError) as exc:
             if event_type == "welcome" and seq == 1:
                 self.logged_in, self.over = False, True
                 raise LoginRefused(f"unusable welcome: {exc}") from exc
+            self.skipped.append(f"seq {seq} {event_type}: {exc}")
             return None  # an unusable event is skipped; the session goes on (step 6)
 
     def _presence(self, changes: list[Any]) -> list[dict[str, Any]]:
@@ -638,9 +710,25 @@ class IndependentClient:
             self.history_window = True
             return {"type": "welcome", "name": self.name, "users": [info for _, _, info in checked]}
         if event_type == "chat":
+            if get_bool(event, "away", default=False):
+                raise ValueError("a chat event marked away outside a mail")  # kept messages come only as mail (7.4)
             if is_history and not window:
                 return None  # history is accepted only directly after the welcome (7.5)
-            return self._chat(event, is_history)
+            return self._chat(event, "history" if is_history else "live")
+        if event_type == "mail":
+            return self._mail(event)
+        if event_type == "accepted":
+            return self._accepted(event)
+        if event_type == "failed":
+            message_id, reason = get_message_id(event, "id"), get_str(event, "reason")
+            self.outbox.pop(message_id, None)  # not delivered: do not send it again (6.4)
+            return {"type": "failed", "id": message_id, "reason": reason}
+        if event_type == "refused":
+            self.logged_in, self.over = False, True  # the broker has ended the session (6.3), whatever the fields
+            self.pending_ack = None
+            seq = get_int(event, "seq") if "seq" in event else None
+            refused_id = get_message_id(event, "id") if "id" in event else None
+            return {"type": "refused", "seq": seq, "id": refused_id}
         if event_type in ("join", "leave"):
             (change,) = self._presence([event])
             return change
@@ -664,51 +752,107 @@ class IndependentClient:
             return {"type": "shutdown", "by": get_str(event, "by")}
         raise ValueError(f"unknown event type {event_type!r}")
 
-    def _chat(self, event: dict[str, Any], is_history: bool) -> dict[str, Any]:
-        """Verify a chat event (7.4): key from roster or author, type, `to`, signature, text rules, replay."""
+    def _accepted(self, event: dict[str, Any]) -> dict[str, Any]:
+        """`accepted` (6.4, 7.3): the message is committed at the broker; take it out of the outbox."""
+        message_id, received = get_message_id(event, "id"), get_time(event, "received")
+        queued = get_bool(event, "queued", default=False)  # written only when true; a boolean if present
+        duplicate = get_bool(event, "duplicate", default=False)
+        fields = self.outbox.pop(message_id, None)
+        if fields is not None and fields.get("to") != self.name:  # a private message to ourselves is still to come
+            self._remember((self.name, message_id))  # so a later history replay does not show it again (7.6)
+        return {"type": "accepted", "id": message_id, "received": received, "queued": queued, "duplicate": duplicate}
+
+    def _remember(self, pair: tuple[str, str]) -> None:
+        self.seen[pair] = None
+        self.seen.move_to_end(pair)
+        while len(self.seen) > SEEN_LIMIT:
+            self.seen.popitem(last=False)
+
+    def _mail(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Open a `mail` (7.4): the sealed inner event is a chat event with away and author, sealed to our key."""
+        sealed = get_b64(event, "sealed", max_chars=4 * ((MAX_SEALED_BYTES + 2) // 3))
+        if len(sealed) > MAX_SEALED_BYTES:
+            raise ValueError("sealed: more than 16 MiB")
+        try:
+            inner = parse_object(open_envelope(self.own_key, sealed, b"MAIL"))
+        except ProtocolError as exc:
+            raise ValueError("the mail does not open with our key") from exc
+        if get_str(inner, "type") != "chat":
+            raise ValueError("the mail does not hold a chat event")
+        if not get_bool(inner, "away"):
+            raise ValueError("the mail's chat event is not marked away")
+        if get_bool(inner, "history", default=False):
+            raise ValueError("the mail's chat event is marked history")
+        return self._chat(inner, "mail")
+
+    def _chat(self, event: dict[str, Any], kind: str) -> dict[str, Any] | None:
+        """Verify a chat event (7.4): `kind` is live, history or mail (the inner event of a mail).
+
+        Returns None for a message already shown (7.6); raises ValueError for one that fails a check.
+        """
+        # 1. the statement (6.1) and the broker's `received`
         signed, sig = get_str(event, "signed"), get_b64(event, "sig")
-        if len(signed) > 4 * self.max_text_bytes + 16_384:  # max_body (9.1)
+        if len(signed) > self.max_body:  # (9.1)
             raise ValueError("statement too long")
         statement = parse_object(signed)
+        statement_type = get_str(statement, "type")
         author, session, seq = get_name(statement, "from"), get_str(statement, "session"), get_int(statement, "seq")
-        if is_history:
-            name, key, _ = check_user(event.get("author"))
-            if name != author:
-                raise ValueError("history author does not match the statement")
-        else:
+        if not 1 <= seq <= MAX_SEQ:
+            raise ValueError("seq out of range")
+        message_id = get_message_id(statement, "id")  # required in a chat statement (6.1)
+        text = get_str(statement, "text")
+        to = get_name(statement, "to") if "to" in statement else None
+        action = get_bool(statement, "action", default=False)
+        received = get_time(event, "received")  # the broker's clock: the time to show (7.3, 7.4)
+        # 2. the key: the roster's for a live event, the `author`'s for history and mail
+        if kind == "live":
             if author not in self.roster:
                 raise ValueError(f"{author} is not in the roster")
             key = self.roster[author]
-        if get_str(statement, "type") != "chat":
+            author_fingerprint = None
+        else:
+            name, key, info = check_user(event.get("author"))
+            if name != author:
+                raise ValueError(f"{kind} author does not match the statement")
+            author_fingerprint = info["fingerprint"]
+        # 3. type, ts, to
+        if statement_type != "chat":
             raise ValueError("not a chat statement")
-        to = get_name(statement, "to") if "to" in statement else None
+        ts = get_time(statement, "ts")  # the author's clock: only informational, but it must be a time
         if to is not None and to != self.name:
             raise ValueError("a private message for someone else")
+        if kind == "mail" and to is None:
+            raise ValueError("a kept message to the room")
+        # 4. the author's signature
         if not verify(key, PREFIX + b"statement|" + signed.encode("utf-8"), sig):
             raise ValueError(f"bad signature from {author}")
-        text = get_str(statement, "text")
+        # 5. the text rules
         if text_problem(text, self.max_text_bytes):
             raise ValueError("text breaks the rules")
-        action = get_bool(statement, "action", default=False)
-        received = get_time(event, "received")  # the broker's clock: the time to show; required (7.3, 7.4)
-        try:
-            ts: float | None = get_time(statement, "ts")  # the author's clock, only informational (6.1, 7.4)
-        except ValueError:
-            ts = None
-        if not is_history:
+        # 6. live only: replays
+        if kind == "live":
             last = self.last_statement.get(author)
             if last is not None and last[0] == session and seq <= last[1]:
                 raise ValueError(f"replayed statement from {author}")
             self.last_statement[author] = (session, seq)
+        # 7. shown before?
+        if (author, message_id) in self.seen:
+            self.duplicates_skipped += 1
+            return None
+        self._remember((author, message_id))
         return {
-            "type": "chat",
+            "type": "mail" if kind == "mail" else "chat",
             "from": author,
+            "id": message_id,
             "text": text,
+            "to": to,
             "received": received,
             "ts": ts,
             "private": to is not None,
             "action": action,
-            "history": is_history,
+            "history": kind == "history",
+            "away": kind == "mail",
+            "author_fingerprint": author_fingerprint,  # history and mail: the `author` key that verified it
         }
 
     # --- leaving
@@ -720,6 +864,7 @@ class IndependentClient:
             linger = 0
             if say_bye and self.logged_in:
                 try:
+                    self._flush_ack()
                     self._say("bye")
                     linger = 200  # a short linger so the goodbye goes out (6.1)
                 except ConnectionError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -133,3 +134,32 @@ def test_terminal_prompts_chat_and_exit_in_a_pty(broker, connect):
     finally:
         if child.isalive():
             child.terminate(force=True)
+
+
+def test_piped_client_shows_what_the_broker_did_not_deliver_and_what_it_keeps(broker, client):
+    alice = client(broker, "alice")
+    alice.expect_line(r"logged in as alice")
+    alice.send("/msg carol see you tomorrow", "/msg nobody_here hello?", "to the room", "/exit")
+    assert alice.wait() == 0, alice.transcript()
+    lines = alice.out.lines
+    assert [line for line in lines if re.search(r"\* queued for carol \(offline\): 'see you tomorrow'$", line)], lines
+    assert [line for line in lines if re.search(r"! not delivered: .*nobody_here.*: 'hello\?'$", line)], lines
+    assert not [line for line in alice.out.lines if "to the room" in line], alice.transcript()  # acks are quiet
+
+    carol = client(broker, "carol")
+    carol.expect_line(r"\(private\) \(while you were away\) alice: see you tomorrow$")
+    carol.send("/exit")
+    assert carol.wait() == 0, carol.transcript()
+
+
+def test_json_client_prints_the_brokers_answers(broker, client):
+    alice = client(broker, "alice", "--json")
+    alice.expect_line(r'"type": "welcome"')
+    alice.send("for the record", "/msg nobody_here hello?")
+    acked = json.loads(alice.expect_line(r'"type": "acked"').string)
+    failed = json.loads(alice.expect_line(r'"type": "failed"').string)
+    assert acked["id"] != failed["id"]
+    assert (acked["queued"], acked["duplicate"]) == (False, False)
+    assert "nobody_here" in failed["reason"]
+    alice.send("/exit")
+    assert alice.wait() == 0, alice.transcript()

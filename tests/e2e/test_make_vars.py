@@ -43,6 +43,9 @@ TARGETS = [
     ("CONFIG", ["bot", "BOT=echo"]),
     ("ARGS", ["bench"]),
     ("DURATION", ["soak"]),
+    ("KILL_BROKER_EVERY", ["soak"]),
+    ("TO", ["backup"]),
+    ("CONFIG", ["backup", "TO=copy.db"]),
     ("FUZZ_SECONDS", ["fuzz"]),
 ]
 
@@ -135,7 +138,7 @@ def test_an_unknown_bot_is_named(repo):
 
 @pytest.mark.parametrize("value", ["", "1.5", "-1", "60s"])
 def test_durations_are_whole_seconds(repo, tmp_path, value):
-    for variable, goal in (("DURATION", "soak"), ("FUZZ_SECONDS", "fuzz")):
+    for variable, goal in (("DURATION", "soak"), ("KILL_BROKER_EVERY", "soak"), ("FUZZ_SECONDS", "fuzz")):
         assert_refused(make(repo, goal, f"{variable}={value}"), variable, tmp_path / "owned")
 
 

@@ -146,7 +146,8 @@ def test_private_message_reaches_only_its_recipient(broker, connect, terminal):
     message = wait_for(bob, lambda e: isinstance(e, ChatMessage))
     assert (message.sender, message.text, message.private) == ("alice", "just between us", True)
     alice.type("/msg nobody hello?\r")
-    alice.wait_text("nobody is not online")
+    lines = alice.wait_text("! not delivered: ")
+    assert any("not delivered: " in line and line.endswith("'hello?'") for line in lines), lines
     alice.type("for everyone\r")
     assert [e.text for e in collect(carol, 1.0) if isinstance(e, ChatMessage)] == ["for everyone"]
     bob.send("right back at you", to="alice")
@@ -193,3 +194,17 @@ def test_colours_on_a_terminal_and_never_with_no_color(broker, connect, terminal
     plain = terminal(broker, "carol", env={**run_env(), "NO_COLOR": "1"})
     plain.wait_text("logged in as carol")
     assert b"\x1b[2m[" not in plain.raw
+
+
+def test_the_prompt_counts_the_messages_the_broker_has_not_answered(make_broker, terminal):
+    broker = make_broker(heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    alice = terminal(broker, "alice")
+    alice.wait_text("logged in as alice")
+    port = broker.port
+    broker.kill()
+    alice.type("into the void\r")
+    alice.wait_for(lambda _: alice.input_line() == "alice (1 pending)>", "the pending count")
+    broker.start(port=port)
+    # The client logs in again, sends the message again, and the broker's answer clears the count.
+    alice.wait_for(lambda _: alice.input_line() == "alice>", "the prompt without a count", timeout=30)
+    assert "not delivered" not in alice.text()

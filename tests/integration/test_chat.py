@@ -189,7 +189,7 @@ def test_frames_from_unauthenticated_identities_are_ignored(broker, connect, key
     bob = connect(broker, "bob")
     sock = raw_dealer(broker)
     session, _ = raw_login(sock, "alice", keyring, broker)
-    captured = session.say("captured once")
+    captured = session.say("captured once", message_id=p.new_message_id())
     sock.send_multipart(captured)
     assert wait_for(bob, is_chat()).text == "captured once"
     intruder = raw_dealer(broker)

@@ -50,7 +50,7 @@ def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring,
     intruder = raw_dealer(broker)
     insider = raw_dealer(broker, "carol")
     carol, _ = raw_login(insider, "carol", keyring, broker)
-    genuine = carol.say("a real message from carol")
+    genuine = carol.say("a real message from carol", message_id=p.new_message_id())
     insider.send_multipart(genuine)
     assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "a real message from carol"
     rounds = iter(range(10**6))
@@ -69,9 +69,9 @@ def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring,
         sock.send_multipart(attack)
         insider.send_multipart(p.encode_frames(p.PING))  # carol stays alive
         honest = f"honest message {next(rounds)}"
-        alice.send(honest)
+        honest_id = alice.send(honest)
         event = wait_for(bob, lambda e: isinstance(e, ChatMessage | Notice))
-        assert event == ChatMessage("alice", honest, event.timestamp, received=event.received)
+        assert event == ChatMessage("alice", honest, event.timestamp, received=event.received, message_id=honest_id)
         while True:  # carol's socket holds only what the broker sent her: never an error about garbage
             try:
                 insider.recv_multipart(zmq.NOBLOCK)

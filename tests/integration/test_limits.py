@@ -7,7 +7,7 @@ import pytest
 import crypto
 from chat import protocol as p
 from chat.errors import BrokerBusy, ConnectError
-from chat.events import ChatMessage, Joined, Left, Notice, SessionClosed
+from chat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed
 from chat.session import ClientSession
 from tests.conftest import collect, wait_for
 
@@ -20,13 +20,15 @@ def test_messages_over_the_per_user_rate_are_refused_to_that_user_only(make_brok
     wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "alice")
     for i in range(10):
         alice.send(f"flood {i}")
-    refused = [e for e in collect(alice, 1.5) if isinstance(e, Notice)]
+    answers = [e for e in collect(alice, 1.5) if isinstance(e, Accepted | Failed)]
+    refused = [e for e in answers if isinstance(e, Failed)]
     delivered = [e.text for e in collect(bob, 0.5) if isinstance(e, ChatMessage)]
     assert refused, "nothing was refused"
-    assert all("more than 2 messages per second" in n.message for n in refused)
+    assert all("more than 2 messages per second" in f.reason for f in refused)
+    assert len(answers) == 10
     assert len(delivered) + len(refused) == 10
     assert delivered == [f"flood {i}" for i in range(len(delivered))]  # the first ones, in order
-    assert not [e for e in collect(carol, 0.3) if isinstance(e, Notice)]
+    assert not [e for e in collect(carol, 0.3) if isinstance(e, Notice | Failed)]
     alice.send("after a pause")  # the bucket refills
     assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "after a pause"
 

@@ -652,7 +652,9 @@ def test_malformed_frames_from_a_user_do_not_amplify_into_the_log(make_broker, c
         sock.send_multipart(frames)
         sent += sum(len(f) for f in frames) + len(frames)
         count += 1
-    sock.send_multipart(session.say("after the junk"))  # the broker reads one connection in order
+    sock.send_multipart(
+        session.say("after the junk", message_id=p.new_message_id())
+    )  # the broker reads one connection in order
     assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "after the junk"
 
     added = broker.log(since)

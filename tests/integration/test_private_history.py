@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import crypto
-from chat.events import ChatMessage, KeyChanged, Notice, WhoList
+from chat.events import Accepted, ChatMessage, Failed, KeyChanged, WhoList
 from chat.keystore import write_public_key
 from tests.conftest import collect, wait_for
 
@@ -23,10 +23,17 @@ def test_private_message_reaches_its_recipient_only(broker, connect):
     assert chats(collect(alice, 0.2)) == []
 
 
-def test_private_message_to_someone_offline_is_refused_clearly(broker, connect):
+def test_private_message_to_someone_offline_is_kept_and_to_no_one_is_refused_clearly(broker, connect):
     alice = connect(broker, "alice")
-    alice.send("hello?", to="bob")
-    assert "bob is not online" in wait_for(alice, lambda e: isinstance(e, Notice)).message
+    kept = alice.send("hello?", to="bob")
+    answer = wait_for(alice, lambda e: isinstance(e, Accepted | Failed))
+    assert answer == Accepted(kept, answer.received, queued=True)
+    lost = alice.send("anyone?", to="nobody_here")
+    failure = wait_for(alice, lambda e: isinstance(e, Accepted | Failed))
+    assert isinstance(failure, Failed)
+    assert failure.message_id == lost
+    assert "nobody_here" in failure.reason
+    assert alice.pending == ()
 
 
 def test_private_messages_work_for_bots(broker, connect):

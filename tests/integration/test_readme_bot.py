@@ -6,22 +6,29 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from chat.events import ChatMessage, Joined
 from chat.keystore import create_client_key
 from tests.conftest import ROOT, run_env, wait_for
 
 
-def readme_bot_source() -> str:
+def readme_bot_source(heading: str = "### Writing a bot\n") -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Writing a bot") :]
+    section = readme[readme.index(heading) :]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match, "README has no bot example"
+    assert match, f"README has no example under {heading.strip()!r}"
     return match.group(1)
 
 
-def test_readme_bot_example_runs(broker, connect, tmp_path):
-    source = readme_bot_source()
-    assert len(source.strip().splitlines()) <= 10
+@pytest.mark.parametrize(
+    ("heading", "lines"),
+    [("### Writing a bot\n", 10), ("### Writing a bot with asyncio\n", 16)],
+    ids=["sync", "asyncio"],
+)
+def test_readme_bot_example_runs(broker, connect, tmp_path, heading, lines):
+    source = readme_bot_source(heading)
+    assert len(source.strip().splitlines()) <= lines
     create_client_key(broker.keys, "shouty", bits=2048)
     source = (
         source.replace("5000", str(broker.port))

@@ -119,7 +119,7 @@ def test_a_burst_beyond_capacity_is_worked_off_in_order_without_stalling_heartbe
     for name, sock, session in senders:  # signing and sealing 1,200 messages takes a while: stay alive meanwhile
         frames = []
         for i in range(count):
-            frames.append(session.say(f"{name} {i}"))
+            frames.append(session.say(f"{name} {i}", message_id=p.new_message_id()))
             if i % 20 == 0:
                 bob_reads(0)
                 senders_stay_alive()

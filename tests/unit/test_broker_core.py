@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import shutil
+from typing import Any
 
 import pytest
 
 import crypto
 from chat import protocol as p
 from chat.broker_core import HANDSHAKE_TIMEOUT, Outgoing
-from chat.errors import BrokerBusy, ConnectError
-from chat.events import ChatMessage, Joined, Left, Notice, SessionClosed, Shutdown, WhoList
+from chat.errors import BrokerBusy, ConnectError, StatementRefused
+from chat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, Shutdown, WhoList
 from chat.keystore import KeyLayout
 from chat.session import State
 from tests.unit.world import PING_FRAMES, REFUSED_FRAMES, T0, World
@@ -191,120 +193,179 @@ def test_login_that_replaces_a_session_is_not_turned_away_when_full(keyring):
 def test_chat_fans_out_to_everyone_but_the_sender(world):
     for name in ("alice", "bob", "carol"):
         world.login(name)
-    frames = world.clients[b"alice"].say("hello, ünïcode 👋")
+    frames = world.clients[b"alice"].say("hello, ünïcode 👋", message_id="m-1")
     out = world.send(b"alice", frames)
-    assert sorted(m.identity for m in out) == [b"bob", b"carol"]
+    assert sorted(m.identity for m in out) == [b"alice", b"bob", b"carol"]
     assert all(m.frames[1] == p.EVENT and "ünïcode".encode() not in m.frames[2] for m in out)
     seen = world.deliver(out)
     for identity in (b"bob", b"carol"):
         (message,) = seen[identity]
         assert isinstance(message, ChatMessage)
-        assert (message.sender, message.text) == ("alice", "hello, ünïcode 👋")
+        assert (message.sender, message.text, message.message_id) == ("alice", "hello, ünïcode 👋", "m-1")
+    # The sender hears only that the broker took it, with the time the others see.
+    assert seen[b"alice"] == [Accepted("m-1", seen[b"bob"][0].received)]
 
 
-def test_replayed_send_is_dropped(world):
+def refusal(world: World, out: list[Outgoing], identity: bytes) -> dict[str, Any]:
+    """The one `refused` event `out` sends `identity` (and the client session's reaction to it: it ends)."""
+    (frames,) = [m.frames for m in out if m.identity == identity]
+    event = world.open_event(identity, frames)
+    with pytest.raises(StatementRefused, match="the broker refused a statement"):
+        world.clients[identity].receive(frames)
+    assert world.clients[identity].state is State.CLOSED
+    return event
+
+
+def ended(world: World, out: list[Outgoing], name: str, identity: bytes) -> None:
+    """`name`'s session (on `identity`) is over: the others were told it was lost, and it is no longer online."""
+    assert identity not in world.core.sessions
+    assert name not in world.core.by_name
+    others = {m.identity for m in out} - {identity}
+    assert world.deliver([m for m in out if m.identity != identity]) == {
+        other: [Left(name, "connection lost")] for other in others
+    }
+    assert others == set(world.core.sessions)
+
+
+def test_replayed_send_is_refused_and_ends_the_session(world):
     world.login("alice")
     world.login("bob")
-    frames = world.clients[b"alice"].say("only once")
-    assert [m.identity for m in world.send(b"alice", frames)] == [b"bob"]
-    assert world.send(b"alice", frames) == []
+    frames = world.clients[b"alice"].say("only once", message_id="once")
+    seen = world.deliver(world.send(b"alice", frames))
+    assert [m.text for m in seen[b"bob"]] == ["only once"]
+    assert [type(e) for e in seen[b"alice"]] == [Accepted]
+    out = world.send(b"alice", frames)
+    assert refusal(world, out, b"alice") == {"type": "refused", "seq": 1, "id": "once"}
+    ended(world, out, "alice", b"alice")
 
 
-def test_reordered_send_is_dropped(world):
+def test_reordered_send_is_refused_and_a_new_login_sends_again(world):
     world.login("alice")
     world.login("bob")
     alice = world.clients[b"alice"]
-    first, second = alice.say("first"), alice.say("second")
-    assert world.send(b"alice", second) == []
-    assert [e.text for e in world.deliver(world.send(b"alice", first))[b"bob"]] == ["first"]
+    first, second = alice.say("first", message_id="first"), alice.say("second", message_id="second")
+    out = world.send(b"alice", second)
+    assert refusal(world, out, b"alice") == {"type": "refused", "seq": 2, "id": "second"}
+    ended(world, out, "alice", b"alice")
+    assert world.send(b"alice", first) == []  # no session any more: dropped
+    # The client logs in again and re-sends, in order, with the same ids: each is delivered once.
+    world.login("alice")
+    for text in ("first", "second"):
+        seen = world.say(b"alice", text, message_id=text)
+        assert [(m.text, m.message_id) for m in seen[b"bob"]] == [(text, text)]
+        assert seen[b"alice"] == [Accepted(text, seen[b"bob"][0].received)]
 
 
-def test_send_that_skips_a_sequence_number_is_dropped(world, keyring):
+def test_send_that_skips_a_sequence_number_is_refused(world, keyring):
     world.login("alice")
     world.login("bob")
     session = world.clients[b"alice"].session_id
-    assert world.send(b"alice", world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 2)) == []
-    assert world.send(b"alice", world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 1)) != []
+    out = world.send(b"alice", world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 2, message_id="x2"))
+    assert refusal(world, out, b"alice") == {"type": "refused", "seq": 2, "id": "x2"}
+    ended(world, out, "alice", b"alice")
+    # Its session is over: even the statement that was due is dropped.
+    assert world.send(b"alice", world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 1)) == []
+    assert world.core.history == collections.deque()
 
 
 def test_send_from_an_unauthenticated_identity_is_dropped(world):
     world.login("alice")
     world.login("bob")
-    frames = world.clients[b"alice"].say("hijack")
+    frames = world.clients[b"alice"].say("hijack", message_id="hijack")
     assert world.send(b"stranger", frames) == []
     assert world.send(b"stranger", PING_FRAMES) == []
     # The genuine sender's sequence was not consumed by the stranger's attempt.
-    assert [m.identity for m in world.send(b"alice", frames)] == [b"bob"]
+    seen = world.deliver(world.send(b"alice", frames))
+    assert [m.text for m in seen[b"bob"]] == ["hijack"]
+    assert seen[b"alice"] == [Accepted("hijack", seen[b"bob"][0].received)]
 
 
-def test_statement_claiming_another_sender_or_session_is_dropped(world, keyring):
+FORGERIES = {
+    "bobs-statement-on-alices-pipe": ("bob", "bob", "bob"),
+    "claims-bob-on-alices-session": ("alice", "bob", "alice"),
+    "claims-bobs-session": ("alice", "alice", "bob"),
+    "wrong-signer": ("mallory", "alice", "alice"),
+}
+
+
+@pytest.mark.parametrize(("signer", "sender", "session_of"), FORGERIES.values(), ids=FORGERIES.keys())
+def test_statement_claiming_another_sender_or_session_is_refused(world, keyring, signer, sender, session_of):
     world.login("alice")
     world.login("bob")
+    session = world.clients[session_of.encode()].session_id
+    forgery = world.signed_send(b"alice", keyring.keys[signer], sender, session, 1, message_id="forged")
+    out = world.send(b"alice", forgery)
+    assert refusal(world, out, b"alice") == {"type": "refused", "seq": 1, "id": "forged"}
+    ended(world, out, "alice", b"alice")
+    # Control: the same construction, honest, is delivered (so the refusal was not about seq or format).
+    world.login("alice")
     alice_session = world.clients[b"alice"].session_id
-    bob_session = world.clients[b"bob"].session_id
-    forgeries = [
-        world.signed_send(b"alice", keyring.keys["bob"], "bob", bob_session, 1),  # bob's valid statement, alice's pipe
-        world.signed_send(b"alice", keyring.keys["alice"], "bob", alice_session, 1),
-        world.signed_send(b"alice", keyring.keys["alice"], "alice", bob_session, 1),
-        world.signed_send(b"alice", keyring.keys["mallory"], "alice", alice_session, 1),  # wrong signer
-    ]
-    assert [world.send(b"alice", frames) for frames in forgeries] == [[], [], [], []]
-    # Control: the same construction, honest, is delivered (so the drops above were not about seq or format).
-    genuine = world.signed_send(b"alice", keyring.keys["alice"], "alice", alice_session, 1, "genuine")
-    (message,) = world.deliver(world.send(b"alice", genuine))[b"bob"]
+    genuine = world.signed_send(b"alice", keyring.keys["alice"], "alice", alice_session, 1, "genuine", "forged")
+    seen = world.deliver(world.send(b"alice", genuine))
+    (message,) = seen[b"bob"]
     assert (message.sender, message.text) == ("alice", "genuine")
+    assert seen[b"alice"] == [Accepted("forged", message.received)]
 
 
 @pytest.mark.parametrize(
     "frames",
-    [
-        [p.MARKER, p.SEND, b""],
-        [p.MARKER, p.SEND, b"\x01" * 400],
-        [p.MARKER, p.SEND],
-        [b"zchat/0", p.SEND, b"x"],
-        [p.MARKER, p.EVENT, b"x"],
-    ],
-    ids=["empty", "garbage", "two-frames", "marker", "broker-command"],
+    [[p.MARKER, p.SEND], [b"zchat/2", p.SEND, b"x"], [p.MARKER, p.EVENT, b"x"], [p.MARKER, p.PING, b"x"]],
+    ids=["two-frames", "old-marker", "broker-command", "ping-with-body"],
 )
 def test_malformed_frames_from_a_logged_in_user_are_dropped(world, frames):
     world.login("alice")
     world.login("bob")
     assert world.send(b"alice", frames) == []
     assert names(world.core.online()) == ["alice", "bob"]
+    assert world.core.sessions[b"alice"].seq_in == 0
 
 
-def test_send_sealed_for_another_context_is_dropped(world, keyring):
+@pytest.mark.parametrize("body", [b"", b"\x01" * 400], ids=["empty", "garbage"])
+def test_a_send_that_does_not_open_is_refused_without_naming_it(world, body):
+    world.login("alice")
+    world.login("bob")
+    out = world.send(b"alice", [p.MARKER, p.SEND, body])
+    assert refusal(world, out, b"alice") == {"type": "refused"}
+    ended(world, out, "alice", b"alice")
+
+
+def test_send_sealed_for_another_context_is_refused(world, keyring):
     world.login("alice")
     world.login("bob")
     session = world.clients[b"alice"].session_id
-    statement = p.Statement.build("chat", "alice", session, 1, world.now, "moved")
+    statement = p.Statement.build("chat", "alice", session, 1, world.now, "moved", message_id="moved")
     signature = crypto.sign(keyring.keys["alice"], p.statement_signing_input(statement.text))
     body = crypto.seal(world.broker_public, p.SignedStatement(statement.text, signature).encode(), p.context(p.HELLO))
-    assert world.send(b"alice", [p.MARKER, p.SEND, body]) == []
+    out = world.send(b"alice", [p.MARKER, p.SEND, body])
+    assert refusal(world, out, b"alice") == {"type": "refused"}  # it did not open: the broker cannot name it
+    ended(world, out, "alice", b"alice")
 
 
 def test_unacceptable_text_is_refused_to_its_sender_only(world, keyring):
     world.login("alice")
     world.login("bob")
     session = world.clients[b"alice"].session_id
-    frames = world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 1, "evil \x1b[2J")
+    frames = world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 1, "evil \x1b[2J", "evil")
     seen = world.deliver(world.send(b"alice", frames))
-    assert list(seen) == [b"alice"]
-    (notice,) = seen[b"alice"]
-    assert isinstance(notice, Notice)
-    assert "not delivered" in notice.message
-    assert "control characters" in notice.message
+    assert seen == {b"alice": [Failed("evil", "message contains control characters: 'evil \\x1b[2J'")]}
+    assert world.core.history == collections.deque()
+    assert world.core.sessions[b"alice"].seq_in == 1  # authentic and in order: the session goes on
 
 
 def test_message_rate_limit_tells_the_sender(keyring):
     world = World(keyring.keys, keyring.layout, {"messages_per_second_per_user": 1.0})
     world.login("alice")
     world.login("bob")
-    assert [list(world.say(b"alice", f"m{i}")) for i in range(2)] == [[b"bob"], [b"bob"]]  # burst of 2
-    (notice,) = world.say(b"alice", "one too many")[b"alice"]
-    assert "more than 1 messages per second" in notice.message
+    for i in range(2):  # a burst of 2
+        seen = world.say(b"alice", f"m{i}", message_id=f"m{i}")
+        assert [m.text for m in seen[b"bob"]] == [f"m{i}"]
+        assert seen[b"alice"] == [Accepted(f"m{i}", seen[b"bob"][0].received)]
+    seen = world.say(b"alice", "one too many", message_id="m2")
+    assert seen == {b"alice": [Failed("m2", "you are sending more than 1 messages per second: 'one too many'")]}
     world.now += 1.0
-    assert list(world.say(b"alice", "later")) == [b"bob"]
+    seen = world.say(b"alice", "later", message_id="m2")  # not kept, so the same id is new to the broker
+    assert [m.text for m in seen[b"bob"]] == ["later"]
+    assert seen[b"alice"] == [Accepted("m2", seen[b"bob"][0].received)]
 
 
 # ---------------------------------------------------------------- commands
@@ -373,7 +434,9 @@ def test_second_login_replaces_the_first(world):
     assert b"alice-old" not in world.core.sessions
     # The old identity can no longer speak. It is not answered EVICTED: that could overtake its `closed`.
     assert world.send(b"alice-old", PING_FRAMES) == []
-    assert list(world.say(b"alice-new", "I am back")) == [b"bob"]
+    seen = world.say(b"alice-new", "I am back", message_id="back")
+    assert [m.text for m in seen[b"bob"]] == ["I am back"]
+    assert seen[b"alice-new"] == [Accepted("back", seen[b"bob"][0].received)]
 
 
 # ---------------------------------------------------------------- liveness
@@ -457,6 +520,7 @@ def test_last_words_of_a_peer_that_vanished_still_count(world):
     assert world.run(world.core.unreachable(b"bob", world.now)) == []  # the broker noticed the drop first
     seen = world.deliver(world.send(b"bob", last))
     assert [e.text for e in seen[b"alice"]] == ["last words"]
+    assert b"bob" not in seen  # its answer has no connection to go to (its client re-sends, and hears "duplicate")
     seen = world.deliver(world.send(b"bob", bye))
     assert seen == {b"alice": [Left("bob", "left")]}
     assert world.deliver(world.run(world.core.drained(world.now))) == {}

@@ -21,7 +21,7 @@ from chat.broker_work import (
     encode_jobs,
     encode_results,
 )
-from chat.events import ChatMessage, Left
+from chat.events import Accepted, ChatMessage, Left
 from tests.unit.world import REFUSED_FRAMES, World
 
 BUSY_FRAMES = [p.MARKER, p.BUSY, b""]
@@ -198,6 +198,7 @@ def test_a_send_is_one_open_job_and_opening_it_gives_one_delivery_per_member(wor
     assert world.core.sessions[b"alice"].seq_out == before[b"alice"]
 
     seen = world.deliver(world.run(deliveries))
+    assert [type(e) for e in seen.pop(b"alice")] == [Accepted, Accepted]  # at the commit that ends the turn
     assert {identity: [e.text for e in events] for identity, events in seen.items()} == {
         b"bob": ["one", "two"],
         b"carol": ["one", "two"],

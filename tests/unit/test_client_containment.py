@@ -40,8 +40,16 @@ class FakeClient:
             raise step
         return step
 
-    def send(self, text: str, *, to: str | None = None, action: bool = False) -> None:
+    def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         self.sent.append((text, to))
+        return f"id{len(self.sent)}"
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return ()
+
+    def flush(self, timeout: float) -> bool:
+        return True
 
     def close(self, say_bye: bool = True) -> None:
         self.closed = True

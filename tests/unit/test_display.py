@@ -259,3 +259,23 @@ def test_text_problem_still_refuses_control_characters(char):
 )
 def test_text_problem_accepts_emoji_sequences_and_cjk(text):
     assert p.text_problem(text, p.DEFAULT_MAX_TEXT_BYTES) is None
+
+
+def test_answers_to_our_messages_name_the_message_once():
+    display = Display()
+    # The broker's reasons quote the message already; the client adds the preview only when they do not.
+    shown = display.failed("nobody is registered here as carol: 'hi'", "hi")
+    assert shown.endswith("! not delivered: nobody is registered here as carol: 'hi'")
+    assert display.failed("not stored: disk full", "x" * 50).endswith(
+        f"! not delivered: not stored: disk full: {'x' * 40 + '…'!r}"
+    )
+    assert display.failed("not confirmed: the client was closed", "bye").endswith(
+        "! not confirmed: the client was closed: 'bye'"
+    )
+    assert display.queued("bob", "see you").endswith("* queued for bob (offline): 'see you'")
+    assert "\x1b" not in display.failed("evil \x1b[2J", "\x1b[2J")
+
+
+def test_a_private_message_kept_while_we_were_away_says_so():
+    shown = Display().format(ChatMessage("alice", "hi", 0.0, private=True, away=True))
+    assert "(private) (while you were away) alice: hi" in shown

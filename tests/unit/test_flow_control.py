@@ -17,8 +17,8 @@ import crypto
 from chat import protocol as p
 from chat.broker_core import BrokerCore
 from chat.broker_work import ChallengeJob, Job, JobRunner, Opened, OpenJob, Outgoing, Work
-from chat.errors import ConnectError, RemoteProtocolError
-from chat.events import ChatMessage, Event, Left, Notice, SessionClosed, Shutdown, Welcome
+from chat.errors import ConnectError, RemoteProtocolError, StatementRefused
+from chat.events import Accepted, ChatMessage, Event, Failed, Left, SessionClosed, Shutdown, Welcome
 from chat.keystore import KeyLayout, Registry
 from chat.session import ClientSession
 from chat.workers import HANDSHAKE_TURN, INLINE_OPENS_PER_TURN, InlineJobs, OpenQueue
@@ -56,6 +56,7 @@ class InOrderWorld(World):
 
     def run(self, work: list[Work]) -> list[Outgoing]:
         out = run_in_order(self.core, self.runner, work, self.now)
+        out += run_in_order(self.core, self.runner, self.core.commit(self.now), self.now)
         return out + run_in_order(self.core, self.runner, self.core.flush_presence(self.now), self.now)
 
 
@@ -92,9 +93,18 @@ def chats(events: list[Event]) -> list[ChatMessage]:
     return [e for e in events if isinstance(e, ChatMessage)]
 
 
-def say(world: World, identity: bytes, message: str) -> list[Outgoing]:
+def say(world: World, identity: bytes, message: str, message_id: str = "") -> list[Outgoing]:
     world.now += 0.1  # well under messages_per_second_per_user
-    return world.send(identity, world.clients[identity].say(message))
+    return world.send(identity, world.clients[identity].say(message, message_id=message_id))
+
+
+def only_accepted(world: World, out: list[Outgoing], identity: bytes, message_id: str) -> Accepted:
+    """`out` is the broker's answer to one room message from someone alone in the room: its `accepted`."""
+    assert [m.identity for m in out] == [identity]
+    (accepted,) = world.deliver(out)[identity]
+    assert isinstance(accepted, Accepted)
+    assert (accepted.message_id, accepted.queued, accepted.duplicate) == (message_id, False, False)
+    return accepted
 
 
 def login_with_history(world: World, name: str, identity: bytes | None = None) -> tuple[ClientSession, list[Outgoing]]:
@@ -265,8 +275,8 @@ def history_world(keyring: Any, count: int, **overrides: Any) -> tuple[World, li
     world = make_world(keyring, send_window_bytes=WINDOW, **overrides)
     world.login("alice")
     sent = [text(i) for i in range(count)]
-    for message in sent:
-        assert say(world, b"alice", message) == []
+    for i, message in enumerate(sent):
+        only_accepted(world, say(world, b"alice", message, f"h{i}"), b"alice", f"h{i}")
     return world, sent
 
 
@@ -299,7 +309,7 @@ def test_history_replay_is_paced_by_the_window(keyring):
 
 def test_history_replay_sends_the_newest_entries_that_fit(keyring):
     world, sent = history_world(keyring, 12)
-    signed = [entry[0]["signed"] for entry in world.core.history]
+    signed = [entry["signed"] for entry in world.core.history]
     budget = sum(len(s) for s in signed[-3:])
     replay_world = make_world(keyring, send_window_bytes=WINDOW, history_replay_bytes=budget)
     replay_world.core.history.extend(world.core.history)
@@ -314,7 +324,7 @@ def test_history_replay_sends_the_newest_entries_that_fit(keyring):
 
 def test_history_replay_budget_counts_each_entry_as_1_kib_and_twice_its_statement(keyring):
     world, sent = history_world(keyring, 6)
-    signed = [entry[0]["signed"] for entry in world.core.history]
+    signed = [entry["signed"] for entry in world.core.history]
     budget = sum(1024 + 2 * len(s) for s in signed[-3:])  # PROTOCOL.md 7.5
     replay_world = make_world(keyring, send_window_bytes=WINDOW, history_replay_bytes=budget)
     replay_world.core.history.extend(world.core.history)
@@ -335,8 +345,8 @@ def test_run_inline_keeps_each_sessions_deliveries_in_order(keyring):
     world = World(keyring.keys, keyring.layout)  # World.run is run_inline
     world.login("alice")
     sent = [f"entry {i}" for i in range(10)]
-    for message in sent:
-        assert say(world, b"alice", message) == []
+    for i, message in enumerate(sent):
+        only_accepted(world, say(world, b"alice", message, f"e{i}"), b"alice", f"e{i}")
     _, out = login_with_history(world, "bob")
     replayed = chats(world.deliver(out)[b"bob"]) + chats(drain(world, b"bob"))
     assert [m.text for m in replayed] == sent
@@ -356,14 +366,17 @@ class Clock:
 def test_chat_events_carry_the_brokers_wall_clock(keyring):
     world = make_world(keyring)
     clock = Clock(1_700_000_000.1234)
-    world.core = BrokerCore(world.broker_public, Registry(world.layout), world.config, wall_clock=clock)
+    world.core = BrokerCore(world.broker_public, Registry(world.layout), world.config, world.store, wall_clock=clock)
     world.login("bob")
     world.login("alice")
     out = say(world, b"alice", "what time is it")
     (message,) = chats(world.deliver(out)[b"bob"])
     assert message.received == 1_700_000_000.123
-    (stamped, _), *_ = world.core.history
+    stamped, *_ = world.core.history
     assert stamped["received"] == 1_700_000_000.123
+    # The history keeps the event a replay sends: the signed statement, the time, and its author's user object.
+    assert set(stamped) == {"type", "signed", "sig", "received", "history", "author"}
+    assert (stamped["type"], stamped["history"], stamped["author"]["name"]) == ("chat", True, "alice")
 
     clock.value = 1_800_000_000.0
     _, out = login_with_history(world, "carol")
@@ -398,15 +411,32 @@ BAD_TIMESTAMPS = {
 }
 
 
+STATEMENT_ID = "ts-test"
+
+
 def statement_frames(world: World, key: crypto.PrivateKey, session_id: str, raw_ts: str) -> list[bytes]:
     """SEND frames for alice's first chat statement, its `ts` written as `raw_ts` (JSON text, any value)."""
-    statement = '{"type":"chat","from":"alice","session":"' + session_id + '","seq":1,"ts":' + raw_ts + ',"text":"bad"}'
+    statement = (
+        '{"type":"chat","from":"alice","session":"'
+        + session_id
+        + '","seq":1,"ts":'
+        + raw_ts
+        + ',"id":"'
+        + STATEMENT_ID
+        + '","text":"bad"}'
+    )
     signature = crypto.sign(key, p.statement_signing_input(statement))
     body = p.SignedStatement(statement, signature).encode()
     return p.encode_frames(p.SEND, crypto.seal(world.broker_public, body, p.context(p.SEND)))
 
 
-@pytest.mark.parametrize("raw", list(BAD_TIMESTAMPS.values()), ids=list(BAD_TIMESTAMPS))
+BAD_TIME_STAMP = Failed(
+    STATEMENT_ID, f"its time stamp is not a time from 1970 to 2100 (ts must be 0 to {p.MAX_TIMESTAMP}): 'bad'"
+)
+JSON_TIMESTAMPS = [name for name in BAD_TIMESTAMPS if name != "5000-digits"]  # 5000 digits: not JSON to Python
+
+
+@pytest.mark.parametrize("raw", [BAD_TIMESTAMPS[name] for name in JSON_TIMESTAMPS], ids=JSON_TIMESTAMPS)
 def test_statements_with_a_bad_time_stamp_are_not_delivered(keyring, raw, caplog):
     caplog.set_level(logging.DEBUG)
     world = make_world(keyring)
@@ -414,39 +444,47 @@ def test_statements_with_a_bad_time_stamp_are_not_delivered(keyring, raw, caplog
     alice = world.login("alice").client
     world.now += 0.1
     out = world.send(b"alice", statement_frames(world, keyring.keys["alice"], alice.session_id, raw))
-    assert {m.identity for m in out} <= {b"alice"}, "nothing for bob"
-    assert not chats(world.deliver(out).get(b"alice", []))
+    assert world.deliver(out) == {b"alice": [BAD_TIME_STAMP]}, "nothing for bob; alice hears it failed"
     assert not world.core.history
+    assert world.store.seen("alice", STATEMENT_ID) is None, "not kept"
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], "no traceback"
     assert set(world.core.by_name) == {"alice", "bob"}, "the session goes on"
 
 
-@pytest.mark.parametrize("raw", [raw for name, raw in BAD_TIMESTAMPS.items() if name != "5000-digits"])
-def test_a_chat_with_a_bad_time_stamp_gets_an_error_and_its_seq_counts(keyring, raw):
+@pytest.mark.parametrize("raw", [BAD_TIMESTAMPS[name] for name in JSON_TIMESTAMPS], ids=JSON_TIMESTAMPS)
+def test_a_chat_with_a_bad_time_stamp_fails_and_its_seq_counts(keyring, raw):
     world = make_world(keyring)
     world.login("bob")
     alice = world.login("alice").client
     world.now += 0.1
     out = world.send(b"alice", statement_frames(world, keyring.keys["alice"], alice.session_id, raw))
-    (notice,) = world.deliver(out)[b"alice"]
-    assert isinstance(notice, Notice)
-    assert "time stamp" in notice.message
+    assert world.deliver(out) == {b"alice": [BAD_TIME_STAMP]}
     assert world.core.sessions[b"alice"].seq_in == 1  # authentic and in order: its number is spent
     alice._seq_out = 1  # the hand-made statement used seq 1 behind the session's back
-    (message,) = chats(world.deliver(say(world, b"alice", "good"))[b"bob"])  # seq 2
+    seen = world.deliver(say(world, b"alice", "good", STATEMENT_ID))  # seq 2; the failed id was not kept
+    (message,) = chats(seen[b"bob"])
     assert message.text == "good"
+    assert seen[b"alice"] == [Accepted(STATEMENT_ID, message.received)]
 
 
-def test_a_statement_that_is_not_json_is_dropped_silently(keyring):
-    """5000 digits exceed Python's integer parsing limit: the SEND is not a JSON document at all (6.3)."""
+def test_a_statement_that_is_not_json_is_refused_and_ends_the_session(keyring):
+    """5000 digits exceed Python's integer parsing limit: the SEND is not a JSON document at all (6.3). The
+    broker cannot read its seq or id; it refuses it, ends the session, and a new login starts at seq 1."""
     world = make_world(keyring)
     world.login("bob")
     alice = world.login("alice").client
     out = world.send(b"alice", statement_frames(world, keyring.keys["alice"], alice.session_id, "9" * 5000))
-    assert out == []
-    assert world.core.sessions[b"alice"].seq_in == 0
-    (message,) = chats(world.deliver(say(world, b"alice", "good"))[b"bob"])  # seq 1 again
+    (refused,) = [m for m in out if m.identity == b"alice"]
+    assert world.open_event(b"alice", refused.frames) == {"type": "refused"}
+    with pytest.raises(StatementRefused):
+        alice.receive(refused.frames)
+    assert world.deliver([m for m in out if m.identity != b"alice"]) == {b"bob": [Left("alice", "connection lost")]}
+    assert b"alice" not in world.core.sessions
+    world.login("alice")
+    seen = world.deliver(say(world, b"alice", "good", STATEMENT_ID))  # seq 1 of the new session
+    (message,) = chats(seen[b"bob"])
     assert message.text == "good"
+    assert seen[b"alice"] == [Accepted(STATEMENT_ID, message.received)]
 
 
 @pytest.mark.parametrize("raw", ["0", "1700000000.5", str(p.MAX_TIMESTAMP)])
@@ -455,9 +493,11 @@ def test_statements_with_a_time_stamp_in_range_are_delivered(keyring, raw):
     world.login("bob")
     alice = world.login("alice").client
     out = world.send(b"alice", statement_frames(world, keyring.keys["alice"], alice.session_id, raw))
-    (message,) = chats(world.deliver(out)[b"bob"])
+    seen = world.deliver(out)
+    (message,) = chats(seen[b"bob"])
     assert message.text == "bad"  # the text is fine; so is this ts
     assert message.timestamp == float(raw)
+    assert seen[b"alice"] == [Accepted(STATEMENT_ID, message.received)]
 
 
 # ---------------------------------------------------------------- the connection's user
@@ -648,25 +688,50 @@ def test_inline_jobs_open_a_bounded_number_of_envelopes_per_turn(keyring):
 # ---------------------------------------------------------------- ending a session that has events waiting
 
 
-def test_a_session_closed_during_its_replay_gets_what_waits_then_closed(keyring):
+def replay_cut_short(keyring: Any, identity: bytes) -> tuple[World, list[str], list[str]]:
+    """bob logs in on `identity` to 12 messages of history, more than his window; alice speaks while the rest of
+    the replay waits. The world, the history, and what bob must still get if his session ends now: the replay
+    events already sealed for him (held for his window: their numbers are spent), then alice's live message."""
     world, sent = history_world(keyring, 12)
-    _, out = login_with_history(world, "bob", b"bob-1")
-    seen = world.deliver(out)[b"bob-1"]
-    assert world.core.sessions[b"bob-1"].backlog, "part of the replay still waits"
+    _, out = login_with_history(world, "bob", identity)
+    seen = world.deliver(out)[identity]
+    session = world.core.sessions[identity]
+    assert session.replay, "part of the replay still waits"
+    got = len(chats(seen))
+    assert [m.text for m in chats(seen)] == sent[:got]
+    live = world.deliver(say(world, b"alice", "live while replaying", "live"))
+    assert [type(e) for e in live.pop(b"alice")] == [Accepted]
+    assert live == {}, "it waits behind bob's replay"
+    assert len(session.backlog) == 1
+    sealed = len(session.held)
+    assert got + sealed < len(sent), "some of the replay is not sealed yet"
+    return world, sent, [*sent[got : got + sealed], "live while replaying"]
+
+
+def test_a_session_closed_during_its_replay_gets_its_live_events_then_closed(keyring):
+    """The rest of the login's replay is dropped (bob's next login replays the history anyway); what was sealed
+    for him and what came live meanwhile go out past the window, then `closed`."""
+    world, sent, due = replay_cut_short(keyring, b"bob-1")
     _, out = login_with_history(world, "bob", b"bob-2")  # bob logs in again elsewhere
-    seen += world.deliver(out).get(b"bob-1", [])
-    assert [m.text for m in chats(seen)] == sent, "the whole replay, in order, past the window"
-    assert isinstance(seen[-1], SessionClosed)
-    assert seen[-1].reason == "you logged in again elsewhere"
+    seen = world.deliver(out)
+    rest = seen[b"bob-1"]
+    assert [m.text for m in chats(rest)] == due
+    assert [m.history for m in chats(rest)] == [True] * (len(due) - 1) + [False]
+    assert rest[-1] == SessionClosed("you logged in again elsewhere")
+    assert len(rest) == len(due) + 1
+    # The new session gets the whole history again (and alice's message in it), from the start.
+    replay = chats(seen[b"bob-2"]) + chats(drain(world, b"bob-2"))
+    assert [m.text for m in replay] == [*sent, "live while replaying"]
+    assert all(m.history for m in replay)
 
 
 def test_shutdown_sends_what_waits_for_each_session_then_the_notice(keyring):
-    world, sent = history_world(keyring, 12)
-    _, out = login_with_history(world, "bob")
-    seen = world.deliver(out)[b"bob"]
-    seen += world.deliver(world.run(world.core.shutdown("SIGTERM", world.now))).get(b"bob", [])
-    assert [m.text for m in chats(seen)] == sent
-    assert seen[-1] == Shutdown("SIGTERM")
+    world, _, due = replay_cut_short(keyring, b"bob")
+    rest = world.deliver(world.run(world.core.shutdown("SIGTERM", world.now)))
+    assert rest[b"alice"] == [Shutdown("SIGTERM")]
+    assert [m.text for m in chats(rest[b"bob"])] == due
+    assert rest[b"bob"][-1] == Shutdown("SIGTERM")
+    assert len(rest[b"bob"]) == len(due) + 1
 
 
 # ---------------------------------------------------------------- what a session sends

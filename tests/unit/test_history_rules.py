@@ -12,6 +12,7 @@ from chat.config import parse_config
 from chat.errors import ConfigError
 from chat.events import ChatMessage
 from chat.session import ClientSession, State
+from tests.unit.world import World
 
 
 def authentic_event(session: ClientSession, seq: int, event: dict) -> list[bytes]:
@@ -37,7 +38,7 @@ def test_history_arriving_later_in_a_session_is_rejected(world):
     alice = world.login("alice")
     world.say(b"bob", "live message")
     # bob's genuine signature on an old statement, dressed up as history in the middle of alice's session.
-    statement = p.Statement.build("chat", "bob", bob.client.session_id, 1, 1.0, "old news").text
+    statement = p.Statement.build("chat", "bob", bob.client.session_id, 1, 1.0, "old news", message_id="old").text
     signed = p.SignedStatement(statement, crypto.sign(world.keys["bob"], p.statement_signing_input(statement)))
     bob_info = next(u for u in alice.welcome.users if u.name == "bob")
     late = {"type": "chat", **signed.to_doc(), "history": True, "author": p.user_info_doc(bob_info)}
@@ -54,6 +55,28 @@ def test_a_second_welcome_is_ignored_not_fatal(world):
     assert alice.client.state is State.READY
 
 
-def test_history_must_fit_in_a_clients_send_queue():
+def test_a_replay_longer_than_the_send_queue_goes_out_whole_as_the_client_reads(keyring):
+    """The login's replay waits apart from the send queue: a history of 30 with a queue of 10 is no reason to
+    call the new client too slow; it gets everything, a window at a time, as it acknowledges."""
+    world = World(keyring.keys, keyring.layout, {"history_size": 30, "send_queue_limit": 10})
+    world.login("bob")
+    for i in range(30):
+        world.say(b"bob", f"message {i:02}")
+        world.ack(b"bob")  # bob reads his answers
+    carol = world.client("carol")
+    (challenge,) = world.send(b"carol", carol.hello())
+    _, login = carol.receive(challenge.frames)
+    shown = [e for e in world.deliver(world.send(b"carol", login)).get(b"carol", []) if isinstance(e, ChatMessage)]
+    for _ in range(30):
+        ack = carol.ack()
+        if ack is None:
+            break
+        shown += [e for e in world.deliver(world.send(b"carol", ack)).get(b"carol", []) if isinstance(e, ChatMessage)]
+    assert [m.text for m in shown] == [f"message {i:02}" for i in range(30)]
+    assert all(m.history for m in shown)
+    assert b"carol" in world.core.sessions
+
+
+def test_the_history_size_has_a_range():
     with pytest.raises(ConfigError, match="history_size"):
-        parse_config({"server_ip": "127.0.0.1", "server_port": 1, "history_size": 995}, Path("config.json"))
+        parse_config({"server_ip": "127.0.0.1", "server_port": 1, "history_size": 10_001}, Path("config.json"))

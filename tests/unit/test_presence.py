@@ -15,7 +15,7 @@ import crypto
 from chat import protocol as p
 from chat.broker_core import run_inline
 from chat.broker_work import DeliveryJob, Outgoing, Work
-from chat.events import ChatMessage, Joined, Left, UserInfo, Welcome
+from chat.events import Accepted, ChatMessage, Joined, Left, UserInfo, Welcome
 from tests.unit.test_session import broker_event
 from tests.unit.world import World
 
@@ -149,17 +149,20 @@ def test_chat_from_a_new_user_comes_after_their_pending_join(world):
     quiet_login(world, "alice")
     assert "alice" not in world.clients[b"bob"].roster
 
-    out = receive(world, b"alice", world.clients[b"alice"].say("hi bob"))
+    out = receive(world, b"alice", world.clients[b"alice"].say("hi bob", message_id="hi"))
     assert [m.identity for m in out] == [b"bob", b"bob"]
     events = world.deliver(out)
+    message = events[b"bob"][1]
     assert events == {
         b"bob": [
             Joined(user(world, "alice")),
-            ChatMessage("alice", "hi bob", events[b"bob"][1].timestamp, received=events[b"bob"][1].received),
+            ChatMessage("alice", "hi bob", message.timestamp, received=message.received, message_id="hi"),
         ]
     }
     assert "alice" in world.clients[b"bob"].roster
     assert flush(world) == []  # the join went out with the chat: it is not sent twice
+    # alice hears that the broker took it at the commit, not before, and nothing about presence.
+    assert world.deliver(run(world, world.core.commit(world.now))) == {b"alice": [Accepted("hi", message.received)]}
 
 
 def test_a_private_message_also_sends_the_pending_presence_first(world):
@@ -169,13 +172,18 @@ def test_a_private_message_also_sends_the_pending_presence_first(world):
     world.core.unreachable(b"carol", world.now)
     assert run(world, world.core.drained(world.now)) == []
 
-    out = receive(world, b"alice", world.clients[b"alice"].say("psst", to="bob"))
+    out = receive(world, b"alice", world.clients[b"alice"].say("psst", to="bob", message_id="psst"))
     events = world.deliver(out)
     joined, left, message = events[b"bob"]
     assert (joined, left) == (Joined(user(world, "alice")), Left("carol", "connection lost"))
     assert isinstance(message, ChatMessage)
-    assert (message.sender, message.text, message.private) == ("alice", "psst", True)
+    assert (message.sender, message.text, message.private, message.away) == ("alice", "psst", True, False)
     assert set(events) == {b"bob"}
+    # Delivered live, so not queued; carol's leave, still waiting for alice, goes first with her answer too.
+    assert world.deliver(run(world, world.core.commit(world.now))) == {
+        b"alice": [Left("carol", "connection lost"), Accepted("psst", message.received, queued=False)]
+    }
+    assert flush(world) == []
 
 
 def test_a_single_change_goes_out_as_a_plain_join_or_leave(world):

@@ -42,7 +42,7 @@ def test_decode_frames_rejects_wrong_frame_count(count):
     assert "frames" in str(error)
 
 
-@pytest.mark.parametrize("marker", [b"", b"zchat/1", b"ZCHAT/2", b"zchat/2 ", b"zchat"])
+@pytest.mark.parametrize("marker", [b"", b"zchat/1", b"zchat/2", b"ZCHAT/3", b"zchat/3 ", b"zchat"])
 def test_decode_frames_rejects_wrong_marker(marker):
     error = remote_error(lambda: p.decode_frames([marker, p.PING, b""], p.CLIENT_COMMANDS, MAX_BODY))
     assert "marker" in str(error)
@@ -97,12 +97,23 @@ def test_encode_frames_refuses_body_on_bodyless_command():
 def test_contexts_differ_per_command():
     contexts = {p.context(command) for command in p.CLIENT_COMMANDS | p.BROKER_COMMANDS}
     assert len(contexts) == len(p.CLIENT_COMMANDS | p.BROKER_COMMANDS)
-    assert p.context(p.SEND) == b"zchat/2|SEND"
+    assert p.context(p.SEND) == b"zchat/3|SEND"
 
 
 def worst_case_chat() -> p.SignedStatement:
-    """A full-size text of characters that JSON escaping doubles, signed with a 4096-bit key."""
-    statement = p.Statement.build("chat", "a" * 32, "ab" * 32, p.MAX_SEQ, 1e300, '"' * p.DEFAULT_MAX_TEXT_BYTES)
+    """A full-size private action of characters that JSON escaping doubles, with the longest id, signed with a
+    4096-bit key."""
+    statement = p.Statement.build(
+        "chat",
+        "a" * 32,
+        "ab" * 32,
+        p.MAX_SEQ,
+        1e300,
+        '"' * p.DEFAULT_MAX_TEXT_BYTES,
+        to="b" * 32,
+        action=True,
+        message_id="i" * 64,
+    )
     return p.SignedStatement(statement.text, b"s" * 512)
 
 
@@ -112,9 +123,14 @@ def test_max_body_covers_a_send_of_a_doubly_escaped_full_text():
 
 
 def test_broker_body_limit_covers_a_chat_delivery_of_a_full_text():
-    event = {"type": "chat", **worst_case_chat().to_doc()}
+    author = UserInfo("a" * 32, "SHA256:" + "0" * 64, False, b"k" * 600)  # a 4096-bit key's DER is about 550 bytes
+    event = p.ChatEvent(worst_case_chat(), p.MAX_TIMESTAMP, author, away=True).to_doc()
     plaintext = p.seal_delivery(DELIVERY_KEY, "ab" * 32, p.MAX_SEQ, event)
     assert len(plaintext) + 1 + 512 + 12 + 16 <= p.MAX_BROKER_BODY
+    # The same message kept for an offline recipient: the chat event sealed to them, inside a mail event.
+    sealed = b"s" * (len(p.dump_doc(event)) + 1 + 512 + 12 + 16)
+    mail = p.seal_delivery(DELIVERY_KEY, "ab" * 32, p.MAX_SEQ, p.MailEvent(sealed).to_doc())
+    assert len(mail) + 1 + 512 + 12 + 16 <= p.MAX_BROKER_BODY
 
 
 # ---------------------------------------------------------------- handshake documents
@@ -350,6 +366,58 @@ def test_user_info_round_trip_and_rejections():
     remote_error(lambda: p.parse_user_list({}, "users"))
 
 
+# ---------------------------------------------------------------- the answers to a chat statement
+
+
+@pytest.mark.parametrize(
+    ("event", "document"),
+    [
+        (p.AcceptedEvent("m1", 1.5), {"type": "accepted", "id": "m1", "received": 1.5}),
+        (p.AcceptedEvent("m1", 2.0, queued=True), {"type": "accepted", "id": "m1", "received": 2.0, "queued": True}),
+        (
+            p.AcceptedEvent("m1", 2.0, duplicate=True),
+            {"type": "accepted", "id": "m1", "received": 2.0, "duplicate": True},
+        ),
+        (p.FailedEvent("m-2", "mailbox full"), {"type": "failed", "id": "m-2", "reason": "mailbox full"}),
+        (p.RefusedEvent(7, "m_3"), {"type": "refused", "seq": 7, "id": "m_3"}),
+        (p.RefusedEvent(7, ""), {"type": "refused", "seq": 7}),
+        (p.RefusedEvent(None, ""), {"type": "refused"}),
+        (p.MailEvent(b"\x00sealed\xff"), {"type": "mail", "sealed": p.b64(b"\x00sealed\xff")}),
+    ],
+    ids=["accepted", "queued", "duplicate", "failed", "refused", "refused-no-id", "refused-unread", "mail"],
+)
+def test_answer_events_round_trip(event, document):
+    assert event.to_doc() == document
+    assert p.decode_event(json.loads(json.dumps(document))) == event
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"type": "accepted", "received": 1.0},
+        {"type": "accepted", "id": "a b", "received": 1.0},
+        {"type": "accepted", "id": "m1"},
+        {"type": "accepted", "id": "m1", "received": -1},
+        {"type": "accepted", "id": "m1", "received": True},
+        {"type": "failed", "id": "m1"},
+        {"type": "failed", "reason": "why"},
+        {"type": "refused", "seq": 0},
+        {"type": "refused", "seq": "1"},
+        {"type": "refused", "id": ""},
+        {"type": "mail"},
+        {"type": "mail", "sealed": "not base64!"},
+    ],
+    ids=repr,
+)
+def test_answer_events_with_bad_fields_are_rejected(document):
+    remote_error(lambda: p.decode_event(document))
+
+
+def test_queued_and_duplicate_are_true_only_when_true():
+    document = {"type": "accepted", "id": "m1", "received": 1.0, "queued": "yes", "duplicate": 1}
+    assert p.decode_event(document) == p.AcceptedEvent("m1", 1.0)
+
+
 # ---------------------------------------------------------------- statements
 
 SESSION = "ab" * 32
@@ -368,26 +436,43 @@ SESSION = "ab" * 32
     ],
 )
 def test_statement_build_parse_round_trip(kind, body):
-    built = p.Statement.build(kind, "alice", SESSION, 42, 1700000000.123456, body)
+    message_id = "Zx_9-" if kind == "chat" else ""
+    built = p.Statement.build(kind, "alice", SESSION, 42, 1700000000.123456, body, message_id=message_id)
     parsed = p.Statement.parse(built.text)
     assert parsed == built
     assert parsed.text == built.text
     assert (parsed.kind, parsed.sender, parsed.session, parsed.seq, parsed.body) == (kind, "alice", SESSION, 42, body)
     assert parsed.timestamp == 1700000000.123456
+    assert parsed.message_id == message_id
+    assert ('"id":' in built.text) is (kind == "chat")
+
+
+def test_private_action_round_trip():
+    built = p.Statement.build("chat", "alice", SESSION, 1, 1.0, "waves", to="bob", action=True, message_id="m1")
+    parsed = p.Statement.parse(built.text)
+    assert parsed == built
+    assert (parsed.to, parsed.action, parsed.message_id) == ("bob", True, "m1")
+
+
+def test_new_message_ids_are_fresh_and_valid():
+    ids = {p.new_message_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 22 and p.MESSAGE_ID_PATTERN.fullmatch(i) for i in ids)
 
 
 def test_statement_parse_keeps_the_exact_signed_text():
     # Key order and spacing as the author wrote them are kept, never re-serialised.
-    text = '{ "ts": 1.5, "seq": 3, "session": "s", "from": "bob", "type": "chat", "text": "caf\\u00e9" }'
+    text = '{ "ts": 1.5, "seq": 3, "id": "x", "session": "s", "from": "bob", "type": "chat", "text": "caf\\u00e9" }'
     statement = p.Statement.parse(text)
     assert statement.text == text
     assert statement.body == "café"
     assert statement.sender == "bob"
+    assert statement.message_id == "x"
 
 
 def test_statement_signing_input_covers_the_exact_text():
-    built = p.Statement.build("chat", "alice", SESSION, 1, 1.0, "é")
-    assert p.statement_signing_input(built.text) == b"zchat/2|statement|" + built.text.encode("utf-8")
+    built = p.Statement.build("chat", "alice", SESSION, 1, 1.0, "é", message_id="m")
+    assert p.statement_signing_input(built.text) == b"zchat/3|statement|" + built.text.encode("utf-8")
     assert "é" in built.text  # not ASCII-escaped: the signed bytes are the UTF-8 text
 
 
@@ -395,10 +480,13 @@ def test_statement_build_refuses_misuse():
     with pytest.raises(LocalProtocolError):
         p.Statement.build("dance", "alice", SESSION, 1, 1.0)
     with pytest.raises(LocalProtocolError):
-        p.Statement.build("chat", "not valid", SESSION, 1, 1.0, "hi")
+        p.Statement.build("chat", "not valid", SESSION, 1, 1.0, "hi", message_id="m")
+    for bad_id in ("", "a b", "x" * 65, "é"):
+        with pytest.raises(LocalProtocolError, match="invalid message id"):
+            p.Statement.build("chat", "alice", SESSION, 1, 1.0, "hi", message_id=bad_id)
 
 
-GOOD_STATEMENT = {"type": "chat", "from": "alice", "session": SESSION, "seq": 1, "ts": 1.0, "text": "hi"}
+GOOD_STATEMENT = {"type": "chat", "from": "alice", "session": SESSION, "seq": 1, "ts": 1.0, "id": "m1", "text": "hi"}
 
 
 @pytest.mark.parametrize(
@@ -417,11 +505,29 @@ GOOD_STATEMENT = {"type": "chat", "from": "alice", "session": SESSION, "seq": 1,
         {"seq": 2**53},
         {"text": 5},
         {"text": None},
+        {"id": None},
+        {"id": ""},
+        {"id": 1},
+        {"id": "a b"},
+        {"id": "x" * 65},
+        {"id": "m1\n"},
+        {"to": "not a name"},
+        {"to": None},
+        {"action": 1},
+        {"action": "true"},
     ],
 )
 def test_statement_parse_rejects_wrong_fields(change):
     assert p.Statement.parse(json.dumps(GOOD_STATEMENT)).body == "hi"
     remote_error(lambda: p.Statement.parse(json.dumps({**GOOD_STATEMENT, **change})))
+
+
+def test_a_chat_statement_without_an_id_is_rejected():
+    statement = {k: v for k, v in GOOD_STATEMENT.items() if k != "id"}
+    assert "id" in str(remote_error(lambda: p.Statement.parse(json.dumps(statement))))
+    # Other statements carry no id.
+    who = {k: v for k, v in statement.items() if k != "text"} | {"type": "who"}
+    assert p.Statement.parse(json.dumps(who)).message_id == ""
 
 
 @pytest.mark.parametrize("ts", [True, "now", None, float("nan"), -1, 1e300, 10**4000, [1.0]])
@@ -514,7 +620,7 @@ def test_check_name_refuses(name):
 def test_signing_inputs_are_distinct_per_purpose():
     broker = p.broker_proof_input("alice", NONCE, OTHER_NONCE, DELIVERY_KEY)
     login = p.login_proof_input("alice", NONCE, OTHER_NONCE)
-    assert not broker.startswith(login[: len(b"zchat/2|login")])
+    assert not broker.startswith(login[: len(b"zchat/3|login")])
     assert broker != p.broker_proof_input("alice", NONCE, OTHER_NONCE, bytes(32))
     assert p.delivery_mac_input("x") != p.statement_signing_input("x")
     assert p.login_proof_input("alice", NONCE, OTHER_NONCE) != p.login_proof_input("alice", OTHER_NONCE, NONCE)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
 import crypto
 from chat import protocol as p
-from chat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError
-from chat.events import ChatMessage, Joined, Left, SessionClosed, UserInfo
-from chat.session import ClientSession, State
+from chat.broker_work import Outgoing
+from chat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError, StatementRefused
+from chat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, UserInfo
+from chat.session import ClientSession, SeenMessages, State
 from tests.unit.world import PING_FRAMES, World
 
 LEAVE = {"type": "leave", "name": "carol", "reason": "left"}
@@ -32,10 +34,28 @@ def broker_event(
     return p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
 
 
-def chat_event(key: crypto.PrivateKey, sender: str, session: str, seq: int, text: str = "forged") -> dict[str, Any]:
-    statement = p.Statement.build("chat", sender, session, seq, 1.0, text)
+def chat_event(
+    key: crypto.PrivateKey,
+    sender: str,
+    session: str,
+    seq: int,
+    text: str = "forged",
+    *,
+    message_id: str = "",
+    to: str | None = None,
+) -> dict[str, Any]:
+    """A live chat event relaying a statement signed with `key` (a fresh message id unless given)."""
+    statement = p.Statement.build(
+        "chat", sender, session, seq, 1.0, text, to=to, message_id=message_id or p.new_message_id()
+    )
     signature = crypto.sign(key, p.statement_signing_input(statement.text))
     return {"type": "chat", **p.SignedStatement(statement.text, signature).to_doc(), "received": 2.0}
+
+
+def to(identity: bytes, out: list[Outgoing]) -> Outgoing:
+    """The one message in `out` for `identity`."""
+    (message,) = [m for m in out if m.identity == identity]
+    return message
 
 
 def remote_error(client: ClientSession, frames: list[bytes], match: str) -> None:
@@ -61,7 +81,7 @@ def pair(world):
 
 
 def test_replayed_event_is_rejected(pair):
-    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("hi bob"))
+    delivery = to(b"bob", pair.send(b"alice", pair.clients[b"alice"].say("hi bob")))
     bob = pair.clients[b"bob"]
     events, reply = bob.receive(delivery.frames)
     assert reply is None
@@ -79,7 +99,10 @@ def test_event_sealed_for_someone_else_is_rejected(pair):
     remote_error(alice, for_bob.frames, "did not open")
     # The rejected frame left alice's session intact.
     (message,) = alice.receive(for_alice.frames)[0]
-    assert message == ChatMessage("carol", "hello both", message.timestamp, received=message.received)
+    assert message == ChatMessage(
+        "carol", "hello both", message.timestamp, received=message.received, message_id=message.message_id
+    )
+    assert len(message.message_id) == 22
 
 
 def test_event_from_an_earlier_session_is_rejected(world):
@@ -115,7 +138,7 @@ def test_event_out_of_sequence_is_rejected(pair, offset):
 
 
 def test_event_moved_to_another_command_is_rejected(pair):
-    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("hi"))
+    delivery = to(b"bob", pair.send(b"alice", pair.clients[b"alice"].say("hi")))
     with pytest.raises(RemoteProtocolError):
         pair.clients[b"bob"].receive([p.MARKER, p.CHALLENGE, delivery.frames[2]])
 
@@ -157,14 +180,16 @@ def test_genuine_chat_built_the_same_way_is_accepted(pair, keyring):
     assert (message.sender, message.text) == ("alice", "real")
 
 
-def test_chat_replayed_by_the_broker_is_skipped(pair, keyring):
-    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("pay carol 10"))
+def test_chat_replayed_by_the_broker_is_skipped(pair, keyring, caplog):
+    delivery = to(b"bob", pair.send(b"alice", pair.clients[b"alice"].say("pay carol 10")))
     bob = pair.clients[b"bob"]
     assert len(bob.receive(delivery.frames)[0]) == 1
     # The broker re-sends the same signed statement in a fresh, correctly numbered and MACed event.
     plaintext = crypto.open_envelope(keyring.keys["bob"], delivery.frames[2], p.context(p.EVENT))
     original = p.Delivery.open(plaintext, pair.core.sessions[b"bob"].delivery_key)
-    skipped(pair, b"bob", original.event)
+    with caplog.at_level(logging.WARNING, logger="chat.session"):
+        skipped(pair, b"bob", original.event)
+    assert "replayed message from alice" in caplog.text  # caught as a replay, before the client's memory of ids
 
 
 def test_chat_from_someone_not_online_is_skipped(pair, keyring):
@@ -190,6 +215,152 @@ def test_join_with_a_good_key_is_accepted(pair, keyring):
     frames = broker_event(pair, b"bob", {"type": "join", "user": p.user_info_doc(user)})
     events, _ = pair.clients[b"bob"].receive(frames)
     assert events == [Joined(user)]
+
+
+# ---------------------------------------------------------------- answers to our statements
+
+
+ANSWERS = {
+    "accepted": ({"type": "accepted", "id": "m1", "received": 1.5}, Accepted("m1", 1.5)),
+    "queued": (
+        {"type": "accepted", "id": "m1", "received": 1.5, "queued": True},
+        Accepted("m1", 1.5, queued=True),
+    ),
+    "duplicate": (
+        {"type": "accepted", "id": "m1", "received": 1.5, "duplicate": True},
+        Accepted("m1", 1.5, duplicate=True),
+    ),
+    "failed": ({"type": "failed", "id": "m1", "reason": "why not"}, Failed("m1", "why not")),
+    "error": ({"type": "error", "message": "/shutdown refused"}, Notice("/shutdown refused")),
+}
+
+
+@pytest.mark.parametrize(("event", "expected"), ANSWERS.values(), ids=ANSWERS.keys())
+def test_the_brokers_answers_reach_the_user_and_the_session_goes_on(pair, event, expected):
+    assert pair.clients[b"alice"].receive(broker_event(pair, b"alice", event)) == ([expected], None)
+    assert pair.clients[b"alice"].state is State.READY
+    still_in_step(pair, b"alice")
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"type": "refused", "seq": 3, "id": "m3"}, "the broker refused a statement (statement 3, message m3)"),
+        ({"type": "refused", "seq": 3}, "the broker refused a statement (statement 3)"),
+        ({"type": "refused"}, "the broker refused a statement"),
+    ],
+    ids=["named", "no-id", "unread"],
+)
+def test_refused_ends_the_session_and_names_the_statement(pair, event, message):
+    alice = pair.clients[b"alice"]
+    with pytest.raises(StatementRefused) as caught:
+        alice.receive(broker_event(pair, b"alice", event))
+    assert str(caught.value) == message
+    assert alice.state is State.CLOSED
+    with pytest.raises(LocalProtocolError):
+        alice.say("not any more")
+
+
+# ---------------------------------------------------------------- kept private messages (mail)
+
+
+def author_doc(world: World, name: str) -> dict[str, Any]:
+    key = world.keys[name]
+    return p.user_info_doc(UserInfo(name, crypto.fingerprint(key), False, crypto.public_key_to_der(key)))
+
+
+def mail_event(
+    world: World,
+    sender: str,
+    recipient: str,
+    text: str = "while you were out",
+    *,
+    message_id: str = "kept",
+    sealed_to: str | None = None,
+    author: str | None = None,
+    private: bool = True,
+) -> dict[str, Any]:
+    """A `mail` event as the broker makes it: `sender`'s statement to `recipient`, relayed in a chat event with
+    `away` and the author's user object, sealed to `sealed_to` (the recipient) with MAIL_CONTEXT."""
+    inner = chat_event(
+        world.keys[sender], sender, "cafe" * 16, 1, text, message_id=message_id, to=recipient if private else None
+    )
+    inner |= {"away": True, "author": author_doc(world, author or sender)}
+    sealed = crypto.seal(world.keys[sealed_to or recipient].public_key(), p.dump_doc(inner), p.MAIL_CONTEXT)
+    return p.MailEvent(sealed).to_doc()
+
+
+def test_mail_is_shown_as_a_private_message_kept_while_away(pair):
+    # carol is not online: a kept message names its author's key itself.
+    events, _ = pair.clients[b"bob"].receive(broker_event(pair, b"bob", mail_event(pair, "carol", "bob")))
+    assert events == [
+        ChatMessage("carol", "while you were out", 1.0, private=True, received=2.0, message_id="kept", away=True)
+    ]
+    still_in_step(pair, b"bob")
+
+
+BAD_MAIL = {
+    "sealed-to-another": ({"sealed_to": "alice"}, "a kept message that does not open with our key"),
+    "for-another": ({"sealed_to": "bob", "recipient": "carol"}, "not a chat message for us"),
+    "to-the-room": ({"private": False}, "a kept message to the room"),
+    "another-author": ({"author": "alice"}, "a kept message that names another author"),
+}
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD_MAIL.values(), ids=BAD_MAIL.keys())
+def test_unusable_mail_is_skipped(pair, caplog, bad, reason):
+    fields = {"recipient": "bob", **bad}
+    recipient = fields.pop("recipient")
+    with caplog.at_level(logging.WARNING, logger="chat.session"):
+        skipped(pair, b"bob", mail_event(pair, "carol", recipient, **fields))
+    assert f"ignored a 'mail' event from the broker: {reason}" in caplog.text
+
+
+def test_a_kept_message_outside_its_sealed_mail_is_skipped(pair, caplog):
+    event = chat_event(pair.keys["carol"], "carol", "cafe" * 16, 1, "unsealed", to="bob")
+    with caplog.at_level(logging.WARNING, logger="chat.session"):
+        skipped(pair, b"bob", event | {"away": True, "author": author_doc(pair, "carol")})
+    assert "a kept private message outside its sealed mail" in caplog.text
+
+
+# ---------------------------------------------------------------- messages shown before
+
+
+def test_a_message_shown_live_is_not_shown_again_as_mail(pair):
+    session = pair.clients[b"alice"].session_id
+    live = chat_event(pair.keys["alice"], "alice", session, 1, "psst", message_id="psst", to="bob")
+    (message,) = pair.clients[b"bob"].receive(broker_event(pair, b"bob", live))[0]
+    assert (message.text, message.private, message.away) == ("psst", True, False)
+    # The broker kept it until bob acknowledged it; bob's session ended first, so it comes again.
+    skipped(pair, b"bob", mail_event(pair, "alice", "bob", "psst", message_id="psst"))
+    # Another id from the same author is another message.
+    (again,) = pair.clients[b"bob"].receive(broker_event(pair, b"bob", mail_event(pair, "alice", "bob", "2nd")))[0]
+    assert (again.text, again.away) == ("2nd", True)
+
+
+def test_messages_seen_outlive_the_session_that_showed_them(world):
+    world.login("alice")
+    seen = SeenMessages()
+    world.login("bob", b"bob-1", seen=seen)
+    session = world.clients[b"alice"].session_id
+    live = chat_event(world.keys["alice"], "alice", session, 1, "hello", message_id="hello")
+    assert len(world.clients[b"bob-1"].receive(broker_event(world, b"bob-1", live))[0]) == 1
+    # bob reconnects (the same client) and the broker replays the message: it is not shown twice.
+    world.login("bob", b"bob-2", seen=seen)
+    mail = mail_event(world, "alice", "bob", "hello", message_id="hello")
+    assert world.clients[b"bob-2"].receive(broker_event(world, b"bob-2", mail)) == ([], None)
+    # Control: a client that has not seen it (another SeenMessages) shows it.
+    world.login("bob", b"bob-3")
+    (message,) = world.clients[b"bob-3"].receive(broker_event(world, b"bob-3", mail))[0]
+    assert (message.sender, message.text, message.message_id) == ("alice", "hello", "hello")
+
+
+def test_seen_messages_forget_the_oldest_beyond_their_limit():
+    seen = SeenMessages(limit=2)
+    assert [seen.first_time("alice", i) for i in ("a", "b", "a", "c")] == [True, True, False, True]
+    assert seen.first_time("bob", "c") is True  # the author is part of the key
+    assert seen.first_time("alice", "a") is True  # forgotten: the two newest are ("alice", "c") and ("bob", "c")
+    assert seen.first_time("bob", "c") is False
 
 
 # ---------------------------------------------------------------- handshake
@@ -302,7 +473,7 @@ def test_handshake_commands_are_rejected_once_logged_in(pair, frames):
 
 def test_event_before_hello_is_rejected(pair):
     fresh = ClientSession("carol", pair.keys["carol"], pair.broker_public)
-    (delivery,) = pair.send(b"alice", pair.clients[b"alice"].say("hi"))
+    delivery = to(b"bob", pair.send(b"alice", pair.clients[b"alice"].say("hi")))
     remote_error(fresh, delivery.frames, "unexpected EVENT in state new")
 
 

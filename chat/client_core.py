@@ -1,0 +1,531 @@
+"""A client's connection policy without I/O: `ClientCore`, what every client driver runs.
+
+It owns everything a client decides, and nothing it does with a socket:
+
+- logging in (`ClientSession` for the protocol) and giving each attempt `connect_timeout` seconds;
+  a first login that fails raises `ConnectError` with a message for a person;
+- heartbeats (a PING when nothing was sent for `heartbeat_interval`; the connection is lost after
+  `heartbeat_timeout` of silence), flow-control ACKs after each batch of frames read;
+- reconnecting after a lost connection, an EVICTED, a delivery gap, a BUSY or timed-out re-login, a
+  refused statement, or a statement the socket could not queue: a new socket and a new session, after a
+  backoff of 0.5 s doubling to 8 s, +-20 % jitter; never after a shutdown or a `closed` event;
+- key pins (`chat.pins.PinStore`: `KeyChanged` events);
+- the acknowledged outbox: every chat message gets its id when the user sends it and stays in the outbox
+  until the broker answers it (`Accepted` or `Failed`); after every welcome, what is still there is sent
+  again, in order, with the same ids (the broker keeps each id once). Closing for good answers every
+  message still waiting with a `Failed` event.
+
+Like h11's `Connection`, it imports no socket library and never reads the clock: every input takes `now`
+(`time.monotonic()` in a driver) and `next_deadline()` says when to call `tick()` at the latest. A driver
+runs this loop (`chat.client.SocketDriver` does it for the zmq drivers):
+
+    core.start(now)
+    while not core.closed:
+        perform every action from core.next_action(), in order:
+            Connect     close any socket, open a new DEALER (a new routing id), watch its handshake, connect it
+            Send        queue the frames without blocking; if the socket would block: core.send_blocked(now)
+            Disconnect  close the socket, letting queued frames out for at most `linger` seconds
+        wait until the socket is readable, the handshake monitor reports, or core.next_deadline()
+        core.handshake(connected=..., secured=...) and core.key_refused(now), as the monitor says
+        core.frames_received(frames read now, a bounded batch, now)
+        core.tick(now)
+        hand the user core.next_event() until it is None
+
+Inputs that end the client for good raise `ConnectError` after queueing the actions that close the
+socket: a driver performs the actions in a `finally`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import crypto
+from chat import protocol as p
+from chat.errors import BrokerBusy, ConnectError, DeliveryGap, RemoteProtocolError, StatementRefused
+from chat.events import (
+    Accepted,
+    ConnectionLost,
+    Event,
+    Failed,
+    Joined,
+    KeyChanged,
+    Notice,
+    SessionClosed,
+    Shutdown,
+    UserInfo,
+    Welcome,
+    WhoList,
+)
+from chat.pins import PinStore
+from chat.session import ClientSession, SeenMessages, State
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+FIRST_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+RETRY_JITTER = 0.2
+MAX_OUTBOX = 1000
+MAX_REFUSALS = 3  # a message the broker refuses this many times is given up (Failed), so a reconnect loop ends
+BYE_LINGER = 1.0  # seconds a closing socket may take to hand the broker our goodbye
+REQUESTS = ("who", "shutdown")
+
+_LOGGING_IN = (State.HELLO_SENT, State.LOGIN_SENT)
+
+
+# ------------------------------------------------------------ what a driver does
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Close any socket; open a new DEALER to the broker (a new routing id), watch its handshake, connect it."""
+
+
+@dataclass(frozen=True)
+class Send:
+    """Queue these frames on the socket without blocking; if it would block, call `send_blocked(now)`."""
+
+    frames: list[bytes]
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Close the socket, letting frames already queued out for at most `linger` seconds."""
+
+    linger: float = 0.0
+
+
+Action = Connect | Send | Disconnect
+
+
+# ------------------------------------------------------------ parts
+
+
+class Backoff:
+    """Delays between reconnection attempts: `first`, doubling up to `cap`, each multiplied by a jitter factor."""
+
+    def __init__(
+        self,
+        first: float = FIRST_RETRY_DELAY,
+        cap: float = MAX_RETRY_DELAY,
+        jitter: float = RETRY_JITTER,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.first, self.cap, self.jitter, self.uniform = first, cap, jitter, uniform
+        self._next = first
+
+    def delay(self) -> float:
+        """The next delay (and double the one after it, up to the cap)."""
+        delay = self._next * self.uniform(1 - self.jitter, 1 + self.jitter)
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+@dataclass
+class Outgoing:
+    """A chat message in the outbox: the user's words, its id, and the connection it was last sent on."""
+
+    message_id: str
+    text: str
+    to: str | None = None
+    action: bool = False
+    sent_on: int = 0  # the connection (ClientCore.connection) it was last sent on; 0: never sent
+
+
+def _users_in(event: Event) -> tuple[UserInfo, ...]:
+    if isinstance(event, Welcome | WhoList):
+        return event.users
+    if isinstance(event, Joined):
+        return (event.user,)
+    return ()
+
+
+# ------------------------------------------------------------ the core
+
+
+class ClientCore:
+    """One chat client's state and policy across connections; drive it as the module docstring says."""
+
+    def __init__(
+        self,
+        name: str,
+        key: crypto.PrivateKey,
+        broker_key: crypto.PublicKey,
+        *,
+        endpoint: str = "the broker",
+        bot: bool = False,
+        history: bool = True,
+        reconnect: bool = True,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pins: PinStore | None = None,
+        seen: SeenMessages | None = None,
+        uniform: Callable[[float, float], float] = random.uniform,
+        outbox_limit: int = MAX_OUTBOX,
+    ) -> None:
+        """`endpoint` names the broker in error messages; `uniform` draws the backoff jitter (for tests)."""
+        self.name = p.check_name(name)
+        self.key = key
+        self.broker_key = broker_key
+        self.endpoint = endpoint
+        self.bot = bot
+        self.history = history
+        self.reconnect = reconnect
+        self.connect_timeout = connect_timeout
+        self.pins = PinStore(None) if pins is None else pins
+        self.seen = SeenMessages() if seen is None else seen  # one for every session: nothing is shown twice
+        self.outbox_limit = outbox_limit
+        self.session = self._new_session()
+        self.connection = 0  # counts Connect actions: which socket the current session lives on
+        self._backoff = Backoff(uniform=uniform)
+        self._actions: collections.deque[Action] = collections.deque()
+        self._events: collections.deque[Event] = collections.deque()
+        self._outbox: dict[str, Outgoing] = {}  # in the order the user sent them
+        self._refusals: collections.Counter[str] = collections.Counter()
+        self._logged_in_before = False
+        self._closed = False
+        self._attempt_deadline = 0.0
+        self._retry_at: float | None = None
+        self._last_heard = 0.0
+        self._last_sent = 0.0
+        self._connected = False  # the transport as the driver reports it, for the first login's error message
+        self._secured = False
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def online(self) -> bool:
+        """Logged in right now."""
+        return self.session.state is State.READY
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good: by close(), the broker's shutdown or `closed`, a refused login or key."""
+        return self._closed
+
+    @property
+    def logged_in_before(self) -> bool:
+        return self._logged_in_before
+
+    @property
+    def roster(self) -> dict[str, UserInfo]:
+        """Who is online, as the broker last told us (name -> UserInfo)."""
+        return self.session.roster
+
+    @property
+    def max_text_bytes(self) -> int:
+        return self.session.max_text_bytes
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """The ids of the messages the broker has not answered yet, oldest first."""
+        return tuple(self._outbox)
+
+    def next_deadline(self) -> float | None:
+        """The latest time to call `tick()`: a retry, a login timeout, a heartbeat to send or to miss."""
+        if self._closed:
+            return None
+        if self._retry_at is not None:
+            return self._retry_at
+        state = self.session.state
+        if state in _LOGGING_IN:
+            return self._attempt_deadline
+        if state is State.READY:
+            return min(
+                self._last_heard + self.session.heartbeat_timeout, self._last_sent + self.session.heartbeat_interval
+            )
+        return None
+
+    def next_action(self) -> Action | None:
+        """The next thing the driver must do with its socket, or None."""
+        return self._actions.popleft() if self._actions else None
+
+    def next_event(self) -> Event | None:
+        """The next event for the user, or None."""
+        return self._events.popleft() if self._events else None
+
+    def drain_events(self) -> list[Event]:
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    # ------------------------------------------------------------ what the user does
+
+    def start(self, now: float) -> None:
+        """Connect and send the first HELLO; the login goes on as frames arrive and time passes."""
+        if self._closed:
+            raise ConnectError("the client is closed")
+        if self.connection:
+            raise ConnectError("the client has already started")
+        self._start_attempt(now)
+
+    def say(self, text: str, now: float, *, to: str | None = None, action: bool = False) -> str:
+        """Put a chat message in the outbox (and send it when logged in); returns its id.
+
+        ValueError if the text or name cannot be sent; ConnectError when the client is closed or
+        `outbox_limit` messages already wait for the broker's answer.
+        """
+        problem = p.text_problem(text, self.session.max_text_bytes)
+        if problem:
+            raise ValueError(problem)
+        if to is not None and not p.NAME_PATTERN.fullmatch(to):
+            raise ValueError(f"invalid user name {to!r}")
+        if self._closed:
+            raise ConnectError("the client is closed")
+        if len(self._outbox) >= self.outbox_limit:
+            where = "the broker's answer" if self.online else "the connection"
+            raise ConnectError(f"not sent: {self.outbox_limit} messages are already waiting for {where}")
+        message_id = p.new_message_id()
+        self._outbox[message_id] = Outgoing(message_id, text, to, action)
+        self._flush_outbox(now)
+        return message_id
+
+    def request(self, kind: str, now: float) -> None:
+        """Send a "who" or "shutdown" request; ConnectError when not logged in. Not kept for a later session."""
+        if kind not in REQUESTS:
+            raise ValueError(f"not a request: {kind!r}")
+        if not self.online:
+            raise ConnectError("not connected to the broker right now")
+        self._send(self.session.request(kind), now)
+
+    def close(self, now: float, *, say_bye: bool = True) -> None:
+        """Leave for good (saying bye when logged in); unanswered messages get Failed events. Idempotent."""
+        if self._closed:
+            return
+        bye = self.session.request("bye") if say_bye and self.online else None
+        self._close_for_good("the client was closed")
+        if bye is not None:
+            self._actions.clear()
+            self._send(bye, now)
+            self._actions.append(Disconnect(BYE_LINGER))
+
+    # ------------------------------------------------------------ what the driver reports
+
+    def frames_received(self, batch: Iterable[list[bytes]], now: float) -> None:
+        """Frames read from the current socket, in order; acknowledges them (flow control) afterwards.
+
+        Raises ConnectError when the login is refused or fails to prove the broker's key, or when a
+        first login finds the broker busy; the socket is to be closed (a Disconnect is queued) either way.
+        """
+        connection = self.connection
+        for frames in batch:
+            if self._closed or self._retry_at is not None or self.connection != connection:
+                return  # the session these frames belong to has ended
+            self._last_heard = now
+            try:
+                events, reply = self.session.receive(frames)
+            except DeliveryGap as exc:
+                log.warning("deliveries from the broker were lost (%s); logging in again", exc)
+                self._connection_lost("messages from the broker were lost on the way", now)
+                return
+            except RemoteProtocolError as exc:
+                log.debug("dropped a frame from the broker: %s", exc)
+                continue
+            except StatementRefused as exc:
+                self._statement_refused(exc, now)
+                return
+            except BrokerBusy as exc:
+                if not self._logged_in_before:
+                    self._close_for_good(str(exc))
+                    raise
+                self._connection_lost("the broker is busy", now)
+                return
+            except ConnectError as exc:
+                self._close_for_good(str(exc))
+                raise
+            except Exception:  # our bug, on one frame: skip it, keep the session
+                log.exception("could not handle a frame from the broker; skipped it")
+                continue
+            if reply is not None:
+                self._send(reply, now)
+            for event in events:
+                self._on_event(event, now)
+        if not self._closed and self._retry_at is None and self.connection == connection:
+            ack = self.session.ack()
+            if ack is not None:
+                self._send(ack, now)
+
+    def send_blocked(self, now: float) -> None:
+        """The socket would not queue the last Send: its statement number is spent, so start a new session.
+
+        While logging in, the attempt is left to time out. The messages stay in the outbox.
+        """
+        if self._closed or self._retry_at is not None:
+            return
+        if self.session.state in _LOGGING_IN:
+            log.debug("a login message could not be queued; the attempt will time out")
+            return
+        self._connection_lost("the queue to the broker is full", now)
+
+    def handshake(self, *, connected: bool = False, secured: bool = False) -> None:
+        """What the socket monitor said: TCP reached the broker, the CurveZMQ handshake completed."""
+        self._connected = self._connected or connected
+        self._secured = self._secured or secured
+
+    def key_refused(self, now: float) -> None:
+        """The broker refused our key at the transport: it is not registered there, or no longer."""
+        if self._closed:
+            return
+        self._close_for_good("the broker no longer accepts our key")
+        if not self._logged_in_before:
+            raise ConnectError(
+                f"login refused: the broker does not accept {self.name!r} with this key (is the user registered?)"
+            )
+        self._events.append(SessionClosed("the broker no longer accepts your key"))
+
+    def tick(self, now: float) -> None:
+        """Time passed: retry, time a login out, send a heartbeat or notice the broker's silence.
+
+        Raises ConnectError when a first login runs out of time.
+        """
+        if self._closed:
+            return
+        if self._retry_at is not None:
+            if now >= self._retry_at:
+                self._start_attempt(now)
+            return
+        state = self.session.state
+        if state in _LOGGING_IN:
+            if now >= self._attempt_deadline:
+                if not self._logged_in_before:
+                    error = self._first_login_timed_out()
+                    self._close_for_good(str(error))
+                    raise error
+                self._connection_lost("login attempt timed out", now)
+        elif state is State.READY:
+            if now >= self._last_heard + self.session.heartbeat_timeout:
+                self._connection_lost("the broker stopped answering", now)
+            elif now >= self._last_sent + self.session.heartbeat_interval:
+                self._send(self.session.ping(), now)
+
+    # ------------------------------------------------------------ inside
+
+    def _new_session(self) -> ClientSession:
+        return ClientSession(self.name, self.key, self.broker_key, bot=self.bot, history=self.history, seen=self.seen)
+
+    def _start_attempt(self, now: float) -> None:
+        self._retry_at = None
+        self.connection += 1
+        self.session = self._new_session()
+        self._connected = self._secured = False
+        self._last_heard = now
+        self._attempt_deadline = now + self.connect_timeout
+        self._actions.append(Connect())
+        self._send(self.session.hello(), now)
+
+    def _send(self, frames: list[bytes], now: float) -> None:
+        self._actions.append(Send(frames))
+        self._last_sent = now
+
+    def _first_login_timed_out(self) -> ConnectError:
+        if self._connected and not self._secured:
+            return ConnectError(
+                f"the broker at {self.endpoint} did not complete the encrypted handshake: the pinned"
+                " broker key is not this broker's key (copy its keys/broker.pub again)"
+            )
+        return ConnectError(
+            f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
+            " (is it running, and is this its key?)"
+        )
+
+    def _on_event(self, event: Event, now: float) -> None:
+        for user in _users_in(event):
+            pinned = self.pins.check(user.name, user.fingerprint)
+            if pinned is not None and user.name != self.name:
+                self._events.append(KeyChanged(user.name, pinned, user.fingerprint))
+        if isinstance(event, Welcome):
+            self._backoff.reset()
+            self._logged_in_before = True
+            self._events.append(event)
+            self._flush_outbox(now)
+        elif isinstance(event, Accepted):
+            message = self._answered(event.message_id)
+            if message is not None and message.to != self.name:
+                # Our own line: if a history replay after a reconnect brings it back, it is not shown again.
+                # (A private message to ourselves is still on its way back to us: it is shown when it comes.)
+                self.seen.first_time(self.name, event.message_id)
+            self._events.append(event)
+        elif isinstance(event, Failed):
+            self._answered(event.message_id)
+            self._events.append(event)
+        elif isinstance(event, Shutdown):
+            self._close_for_good("the broker shut down")
+            self._events.append(event)
+        elif isinstance(event, SessionClosed):
+            self._close_for_good(f"the broker closed the session ({event.reason})")
+            self._events.append(event)
+        else:
+            self._events.append(event)
+            if isinstance(event, Notice) and self.session.state is State.CLOSED:  # EVICTED
+                self._connection_lost("evicted by the broker", now)
+
+    def _answered(self, message_id: str) -> Outgoing | None:
+        self._refusals.pop(message_id, None)
+        message = self._outbox.pop(message_id, None)
+        if message is None:
+            log.debug("the broker answered message %s, which is not waiting for an answer", message_id)
+        return message
+
+    def _flush_outbox(self, now: float) -> None:
+        """Send every message not yet sent on this connection, in order (all of them after a welcome)."""
+        for message in list(self._outbox.values()):
+            if not self.online:
+                return
+            if message.sent_on == self.connection:
+                continue
+            try:
+                frames = self.session.say(
+                    message.text, to=message.to, action=message.action, message_id=message.message_id
+                )
+            except ValueError as exc:  # this broker allows less than the one it was written for
+                del self._outbox[message.message_id]
+                self._events.append(Failed(message.message_id, f"not sent: {exc}"))
+                continue
+            message.sent_on = self.connection
+            self._send(frames, now)
+
+    def _statement_refused(self, exc: StatementRefused, now: float) -> None:
+        log.warning("%s; logging in again", exc)
+        message_id = exc.message_id
+        if message_id in self._outbox:
+            self._refusals[message_id] += 1
+            if self._refusals[message_id] >= MAX_REFUSALS:
+                self._answered(message_id)
+                self._events.append(Failed(message_id, f"not sent: the broker refused it {MAX_REFUSALS} times"))
+        self._connection_lost("the broker refused a statement", now)
+
+    def _connection_lost(self, reason: str, now: float) -> None:
+        """End this session and socket; retry after a backoff (or, without `reconnect`, close and raise)."""
+        self._actions.clear()  # nothing more goes out on this session
+        self._actions.append(Disconnect())
+        self.session.state = State.CLOSED
+        if not self.reconnect:
+            error = ConnectError(f"connection to the broker lost: {reason}")
+            self._close_for_good(str(error))
+            raise error
+        delay = self._backoff.delay()
+        self._retry_at = now + delay
+        self._events.append(ConnectionLost(reason, round(delay, 1)))
+
+    def _close_for_good(self, why: str) -> None:
+        """Closed, never to reconnect: the socket goes, and every message still waiting gets a Failed event."""
+        self._closed = True
+        self._retry_at = None
+        self.session.state = State.CLOSED
+        self._actions.clear()
+        self._actions.append(Disconnect())
+        for message in self._outbox.values():
+            status = "not confirmed" if message.sent_on else "not sent"
+            self._events.append(Failed(message.message_id, f"{status}: {why}"))
+        self._outbox.clear()
+        self._refusals.clear()
