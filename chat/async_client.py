@@ -32,13 +32,10 @@ import zmq
 import zmq.asyncio
 
 import crypto
-from chat.client import SocketDriver, endpoint_for, load_keys
-from chat.client_core import DEFAULT_CONNECT_TIMEOUT, ClientCore
+from chat.client import ClientBase
+from chat.client_core import DEFAULT_CONNECT_TIMEOUT
 from chat.errors import ConnectError
-from chat.events import Event, UserInfo
-from chat.pins import PinStore, pins_path_for
-from chat.session import SeenMessages
-from chat.transport import broker_curve_key
+from chat.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ IDLE_WAIT = 0.5  # the longest the task sleeps when the core names no deadline
 _wake_endpoints = itertools.count(1)
 
 
-class AsyncChatClient:
+class AsyncChatClient(ClientBase):
     """A chat client for one asyncio event loop; create it, then `await login()` (or use `connect()`)."""
 
     def __init__(
@@ -64,25 +61,19 @@ class AsyncChatClient:
         pins_path: Path | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        self.endpoint = endpoint_for(host, port)
-        self.name = name
-        self.pins = PinStore(pins_path)
-        self.core = ClientCore(
+        super().__init__(
+            host,
+            port,
             name,
             key,
-            broker_key.rsa,
-            endpoint=self.endpoint,
+            broker_key,
             bot=bot,
             history=history,
             reconnect=reconnect,
             connect_timeout=connect_timeout,
-            pins=self.pins,
-            seen=SeenMessages(),
+            pins_path=pins_path,
+            context=context,
         )
-        self._own_context = context is None
-        self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
-        curve = broker_curve_key(broker_key, "the broker's public key")
-        self._driver = SocketDriver(self.core, self._context, self.endpoint, crypto.curve_secret(key), curve)
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None  # what ended the task, for the next caller to see
         self._news = asyncio.Event()  # set by the task when there are events, an error, or the end
@@ -113,18 +104,17 @@ class AsyncChatClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> AsyncChatClient:
         """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message."""
-        key, broker_key = load_keys(key_path, broker_key_path, passphrase)
-        client = cls(
+        client = cls.from_files(
             host,
             port,
             name,
-            key,
-            broker_key,
+            key_path,
+            broker_key_path,
+            passphrase=passphrase,
             bot=bot,
             history=history,
             reconnect=reconnect,
             connect_timeout=connect_timeout,
-            pins_path=pins_path_for(Path(key_path)),
         )
         try:
             await client.login()
@@ -151,26 +141,6 @@ class AsyncChatClient:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"chat client {self.name}")
 
     # ------------------------------------------------------------ what a user does
-
-    @property
-    def online(self) -> bool:
-        """Logged in right now."""
-        return self.core.online
-
-    @property
-    def roster(self) -> dict[str, UserInfo]:
-        """Who is online, as the broker last told us (name -> UserInfo)."""
-        return self.core.roster
-
-    @property
-    def closed(self) -> bool:
-        """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
-        return self.core.closed
-
-    @property
-    def pending(self) -> tuple[str, ...]:
-        """Ids of the messages sent and not yet answered by the broker (Accepted or Failed), oldest first."""
-        return self.core.pending
 
     async def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         """Send a chat message to everyone else, or only to `to`; returns its message id.

@@ -21,6 +21,7 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import zmq
 
@@ -166,8 +167,8 @@ class SocketDriver:
         self.socket, self.monitor = None, None
 
 
-class ChatClient:
-    """A chat client whose socket work happens while it is called: `poll()`, `receive()`, iteration, `login()`."""
+class ClientBase:
+    """What the blocking and the asyncio clients share: the core, the driver of its sockets, and what a user reads."""
 
     def __init__(
         self,
@@ -204,6 +205,68 @@ class ChatClient:
         curve = broker_curve_key(broker_key, "the broker's public key")
         self._driver = SocketDriver(self.core, self._context, self.endpoint, crypto.curve_secret(key), curve)
 
+    @classmethod
+    def from_files(
+        cls,
+        host: str,
+        port: int,
+        name: str,
+        key_path: str | Path,
+        broker_key_path: str | Path = "keys/broker.pub",
+        *,
+        passphrase: str | None = None,
+        bot: bool = False,
+        history: bool = True,
+        reconnect: bool = True,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> Self:
+        """A client with the keys in these files (crypto.KeyFileError says what is wrong), not yet connected.
+
+        Other users' key fingerprints are pinned on first sight in a file next to the key (`KeyChanged` events).
+        """
+        key, broker_key = load_keys(key_path, broker_key_path, passphrase)
+        return cls(
+            host,
+            port,
+            name,
+            key,
+            broker_key,
+            bot=bot,
+            history=history,
+            reconnect=reconnect,
+            connect_timeout=connect_timeout,
+            pins_path=pins_path_for(Path(key_path)),
+        )
+
+    @property
+    def online(self) -> bool:
+        """Logged in right now."""
+        return self.core.online
+
+    @property
+    def roster(self) -> dict[str, UserInfo]:
+        """Who is online, as the broker last told us (name -> UserInfo)."""
+        return self.core.roster
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
+        return self.core.closed
+
+    @property
+    def session(self) -> ClientSession:
+        """The protocol session of the current connection (a new one after each reconnect)."""
+        return self.core.session
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Ids of the messages sent and not yet answered by the broker (Accepted or Failed), oldest first."""
+        return self.core.pending
+
+
+class ChatClient(ClientBase):
+    """A chat client whose socket work happens while it is called: `poll()`, `receive()`, iteration, `login()`."""
+
     # ------------------------------------------------------------ construction
 
     @classmethod
@@ -225,18 +288,17 @@ class ChatClient:
 
         Other users' key fingerprints are pinned on first sight in a file next to the key (`KeyChanged` events).
         """
-        key, broker_key = load_keys(key_path, broker_key_path, passphrase)
-        client = cls(
+        client = cls.from_files(
             host,
             port,
             name,
-            key,
-            broker_key,
+            key_path,
+            broker_key_path,
+            passphrase=passphrase,
             bot=bot,
             history=history,
             reconnect=reconnect,
             connect_timeout=connect_timeout,
-            pins_path=pins_path_for(Path(key_path)),
         )
         try:
             client.login()
@@ -263,31 +325,6 @@ class ChatClient:
         self._driver.perform()
 
     # ------------------------------------------------------------ what a user does
-
-    @property
-    def online(self) -> bool:
-        """Logged in right now."""
-        return self.core.online
-
-    @property
-    def roster(self) -> dict[str, UserInfo]:
-        """Who is online, as the broker last told us (name -> UserInfo)."""
-        return self.core.roster
-
-    @property
-    def closed(self) -> bool:
-        """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
-        return self.core.closed
-
-    @property
-    def session(self) -> ClientSession:
-        """The protocol session of the current connection (a new one after each reconnect)."""
-        return self.core.session
-
-    @property
-    def pending(self) -> tuple[str, ...]:
-        """Ids of the messages sent and not yet answered by the broker (Accepted or Failed), oldest first."""
-        return self.core.pending
 
     def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         """Send a chat message to everyone else, or only to `to`; returns its message id.
