@@ -107,11 +107,15 @@ help:
 	@echo "make fingerprint NAME=alice   print a registered key's fingerprint, to compare out of band"
 	@echo "make backup TO=file    a consistent copy of the broker's database, safe while it runs"
 	@echo "make test              run the tests, ruff and mypy"
+	@echo "make unit              run only the unit tests (no sockets, quick)"
+	@echo "make lint              ruff check and ruff format --check"
+	@echo "make typecheck         mypy --strict on the whole project"
 	@echo "make fuzz              fuzz every parser of peer bytes and a real broker's port (FUZZ_SECONDS=30 per target)"
 	@echo "make soak              200 clients, traffic and churn against a real broker (DURATION=60 seconds;"
 	@echo "                       KILL_BROKER_EVERY=10 kills it with SIGKILL and restarts it every 10 seconds)"
 	@echo "make attack            every known attack at once on a real broker while honest users chat (DURATION=60)"
 	@echo "make bench             measure the broker: deliveries/s, crypto bound, latency, relays, memory (ARGS=--json)"
+	@echo "make clean             remove .venv and the tool caches (keys/ and data/ stay)"
 
 # PYTHON only matters (and is only checked) when the venv has to be created.
 $(RUNTIME_STAMP): requirements.txt

@@ -56,6 +56,9 @@ SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 HANDSHAKE_TIMEOUT_MS = 5000  # a connection that has not completed its CurveZMQ handshake by then is closed
 ZAP_DOMAIN = b"zchat"
 DATABASE_FILE = "zchat.db"  # in the config's data_dir
+CONSOLE_CLOSED = "console closed (end of input); stop the broker with Ctrl-C or SIGTERM"
+# The broker makes its own key pair unasked only in the repository's own keys/ (a fresh clone's `make broker`).
+DEFAULT_KEYS_DIR = Path(__file__).resolve().parent / "keys"
 
 
 def seed_routing_ids() -> None:
@@ -264,7 +267,7 @@ class Broker:
             names = ", ".join(u.name for u in self.core.online()) or "nobody"
             print(f"online: {names}", flush=True)
         elif line:
-            print("console commands: /who, /shutdown", flush=True)
+            print("console commands: /who, /shutdown (Ctrl-C and SIGTERM also stop the broker)", flush=True)
 
     def _handle(self, work: list[Work]) -> None:
         self.jobs.submit([item for item in work if not isinstance(item, Outgoing)])
@@ -321,13 +324,18 @@ class Broker:
 def _console_reader(lines: queue.Queue[str]) -> None:
     """Feed stdin lines to the poll loop, which looks at them every tick.
 
-    At end of input it just stops reading: the broker keeps running.
+    At end of input it stops reading and the broker keeps running; on a terminal (someone pressed Ctrl-D)
+    it says so, since what they type next is no longer read. A closed or redirected stdin (a service)
+    ends it without a word.
     """
     try:
+        interactive = sys.stdin.isatty()
         for line in sys.stdin:
             lines.put(line)
     except (OSError, ValueError):
-        pass
+        return
+    if interactive:
+        print(CONSOLE_CLOSED, flush=True)
 
 
 def _backup(config_path: Path, target: Path) -> int:
@@ -349,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backup", type=Path, metavar="FILE", help="write a consistent copy of the database to FILE and exit"
     )
+    parser.add_argument(
+        "--create-keys",
+        action="store_true",
+        help="create the broker key pair if keys_dir has none (done unasked only in the repository's own keys/)",
+    )
     args = parser.parse_args(argv)
     if args.backup is not None:
         return _backup(args.config, args.backup)
@@ -358,12 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         layout = KeyLayout(config.keys_dir)
+        keys_dir = config.keys_dir.resolve()
+        if not (layout.broker_private.exists() or args.create_keys or keys_dir == DEFAULT_KEYS_DIR):
+            # A config file copied elsewhere moves keys_dir with it: a new key pair there would lock every
+            # client that pinned the real broker.pub out, so it is made only when asked for.
+            print(
+                f"broker: error: no broker key in {keys_dir} (keys_dir of {args.config}): point keys_dir at the"
+                f" directory holding broker.pem (e.g. {str(DEFAULT_KEYS_DIR)!r}), or start once with --create-keys"
+                " to make a new key pair there (every client must then be given the new broker.pub)",
+                file=sys.stderr,
+            )
+            return 1
         key, created = ensure_broker_keys(layout)
     except (ConfigError, crypto.KeyFileError, OSError) as exc:
         print(f"broker: error: {exc}", file=sys.stderr)
         return 1
-    if created:
-        log.info("created the broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public)
+    database = config.data_dir.resolve() / DATABASE_FILE
+    new_database = not database.exists()
     for problem in Registry(layout).audit():
         log.error("registry: %s", problem)
     try:
@@ -389,8 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
+    # Where the keys and the data are, resolved: a config file copied elsewhere moves both.
+    if created:
+        log.warning(
+            "created a new broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public
+        )
+    log.info("keys: %s (config %s)", keys_dir, args.config.resolve())
+    if new_database:
+        log.warning("data: %s did not exist: a new database, with no history", database)
+    else:
+        log.info("data: %s", database)
     log.info("listening on %s (broker key %s)", broker.endpoint, crypto.fingerprint(key))
-    log.info("data: %s", config.data_dir / DATABASE_FILE)
     log.info("admins: %s", ", ".join(sorted(config.admins)) or "none")
     log.info("crypto: %s", f"{config.workers} worker processes" if config.workers else "in the broker's own loop")
     try:

@@ -1,18 +1,28 @@
 """The terminal client: one poll loop over the broker's DEALER socket and stdin.
 
-Prompts for the server address and user name unless given on the command
-line. On a terminal, the input line is edited with prompt_toolkit and
-incoming messages appear above it in colour; with stdin or stdout piped,
-prompt answers and messages are read line by line, each event is printed as
-one plain line (or, with --json, one JSON object), and end of input leaves
-like /exit. Commands: see HELP.
+On a terminal it asks for the server address and user name unless given on
+the command line (asking again after an answer that cannot be right), and
+the input line is edited with prompt_toolkit: incoming messages appear above
+it in colour, Tab completes names and commands, and a message that names us
+or is private to us is highlighted and rings the bell (unless --no-bell).
+
+With stdin not a terminal it asks nothing. With --user, stdin holds only the
+messages, and a missing --host or --port comes from the config file. Without
+--user, the first lines are the answers to what would have been asked (server
+IP, port and user name, whichever is missing; an empty line takes the
+default), then come the messages; a wrong answer is a one-line error. Each
+event is printed as one plain line (or, with --json, every line on stdout is
+one JSON object: events, and the client's own answers such as help, usage
+errors and /whois), and end of input leaves like /exit.
+Commands: see COMMANDS.
 
 The broker answers each message we send: until it has, the terminal's prompt
 counts it as pending; a message it did not deliver is shown as
-`! not delivered: <reason>: <preview>`, and a private message it keeps for
-someone offline as `* queued for bob (offline): <preview>`. Piped output shows
-those two lines too (not the plain acknowledgements); --json prints every answer
-(`acked`, `failed`).
+`! not delivered: <reason>: <preview>`, a private message once the broker has
+taken it as `* (private to bob) <text>`, and one it keeps for someone offline
+as `* queued for bob (offline): <preview>`. Piped output shows those lines
+too (not the plain acknowledgements); --json prints every answer (`acked`,
+`failed`) and a `sent` object naming the id of each message sent.
 """
 
 from __future__ import annotations
@@ -20,12 +30,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -34,63 +48,145 @@ import zmq
 import crypto
 from chat.client import ChatClient
 from chat.config import DEFAULT_CONFIG, load_config
-from chat.display import Display
+from chat.display import Display, for_me
 from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import Accepted, Event, Failed, SessionClosed, Shutdown, to_dict
+from chat.events import Accepted, Event, Failed, KeyChanged, SessionClosed, Shutdown, to_dict
 from chat.keystore import KeyLayout, create_client_key
+from chat.pins import pins_path_for
 from chat.protocol import NAME_PATTERN
+from chat.transport import broker_curve_key
 
 log = logging.getLogger(__name__)
 
 STDIN_ENDPOINT = "inproc://chat-client-stdin"
 LEAVE_WAIT = 3.0  # seconds /exit waits for the broker to answer the messages sent just before it
-HELP = """commands:
-  /who              list who is online, with key fingerprints
-  /whois NAME       show NAME's full key fingerprint and whether it matches the one you pinned
-  /msg NAME TEXT    send TEXT to NAME only (sealed to NAME's key like every message)
-  /me TEXT          an action line: "* alice TEXT"
-  /exit             leave the chat (also Ctrl-D, or end of input)
-  /shutdown         stop the broker (admins only)
-  /help             this list
-//TEXT sends "/TEXT"; anything else is sent to everyone else in the room"""
+PASSPHRASE_TRIES = 3
+BELL_INTERVAL = 1.0  # seconds: the terminal bell rings at most this often
+COMMANDS: dict[str, tuple[str, str]] = {  # command -> (usage, what it does)
+    "/who": ("/who", "list who is online, with key fingerprints"),
+    "/whois": ("/whois NAME", "show NAME's full key fingerprint and whether it matches the one you pinned"),
+    "/msg": ("/msg NAME TEXT", "send TEXT to NAME only (sealed to NAME's key like every message)"),
+    "/me": ("/me TEXT", 'an action line: "* alice TEXT"'),
+    "/trust": ("/trust NAME", "accept the key NAME has now, after a key change you checked out of band"),
+    "/exit": ("/exit", "leave the chat (also Ctrl-D, or end of input)"),
+    "/shutdown": ("/shutdown", "stop the broker (admins only)"),
+    "/help": ("/help [COMMAND]", "this list, or one command's help"),
+}
+NAME_COMMANDS = ("/msg", "/whois", "/trust")  # Tab completes a name after these
+HELP = "\n".join(
+    [
+        "commands:",
+        *(f"  {usage:<17} {about}" for usage, about in COMMANDS.values()),
+        '//TEXT sends "/TEXT"; anything else is sent to everyone else in the room.',
+        "On a terminal, Tab completes names and commands.",
+    ]
+)
 
 
 class UsageError(Exception):
     """Something the person typed or configured is wrong; the message says what."""
 
 
+class Cancelled(Exception):
+    """The person gave up at a prompt (Ctrl-D or Ctrl-C); `status` is the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 # ------------------------------------------------------------ start-up
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
-def _ask(question: str, default: str | None) -> str:
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be the broker's address (None when it can): an IPv4 address or a host name."""
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        pass
+    if ":" in host:
+        return f"{host!r}: IPv6 addresses are not supported; give an IPv4 address or a host name"
+    labels = host.removesuffix(".").split(".")
+    if len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit():
+        return None
+    return f"{host!r} is not an IPv4 address (like 192.168.1.20) or a host name"
+
+
+def port_problem(port: str) -> str | None:
+    if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"port must be a number from 1 to 65535, not {port!r}"
+
+
+def name_problem(name: str) -> str | None:
+    return None if NAME_PATTERN.fullmatch(name) else f"invalid user name {name!r}: use 1-32 of A-Z a-z 0-9 _ -"
+
+
+def _ask(question: str, default: str | None, problem: Callable[[str], str | None]) -> str:
+    """Ask on the terminal until the answer passes `problem`; Ctrl-D or Ctrl-C give up (Cancelled)."""
     prompt = f"{question} [{default}]: " if default else f"{question}: "
-    if sys.stdin.isatty():
-        answer = input(prompt)
-    else:
-        sys.stderr.write(prompt)
-        sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
-            raise UsageError(f"no answer for {question.lower()!r}: input ended")
-        answer = line.rstrip("\r\n")
-    answer = answer.strip()
-    if not answer and default is None:
-        raise UsageError(f"{question.lower()} is required")
-    return answer or str(default)
+    while True:
+        try:
+            if sys.stdout.isatty():
+                answer = input(prompt)
+            else:  # stdout may be a pipe for a program (--json): the question is for the person
+                sys.stderr.write(prompt)
+                sys.stderr.flush()
+                answer = input()
+        except EOFError:
+            sys.stderr.write("\n")
+            raise Cancelled(f"cancelled: end of input at the {question.lower()} prompt", 1) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            raise Cancelled(f"cancelled at the {question.lower()} prompt", 130) from None
+        answer = answer.strip() or (default or "")
+        trouble = problem(answer) if answer else f"{question.lower()} is required"
+        if trouble is None:
+            return answer
+        print(f"  {trouble}; try again (Ctrl-D gives up)", file=sys.stderr, flush=True)
 
 
-def _passphrase(path: Path) -> str | None:
+def _read_answer(question: str, default: str | None, problem: Callable[[str], str | None]) -> str:
+    """An answer from piped stdin, one line, in the order the prompts would ask; nothing is asked again."""
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError(f"end of input where the {question.lower()} was expected (or pass it on the command line)")
+    answer = line.strip() or (default or "")
+    trouble = problem(answer) if answer else f"{question.lower()} is required"
+    if trouble is not None:
+        raise UsageError(f"{question.lower()} (line read from stdin): {trouble}")
+    return answer
+
+
+def _load_private_key(path: Path) -> crypto.PrivateKey:
+    """Load our key; a passphrase comes from PASSPHRASE or, on a terminal, is asked for (again when wrong)."""
     try:
         encrypted = b"ENCRYPTED" in path.read_bytes()[:200]
     except OSError:
-        return None  # load_private_key reports the problem
-    if not encrypted:
-        return None
-    if "PASSPHRASE" in os.environ:
-        return os.environ["PASSPHRASE"]
-    if sys.stdin.isatty():
-        return getpass.getpass(f"Passphrase for {path}: ")
-    raise UsageError(f"{path} is protected by a passphrase: set PASSPHRASE or run on a terminal")
+        encrypted = False  # load_private_key reports the problem
+    if not encrypted or "PASSPHRASE" in os.environ:
+        return crypto.load_private_key(path, os.environ.get("PASSPHRASE") if encrypted else None)
+    if not sys.stdin.isatty():
+        raise UsageError(f"{path} is protected by a passphrase: set PASSPHRASE or run on a terminal")
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        try:
+            passphrase = getpass.getpass(f"Passphrase for {path}: ")
+        except EOFError:
+            sys.stderr.write("\n")
+            raise Cancelled("cancelled: end of input at the passphrase prompt", 1) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            raise Cancelled("cancelled at the passphrase prompt", 130) from None
+        try:
+            return crypto.load_private_key(path, passphrase)
+        except crypto.KeyFileError as exc:
+            if attempt == PASSPHRASE_TRIES:
+                raise
+            print(f"  {exc}; try again", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _resolve_key(args: argparse.Namespace, layout: KeyLayout) -> Path:
@@ -111,15 +207,21 @@ def _resolve_key(args: argparse.Namespace, layout: KeyLayout) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Encrypted group chat client.")
-    parser.add_argument("--host", help="broker IP address (asked if missing)")
-    parser.add_argument("--port", type=int, help="broker port (asked if missing)")
-    parser.add_argument("--user", help="your user name (asked if missing)")
+    parser = argparse.ArgumentParser(
+        description="Encrypted group chat client.",
+        epilog="With stdin not a terminal nothing is asked. With --user, --host and --port default to server_ip "
+        "and server_port from the config file. Without --user, the first lines of stdin answer what would be "
+        "asked (server IP, port, user name: whichever is missing), then come the messages.",
+    )
+    parser.add_argument("--host", help="broker IPv4 address or host name (asked on a terminal, else from --config)")
+    parser.add_argument("--port", type=int, help="broker port (asked on a terminal, else from --config)")
+    parser.add_argument("--user", help="your user name (asked on a terminal, else read from stdin's first lines)")
     parser.add_argument("--key", help="your private key (default: keys/private/USER.pem)")
     parser.add_argument("--broker-key", help="the broker's public key (default: keys/broker.pub)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="where the default address comes from")
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line, nothing else (scripts)")
+    parser.add_argument("--no-bell", action="store_true", help="never ring the terminal bell for a message to you")
     return parser.parse_args(argv)
 
 
@@ -129,29 +231,46 @@ def start(args: argparse.Namespace) -> ChatClient:
     if args.config.exists() or args.config != DEFAULT_CONFIG:
         config = load_config(args.config)
         default_ip, default_port, keys_dir = config.server_ip, config.server_port, config.keys_dir
-    if args.host is None:
-        args.host = _ask("Server IP", default_ip)
-    if args.port is None:
-        answer = _ask("Server port", str(default_port))
-        if not answer.isdigit() or not 0 < int(answer) < 65536:
-            raise UsageError(f"port must be a number from 1 to 65535, not {answer!r}")
-        args.port = int(answer)
-    if args.user is None:
-        args.user = _ask("Username", None)
-    if not NAME_PATTERN.fullmatch(args.user):
-        raise UsageError(f"invalid user name {args.user!r}: use 1-32 of A-Z a-z 0-9 _ -")
+    if not sys.stdin.isatty() and args.user is not None:  # stdin holds the messages only
+        args.host = default_ip if args.host is None else args.host
+        args.port = default_port if args.port is None else args.port
+    elif not sys.stdin.isatty():  # the first lines answer what a terminal would be asked, in the same order
+        if args.host is None:
+            args.host = _read_answer("Server IP", default_ip, host_problem)
+        if args.port is None:
+            args.port = int(_read_answer("Server port", str(default_port), port_problem))
+        args.user = _read_answer("Username", None, name_problem)
+    else:
+        if args.host is None:
+            args.host = _ask("Server IP", default_ip, host_problem)
+        if args.port is None:
+            args.port = int(_ask("Server port", str(default_port), port_problem))
+        if args.user is None:
+            args.user = _ask("Username", None, name_problem)
+    for problem in (host_problem(args.host), port_problem(str(args.port)), name_problem(args.user)):
+        if problem is not None:
+            raise UsageError(problem)
     layout = KeyLayout(keys_dir)
     key_path = _resolve_key(args, layout)
     broker_key_path = Path(args.broker_key) if args.broker_key else layout.broker_public
-    return ChatClient.connect(
+    broker_key = crypto.load_public_key_file(broker_key_path)
+    broker_curve_key(broker_key, str(broker_key_path))
+    key = _load_private_key(key_path)
+    client = ChatClient(
         args.host,
         args.port,
         args.user,
-        key_path,
-        broker_key_path,
-        passphrase=_passphrase(key_path),
+        key,
+        broker_key,
         connect_timeout=args.connect_timeout,
+        pins_path=pins_path_for(key_path),
     )
+    try:
+        client.login()
+    except BaseException:
+        client.close(say_bye=False)
+        raise
+    return client
 
 
 # ------------------------------------------------------------ the loop
@@ -166,15 +285,94 @@ class Sent:
     def add(self, message_id: str, text: str, to: str | None = None) -> None:
         self.waiting[message_id] = (text, to)
 
+    def forget(self, event: Event) -> None:
+        if isinstance(event, Accepted | Failed):
+            self.waiting.pop(event.message_id, None)
+
     def describe(self, event: Event, display: Display) -> str | None:
         """The line to show for `event`; None for what needs no line (a plain acknowledgement)."""
         if isinstance(event, Accepted):
             text, to = self.waiting.pop(event.message_id, ("", None))
-            return display.queued(to, text) if event.queued and to is not None else None
+            if to is None:
+                return None
+            return display.queued(to, text) if event.queued else display.private_sent(to, text)
         if isinstance(event, Failed):
             message = self.waiting.pop(event.message_id, None)
             return display.failed(event.reason, None if message is None else message[0])
         return display.format(event)
+
+
+class Output:
+    """Where everything the client shows goes: plain lines, or with --json one JSON object per line.
+
+    Also what the client remembers of what it showed: messages waiting for the broker's answer, and the
+    keys seen in place of pinned ones (for /trust).
+    """
+
+    def __init__(self, display: Callable[[], Display], as_json: bool = False) -> None:
+        self.display = display  # called for each line: a terminal's width may have changed
+        self.as_json = as_json
+        self.sent = Sent()
+        self.changed_keys: dict[str, str] = {}  # name -> the fingerprint seen instead of the pinned one
+
+    def _write(self, line: str) -> None:
+        print(line, flush=True)
+
+    def _record(self, record: dict[str, object]) -> None:
+        self._write(json.dumps(record, ensure_ascii=False))
+
+    def event(self, event: Event) -> None:
+        if isinstance(event, KeyChanged):
+            self.changed_keys[event.name] = event.seen
+        if self.as_json:
+            self.sent.forget(event)
+            self._record(to_dict(event))
+            return
+        line = self.sent.describe(event, self.display())
+        if line is not None:
+            self._write(line)
+
+    def sending(self, message_id: str, text: str, to: str | None = None, action: bool = False) -> None:
+        """A message went to the broker (it answers later, naming `message_id`)."""
+        self.sent.add(message_id, text, to)
+        if self.as_json:
+            self._record({"type": "sent", "id": message_id, "text": text, "to": to, "action": action})
+
+    def info(self, text: str) -> None:
+        """A local answer to something typed (JSON: a notice with `local`)."""
+        if self.as_json:
+            self._record({"type": "notice", "message": text, "local": True})
+        else:
+            self._write(self.display().system(text))
+
+    def warning(self, text: str) -> None:
+        """Something typed could not be done: a usage error, an unknown command, a message not sent."""
+        if self.as_json:
+            self._record({"type": "notice", "message": text, "local": True})
+        else:
+            self._write(self.display().warning(text))
+
+    def help(self, text: str) -> None:
+        if self.as_json:
+            self._record({"type": "help", "text": text})
+        else:
+            self._write(text)
+
+    def whois(self, name: str, bot: bool, fingerprint: str, pinned: str | None, status: str) -> None:
+        if self.as_json:
+            state = "not pinned" if pinned is None else "pinned" if pinned == fingerprint else "different"
+            self._record(
+                {"type": "whois", "name": name, "bot": bot, "fingerprint": fingerprint, "pinned": pinned, "pin": state}
+            )
+        else:
+            self._write(self.display().system(f"{name} ({'bot' if bot else 'user'}) key {fingerprint}: {status}"))
+
+    def trusted(self, name: str, fingerprint: str, replaced: str | None) -> None:
+        if self.as_json:
+            self._record({"type": "trusted", "name": name, "fingerprint": fingerprint, "replaced": replaced})
+        else:
+            instead = "now pinned" if replaced is None else f"pinned in place of {replaced}"
+            self._write(self.display().system(f"trusted {name}'s key {fingerprint} ({instead})"))
 
 
 def _stdin_reader(context: zmq.Context[zmq.Socket[bytes]], stream: TextIO) -> None:
@@ -213,14 +411,12 @@ def run(client: ChatClient, as_json: bool = False) -> int:
 
 
 def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
-    display = Display()
-    sent = Sent()
+    display = Display(me=client.name)
+    out = Output(lambda: display, as_json)
 
     def show(event: Event) -> None:
         try:
-            line = json.dumps(to_dict(event), ensure_ascii=False) if as_json else sent.describe(event, display)
-            if line is not None:
-                print(line, flush=True)
+            out.event(event)
         except OSError:  # the output itself is gone: nothing more can be shown
             raise
         except Exception as exc:  # one event must never stop the others from being shown
@@ -242,7 +438,7 @@ def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
                 return 0
         if keyboard in ready:
             raw = keyboard.recv()
-            if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip(), display, sent):
+            if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip(), out):
                 client.flush(LEAVE_WAIT)
                 client.close()
                 for event in client.drain():  # messages that will now never be answered
@@ -250,20 +446,57 @@ def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
                 return 0
 
 
-def run_terminal(client: ChatClient) -> int:
-    """Chat on a terminal: an input line that incoming messages never garble, with editing and history.
+def completions(before: str, names: Iterable[str], me: str) -> list[tuple[str, int, str]]:
+    """What Tab offers for the text before the cursor: (text to put in, where it starts (<= 0), shown as).
+
+    A command at the start of the line (`/ex` -> `/exit`); a name after /msg, /whois and /trust; a name as
+    `name: ` when the line starts with one. Names are those online, ourselves left out (but for /whois).
+    """
+    if before.startswith("/") and " " not in before:
+        return [
+            (command + (" " if " " in usage else ""), -len(before), command)
+            for command, (usage, _) in COMMANDS.items()
+            if command.startswith(before.lower())
+        ]
+    command, space, word = before.partition(" ")
+    online = sorted(names, key=str.lower)
+    if space and command in NAME_COMMANDS and " " not in word:
+        return [
+            (name + " ", -len(word), name)
+            for name in online
+            if name.lower().startswith(word.lower()) and (name != me or command == "/whois")
+        ]
+    if not before.startswith("/") and not space:  # the first word of a message: whom it is for
+        return [
+            (f"{name}: ", -len(before), name)
+            for name in online
+            if name != me and name.lower().startswith(before.lower())
+        ]
+    return []
+
+
+def run_terminal(client: ChatClient, bell: bool = True) -> int:
+    """Chat on a terminal: an input line that incoming messages never garble, with editing, history and Tab.
 
     One asyncio loop serves both the keyboard (prompt_toolkit) and the broker
     (a task polling the client's socket every few milliseconds).
     """
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+    from prompt_toolkit.document import Document
     from prompt_toolkit.history import InMemoryHistory
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    prompt: PromptSession[str] = PromptSession(history=InMemoryHistory())
+    class ChatCompleter(Completer):
+        def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+            for text, start, shown in completions(document.text_before_cursor, client.roster, client.name):
+                yield Completion(text, start_position=start, display=shown)
+
+    prompt: PromptSession[str] = PromptSession(
+        history=InMemoryHistory(), completer=ChatCompleter(), complete_while_typing=False
+    )
     status: list[int] = []
     colour = _colour_wanted()
-    sent = Sent()
 
     def prompt_text() -> str:
         """`alice> `, or `alice (2 pending)> ` while the broker has not answered two of our messages."""
@@ -276,7 +509,12 @@ def run_terminal(client: ChatClient) -> int:
             width = prompt.app.output.get_size().columns
         except Exception:  # no terminal to ask (yet): what the environment says
             width = 0
-        return Display(colour=colour, width=width if width > 0 else shutil.get_terminal_size().columns)
+        width = width if width > 0 else shutil.get_terminal_size().columns
+        return Display(colour=colour, width=width, me=client.name, hints=True)
+
+    out = Output(display)
+    bell_due: list[bool] = []  # a bell waits for BELL_INTERVAL since the last one
+    last_bell = [-BELL_INTERVAL]
 
     def finish(code: int) -> None:
         status.append(code)
@@ -294,14 +532,20 @@ def run_terminal(client: ChatClient) -> int:
             events = client.drain()
             for event in events:
                 try:
-                    line = sent.describe(event, display())
-                    if line is not None:
-                        print(line, flush=True)
+                    out.event(event)
                 except Exception as exc:  # one event must never stop the others from being shown
                     _skipped(event, exc)
                 if isinstance(event, Shutdown | SessionClosed):
                     finish(0)
                     return
+            # A bell for a message for us, said now (a replayed past rings nothing); at most one a second, so a
+            # flood of them cannot make the terminal ring on and on.
+            if bell and any(for_me(event, client.name) and not getattr(event, "history", False) for event in events):
+                bell_due.append(True)
+            if bell_due and (now := time.monotonic()) - last_bell[0] >= BELL_INTERVAL:
+                bell_due.clear()
+                last_bell[0] = now
+                prompt.app.output.bell()
             if events and prompt.app.is_running:
                 prompt.app.invalidate()  # the pending count in the prompt may have changed
             await asyncio.sleep(0.02)
@@ -316,12 +560,12 @@ def run_terminal(client: ChatClient) -> int:
                     line = "/exit"
                 if status:
                     break
-                if _command(client, line.strip(), display(), sent):
+                if _command(client, line.strip(), out):
                     client.flush(LEAVE_WAIT)
                     client.close()
                     for event in client.drain():  # the last answers (Failed: never to be answered)
-                        if isinstance(event, Accepted | Failed) and (shown := sent.describe(event, display())):
-                            print(shown, flush=True)
+                        if isinstance(event, Accepted | Failed):
+                            out.event(event)
                     finish(0)
             await task
         return status[0]
@@ -349,8 +593,8 @@ def _colour_wanted() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-def _command(client: ChatClient, line: str, display: Display, sent: Sent) -> bool:
-    """Act on one input line (what it sends is noted in `sent`); True means leave."""
+def _command(client: ChatClient, line: str, out: Output) -> bool:
+    """Act on one input line (what it sends is noted in `out`); True means leave."""
     if not line:
         return False
     if line == "/exit":
@@ -359,43 +603,69 @@ def _command(client: ChatClient, line: str, display: Display, sent: Sent) -> boo
     rest = rest.strip()
     try:
         if command == "/help":
-            print(HELP, flush=True)
+            out.help(_help(rest))
         elif command == "/who":
             client.who()
         elif command == "/shutdown":
             client.request_shutdown()
         elif command == "/whois" and rest:
-            print(_whois(client, rest, display), flush=True)
+            _whois(client, rest, out)
+        elif command == "/trust" and rest:
+            _trust(client, rest, out)
         elif command == "/msg" and len(rest.split(maxsplit=1)) == 2:
             to, text = rest.split(maxsplit=1)
-            sent.add(client.send(text, to=to), text, to)
-            print(display.system(f"(private to {to}) {text}"), flush=True)
+            out.sending(client.send(text, to=to), text, to)
         elif command == "/me" and rest:
-            sent.add(client.send(rest, action=True), rest)
-        elif command in ("/whois", "/msg", "/me"):
-            print(display.warning(f"usage: {_usage(command)}"), flush=True)
+            out.sending(client.send(rest, action=True), rest, action=True)
+        elif command in ("/whois", "/msg", "/me", "/trust"):
+            out.warning(f"usage: {COMMANDS[command][0]}")
         elif line.startswith("/") and not line.startswith("//"):
-            print(display.warning(f"unknown command {command}; /help lists the commands"), flush=True)
+            out.warning(f"unknown command {command}; /help lists the commands")
         else:
             text = line[1:] if line.startswith("//") else line
-            sent.add(client.send(text), text)
+            out.sending(client.send(text), text)
     except ValueError as exc:
-        print(display.warning(f"not sent: {exc}"), flush=True)
+        out.warning(f"not sent: {exc}")
     except ConnectError as exc:
-        print(display.warning(str(exc)), flush=True)
+        out.warning(str(exc))
     return False
 
 
-def _usage(command: str) -> str:
-    return next(row.strip() for row in HELP.splitlines() if row.strip().startswith(command + " "))
+def _help(topic: str) -> str:
+    """The command list, or one command's help (`/help msg` or `/help /msg`)."""
+    if not topic:
+        return HELP
+    command = "/" + topic.removeprefix("/").split()[0].lower()
+    if command not in COMMANDS:
+        return f"no command {command}; /help lists the commands"
+    usage, about = COMMANDS[command]
+    return f"  {usage:<17} {about}"
 
 
-def _whois(client: ChatClient, name: str, display: Display) -> str:
+def _whois(client: ChatClient, name: str, out: Output) -> None:
     user = client.roster.get(name)
     if user is None:
-        return display.warning(f"{name} is not online")
-    kind = "bot" if user.bot else "user"
-    return display.system(f"{name} ({kind}) key {user.fingerprint}: {client.pins.status(name, user.fingerprint)}")
+        out.warning(f"{name} is not online")
+        return
+    pinned = client.pins.pins.get(name)
+    out.whois(name, user.bot, user.fingerprint, pinned, client.pins.status(name, user.fingerprint))
+
+
+def _trust(client: ChatClient, name: str, out: Output) -> None:
+    """Pin the key `name` shows now in place of the one pinned before (the person checked it out of band)."""
+    user = client.roster.get(name)
+    fingerprint = user.fingerprint if user is not None else out.changed_keys.get(name)
+    if fingerprint is None:
+        out.warning(f"{name} is not online and showed no new key here; nothing to trust")
+        return
+    pinned = client.pins.pins.get(name)
+    if pinned == fingerprint:
+        out.info(f"{name}'s key {fingerprint} is the one pinned already")
+        return
+    if not client.pins.trust(name, fingerprint):
+        out.warning(f"could not write {client.pins.path}: {name}'s new key is trusted for this session only")
+    out.changed_keys.pop(name, None)
+    out.trusted(name, fingerprint, pinned)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,12 +674,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = start(args)
         if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
-            return run_terminal(client)
+            return run_terminal(client, bell=not args.no_bell)
         return run(client, as_json=args.json)
+    except Cancelled as exc:
+        print(f"chat_client: {exc}", file=sys.stderr)
+        return exc.status
     except (UsageError, ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError, FileExistsError) as exc:
         print(f"chat_client: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("\nchat_client: interrupted", file=sys.stderr)
         return 130
 
 

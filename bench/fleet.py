@@ -491,6 +491,7 @@ class Fleet:
         in_flight: int,
         server: ServerProcess,
         drain_timeout: float = 60.0,
+        on_mark: Callable[[], object] | None = None,
     ) -> Throughput:
         """Keep `in_flight` messages queued at the server for warmup + duration; count deliveries in the window.
 
@@ -498,6 +499,7 @@ class Fleet:
         this fleet) and, for chat, its sender (the broker's answer) could have counted it.
         Afterwards the run drains, so the numbers also say whether anything was lost.
         Deliveries are to recipients: the answers are taken out of the counts.
+        `on_mark` is called just after the window's start and end are read (other readings of the same window).
         """
         per_message = fanout + self.answers
         base = self.delivered
@@ -511,6 +513,8 @@ class Fleet:
             now = time.monotonic()
             if start is None and now >= go + warmup:
                 start = self._mark(server)
+                if on_mark is not None:
+                    on_mark()
             if now >= go + warmup + duration:
                 break
             while sent - (self.delivered - base) / per_message < in_flight and active:
@@ -527,6 +531,8 @@ class Fleet:
             self.pump(POLL_MS)
             time.sleep(SATURATE_NAP_S)  # read in batches: the generator needs less CPU, the broker gets more
         end = self._mark(server)
+        if on_mark is not None:
+            on_mark()
         if start is None:
             raise BenchError("the timed window never started")
         expected = sent * per_message

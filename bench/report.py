@@ -20,6 +20,32 @@ def _busy(numbers: dict[str, Any], server: str) -> str:
     )
 
 
+def _commit_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """zchat/3's store: a group commit timed alone, and how the saturated broker grouped its commits."""
+    d = r["details"]
+    rows = [
+        (
+            f"store: commit of {group['messages']} message{'s' if group['messages'] > 1 else ''}, p50 / p99",
+            f"{_n(group['ms_p50'], 2)} / {_n(group['ms_p99'], 2)} ms",
+            f"{_n(group['messages_per_s'])} messages/s committed one group after another; the writes (seen + "
+            f"add_chat per message) included, commit() alone p50 {_n(group['commit_only_ms_p50'], 2)} ms; "
+            f"{group['rounds']} commits, {_n(group['wal_frames_per_commit'], 1)} log pages each",
+        )
+        for group in d["commit"]["groups"]
+    ]
+    broker, one = d["broker"], d["broker_one_process"]
+    rows.append(
+        (
+            "broker: commits/s in the throughput window",
+            f"{_n(r['broker_commits_per_s'], 1)}/s",
+            f"{_n(r['broker_messages_per_commit'], 2)} messages per commit, {_n(broker['wal_frames_per_commit'], 1)} "
+            f"log pages per commit, {broker['wal_restarts']} log restarts (read from its -wal file); one process: "
+            f"{_n(one['commits_per_s'], 1)}/s, {_n(one['messages_per_commit'], 2)} messages per commit",
+        )
+    )
+    return rows
+
+
 def render_table(r: dict[str, Any]) -> str:
     d = r["details"]
     crypto, broker, latency = d["crypto_mean"], d["broker"], d["latency"]
@@ -107,6 +133,7 @@ def render_table(r: dict[str, Any]) -> str:
             f"the broker's ACKs read: {_n(broker['acks_per_s'])}/s",
         ),
     ]
+    rows += _commit_rows(r)
     machine = r["machine"]
     lines = [
         f"zchat benchmark{' (--quick)' if r['quick'] else ''}: {r['clients']} clients, {r['message_bytes']}-byte "

@@ -15,9 +15,13 @@ process started is stopped on the way out):
    second while it is kept saturated, then latency at half that rate with a
    few verifying receivers in their own processes (`bench.verifier`); then
    the crypto bound again: efficiencies use the mean of the two timings, and
-   a note says when the machine's speed changed between them;
+   a note says when the machine's speed changed between them; during each
+   throughput window the broker's commits are counted in its write-ahead log
+   (`bench.commit.WalWatcher`);
 4. the reference relays (`bench.relay`), plain and CurveZMQ, with the same
-   clients, fan-out and message size;
+   clients, fan-out and message size; what CurveZMQ costs per EVENT; the
+   store's group commit timed alone for groups of 1, 10 and 100 messages
+   (`bench.commit`);
 5. on a fresh broker, CurveZMQ handshakes one at a time (`bench.handshake`:
    what the transport costs per login, against the RSA work per HELLO), then
    a login storm on that broker; a fresh broker filled with idle clients for
@@ -49,7 +53,7 @@ import zmq
 import zmq.auth
 
 import crypto
-from bench import cryptobound, handshake
+from bench import commit, cryptobound, handshake
 from bench.fleet import ChatPeer, CurveKeys, Fleet, Frames, LoginReport, Peer, RelayPeer, self_cpu_seconds
 from bench.report import render_table
 from bench.stats import message_text, percentile
@@ -63,6 +67,8 @@ from bench.workspace import (
     progress,
     system_busy_seconds,
 )
+from broker import DATABASE_FILE
+from chat.broker_store import StoreError
 from chat.events import WhoList
 
 KEY_POOL_MAX = 64  # distinct client keys; more names reuse their RSA halves, each with a Curve pair of its own
@@ -277,11 +283,21 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
         fleet.wait_quiet(0.3, 60.0, server)
 
         progress(f"saturating the broker for {s.warmup:g} + {s.duration:g} s")
-        tp = fleet.saturate(peers, s.clients - 1, s.warmup, s.duration, in_flight, server)
+        marks: list[commit.WalCount] = []
+        with commit.WalWatcher(broker_database(server)) as wal:
+            tp = fleet.saturate(
+                peers, s.clients - 1, s.warmup, s.duration, in_flight, server, on_mark=lambda: marks.append(wal.mark())
+            )
+        messages_per_s = tp.deliveries_per_s / (s.clients - 1)
+        commits = commit.broker_commits(marks[0], marks[-1], messages_per_s)
         run.numbers["deliveries_per_s_one_process" if one_process else "deliveries_per_s"] = tp.deliveries_per_s
+        if not one_process:
+            run.numbers["broker_commits_per_s"] = commits["commits_per_s"]
+            run.numbers["broker_messages_per_commit"] = commits["messages_per_commit"]
         run.details[label] = {
             **asdict(tp),
-            "messages_per_s": tp.deliveries_per_s / (s.clients - 1),
+            "messages_per_s": messages_per_s,
+            **commits,
             "in_flight_messages": in_flight,
             "prepared_messages": need,
             "prepare_s": prepare_s,
@@ -442,6 +458,34 @@ def measure_relay(ws: Workspace, run: Run, curve: bool) -> None:
     run.numbers[f"{label}_deliveries_per_s"] = tp.deliveries_per_s
     run.details[label] = {**asdict(tp), **detail, "in_flight_messages": RELAY_IN_FLIGHT}
     run.server_done(server)
+
+
+def broker_database(server: ServerProcess) -> Path:
+    """The database of a broker the workspace started: its config leaves data_dir at "data", next to the config."""
+    return server.log_path.parent / "data" / DATABASE_FILE
+
+
+def measure_commit(ws: Workspace, run: Run) -> None:
+    """The store's group commit, timed alone on this disk: groups of 1, 10 and 100 room messages."""
+    s = run.settings
+    seconds = 0.25 if s.quick else 2.0
+    progress(f"timing the store's commits of {', '.join(map(str, commit.GROUP_SIZES))} messages ({seconds:g} s each)")
+    directory = ws.root / "commit"
+    directory.mkdir()
+    try:
+        cost = commit.measure(directory / DATABASE_FILE, ws.broker_key(), s.message_bytes, seconds, authors=s.clients)
+    except StoreError as exc:
+        raise BenchError(f"timing the store's commits failed: {exc}") from None
+    run.numbers["commit_latency"] = [
+        {
+            "messages": group.messages,
+            "ms_p50": group.ms_p50,
+            "ms_p99": group.ms_p99,
+            "messages_per_s": group.messages_per_s,
+        }
+        for group in cost.groups
+    ]
+    run.details["commit"] = asdict(cost)
 
 
 def measure_frame_cost(run: Run) -> None:
@@ -656,6 +700,9 @@ def summarise(run: Run, bound: cryptobound.CryptoBound) -> dict[str, Any]:
         if run.numbers["curve_handshake_broker_cpu_ms"] > 0
         else None,
         "curve_cpu_us_per_delivery": run.numbers["curve_cpu_us_per_delivery"],
+        "commit_latency": run.numbers["commit_latency"],
+        "broker_commits_per_s": run.numbers["broker_commits_per_s"],
+        "broker_messages_per_commit": run.numbers["broker_messages_per_commit"],
         "idle_clients": s.idle_clients,
         "storm_clients": s.storm_clients,
         "duration_s": s.duration,
@@ -729,6 +776,10 @@ def standard_notes(run: Run, ws: Workspace) -> None:
         "curve_cpu_us_per_delivery: CPU per EVENT (its 3 frames, body of the mean size the generator read) sent "
         "over loopback TCP in one process with CurveZMQ, less without: the sender's encryption and the receiver's "
         "decryption; the broker pays the sending half",
+        "commit_latency: a real Store (WAL, synchronous=FULL) on a file in the bench's temporary directory, with the "
+        "broker's key; per group, seen() and add_chat() of each room message's history document, then commit(); "
+        "broker_commits_per_s: the commit frames the broker wrote to its -wal file in the throughput window, "
+        "broker_messages_per_commit: the window's messages per second divided by that",
     ]
 
 
@@ -787,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_relay(ws, run, curve=False)
             measure_relay(ws, run, curve=True)
             measure_frame_cost(run)
+            measure_commit(ws, run)
             login_storm(ws, run)
             idle_memory(ws, run)
             standard_notes(run, ws)

@@ -1,1 +1,1 @@
-"""Example bots, each runnable with `make bot BOT=<name>` or `python -m bots.<name>`."""
+"""Example bots, each runnable with `make bot BOT=<name>` or `.venv/bin/python -m bots.<name>`."""

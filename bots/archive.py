@@ -1,5 +1,8 @@
 """archive: appends every chat message it sees to a JSON-lines file (time, sender, text), one flushed line each.
 
+The file is data/archive.jsonl (in the working directory, next to the broker's database when run with
+`make bot BOT=archive`; git-ignored) unless --file names another; its directory is created if missing.
+
 The time is the broker's receive time when it stamped one, else the author's; a time no calendar holds
 (1e300, NaN) is archived as null.
 """
@@ -15,6 +18,8 @@ from typing import TextIO
 
 from chat.bot import bot_arguments, run_bot
 from chat.events import ChatMessage, Event
+
+DEFAULT_FILE = Path("data") / "archive.jsonl"
 
 
 def _iso_time(ts: float) -> str | None:
@@ -46,9 +51,15 @@ class Archive:
 
 def main() -> int:
     parser = bot_arguments("archive", __doc__ or "")
-    parser.add_argument("--file", type=Path, default=Path("archive.jsonl"), help="where to append (archive.jsonl)")
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help=f"where to append (default: {DEFAULT_FILE})")
     args = parser.parse_args()
-    with args.file.open("a", encoding="utf-8") as stream:
+    try:
+        args.file.parent.mkdir(parents=True, exist_ok=True)
+        stream = args.file.open("a", encoding="utf-8")
+    except OSError as exc:
+        print(f"bot archive: error: cannot append to {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    with stream:
         return run_bot(args, Archive(stream))
 
 

@@ -45,7 +45,14 @@ from dataclasses import dataclass
 
 import crypto
 from chat import protocol as p
-from chat.errors import BrokerBusy, ConnectError, DeliveryGap, RemoteProtocolError, StatementRefused
+from chat.errors import (
+    BrokerBusy,
+    ConnectError,
+    DeliveryGap,
+    LoginRefused,
+    RemoteProtocolError,
+    StatementRefused,
+)
 from chat.events import (
     Accepted,
     ConnectionLost,
@@ -71,6 +78,9 @@ MAX_RETRY_DELAY = 8.0
 RETRY_JITTER = 0.2
 MAX_OUTBOX = 1000
 MAX_REFUSALS = 3  # a message the broker refuses this many times is given up (Failed), so a reconnect loop ends
+# A login refused after we were logged in before is tried again this many times: a broker restarted between
+# our HELLO and LOGIN refuses a LOGIN it never challenged. A key that is really refused fails every time.
+MAX_REFUSED_RELOGINS = 3
 BYE_LINGER = 1.0  # seconds a closing socket may take to hand the broker our goodbye
 REQUESTS = ("who", "shutdown")
 
@@ -189,6 +199,7 @@ class ClientCore:
         self._outbox: dict[str, Outgoing] = {}  # in the order the user sent them
         self._refusals: collections.Counter[str] = collections.Counter()
         self._logged_in_before = False
+        self._refused_relogins = 0  # logins refused in a row since the last welcome
         self._closed = False
         self._attempt_deadline = 0.0
         self._retry_at: float | None = None
@@ -286,6 +297,10 @@ class ClientCore:
             where = "the broker's answer" if self.online else "the connection"
             raise ConnectError(f"not sent: {self.outbox_limit} messages are already waiting for {where}")
         message_id = p.new_message_id()
+        if to != self.name:
+            # Our own line, shown by whoever drives us as we send it: a history replay after a reconnect (even
+            # before the broker's answer) does not show it again. A private message to ourselves comes back.
+            self.seen.first_time(self.name, message_id)
         self._outbox[message_id] = Outgoing(message_id, text, to, action)
         self._flush_outbox(now)
         return message_id
@@ -339,6 +354,13 @@ class ClientCore:
                     self._close_for_good(str(exc))
                     raise
                 self._connection_lost("the broker is busy", now)
+                return
+            except LoginRefused as exc:
+                self._refused_relogins += 1
+                if not self._logged_in_before or self._refused_relogins > MAX_REFUSED_RELOGINS:
+                    self._close_for_good(str(exc))
+                    raise
+                self._connection_lost("the broker refused a login (it may have restarted meanwhile)", now)
                 return
             except ConnectError as exc:
                 self._close_for_good(str(exc))
@@ -446,16 +468,10 @@ class ClientCore:
         if isinstance(event, Welcome):
             self._backoff.reset()
             self._logged_in_before = True
+            self._refused_relogins = 0
             self._events.append(event)
             self._flush_outbox(now)
-        elif isinstance(event, Accepted):
-            message = self._answered(event.message_id)
-            if message is not None and message.to != self.name:
-                # Our own line: if a history replay after a reconnect brings it back, it is not shown again.
-                # (A private message to ourselves is still on its way back to us: it is shown when it comes.)
-                self.seen.first_time(self.name, event.message_id)
-            self._events.append(event)
-        elif isinstance(event, Failed):
+        elif isinstance(event, Accepted | Failed):
             self._answered(event.message_id)
             self._events.append(event)
         elif isinstance(event, Shutdown):

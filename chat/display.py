@@ -6,6 +6,9 @@ two columns) under their text instead of under the timestamp. Piped output is
 plain: exactly one line per chat message. Every string a peer supplied goes
 through `printable()`, so no control, format or direction-changing character
 can make a line look like someone else's.
+
+On a terminal, a message that names us (`mentions`) or is private to us is
+highlighted (reverse video for who wrote it, bold text).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from chat.events import (
 _USER_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DIM, BOLD_RED, MAGENTA, RESET = "2", "1;31", "35", "0"
+HIGHLIGHT, BOLD = "1;7", "1"  # a message for us: its author in reverse video, its text bold
+_NAME_CHARS = "A-Za-z0-9_-"  # chat.protocol.NAME_PATTERN's
 
 
 # Shown escaped: controls, format characters (bidi controls, zero-width ones, tags) and line/paragraph separators.
@@ -97,10 +102,27 @@ def text_width(text: str) -> int:
     return max(0, wcwidth.wcswidth(_ANSI.sub("", text)))
 
 
+def mentions(text: str, name: str) -> bool:
+    """`text` names `name` as a word of its own, in any case: "Alice: hi", "hi @alice", not "malice"."""
+    return re.search(rf"(?<![{_NAME_CHARS}]){re.escape(name)}(?![{_NAME_CHARS}])", text, re.IGNORECASE) is not None
+
+
+def for_me(event: Event, me: str | None) -> bool:
+    """A message someone else wrote that is private to us or mentions our name: one to draw attention to."""
+    if not isinstance(event, ChatMessage) or me is None or event.sender == me:
+        return False
+    return event.private or mentions(event.text, me)
+
+
 @dataclass(frozen=True)
 class Display:
+    """`me`: our name, to highlight messages for us; `hints`: a person reads this (a terminal), so the
+    welcome line says how to get help."""
+
     colour: bool = False
     width: int | None = None
+    me: str | None = None
+    hints: bool = False
 
     def paint(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
@@ -163,6 +185,10 @@ class Display:
         """`* queued for bob (offline): <preview>`: a private message the broker keeps until its recipient logs in."""
         return self.system(f"queued for {printable(to)} (offline): {preview(text)}")
 
+    def private_sent(self, to: str, text: str) -> str:
+        """`* (private to bob) <text>`: a private message of ours the broker accepted and sent on."""
+        return self.system(f"(private to {to}) {text}")
+
     def format(self, event: Event) -> str:
         """The text for one event; a chat message is one line unless wrapped for a terminal."""
         if isinstance(event, ChatMessage):
@@ -173,19 +199,25 @@ class Display:
                     self.paint("(while you were away) ", MAGENTA) if event.away else "",
                 )
             )
+            if for_me(event, self.me):
+                author = printable(event.sender)
+                head = self.paint(f"* {author}", HIGHLIGHT) if event.action else self.paint(f"{author}:", HIGHLIGHT)
+                return self._line(shown_time(event), f"{marks}{head} ", event.text, BOLD)
             if event.action:
                 return self._line(shown_time(event), f"{marks}* {self.user(event.sender)} ", event.text)
             return self._line(shown_time(event), f"{marks}{self.user(event.sender)}: ", event.text)
         if isinstance(event, Welcome):
             others = [printable(u.name) for u in event.users if u.name != event.name]
             online = ", ".join(others) or "nobody else"
-            return self.system(f"logged in as {printable(event.name)}; online: {online} (/help for commands)")
+            hint = " (/help for commands)" if self.hints else ""
+            return self.system(f"logged in as {printable(event.name)}; online: {online}{hint}")
         if isinstance(event, Joined):
             kind = "bot " if event.user.bot else ""
             name, fingerprint = printable(event.user.name), printable(short_fingerprint(event.user.fingerprint))
             return self.system(f"{kind}{name} joined ({fingerprint})")
         if isinstance(event, Left):
-            return self.system(f"{printable(event.name)} left ({printable(event.reason)})")
+            why = "" if event.reason == "left" else f" ({printable(event.reason)})"  # "left": they chose to
+            return self.system(f"{printable(event.name)} left{why}")
         if isinstance(event, WhoList):
             rows = [
                 f"  {printable(u.name):<32} {printable(u.fingerprint)}{'  (bot)' if u.bot else ''}" for u in event.users
@@ -195,7 +227,8 @@ class Display:
             return self.warning(
                 f"WARNING: {printable(event.name)} now has key {printable(event.seen)}, "
                 f"but you pinned {printable(event.pinned)}. "
-                "This is someone else, or their key was replaced: check with them out of band."
+                "This is someone else, or their key was replaced: check with them out of band"
+                f" (/whois {printable(event.name)}); only then accept it with /trust {printable(event.name)}."
             )
         if isinstance(event, Notice):
             return self.warning(printable(event.message))

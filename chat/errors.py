@@ -5,7 +5,7 @@ ChatError
 │   ├── LocalProtocolError   we tried to do something the protocol forbids (our bug or misuse)
 │   └── RemoteProtocolError  the peer sent something malformed, forged, replayed or out of order
 ├── ConfigError              a configuration file or value a person wrote is wrong
-├── ConnectError             the broker is unreachable, refused us, or failed to authenticate
+├── ConnectError             the broker is unreachable, refused us (LoginRefused), or failed to authenticate
 └── StatementRefused         the broker refused a statement of ours and ended the session: log in again
 """
 
@@ -36,6 +36,10 @@ class ConnectError(ChatError):
 
 class BrokerBusy(ConnectError):
     pass
+
+
+class LoginRefused(ConnectError):
+    """The broker answered our login with REFUSED (or sealed its challenge to another key)."""
 
 
 class DeliveryGap(RemoteProtocolError):

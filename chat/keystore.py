@@ -296,10 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         check_name(args.name)
         if args.bits < crypto.MIN_KEY_BITS:
             raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")
-        if layout.broker_private.exists() or not layout.broker_public.exists():
-            _, created = ensure_broker_keys(layout)  # never on a client machine that holds a copied broker.pub
-            if created:
-                print(f"created the broker key pair {layout.broker_private} and {layout.broker_public}")
+        # Never the broker's keys: only the broker makes its own (at its first start), and on a client machine
+        # keys/broker.pub is the copy the user trusts.
         if layout.client_private(args.name).exists():
             passphrase = os.environ.get("PASSPHRASE") or None
             if (
@@ -317,9 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     except (LocalProtocolError, ValueError, FileExistsError, crypto.KeyFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (EOFError, KeyboardInterrupt):
-        print("\nerror: no passphrase given", file=sys.stderr)
+    except EOFError:  # Ctrl-D at a passphrase prompt
+        print(
+            f"\nerror: cancelled (end of input at the passphrase prompt); no key written for {args.name}",
+            file=sys.stderr,
+        )
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, at a prompt or while the key is made
+        print(f"\nerror: cancelled (Ctrl-C); no key written for {args.name}", file=sys.stderr)
+        return 130
     print(f"wrote {layout.client_private(args.name)} (mode 0600, keep it secret)")
     print(f"registered {layout.client_public(args.name)}")
     print(f"fingerprint {fp}")

@@ -3,7 +3,8 @@
 Stored as a small JSON file next to the user's private key
 (`keys/private/alice.known.json`): name -> fingerprint. A name seen for the
 first time is pinned; a later, different fingerprint is reported, never
-silently accepted.
+silently accepted: only `trust()` (the client's /trust, once the new key was
+checked out of band) pins another one.
 """
 
 from __future__ import annotations
@@ -50,9 +51,14 @@ class PinStore:
             return "not pinned"
         return "pinned" if pinned == fingerprint else f"DIFFERENT from the pinned {pinned}"
 
-    def _save(self) -> None:
+    def trust(self, name: str, fingerprint: str) -> bool:
+        """Pin `fingerprint` for `name`, replacing whatever was pinned; False if the file could not be written."""
+        self.pins[name] = fingerprint
+        return self._save()
+
+    def _save(self) -> bool:
         if self.path is None:
-            return
+            return True
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -61,3 +67,5 @@ class PinStore:
             tmp.replace(self.path)
         except OSError as exc:
             log.warning("cannot save pins to %s: %s", self.path, exc)
+            return False
+        return True

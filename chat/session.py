@@ -25,6 +25,7 @@ from chat.errors import (
     ConnectError,
     DeliveryGap,
     LocalProtocolError,
+    LoginRefused,
     RemoteProtocolError,
     StatementRefused,
 )
@@ -196,7 +197,7 @@ class ClientSession:
             return [], None
         if command == p.REFUSED and self.state in (State.HELLO_SENT, State.LOGIN_SENT):
             self.state = State.CLOSED
-            raise ConnectError(REFUSED_MESSAGE.format(name=self.name))
+            raise LoginRefused(REFUSED_MESSAGE.format(name=self.name))
         if command == p.BUSY and self.state in (State.HELLO_SENT, State.LOGIN_SENT):
             self.state = State.CLOSED
             raise BrokerBusy("the broker is busy (too many clients or logins); try again later")
@@ -215,7 +216,7 @@ class ClientSession:
         except crypto.CryptoError:
             # Sealed to another key: the broker has a different key registered under our name.
             self.state = State.CLOSED
-            raise ConnectError(REFUSED_MESSAGE.format(name=self.name)) from None
+            raise LoginRefused(REFUSED_MESSAGE.format(name=self.name)) from None
         try:
             challenge = p.Challenge.decode(plaintext)
             if challenge.user != self.name or challenge.client_nonce != self._client_nonce:

@@ -3,8 +3,10 @@
 `InlineJobs` (config `workers: 0`) does each job the moment it is submitted.
 `WorkerPool` runs `workers` processes (`python -m chat.workers`) and feeds
 them with the ZeroMQ load-balancing pattern: a ROUTER in the broker on a
-private ipc:// socket (a fresh 0700 directory), a DEALER per worker, at most
-`CREDIT` batches handed to each worker at a time. Workers get the broker's
+private ipc:// socket (a fresh 0700 directory in the temporary directory,
+named after the broker's pid: a broker killed with SIGKILL cannot remove it,
+so the next one to start removes those whose broker is gone), a DEALER per
+worker, at most `CREDIT` batches handed to each worker at a time. Workers get the broker's
 private key on their stdin, never on a socket or a command line.
 
 Both keep the order the core relies on: each recipient's deliveries in the
@@ -32,6 +34,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -73,8 +76,49 @@ READY = b"ready"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+DIRECTORY_PREFIX = "zchat-workers-"  # then the broker's pid and a random part, in the temporary directory
+
+
 class WorkerError(ChatError):
     """The worker processes could not be started or keep dying."""
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_directories(root: Path | None = None) -> list[Path]:
+    """Remove the socket directories of brokers that died without removing them (kill -9, a crash).
+
+    Only ours (same user) and only those whose broker pid no longer runs; returns what was removed.
+    """
+    root = Path(tempfile.gettempdir()) if root is None else root
+    removed: list[Path] = []
+    try:
+        candidates = list(root.glob(f"{DIRECTORY_PREFIX}*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        pid_text = path.name.removeprefix(DIRECTORY_PREFIX).split("-", 1)[0]
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if not pid_text.isdigit() or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if int(pid_text) == os.getpid() or _running(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            log.info("removed %s, left by broker process %s that is gone", path, pid_text)
+            removed.append(path)
+    return removed
 
 
 HANDSHAKE_TURN = 5  # while both wait, every fifth envelope opened is handshake work
@@ -192,7 +236,10 @@ class WorkerPool:
     ) -> None:
         self.key_pem = crypto.export_private_pem(broker_key)
         self.deliverable = deliverable
-        self.directory = Path(tempfile.mkdtemp(prefix="zchat-workers-"))  # mode 0700: only this user can connect
+        remove_stale_directories()
+        # Mode 0700: only this user can connect. The name holds our pid, so that the next broker can remove it
+        # if we die without cleaning up (kill -9).
+        self.directory = Path(tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-"))
         self.endpoint = f"ipc://{self.directory}/jobs"
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)

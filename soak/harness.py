@@ -160,23 +160,24 @@ class BrokerProcess:
         """SIGKILL the broker and every process under it (its crypto workers), as a crash would; wait until
         they are all gone. Returns how many processes were killed.
 
-        The broker is stopped (SIGSTOP) first, so that it can neither start a new worker nor notice a dead
-        one between the moment its children are listed and its own death.
+        The broker is stopped (SIGSTOP) first: it can then neither start a new worker nor notice a dead one,
+        and none of its children can be reaped (so their ids cannot be reused) until it is dead itself. Its
+        children go first, then the broker.
         """
         pid = self.proc.pid
         if self.proc.poll() is not None:
             return 0
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
-        kids = children(pid)
+        kids = {kid: started for kid in children(pid) if (started := _start_time(kid)) is not None}
         ipc_dirs = {d for kid in kids if (d := _worker_ipc_dir(kid)) is not None}
-        self.proc.kill()
         for kid in kids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(kid, signal.SIGKILL)
+        self.proc.kill()
         self.proc.wait(timeout)
         deadline = time.monotonic() + timeout
-        while (alive := [kid for kid in kids if _running(kid)]) and time.monotonic() < deadline:
+        while (alive := [k for k, started in kids.items() if _running(k, started)]) and time.monotonic() < deadline:
             time.sleep(0.01)
         if alive:
             raise ToolError(f"processes {alive} of the killed broker are still running after {timeout:g}s")
@@ -236,14 +237,26 @@ class BrokerProcess:
             self.proc.wait(10)
 
 
-def _running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (a killed worker is reaped by whoever adopted it)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             stat = handle.read()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot): with the pid, it names one process even if the id is reused."""
+    fields = _stat(pid)
+    return None if fields is None else fields[19]
+
+
+def _running(pid: int, started: str) -> bool:
+    """True while the process `pid` that started at `started` exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] not in ("Z", "X")
 
 
 def _worker_ipc_dir(pid: int) -> Path | None:

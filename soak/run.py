@@ -20,7 +20,7 @@ Steps, each bounded by a timeout and all under one hard deadline (`--timeout`):
    and database (data/zchat.db), its log appended to; then the run drains
    until every sender has an answer (`accepted` or `failed`) for every
    message and every stable receiver has every accepted message (or gives up
-   after 30 s, 60 s with kills), closes every client, sends SIGTERM to the
+   after 30 s, 120 s with kills), closes every client, sends SIGTERM to the
    broker and requires exit status 0 (of the last broker: a killed one has
    none);
 5. the numbers (`soak.stats`), as a table or one JSON object (`--json`).
@@ -39,7 +39,15 @@ and each rejoin sends a leave and a join to everyone else plus a welcome with
 the whole roster, so 200 clients at 2 msg/s with churn 0.005 (0.5 rejoins/s)
 keep latency under a second (p99 0.6 s over 60 s), while 4 msg/s with churn
 0.02 outruns the CPUs: the backlog grows (p99 4.7 s after 20 s, 9.2 s after
-60 s) towards the 10 s heartbeat timeout.
+60 s) towards the 10 s heartbeat timeout. Kills cost far more: after each one,
+every client logs in again, which costs it a welcome with 200 public keys to
+import (~50 ms) and a replay of the whole history so far, one RSA decryption
+per message even for those it has shown and skips; with a kill every 10 s
+two cores fall behind (latency of tens of seconds, sessions timed out), which
+the counts must survive.
+
+A failed run keeps its directory, with results.json: per name what it sent,
+the answers it got and what it showed, session by session.
 
 Exit status 0 when nothing was lost, duplicated, reordered, unexpected or left
 unanswered, the broker logged no internal error (nor a traceback) and the last
@@ -76,7 +84,7 @@ KEY_BITS = 2048
 BROKER_START_TIMEOUT = 20.0
 BROKER_STOP_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
-DRAIN_TIMEOUT_WITH_KILLS = 60.0  # after the last kill: notice the silence, log in again, replay, re-send
+DRAIN_TIMEOUT_WITH_KILLS = 120.0  # after the last kill: notice the silence, log in again, replay, re-send
 HISTORY_SIZE = 10_000  # the broker's maximum: the whole run is replayed after every login
 HISTORY_REPLAY_BYTES = 64 * 1024 * 1024
 SEND_QUEUE_BYTES = 256 * 1024 * 1024  # room for a whole replay waiting for the window, and live traffic behind it
@@ -383,9 +391,33 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     peak_rss = broker.peak_rss_mb()
     broker_exit = broker.stop(BROKER_STOP_TIMEOUT)
     log(f"broker stopped with status {broker_exit}")
-    return report(
+    numbers = report(
         args, workers, stable, broker, kills, keygen_s, login_s, drain_s, complete, broker_exit, peak_rss, started
     )
+    if args.keep or not numbers["ok"]:
+        dump(workdir / "results.json", workers, stable, kills)
+    return numbers
+
+
+def dump(path: Path, workers: Workers, stable: set[str], kills: list[Kill]) -> None:
+    """What every worker reported, for a post-mortem: per name what it sent, the answers, what it showed."""
+    names: dict[str, Any] = {}
+    for r in workers.results.values():
+        for name, n in r.sent.items():
+            names[name] = {
+                "stable": name in stable,
+                "sent": n,
+                "sent_at": r.sent_at.get(name, {}),
+                "accepted": {str(seq): at for seq, at in r.accepted.get(name, {}).items()},
+                "refused": r.refused.get(name, []),
+                "given_up": r.abandoned.get(name, []),
+                "sessions": [
+                    {"client": s.client, "started": s.started, "got": s.got} for s in r.sessions.get(name, [])
+                ],
+            }
+    kills_out = [{"at": k.at, "processes": k.processes, "restart_s": k.restart_s} for k in kills]
+    path.write_text(json.dumps({"kills": kills_out, "names": names}) + "\n")
+    log(f"wrote what each client sent and showed to {path}")
 
 
 def report(
@@ -406,6 +438,7 @@ def report(
     sent = {name: n for r in results for name, n in r.sent.items()}
     accepted = {name: answers for r in results for name, answers in r.accepted.items()}
     refused = {name: seqs for r in results for name, seqs in r.refused.items()}
+    abandoned = sum(len(seqs) for r in results for seqs in r.abandoned.values())
     sessions = {name: logs for r in results for name, logs in r.sessions.items()}
     latencies = [ms for r in results for ms in r.latencies_ms]
     unparsed = sum(r.unparsed for r in results)
@@ -451,6 +484,8 @@ def report(
         "accepted": counts.accepted,
         "refused": counts.refused,
         "unanswered": counts.unanswered,
+        "unanswered_given_up": abandoned,
+        "refused_by_client": sum(r.refused_by_client for r in results),
         "delivered": counts.delivered,
         "expected": counts.expected,
         "lost": counts.lost,
@@ -471,8 +506,11 @@ def report(
         "churn_leaves": sum(r.churn_leaves for r in results),
         "connection_losses": sum(r.connection_losses for r in results),
         "login_failures": sum(r.login_failures for r in results),
+        "relogins": sum(r.relogins for r in results),
+        "relogins_refused": sum(r.relogins_refused for r in results),
         "closed_by_broker": sum(r.closed_by_broker for r in results),
         "history_replayed": sum(r.history_replayed for r in results),
+        "history_then_live": sum(r.history_then_live for r in results),
         "own_history": sum(r.own_history for r in results),
         "own_history_pending": sum(r.own_history_pending for r in results),
         "own_repeated": own_repeated,

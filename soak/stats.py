@@ -9,6 +9,9 @@ answer back to the seq:
 - *refused*: the sender got `Failed` for it;
 - *unanswered*: neither, by the end of the run (its fate is unknown: it may or
   may not have been stored; in a healthy run there are none after the drain).
+  A client that closes for good with messages still waiting reports them
+  `Failed` "not confirmed" itself: the broker never answered, so the soak
+  counts those as unanswered, not refused (`soak.worker` sorts them out).
 
 What each receiver should have shown (history replayed after a login counts as
 shown, like a live message):
@@ -53,6 +56,7 @@ class ReceiverSession:
 
     client: int
     got: dict[str, list[int]] = field(default_factory=dict)
+    started: float = 0.0  # time.time() of its welcome
 
 
 def message_text(sender: str, seq: int, sent_at: float) -> str:

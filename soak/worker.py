@@ -31,6 +31,7 @@ import math
 import os
 import queue
 import random
+import re
 import signal
 import time
 import traceback
@@ -42,6 +43,7 @@ from typing import Any
 
 import zmq
 
+import chat.client
 import crypto
 from chat.client import ChatClient
 from chat.errors import ConnectError
@@ -66,6 +68,17 @@ PROGRESS_EVERY = 0.2
 RETRY_AFTER_FAILED_LOGIN = 1.0
 REJOIN_DELAY = (0.5, 3.0)
 MAX_NOTICES_KEPT = 20
+# Frames one client reads per poll. A ChatClient reads up to 100 (chat.client.MAX_FRAMES_PER_POLL), which suits a
+# process with one client; here ~100 share one loop, and after a broker restart each has a whole history replay to
+# read (an RSA decryption per message): 100 frames each would make one turn of the loop last many seconds, so no
+# client would send its heartbeat in time. Fewer per turn keep every client's heartbeats and ACKs going.
+FRAMES_PER_POLL = 4
+# How the client's own Failed events begin (chat.client_core.ClientCore) when it closes for good with messages
+# the broker never answered: "not confirmed" for one it had sent (its fate is unknown: counted as unanswered),
+# "not sent" for one it never sent (or that the broker refused as a statement: certainly not delivered).
+GIVEN_UP = "not confirmed: "
+NOT_SENT = "not sent: "
+NAMES_IN_NOTICES = re.compile(r"soak\d+(\|\d+\|[\d.]+)?")  # the soak's names, and its texts (sender|seq|time)
 
 Message = tuple[Any, ...]
 
@@ -97,13 +110,17 @@ class Progress:
 class WorkerResult:
     wid: int
     sent: dict[str, int] = field(default_factory=dict)
+    sent_at: dict[str, dict[int, float]] = field(default_factory=dict)  # sender -> seq -> time.time() it was sent
     accepted: dict[str, dict[int, float]] = field(default_factory=dict)  # sender -> seq -> broker's received time
     refused: dict[str, list[int]] = field(default_factory=dict)
+    abandoned: dict[str, list[int]] = field(default_factory=dict)
     sessions: dict[str, list[ReceiverSession]] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)  # live messages only
     unparsed: int = 0
     history_replayed: int = 0  # messages shown from a history replay (own ones included)
+    refused_by_client: int = 0  # Failed "not sent": the client gave up on a message it never sent
     duplicate_answers: int = 0  # Accepted with duplicate: a re-send the broker had already accepted
+    history_then_live: int = 0  # (session, sender) pairs with history then live messages: checked for order too
     own_history: int = 0  # own messages shown in a history replay, sent by an earlier client of the name
     own_history_pending: int = 0  # own messages shown in a history replay while still waiting for their answer
     own_repeated: int = 0  # own messages shown again by a client that had them accepted or shown (duplicates)
@@ -112,6 +129,8 @@ class WorkerResult:
     reconnects: int = 0
     connection_losses: int = 0
     login_failures: int = 0
+    relogins: int = 0  # logins of a client again after it lost its connection (the broker died, say)
+    relogins_refused: int = 0  # clients that had logged in before and closed for good on a failed re-login
     closed_by_broker: int = 0
     skipped_sends: int = 0
     send_errors: int = 0
@@ -133,13 +152,17 @@ class Slot:
         self.leave_at = math.inf
         self.seq = 0
         self.seq_at_login = 0
+        self.sent_at: dict[int, float] = {}  # seq -> when it was handed to the client
         self.accepted: dict[int, float] = {}  # seq -> the broker's received time
         self.refused: list[int] = []
+        self.abandoned: list[int] = []  # given up by a client closing for good with no answer from the broker
         self.waiting: dict[str, int] = {}  # message id -> seq, until the broker answers
         self.clients = 0  # ChatClients made for this name so far; the current one is number clients - 1
         self.client_own: set[int] = set()  # own seqs the current client had accepted or shown
         self.sessions: list[ReceiverSession] = []
         self.current: ReceiverSession | None = None
+        self.from_history: set[str] = set()  # senders the current session has shown history of
+        self.then_live: set[str] = set()  # ...and then live messages of
         self.distinct: set[tuple[str, int]] = set()
         self.from_others = 0  # len() of the pairs in `distinct` not sent by this name
 
@@ -150,6 +173,7 @@ class Slot:
 
 class Worker:
     def __init__(self, spec: WorkerSpec, out: Queue[Message]) -> None:
+        chat.client.MAX_FRAMES_PER_POLL = FRAMES_PER_POLL  # in this worker process only
         self.spec = spec
         self.out = out
         self.rng = random.Random(spec.seed)  # noqa: S311 - load pattern, not a secret
@@ -255,10 +279,19 @@ class Worker:
             return False
         try:
             client.poll(0)
-        except ConnectError as exc:  # a fresh client's login failed: refused, busy, or no answer in time
+        except ConnectError as exc:  # a login failed for good: refused, busy, or no answer in time
+            # A client that was logged in before gives up too when a re-login is refused: its messages
+            # still waiting come as Failed "not confirmed" events, which must be counted.
+            for event in client.drain():
+                self._on_event(slot, event)
             self.result.login_failures += 1
-            self.result.notices[f"login failed: {exc}"] += 1
+            if client.core.logged_in_before:
+                self.result.relogins_refused += 1
+                self._notice(f"a re-login failed for good: {exc}")
+            else:
+                self._notice(f"login failed: {exc}")
             slot.client = None
+            slot.current = None
             slot.logging_in = False
             slot.connect_at = now + RETRY_AFTER_FAILED_LOGIN
             return True
@@ -276,8 +309,11 @@ class Worker:
         if isinstance(event, ChatMessage):
             self._on_chat(slot, event)
         elif isinstance(event, Welcome):
-            slot.current = ReceiverSession(slot.clients - 1)
+            if slot.sessions and slot.sessions[-1].client == slot.clients - 1:
+                self.result.relogins += 1
+            slot.current = ReceiverSession(slot.clients - 1, started=time.time())
             slot.sessions.append(slot.current)
+            slot.from_history, slot.then_live = set(), set()
             slot.seq_at_login = slot.seq
             slot.logging_in = False
             if slot.rejoining:
@@ -296,8 +332,13 @@ class Worker:
             seq = slot.waiting.pop(event.message_id, None)
             if seq is None:
                 self._notice(f"an answer for a message not sent: {event.reason}")
+            elif event.reason.startswith(GIVEN_UP):
+                slot.abandoned.append(seq)  # the client closed without the broker's answer: its fate is unknown
+                self._notice(f"a message given up: {event.reason}")
             else:
                 slot.refused.append(seq)
+                self.result.refused_by_client += event.reason.startswith(NOT_SENT)
+                self._notice(f"a message refused: {event.reason}")
         elif isinstance(event, Notice):
             self._notice(event.message)
         elif isinstance(event, ConnectionLost):
@@ -337,10 +378,16 @@ class Worker:
         if (sender, seq) not in slot.distinct:
             slot.distinct.add((sender, seq))
             slot.from_others += sender != slot.name
-        if not event.history:
+        if event.history:
+            slot.from_history.add(sender)
+        else:
             self.result.latencies_ms.append((received_at - sent_at) * 1000)
+            if sender in slot.from_history and sender not in slot.then_live:
+                slot.then_live.add(sender)
+                self.result.history_then_live += 1
 
     def _notice(self, text: str) -> None:
+        text = NAMES_IN_NOTICES.sub("<name>", text)  # one line per kind of notice, not per client
         if len(self.result.notices) < MAX_NOTICES_KEPT or text in self.result.notices:
             self.result.notices[text] += 1
 
@@ -365,11 +412,13 @@ class Worker:
         sent_any = False
         while self.sends_done < due:
             self.sends_done += 1
-            online = [(slot, slot.client) for slot in self.slots if slot.client is not None and slot.client.online]
-            if not online:
+            # Online, or logging in again after a lost connection (the broker died): a person types on, and
+            # the client keeps the message in its outbox until it is logged in again.
+            able = [(slot, slot.client) for slot in self.slots if slot.client is not None and sendable(slot.client)]
+            if not able:
                 self.result.skipped_sends += 1
                 continue
-            slot, client = self.rng.choice(online)
+            slot, client = self.rng.choice(able)
             try:
                 message_id = client.send(message_text(slot.name, slot.seq + 1, time.time()))
             except (ConnectError, ValueError) as exc:
@@ -378,6 +427,7 @@ class Worker:
                 continue
             slot.seq += 1
             slot.waiting[message_id] = slot.seq
+            slot.sent_at[slot.seq] = time.time()
             sent_any = True
         return sent_any
 
@@ -408,8 +458,10 @@ class Worker:
     def _finish(self) -> None:
         self._close_all(say_bye=True)
         result = self.result
+        result.sent_at = {slot.name: dict(slot.sent_at) for slot in self.slots}
         result.accepted = {slot.name: dict(slot.accepted) for slot in self.slots}
         result.refused = {slot.name: sorted(set(slot.refused)) for slot in self.slots}
+        result.abandoned = {slot.name: sorted(set(slot.abandoned)) for slot in self.slots}
         result.sessions = {slot.name: slot.sessions for slot in self.slots}
         if not result.sent:
             result.sent = {slot.name: slot.seq for slot in self.slots}
@@ -421,6 +473,11 @@ class Worker:
                 slot.client.close(say_bye=say_bye)
                 slot.client = None
         self.context.term()  # returns once the goodbyes are flushed (each socket lingers at most 1 s)
+
+
+def sendable(client: ChatClient) -> bool:
+    """Logged in, or logging in again: not a first login, not closed."""
+    return client.online or (client.core.logged_in_before and not client.closed)
 
 
 def worker_main(spec: WorkerSpec, out: Queue[Message], control: Queue[Message]) -> None:

@@ -64,6 +64,7 @@ def test_a_broker_whose_stdin_ended_keeps_running(make_broker, console_broker, c
     alice.send("still serving")
     bob.expect_line(r"\balice: still serving$")
     assert broker.alive(), broker.log()
+    assert "console closed" not in broker.log()  # a service's closed stdin is not news: not a word about it
     broker.proc.send_signal(signal.SIGTERM)
     assert_everyone_told_and_stopped(broker, [alice, bob], "SIGTERM")
 

@@ -16,14 +16,21 @@ from tests.e2e.helpers import CLIENT
 TEXT = "héllo wörld 😀👍🏽 中文 — ✓"
 
 
-def test_piped_prompts_chat_who_help_and_exit(broker, spawn, client, keyring):
-    # bob answers the three prompts on piped stdin, then reads messages line by line.
-    bob = spawn([CLIENT], broker.workdir, name="bob")
-    bob.send("127.0.0.1", str(broker.port), "bob")
-    bob.expect_line(r"\* logged in as bob; online: nobody else")
+def client_config(broker, name: str = "client.json") -> str:
+    """A config file in the broker's directory naming its address, as config.json does for `make client`."""
+    path = broker.workdir / name
+    path.write_text(json.dumps({"server_ip": "127.0.0.1", "server_port": broker.port}))
+    return str(path)
+
+
+def test_piped_client_asks_nothing_chats_who_help_and_exit(broker, spawn, client, keyring):
+    # Piped stdin holds messages only: --user is given, the address comes from the config file.
+    bob = spawn([CLIENT, "--user", "bob", "--config", client_config(broker)], broker.workdir, name="bob")
+    welcome = bob.expect_line(r"\* logged in as bob; online: nobody else")
+    assert welcome.string.endswith("online: nobody else"), welcome.string  # no "(/help for commands)" in a pipe
 
     alice = client(broker, "alice")
-    alice.expect_line(r"\* logged in as alice; online: bob\b")
+    alice.expect_line(r"\* logged in as alice; online: bob$")
     bob.expect_line(r"\* alice joined \(SHA256:")
 
     alice.send(TEXT)
@@ -39,21 +46,21 @@ def test_piped_prompts_chat_who_help_and_exit(broker, spawn, client, keyring):
     assert not [line for line in alice.out.lines if TEXT in line], alice.transcript()
 
     alice.send("/help")
-    for command in ("/who", "/exit", "/shutdown", "/help"):
+    for command in ("/who", "/trust", "/exit", "/shutdown", "/help"):
         alice.expect_line(rf"^\s*{command}\s")
+    alice.send("/help msg")
+    alice.expect_line(r"^\s*/msg NAME TEXT\s+send TEXT to NAME only")
 
     alice.send("/exit")
     assert alice.wait() == 0, alice.transcript()
-    bob.expect_line(r"\* alice left \(left\)")
+    bob.expect_line(r"\* alice left$")  # not "alice left (left)"
     assert [line for line in bob.out.lines if TEXT in line] == [received.string]
     assert not [line for line in alice.out.lines if TEXT in line], alice.transcript()
 
     bob.close_stdin()  # end of input leaves like /exit
     assert bob.wait() == 0, bob.transcript()
-    prompts = bob.err.text()
-    for prompt in ("Server IP [127.0.0.1]:", "Server port", "Username:"):
-        assert prompt in prompts
-    assert "Traceback" not in prompts + alice.err.text()
+    assert bob.err.text() == "", bob.transcript()  # nothing asked
+    assert "Traceback" not in alice.err.text()
 
 
 def test_shutdown_is_refused_to_non_admins_and_stops_everything_for_an_admin(broker, client):
@@ -136,15 +143,37 @@ def test_terminal_prompts_chat_and_exit_in_a_pty(broker, connect):
             child.terminate(force=True)
 
 
+def test_piped_client_without_a_user_reads_the_answers_first_then_the_messages(broker, spawn, client):
+    """`make client` in a pipe (DESIGN 4): the prompt answers come first, one per line, then the messages."""
+    alice = client(broker, "alice")
+    alice.expect_line(r"\* logged in as alice")
+    bob = spawn([CLIENT], broker.workdir, name="bob")
+    bob.send("127.0.0.1", str(broker.port), "bob", "answers read, then this message")
+    bob.expect_line(r"\* logged in as bob; online: alice$")
+    received = alice.expect_line(r"\bbob: (.*)$")
+    assert received.group(1) == "answers read, then this message"
+    bob.close_stdin()
+    assert bob.wait() == 0, bob.transcript()
+    for prompt in ("Server IP", "Server port", "Username"):
+        assert prompt not in bob.err.text()  # read, not asked
+
+
 def test_piped_client_shows_what_the_broker_did_not_deliver_and_what_it_keeps(broker, client):
+    bob = client(broker, "bob")
+    bob.expect_line(r"logged in as bob")
     alice = client(broker, "alice")
     alice.expect_line(r"logged in as alice")
-    alice.send("/msg carol see you tomorrow", "/msg nobody_here hello?", "to the room", "/exit")
+    alice.send("/msg carol see you tomorrow", "/msg nobody_here hello?", "/msg bob psst", "to the room", "/exit")
     assert alice.wait() == 0, alice.transcript()
     lines = alice.out.lines
     assert [line for line in lines if re.search(r"\* queued for carol \(offline\): 'see you tomorrow'$", line)], lines
     assert [line for line in lines if re.search(r"! not delivered: .*nobody_here.*: 'hello\?'$", line)], lines
+    # Never shown as if sent: a private message appears once the broker has taken it, not before.
+    assert not [line for line in lines if "private to nobody_here" in line], lines
+    assert [line for line in lines if re.search(r"\* \(private to bob\) psst$", line)], lines
+    assert not [line for line in lines if "private to carol" in line], lines  # carol's is queued, said so above
     assert not [line for line in alice.out.lines if "to the room" in line], alice.transcript()  # acks are quiet
+    bob.expect_line(r"\(private\) alice: psst$")
 
     carol = client(broker, "carol")
     carol.expect_line(r"\(private\) \(while you were away\) alice: see you tomorrow$")

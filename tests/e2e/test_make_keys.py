@@ -8,9 +8,11 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pexpect
 import pytest
 
 import crypto
+from chat.keystore import KeyLayout, write_private_key
 from tests.conftest import ROOT
 
 STAMP = ".venv/.runtime-installed"
@@ -55,20 +57,20 @@ def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
     assert b"PRIVATE KEY" in private.read_bytes()
     assert b"ENCRYPTED" not in private.read_bytes()
     assert b"PUBLIC KEY" in public.read_bytes()
-    assert stat.S_IMODE((keys / "broker.pem").stat().st_mode) == 0o600
-    assert (keys / "broker.pub").is_file()
+    assert not (keys / "broker.pem").exists()  # only the broker makes its own keys, at its first start
+    assert not (keys / "broker.pub").exists()
     assert "fingerprint SHA256:" in first.stdout
     assert "wrote keys/private/zed.pem (mode 0600" in first.stdout
-    assert "created the broker key pair" in first.stdout
+    assert "broker key" not in first.stdout
 
-    before = (private.read_bytes(), public.read_bytes(), (keys / "broker.pem").read_bytes())
+    before = (private.read_bytes(), public.read_bytes())
     fingerprint = first.stdout.split("fingerprint ")[1].split()[0]
     second = make(repo_copy, "keys", "NAME=zed")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "already registered" in second.stdout
     assert f"fingerprint {fingerprint}" in second.stdout
     assert "Traceback" not in second.stderr
-    assert (private.read_bytes(), public.read_bytes(), (keys / "broker.pem").read_bytes()) == before
+    assert (private.read_bytes(), public.read_bytes()) == before
 
 
 def test_make_keys_registers_an_existing_key_again(repo_copy):
@@ -86,11 +88,12 @@ def test_make_keys_registers_an_existing_key_again(repo_copy):
         assert again.returncode == 0, again.stderr
         assert "registered keys/clients/zed.pub" in again.stdout
         assert public.read_bytes() == current
-    public.write_bytes((keys / "broker.pub").read_bytes())  # someone else's key under zed's name
+    someone_else = crypto.export_public_file(crypto.generate_private_key(2048))
+    public.write_bytes(someone_else)  # someone else's key under zed's name
     refused = make(repo_copy, "keys", "NAME=zed")
     assert refused.returncode != 0
     assert "holds another key; not overwriting it" in refused.stderr
-    assert public.read_bytes() == (keys / "broker.pub").read_bytes()
+    assert public.read_bytes() == someone_else
 
 
 def test_make_keys_on_a_client_machine_keeps_the_copied_broker_key(repo_copy, tmp_path):
@@ -122,3 +125,51 @@ def test_make_fingerprint_prints_the_registered_keys_fingerprint(repo_copy):
     assert missing.returncode != 0
     assert "nobody.pub: key file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("existing", "answers", "key"),
+    [
+        (False, [], "\x03"),
+        (False, ["secret"], "\x04"),
+        (True, [], "\x03"),
+        (True, [], "\x04"),
+    ],
+    ids=["new-key-ctrl-c", "new-key-ctrl-d-at-repeat", "existing-key-ctrl-c", "existing-key-ctrl-d"],
+)
+def test_giving_up_at_a_passphrase_prompt_is_one_line(repo_copy, keyring, existing, answers, key):
+    """Ctrl-C or Ctrl-D at any of `make keys`' passphrase prompts (in a terminal): one line, no traceback."""
+    layout = KeyLayout(repo_copy / "keys")
+    layout.clients_dir.mkdir(parents=True)
+    for path in (layout.broker_private, layout.broker_public):  # made already: no 3072-bit key to wait for
+        shutil.copyfile(keyring.layout.root / path.name, path)
+    if existing:  # a protected key whose .pub was lost: make keys asks for its passphrase to register it again
+        write_private_key(layout.client_private("zed"), keyring.keys["mallory"], passphrase="right")
+    env = {k: v for k, v in os.environ.items() if k not in {"PASSPHRASE", "PYTHONPATH", "MAKEFLAGS", "MFLAGS"}}
+    child = pexpect.spawn(
+        "make",
+        ["--no-print-directory", "-C", str(repo_copy), "-o", STAMP, "keys", "NAME=zed"],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+    )
+    try:
+        for answer in answers:
+            child.expect_exact("Passphrase for the new key")
+            child.expect_exact(": ")
+            child.sendline(answer)
+        child.expect("(Repeat the passphrase|Passphrase for [^:]*): ")
+        child.send(key)
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        child.terminate(force=True)
+    output = child.before
+    assert "Traceback" not in output
+    assert "KeyboardInterrupt" not in output
+    ours = [line for line in output.replace("^C", "").splitlines() if line.strip() and not line.startswith("make: ")]
+    assert len(ours) == 1, output
+    assert ours[0].startswith("error: cancelled ("), output
+    assert "no key written for zed" in ours[0]
+    assert not layout.client_public("zed").exists()
+    assert layout.client_private("zed").exists() == existing

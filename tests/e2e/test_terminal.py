@@ -7,6 +7,7 @@ raises a loud warning.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,11 +29,13 @@ LEFT, HOME = "\x1b[D", "\x01"  # cursor left, Ctrl-A (start of line)
 class Terminal:
     """chat_client.py in a pty, its output fed to an emulated screen."""
 
-    def __init__(self, broker: BrokerProcess, user: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, broker: BrokerProcess, user: str, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.screen = pyte.Screen(COLUMNS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
-        args = [CLIENT, "--host", "127.0.0.1", "--port", str(broker.port), "--user", user]
+        args = [CLIENT, "--host", "127.0.0.1", "--port", str(broker.port), "--user", user, *extra]
         self.child = pexpect.spawn(
             sys.executable,
             args,
@@ -90,8 +93,10 @@ def broker(make_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
 def terminal() -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
-    def factory(broker: BrokerProcess, user: str, env: dict[str, str] | None = None) -> Terminal:
-        term = Terminal(broker, user, env)
+    def factory(
+        broker: BrokerProcess, user: str, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> Terminal:
+        term = Terminal(broker, user, env, extra)
         opened.append(term)
         return term
 
@@ -145,9 +150,11 @@ def test_private_message_reaches_only_its_recipient(broker, connect, terminal):
     alice.type("/msg bob just between us\r")
     message = wait_for(bob, lambda e: isinstance(e, ChatMessage))
     assert (message.sender, message.text, message.private) == ("alice", "just between us", True)
+    alice.wait_text("* (private to bob) just between us")  # once the broker has taken it
     alice.type("/msg nobody hello?\r")
     lines = alice.wait_text("! not delivered: ")
     assert any("not delivered: " in line and line.endswith("'hello?'") for line in lines), lines
+    assert "private to nobody" not in alice.text()  # never shown as if sent
     alice.type("for everyone\r")
     assert [e.text for e in collect(carol, 1.0) if isinstance(e, ChatMessage)] == ["for everyone"]
     bob.send("right back at you", to="alice")
@@ -185,6 +192,14 @@ def test_a_changed_key_raises_a_loud_warning(broker, connect, terminal, keyring)
     assert f"but you pinned {crypto.fingerprint(keyring.keys['bob'])}" in alice.text()
     alice.type("/whois bob\r")
     alice.wait_text("DIFFERENT from the pinned")
+    # Checked out of band: /trust pins the new key (no hand-editing of known.json), and the warning is over.
+    alice.type("/trust bob\r")
+    new = crypto.fingerprint(keyring.keys["mallory"])
+    alice.wait_text(f"trusted bob's key {new}")
+    known = json.loads(broker.keys.client_private("alice").with_name("alice.known.json").read_text())
+    assert known["bob"] == new
+    alice.type("/whois bob\r")
+    alice.wait_text(f"bob (user) key {new}: pinned")
 
 
 def test_colours_on_a_terminal_and_never_with_no_color(broker, connect, terminal):
@@ -208,3 +223,75 @@ def test_the_prompt_counts_the_messages_the_broker_has_not_answered(make_broker,
     # The client logs in again, sends the message again, and the broker's answer clears the count.
     alice.wait_for(lambda _: alice.input_line() == "alice>", "the prompt without a count", timeout=30)
     assert "not delivered" not in alice.text()
+
+
+BELL, CTRL_U = b"\x07", "\x15"  # the terminal bell; Ctrl-U empties the input line
+
+
+def test_tab_completes_commands_and_the_names_of_who_is_online(broker, connect, terminal):
+    bob = connect(broker, "bob")
+    connect(broker, "carol")
+    alice = terminal(broker, "alice")
+    alice.wait_text("logged in as alice; online: bob, carol")
+
+    def completes(typed: str, expected: str) -> None:
+        alice.type(CTRL_U + typed + "\t")
+        alice.wait_for(lambda _: alice.input_line() == f"alice> {expected}", f"{typed!r} completed to {expected!r}")
+
+    completes("/ex", "/exit")
+    completes("/wh", "/who")  # /who and /whois: the common part, then the choice
+    completes("/msg b", "/msg bob")
+    completes("/whois c", "/whois carol")
+    completes("/trust B", "/trust bob")
+    completes("ca", "carol:")  # at the start of a line: whom the message is for
+    alice.type("see you\r")
+    message = wait_for(bob, lambda e: isinstance(e, ChatMessage))
+    assert message.text == "carol: see you"
+    completes("/msg b", "/msg bob")
+    alice.type("psst\r")
+    message = wait_for(bob, lambda e: isinstance(e, ChatMessage))
+    assert (message.text, message.private) == ("psst", True)
+    alice.wait_text("* (private to bob) psst")
+
+
+def styled(term: Terminal, text: str) -> tuple[bool, bool]:
+    """(the author's cells are in reverse video, the text's cells are bold) on the row showing `text`."""
+    row = next(y for y, line in enumerate(term.lines()) if text in line)
+    start = term.lines()[row].index(text)
+    cells = term.screen.buffer[row]
+    author = [cells[x] for x in range(start) if cells[x].data not in " []:0123456789*"]
+    return all(cell.reverse for cell in author[-3:]), all(cells[x].bold for x in range(start, start + len(text)))
+
+
+def test_a_message_for_me_is_highlighted_and_rings_the_bell(broker, connect, terminal):
+    bob = connect(broker, "bob")
+    alice = terminal(broker, "alice")
+    carol = terminal(broker, "carol", extra=("--no-bell",))
+    alice.wait_text("logged in as alice")
+    carol.wait_text("logged in as carol")
+    wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "carol")
+
+    bob.send("nothing special here")
+    alice.wait_text("bob: nothing special here")
+    assert styled(alice, "nothing special here") == (False, False)
+    assert BELL not in alice.raw
+
+    bob.send("hey ALICE, look")  # her name as a word, in any case
+    alice.wait_for(lambda _: "hey ALICE, look" in alice.text() and BELL in alice.raw, "the highlight and the bell")
+    assert styled(alice, "hey ALICE, look") == (True, True)
+
+    bob.send("with malice aforethought")  # not her name
+    alice.wait_text("bob: with malice aforethought")
+    assert styled(alice, "with malice aforethought") == (False, False)
+    assert alice.raw.count(BELL) == 1
+
+    bob.send("just for you", to="alice")  # private: for her too
+    alice.wait_for(lambda _: "just for you" in alice.text() and alice.raw.count(BELL) == 2, "a second bell")
+    assert styled(alice, "just for you") == (True, True)
+
+    bob.send("carol, are you there?")  # highlighted for carol, who asked for no bell
+    carol.wait_text("bob: carol, are you there?")
+    assert styled(carol, "carol, are you there?") == (True, True)
+    bob.send("carol again, privately", to="carol")
+    carol.wait_text("carol again, privately")
+    assert BELL not in carol.raw

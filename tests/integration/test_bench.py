@@ -1,7 +1,8 @@
 """`python -m bench --quick --json` runs and reports every number the issue asks for.
 
 Only that it runs and what it prints: no timing is asserted, the numbers
-depend on the machine.
+depend on the machine (only orders that hold anywhere, such as a commit of
+100 messages taking longer than a commit of one).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ POSITIVE_KEYS = (
     "client_login_crypto_ms",
     "login_storm_floor_s",
     "curve_handshake_ms",
+    "broker_commits_per_s",
+    "broker_messages_per_commit",
 )
 # Numbers that may round to zero or below on a busy machine (small CPU differences), so only their presence is checked.
 NUMBER_KEYS = ("curve_handshake_broker_cpu_ms", "curve_cpu_us_per_delivery")
@@ -68,8 +71,26 @@ def test_quick_bench_prints_every_key():
         numbers["deliveries_per_s"] / (numbers["cores"] * numbers["crypto_bound_per_s_one_core"]), rel=0.01
     ), details
     assert numbers["problems"] == [], details
+    # zchat/3's group commit: timed alone for groups of 1, 10 and 100 messages, and counted in the broker's log.
+    groups = numbers["commit_latency"]
+    assert [group["messages"] for group in groups] == [1, 10, 100], details
+    for group in groups:
+        assert 0 < group["ms_p50"] <= group["ms_p99"], details
+        assert group["messages_per_s"] > 0, details
+    assert groups[2]["ms_p50"] > groups[0]["ms_p50"], details  # a hundred writes cost more than one
+    assert numbers["details"]["broker"]["commits"] > 0, details
+    # Every commit holds at least one message (a few may be store upkeep), so there are about as many messages as
+    # commits or more; the messages come from the deliveries counted in the window, which lag the commits a little.
+    assert numbers["broker_messages_per_commit"] >= 0.5, details
     assert "make bench" in numbers["command"], details
     table = render_table(numbers)  # the table `make bench` prints, from the same numbers
-    for row in ("broker: encrypted deliveries/s", "crypto on all", "login storm:", "CurveZMQ handshake"):
+    for row in (
+        "broker: encrypted deliveries/s",
+        "crypto on all",
+        "login storm:",
+        "CurveZMQ handshake",
+        "store: commit of 100 messages",
+        "broker: commits/s",
+    ):
         assert row in table, table
     assert f"{numbers['deliveries_per_s']:,.0f}" in table, table

@@ -23,7 +23,7 @@ def readme_bot_source(heading: str = "### Writing a bot\n") -> str:
 
 @pytest.mark.parametrize(
     ("heading", "lines"),
-    [("### Writing a bot\n", 10), ("### Writing a bot with asyncio\n", 16)],
+    [("### Writing a bot\n", 10), ("### Writing a bot with asyncio\n", 17)],
     ids=["sync", "asyncio"],
 )
 def test_readme_bot_example_runs(broker, connect, tmp_path, heading, lines):
@@ -38,12 +38,23 @@ def test_readme_bot_example_runs(broker, connect, tmp_path, heading, lines):
     script = tmp_path / "shouty.py"
     script.write_text(source)
     alice = connect(broker, "alice")
+    carol = connect(broker, "carol")
+    # Before the bot logs in: the room's history, which it must not answer, and a private question kept for it.
+    alice.send("said before the bot came")
+    alice.send("are you up?", to="shouty")
+    assert alice.flush(5)
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=run_env(), stderr=subprocess.PIPE)
     try:
         wait_for(alice, lambda e: isinstance(e, Joined) and e.user.name == "shouty", timeout=20)
+        # Its first words: the answer to the question kept for it, privately (nothing about the history).
+        reply = wait_for(alice, lambda e: isinstance(e, ChatMessage) and e.sender == "shouty")
+        assert (reply.text, reply.private) == ("alice said ARE YOU UP?", True)
         alice.send("quiet please")
-        reply = wait_for(alice, lambda e: isinstance(e, ChatMessage))
-        assert (reply.sender, reply.text) == ("shouty", "alice said QUIET PLEASE")
+        reply = wait_for(alice, lambda e: isinstance(e, ChatMessage) and e.sender == "shouty")
+        assert (reply.text, reply.private) == ("alice said QUIET PLEASE", False)
+        # The room heard only that: neither the private answer nor an answer to its history.
+        heard = wait_for(carol, lambda e: isinstance(e, ChatMessage) and e.sender == "shouty")
+        assert (heard.text, heard.private) == ("alice said QUIET PLEASE", False)
     finally:
         proc.terminate()
         proc.wait(10)

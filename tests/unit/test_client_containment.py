@@ -25,6 +25,8 @@ from chat.events import ChatMessage, Event, Notice, Shutdown
 class FakeClient:
     """What the loops use of ChatClient: events come from a script; a step may be an exception to raise."""
 
+    name = "bob"  # who the piped client is logged in as (a message naming bob is one for us)
+
     def __init__(self, *steps: Event | Exception) -> None:
         self.steps: deque[Event | Exception] = deque(steps)
         self.sent: list[tuple[str, str | None]] = []

@@ -17,6 +17,7 @@ from chat import protocol as p
 from chat.client_core import (
     FIRST_RETRY_DELAY,
     MAX_REFUSALS,
+    MAX_REFUSED_RELOGINS,
     MAX_RETRY_DELAY,
     Backoff,
     ClientCore,
@@ -272,6 +273,22 @@ def test_a_busy_or_timed_out_re_login_retries(online):
     online.tick(online.now + 5.0)
     assert [e.reason for e in online.core.drain_events()] == ["login attempt timed out"]
     assert not online.core.closed
+
+
+def test_a_refused_re_login_retries_a_few_times_then_ends(online):
+    """A broker restarted between our HELLO and LOGIN refuses the LOGIN it never challenged: try again; a key
+    refused login after login ends the client."""
+    reason = "the broker refused a login (it may have restarted meanwhile)"
+    online.lose_connection()
+    for _ in range(MAX_REFUSED_RELOGINS):
+        online.retry()
+        online.feed(p.encode_frames(p.REFUSED))
+        assert reason in [e.reason for e in online.core.drain_events() if isinstance(e, ConnectionLost)]
+        assert not online.core.closed
+    online.retry()
+    with pytest.raises(ConnectError, match="login refused"):
+        online.feed(p.encode_frames(p.REFUSED))
+    assert online.core.closed
 
 
 # ---------------------------------------------------------------- heartbeats and the deadline

@@ -1,0 +1,194 @@
+"""broker.py at start and at its console, as an operator meets it.
+
+A config file copied elsewhere never makes a new broker key pair unasked; the console says when Ctrl-D closed
+it; a broker killed with SIGKILL leaves no socket directory behind once the next one has started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from broker import CONSOLE_CLOSED
+from tests.conftest import ROOT, TEST_CONFIG, WAIT, BrokerProcess, run_env
+from tests.e2e.helpers import BROKER, assert_one_line_error
+
+START_WAIT = 30.0  # a broker that makes a 3072-bit key pair first
+
+
+def run_broker(config: Path, *args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, BROKER, "--config", str(config), *args],
+        cwd=cwd,
+        env=run_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_until_listening(proc: subprocess.Popen[str]) -> str:
+    """The broker's output up to its "listening on" line (it must get there within START_WAIT)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "listening on" in line:
+            return "".join(seen)
+    proc.wait(START_WAIT)
+    raise AssertionError("the broker stopped before listening:\n" + "".join(seen))
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, rest
+    return rest
+
+
+def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = elsewhere / "config.json"
+    config.write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
+    refused = subprocess.run(
+        [sys.executable, BROKER, "--config", str(config)],
+        cwd=ROOT,  # the way `make broker CONFIG=/elsewhere/config.json` runs it
+        env=run_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert refused.returncode == 1, refused.stderr
+    line = assert_one_line_error(refused.stderr, "broker: error:", str(elsewhere / "keys"), "--create-keys")
+    assert str(ROOT / "keys") in line  # where the real keys are
+    assert not (elsewhere / "keys").exists()
+    assert not (elsewhere / "data").exists()
+
+    # Asked for: a new key pair there, and the start-up log says where the keys and the data are.
+    proc = run_broker(config, "--create-keys", cwd=ROOT)
+    try:
+        started = wait_until_listening(proc)
+        assert f"created a new broker key pair {elsewhere / 'keys' / 'broker.pem'}" in started
+        assert f"keys: {elsewhere / 'keys'} (config {config})" in started
+        assert f"data: {elsewhere / 'data' / 'zchat.db'} did not exist: a new database" in started
+        stop(proc)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+    assert (elsewhere / "keys" / "broker.pem").is_file()
+
+    # Once there, the key pair is used without being asked again.
+    proc = run_broker(config, cwd=ROOT)
+    try:
+        started = wait_until_listening(proc)
+        assert "created" not in started
+        assert "a new database" not in started
+        assert f"data: {elsewhere / 'data' / 'zchat.db'}" in started
+        stop(proc)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+
+
+def test_a_fresh_clone_makes_its_key_pair_in_its_own_keys_dir(tmp_path):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy2(ROOT / "broker.py", clone / "broker.py")
+    for package in ("chat", "crypto"):
+        shutil.copytree(ROOT / package, clone / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (clone / "config.json").write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
+    env = {**run_env(), "PYTHONPATH": str(clone)}
+    proc = subprocess.Popen(  # `make broker` on a fresh clone: the default config, next to broker.py
+        [sys.executable, "broker.py"],
+        cwd=clone,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = wait_until_listening(proc)
+        assert "created a new broker key pair keys/broker.pem" in started
+        stop(proc)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+    assert (clone / "keys" / "broker.pub").is_file()
+
+
+def test_ctrl_d_at_the_console_says_it_closed_and_the_broker_keeps_running(tmp_path, keyring):
+    shutil.copytree(keyring.root, tmp_path / "keys")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
+    child = pexpect.spawn(
+        sys.executable,
+        [BROKER, "--config", str(config)],
+        cwd=str(tmp_path),
+        env=run_env(),
+        encoding="utf-8",
+        timeout=WAIT,
+    )
+    try:
+        child.expect("listening on")
+        child.sendline("/who")
+        child.expect_exact("online: nobody")
+        child.sendeof()
+        child.expect_exact(CONSOLE_CLOSED)
+        assert child.isalive()
+        child.kill(signal.SIGTERM)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        assert "Traceback" not in child.before
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
+@pytest.fixture
+def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temporary directory for the brokers started here only (short: it holds an ipc:// socket path)."""
+    directory = Path(tempfile.mkdtemp(prefix="zt"))
+    monkeypatch.setenv("TMPDIR", str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_broker_killed_with_sigkill_leaves_no_socket_directory_after_the_next_start(
+    tmp_path, keyring, private_tmpdir
+):
+    def workers_dirs() -> list[Path]:
+        return sorted(private_tmpdir.glob("zchat-workers-*"))
+
+    shutil.copytree(keyring.root, tmp_path / "keys")
+    broker = BrokerProcess(tmp_path, {**TEST_CONFIG, "workers": 1, "keys_dir": "keys"}).start()
+    assert broker.proc is not None
+    (left_behind,) = workers_dirs()
+    broker.proc.send_signal(signal.SIGKILL)
+    broker.proc.wait(WAIT)
+    assert left_behind.exists()  # nobody could remove it: the broker had no say
+
+    broker.start()  # the next broker, as the same user: the dead one's directory goes
+    try:
+        (current,) = workers_dirs()
+        assert current != left_behind
+        assert not left_behind.exists()
+        assert f"removed {left_behind}, left by broker process" in broker.log()
+    finally:
+        broker.terminate()
+    assert workers_dirs() == []
+    assert os.listdir(private_tmpdir) == []
