@@ -145,7 +145,9 @@ def test_giving_up_at_a_passphrase_prompt_is_one_line(repo_copy, keyring, existi
         shutil.copyfile(keyring.layout.root / path.name, path)
     if existing:  # a protected key whose .pub was lost: make keys asks for its passphrase to register it again
         write_private_key(layout.client_private("zed"), keyring.keys["mallory"], passphrase="right")
-    env = {k: v for k, v in os.environ.items() if k not in {"PASSPHRASE", "PYTHONPATH", "MAKEFLAGS", "MFLAGS"}}
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"PASSPHRASE", "PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    }
     child = pexpect.spawn(
         "make",
         ["--no-print-directory", "-C", str(repo_copy), "-o", STAMP, "keys", "NAME=zed"],
