@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -72,7 +74,11 @@ class Lines:
 
 
 class Proc:
-    """A child process with piped stdin/stdout/stderr read by threads."""
+    """A child process with piped stdin/stdout/stderr read by threads.
+
+    `args` run under this Python, or as a command of their own with `command=True`; `group=True` starts the
+    child in a process group of its own, which `kill()` kills whole (make, the shell and Python under it).
+    """
 
     def __init__(
         self,
@@ -80,15 +86,20 @@ class Proc:
         cwd: Path,
         env: dict[str, str] | None = None,
         name: str = "",
+        *,
+        command: bool = False,
+        group: bool = False,
     ) -> None:
-        self.name = name or Path(args[1]).name
+        self.name = name or Path(args[0 if command else 1]).name
+        self.group = group
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            list(args) if command else [sys.executable, *args],
             cwd=cwd,
             env=run_env() if env is None else env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=group,
         )
         assert self.popen.stdout is not None
         assert self.popen.stderr is not None
@@ -129,9 +140,14 @@ class Proc:
         return f"--- stdout\n{self.out.text()}\n--- stderr\n{self.err.text()}"
 
     def kill(self) -> None:
-        """Kill if still running, then release every pipe (after the reader threads saw end of file)."""
+        """Kill if still running (its whole group, with `group`), then release every pipe (after the reader
+        threads saw end of file)."""
         if self.popen.poll() is None:
-            self.popen.kill()
+            if self.group:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+            else:
+                self.popen.kill()
         self.popen.wait(10)
         with contextlib.suppress(BrokenPipeError):
             self.close_stdin()

@@ -27,7 +27,7 @@ import pytest
 
 import crypto
 from tests.conftest import ROOT, WAIT
-from tests.e2e.helpers import Lines
+from tests.e2e.helpers import Proc
 
 pytestmark = pytest.mark.slow
 
@@ -104,75 +104,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-class Background:
-    """A long-running command inside a namespace, in its own process group; stdout and stderr read by threads."""
-
-    def __init__(self, argv: Sequence[str], cwd: Path, name: str) -> None:
-        self.name = name
-        self.popen = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # make, the shell and python under it (and the broker's workers) share a group
-        )
-        assert self.popen.stdout is not None
-        assert self.popen.stderr is not None
-        self.out = Lines(self.popen.stdout)
-        self.err = Lines(self.popen.stderr)
-
-    def send(self, *lines: str) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write("".join(f"{line}\n" for line in lines).encode("utf-8"))
-        self.popen.stdin.flush()
-
-    def close_stdin(self) -> None:
-        if self.popen.stdin is not None and not self.popen.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.popen.stdin.close()
-
-    def expect_out(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
-        return self._expect(self.out, pattern, timeout)
-
-    def expect_err(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
-        return self._expect(self.err, pattern, timeout)
-
-    def _expect(self, lines: Lines, pattern: str, timeout: float) -> re.Match[str]:
-        """The next line of `lines` matching `pattern`; a failure shows both streams (a crash is on stderr)."""
-        try:
-            return lines.expect(pattern, timeout, self.name)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc.args[0].splitlines()[0]}\n{self.transcript()}") from None
-
-    def wait(self, timeout: float = WAIT) -> int:
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} still running after {timeout}s:\n{self.transcript()}") from None
-        self.out.join(5)
-        self.err.join(5)
-        return code
-
-    def transcript(self) -> str:
-        return f"--- {self.name} stdout\n{self.out.text()}\n--- {self.name} stderr\n{self.err.text()}"
-
-    def kill(self) -> None:
-        """SIGKILL the group while its leader (ours, unreaped) runs, reap, release the pipes.
-
-        What outlives a leader that already exited is in the namespace, which the `namespaces` fixture sweeps.
-        """
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(WAIT)
-        self.close_stdin()
-        self.out.join(5)
-        self.err.join(5)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
+def background(argv: Sequence[str], cwd: Path, name: str) -> Proc:
+    """A long-running command inside a namespace, in its own process group (make, the shell and python under it,
+    and the broker's workers); what outlives a leader that already exited is swept with the namespace."""
+    return Proc(argv, cwd, _env(), name, command=True, group=True)
 
 
 @dataclass
@@ -183,7 +118,7 @@ class Machine:
     netns: str
     ip: str
     repo: Path
-    started: list[Background]
+    started: list[Proc]
 
     @property
     def keys(self) -> Path:
@@ -201,8 +136,8 @@ class Machine:
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
-    def start(self, *command: str, name: str) -> Background:
-        proc = Background(self._argv(*command), self.repo, f"{name} on {self.label}")
+    def start(self, *command: str, name: str) -> Proc:
+        proc = background(self._argv(*command), self.repo, f"{name} on {self.label}")
         self.started.append(proc)
         return proc
 
@@ -222,7 +157,7 @@ def _clone(target: Path) -> Path:
 
 @pytest.fixture
 def machines(tmp_path: Path, namespaces: tuple[str, str]) -> Iterator[tuple[Machine, Machine]]:
-    started: list[Background] = []
+    started: list[Proc] = []
     a = Machine("A", namespaces[0], A_IP, _clone(tmp_path / "machine-a" / "zchat"), started)
     b = Machine("B", namespaces[1], B_IP, _clone(tmp_path / "machine-b" / "zchat"), started)
     try:
@@ -288,22 +223,22 @@ def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> No
     # against A's address. README writes `python chat_client.py ...`, but a bare `python` has none of the
     # dependencies (they are in .venv, which the make targets created): the venv's interpreter is what works.
     alice = a.start(*_client(a.ip, "alice"), name="alice")
-    alice.expect_out(rf"^{CLOCK} \* logged in as alice; online: nobody else\b")
+    alice.expect_line(rf"^{CLOCK} \* logged in as alice; online: nobody else\b")
     bob = b.start(*_client(a.ip, "bob"), name="bob")
-    bob.expect_out(rf"^{CLOCK} \* logged in as bob; online: alice\b")
-    joined = alice.expect_out(rf"^{CLOCK} \* bob joined \((SHA256:[0-9a-f]{{16}})\)$")
+    bob.expect_line(rf"^{CLOCK} \* logged in as bob; online: alice\b")
+    joined = alice.expect_line(rf"^{CLOCK} \* bob joined \((SHA256:[0-9a-f]{{16}})\)$")
     assert bob_fp.startswith(joined[1]), "alice sees another key than the one made on B"
 
     # ---- a message crosses, both ways, checked on the other side's output.
     bob.send("hello alice, from machine B")
-    alice.expect_out(rf"^{CLOCK} bob: hello alice, from machine B$")
+    alice.expect_line(rf"^{CLOCK} bob: hello alice, from machine B$")
     alice.send("hi bob, from machine A")
-    bob.expect_out(rf"^{CLOCK} alice: hi bob, from machine A$")
+    bob.expect_line(rf"^{CLOCK} alice: hi bob, from machine A$")
 
     # ---- everyone leaves: end of input leaves like /exit; /shutdown on the broker's console stops it.
     bob.close_stdin()
     assert bob.wait() == 0, bob.transcript()
-    alice.expect_out(rf"^{CLOCK} \* bob left\b")
+    alice.expect_line(rf"^{CLOCK} \* bob left\b")
     alice.close_stdin()
     assert alice.wait() == 0, alice.transcript()
     broker.send("/shutdown")
