@@ -276,43 +276,26 @@ def start(args: argparse.Namespace) -> ChatClient:
 # ------------------------------------------------------------ the loop
 
 
-class Sent:
-    """Our messages the broker has not answered yet (id -> text and recipient), so its answer can name them."""
-
-    def __init__(self) -> None:
-        self.waiting: dict[str, tuple[str, str | None]] = {}
-
-    def add(self, message_id: str, text: str, to: str | None = None) -> None:
-        self.waiting[message_id] = (text, to)
-
-    def forget(self, event: Event) -> None:
-        if isinstance(event, Accepted | Failed):
-            self.waiting.pop(event.message_id, None)
-
-    def describe(self, event: Event, display: Display) -> str | None:
-        """The line to show for `event`; None for what needs no line (a plain acknowledgement)."""
-        if isinstance(event, Accepted):
-            text, to = self.waiting.pop(event.message_id, ("", None))
-            if to is None:
-                return None
-            return display.queued(to, text) if event.queued else display.private_sent(to, text)
-        if isinstance(event, Failed):
-            message = self.waiting.pop(event.message_id, None)
-            return display.failed(event.reason, None if message is None else message[0])
-        return display.format(event)
+def describe(event: Event, display: Display) -> str | None:
+    """The line to show for `event`; None for what needs no line (a plain acknowledgement)."""
+    if isinstance(event, Accepted):
+        if event.to is None:
+            return None
+        return display.queued(event.to, event.text) if event.queued else display.private_sent(event.to, event.text)
+    if isinstance(event, Failed):
+        return display.failed(event.reason, event.text or None)
+    return display.format(event)
 
 
 class Output:
     """Where everything the client shows goes: plain lines, or with --json one JSON object per line.
 
-    Also what the client remembers of what it showed: messages waiting for the broker's answer, and the
-    keys seen in place of pinned ones (for /trust).
+    Also what the client remembers of what it showed: the keys seen in place of pinned ones (for /trust).
     """
 
     def __init__(self, display: Callable[[], Display], as_json: bool = False) -> None:
         self.display = display  # called for each line: a terminal's width may have changed
         self.as_json = as_json
-        self.sent = Sent()
         self.changed_keys: dict[str, str] = {}  # name -> the fingerprint seen instead of the pinned one
 
     def _write(self, line: str) -> None:
@@ -325,16 +308,14 @@ class Output:
         if isinstance(event, KeyChanged):
             self.changed_keys[event.name] = event.seen
         if self.as_json:
-            self.sent.forget(event)
             self._record(to_dict(event))
             return
-        line = self.sent.describe(event, self.display())
+        line = describe(event, self.display())
         if line is not None:
             self._write(line)
 
     def sending(self, message_id: str, text: str, to: str | None = None, action: bool = False) -> None:
         """A message went to the broker (it answers later, naming `message_id`)."""
-        self.sent.add(message_id, text, to)
         if self.as_json:
             self._record({"type": "sent", "id": message_id, "text": text, "to": to, "action": action})
 

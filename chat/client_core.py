@@ -41,7 +41,7 @@ import collections
 import logging
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import crypto
 from chat import protocol as p
@@ -147,6 +147,9 @@ class Outgoing:
     to: str | None = None
     action: bool = False
     sent_on: int = 0  # the connection (ClientCore.connection) it was last sent on; 0: never sent
+
+    def failed(self, reason: str) -> Failed:
+        return Failed(self.message_id, reason, self.text, self.to)
 
 
 def _users_in(event: Event) -> tuple[UserInfo, ...]:
@@ -472,8 +475,8 @@ class ClientCore:
             self._events.append(event)
             self._flush_outbox(now)
         elif isinstance(event, Accepted | Failed):
-            self._answered(event.message_id)
-            self._events.append(event)
+            message = self._answered(event.message_id)
+            self._events.append(event if message is None else replace(event, text=message.text, to=message.to))
         elif isinstance(event, Shutdown):
             self._close_for_good("the broker shut down")
             self._events.append(event)
@@ -505,7 +508,7 @@ class ClientCore:
                 )
             except ValueError as exc:  # this broker allows less than the one it was written for
                 del self._outbox[message.message_id]
-                self._events.append(Failed(message.message_id, f"not sent: {exc}"))
+                self._events.append(message.failed(f"not sent: {exc}"))
                 continue
             message.sent_on = self.connection
             self._send(frames, now)
@@ -516,8 +519,9 @@ class ClientCore:
         if message_id in self._outbox:
             self._refusals[message_id] += 1
             if self._refusals[message_id] >= MAX_REFUSALS:
+                message = self._outbox[message_id]
                 self._answered(message_id)
-                self._events.append(Failed(message_id, f"not sent: the broker refused it {MAX_REFUSALS} times"))
+                self._events.append(message.failed(f"not sent: the broker refused it {MAX_REFUSALS} times"))
         self._connection_lost("the broker refused a statement", now)
 
     def _connection_lost(self, reason: str, now: float) -> None:
@@ -542,6 +546,6 @@ class ClientCore:
         self._actions.append(Disconnect())
         for message in self._outbox.values():
             status = "not confirmed" if message.sent_on else "not sent"
-            self._events.append(Failed(message.message_id, f"{status}: {why}"))
+            self._events.append(message.failed(f"{status}: {why}"))
         self._outbox.clear()
         self._refusals.clear()

@@ -51,6 +51,9 @@ class Accepted(Event):
     received: float
     queued: bool = False
     duplicate: bool = False
+    # What we sent under this id (filled in by the client, which kept it until now; not the broker's word).
+    text: str = field(default="", compare=False)
+    to: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Failed(Event):
 
     message_id: str
     reason: str
+    # What we sent under this id (filled in by the client, which kept it until now; not the broker's word).
+    text: str = field(default="", compare=False)
+    to: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
