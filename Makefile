@@ -64,7 +64,7 @@ ifneq ($(filter bot,$(_goals)),)
     endif
   endif
 endif
-ifneq ($(filter broker client bot,$(_goals)),)
+ifneq ($(filter broker client bot keys fingerprint,$(_goals)),)
   $(call _check_set,CONFIG,$(_path_chars),a file path (A-Z a-z 0-9 _ - . /))
 endif
 ifneq ($(filter bench,$(_goals)),)
@@ -136,19 +136,19 @@ client: $(RUNTIME_STAMP)
 
 bot: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_BOT" || { echo "usage: make bot BOT=echo   (bots: $(BOTS))" >&2; exit 2; }
-	@test -f "keys/private/$$ZCHAT_BOT.pem" || $(BIN)/python -m chat.keystore -- "$$ZCHAT_BOT"
+	@test -f "keys/private/$$ZCHAT_BOT.pem" || $(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" -- "$$ZCHAT_BOT"
 	$(BIN)/python -m "bots.$$ZCHAT_BOT" --config="$$ZCHAT_CONFIG"
 
 fingerprint: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_NAME" || { echo "usage: make fingerprint NAME=alice" >&2; exit 2; }
-	@$(BIN)/python -m chat.keystore --fingerprint -- "$$ZCHAT_NAME"
+	@$(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" --fingerprint -- "$$ZCHAT_NAME"
 
 backup: $(RUNTIME_STAMP)
 	$(BIN)/python broker.py --config="$$ZCHAT_CONFIG" --backup="$$ZCHAT_TO"
 
 keys: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_NAME" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
-	$(BIN)/python -m chat.keystore -- "$$ZCHAT_NAME"
+	$(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" -- "$$ZCHAT_NAME"
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest

@@ -40,14 +40,14 @@ from typing import Any
 
 import zmq
 
-import crypto
 from attack.zmtp import ENDLESS_FRAME, NULL_HANDSHAKE, generated_form, greeting, message
-from chat import protocol as p
-from chat.errors import ChatError
-from chat.events import Welcome
-from chat.keystore import KeyLayout
-from chat.session import ClientSession, State
-from chat.transport import connect_dealer
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.session import ClientSession, State
+from zchat.client.transport import connect_dealer
+from zchat.errors import ChatError
+from zchat.events import Welcome
+from zchat.keystore import KeyLayout
 
 Stats = dict[str, float]
 Message = tuple[Any, ...]

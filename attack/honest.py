@@ -32,10 +32,10 @@ from typing import Any
 
 import zmq
 
-import crypto
-from chat.client import ChatClient
-from chat.errors import ConnectError
-from chat.events import (
+from zchat import crypto
+from zchat.client.sync_client import ChatClient
+from zchat.errors import ConnectError
+from zchat.events import (
     Accepted,
     ChatMessage,
     ConnectionLost,
@@ -47,7 +47,7 @@ from chat.events import (
     Shutdown,
     Welcome,
 )
-from chat.keystore import KeyLayout
+from zchat.keystore import KeyLayout
 
 PREFIX = "attack-honest"
 LOGIN_TIMEOUT = 60.0

@@ -38,14 +38,14 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
-import crypto
 from attack.attackers import ATTACKS, AttackSpec, Stats, attacker_main
 from attack.honest import HonestResult, HonestSpec, honest_main
 from attack.zmtp import predicted_counters
-from chat.keystore import KeyLayout
-from chat.session import ClientSession
 from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
 from soak.stats import percentile
+from zchat import crypto
+from zchat.client.session import ClientSession
+from zchat.keystore import KeyLayout
 
 INSIDERS = ("mallory", "eve")
 BROKER_START_TIMEOUT = 30.0

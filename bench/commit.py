@@ -1,6 +1,6 @@
 """What the broker's group commit costs, and how the running broker groups its commits.
 
-zchat/3 keeps every chat message in SQLite (`chat.broker_store.Store`: WAL,
+zchat/3 keeps every chat message in SQLite (`zchat.broker.store.Store`: WAL,
 synchronous=FULL, one fsync of the write-ahead log per commit) and answers the
 sender `accepted` only after the commit that holds the message. broker.py
 commits once per turn of its loop: one transaction for everything the core
@@ -46,11 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import crypto
 from bench.stats import message_text, percentile
-from chat import protocol as p
-from chat.broker_store import Store
-from chat.events import UserInfo
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.store import Store
+from zchat.events import UserInfo
 
 GROUP_SIZES = (1, 10, 100)
 MIN_ROUNDS = 20  # commits timed per group size, at least

@@ -1,6 +1,6 @@
 """The crypto bound: deliveries per second one core could make doing nothing but the broker's crypto.
 
-For one chat message with `clients` people online the broker (chat.broker_core,
+For one chat message with `clients` people online the broker (zchat.broker.core,
 `_on_send` and `_event`) does, with the project's own `crypto` calls:
 
     open_envelope(broker key, SEND body)      once per message    (RSA-OAEP decrypt + AES-GCM)
@@ -14,7 +14,7 @@ CHALLENGE), open_envelope(LOGIN), verify (the login signature), mac + seal
 client's side of a login (open the challenge, verify the broker's proof, sign
 the LOGIN, seal it): in the storm the clients run on the same cores.
 
-This module times exactly that, on real inputs built with `chat.protocol`, in a
+This module times exactly that, on real inputs built with `zchat.protocol`, in a
 tight loop in one process (so on one core): full fan-outs, one after the
 other, for at least `min_seconds`. JSON, routing and sockets are left out: it
 is what the broker could reach if everything but the crypto were free.
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import crypto
 from bench.stats import message_text
-from chat import protocol as p
+from zchat import crypto
+from zchat import protocol as p
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _per_call(action: Callable[[], object], min_seconds: float) -> float:
 
 
 class Workload:
-    """One message's and one login's crypto, on real inputs built with `chat.protocol`."""
+    """One message's and one login's crypto, on real inputs built with `zchat.protocol`."""
 
     def __init__(
         self,

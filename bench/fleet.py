@@ -2,8 +2,8 @@
 
 A `Fleet` holds DEALER sockets, one per client, all polled by one loop:
 
-- chat clients (`ChatPeer`) connect over CurveZMQ (`chat.transport.connect_dealer`,
-  zchat/3) and log in with `chat.session.ClientSession`, the sans-I/O session
+- chat clients (`ChatPeer`) connect over CurveZMQ (`zchat.client.transport.connect_dealer`,
+  zchat/3) and log in with `zchat.client.session.ClientSession`, the sans-I/O session
   every real client uses (HELLO, CHALLENGE, LOGIN, welcome). Their SEND frames
   are made before a timed window with `session.say()` for consecutive sequence
   numbers; during the window the loop only sends them and counts the EVENT
@@ -16,7 +16,7 @@ A `Fleet` holds DEALER sockets, one per client, all polled by one loop:
   same payload over and over.
 
 This is a measuring instrument, not a client: it does not run the client policy
-(`chat.client_core`: the outbox, reconnecting, opening every event), whose cost
+(`zchat.client.core`: the outbox, reconnecting, opening every event), whose cost
 would load the generator. It only retries a turned-away login (`Fleet.login`)
 and keeps idle sessions alive with a PING.
 
@@ -36,14 +36,14 @@ from dataclasses import dataclass, field
 
 import zmq
 
-import crypto
 from bench.stats import message_text
 from bench.workspace import BenchError, ServerProcess, cpu_seconds, system_busy_seconds
-from chat import protocol as p
-from chat.errors import ChatError
-from chat.events import Welcome
-from chat.session import ClientSession
-from chat.transport import connect_dealer, curve_dealer
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.session import ClientSession
+from zchat.client.transport import connect_dealer, curve_dealer
+from zchat.errors import ChatError
+from zchat.events import Welcome
 
 Frames = list[bytes]
 KEEPALIVE_S = 2.0  # a chat client that sent nothing for this long sends a PING, so the broker never times it out
@@ -96,7 +96,7 @@ def chat_dealer(
     broker_curve: bytes,
     curve_secret: bytes | None = None,
 ) -> zmq.Socket[bytes]:
-    """A client's CurveZMQ DEALER to the broker: `chat.transport.connect_dealer`, with no queue limit.
+    """A client's CurveZMQ DEALER to the broker: `zchat.client.transport.connect_dealer`, with no queue limit.
 
     `curve_secret` is for a benchmark name that reuses another name's RSA key: it has a Curve pair of
     its own (`Workspace.register`), and the socket is made the same way with that pair.

@@ -3,10 +3,10 @@
 zchat/2 puts a CurveZMQ handshake in front of every login: before a HELLO
 reaches the broker, the client's DEALER and the broker's ROUTER run the
 CurveZMQ handshake (Curve25519 in libzmq's I/O threads) and the broker's ZAP
-handler (`chat.gatekeeper`, Python) looks the client's key up in the registry.
+handler (`zchat.broker.gatekeeper`, Python) looks the client's key up in the registry.
 
 `measure()` makes `count` such connections to a running broker, one after the
-other: a CURVE DEALER made as `chat.transport.connect_dealer` makes it, with a
+other: a CURVE DEALER made as `zchat.client.transport.connect_dealer` makes it, with a
 socket monitor attached before it connects; the time from `connect()` to
 ZMQ_EVENT_HANDSHAKE_SUCCEEDED is one handshake's wall time on loopback; then
 the socket is closed (no HELLO is sent). The broker's CPU time over the whole
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import zmq
 
 from bench.workspace import BenchError, ServerProcess
-from chat import protocol as p
-from chat.transport import HandshakeState, curve_dealer, read_monitor, stop_watching, watch_handshake
+from zchat import protocol as p
+from zchat.client.transport import HandshakeState, curve_dealer, read_monitor, stop_watching, watch_handshake
 
 HANDSHAKE_TIMEOUT_S = 5.0  # the broker closes a connection whose handshake took longer
 IDLE_S = 1.0  # the broker's idle CPU is measured for this long first
@@ -43,7 +43,7 @@ class HandshakeCost:
 def _dealer(
     context: zmq.Context[zmq.Socket[bytes]], secret: bytes, broker_curve: bytes
 ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-    """A client's DEALER (`chat.transport.curve_dealer`), watched, not yet connected."""
+    """A client's DEALER (`zchat.client.transport.curve_dealer`), watched, not yet connected."""
     sock = curve_dealer(context, secret, broker_curve)
     return sock, watch_handshake(sock)
 

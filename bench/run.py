@@ -52,7 +52,6 @@ from typing import Any
 import zmq
 import zmq.auth
 
-import crypto
 from bench import commit, cryptobound, handshake
 from bench.fleet import ChatPeer, CurveKeys, Fleet, Frames, LoginReport, Peer, RelayPeer, self_cpu_seconds
 from bench.report import render_table
@@ -67,9 +66,10 @@ from bench.workspace import (
     progress,
     system_busy_seconds,
 )
-from broker import DATABASE_FILE
-from chat.broker_store import StoreError
-from chat.events import WhoList
+from zchat import crypto
+from zchat.broker.main import DATABASE_FILE
+from zchat.broker.store import StoreError
+from zchat.events import WhoList
 
 KEY_POOL_MAX = 64  # distinct client keys; more names reuse their RSA halves, each with a Curve pair of its own
 LOGINS_IN_FLIGHT = 8  # while filling a broker: the broker drops a handshake that takes over 10 s

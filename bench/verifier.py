@@ -1,7 +1,7 @@
 """A verifying receiver for the latency measurement: its own process, a real client session.
 
-It connects over CurveZMQ (`chat.transport.connect_dealer`, zchat/3), logs in
-with `chat.session.ClientSession` and runs every frame through
+It connects over CurveZMQ (`zchat.client.transport.connect_dealer`, zchat/3), logs in
+with `zchat.client.session.ClientSession` and runs every frame through
 `ClientSession.receive()`: the envelope is opened, the
 delivery MAC and sequence number checked and the author's signature verified,
 exactly as in the terminal client; after each batch of frames read it sends
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import zmq
 
-import crypto
 from bench.fleet import chat_dealer
 from bench.stats import parse_text
-from chat.errors import ConnectError, RemoteProtocolError
-from chat.events import ChatMessage, Notice, SessionClosed, Shutdown, Welcome
-from chat.session import ClientSession, State
+from zchat import crypto
+from zchat.client.session import ClientSession, State
+from zchat.errors import ConnectError, RemoteProtocolError
+from zchat.events import ChatMessage, Notice, SessionClosed, Shutdown, Welcome
 
 PING_EVERY = 1.0
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import crypto
-from chat.keystore import KeyLayout, write_private_key, write_public_key
-from crypto.keys import CURVE_BLOCK
+from zchat import crypto
+from zchat.crypto.keys import CURVE_BLOCK
+from zchat.keystore import KeyLayout, write_private_key, write_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from chat.bot import bot_arguments, run_bot
-from chat.events import ChatMessage, Event
+from zchat.client.bot import bot_arguments, run_bot
+from zchat.events import ChatMessage, Event
 
 DEFAULT_FILE = Path("data") / "archive.jsonl"
 

@@ -6,8 +6,8 @@ import re
 import secrets
 import sys
 
-from chat.bot import bot_arguments, run_bot
-from chat.events import ChatMessage, Event
+from zchat.client.bot import bot_arguments, run_bot
+from zchat.events import ChatMessage, Event
 
 MAX_DICE = 100
 MAX_SIDES = 1000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from chat.bot import bot_arguments, run_bot
-from chat.events import ChatMessage, Event
+from zchat.client.bot import bot_arguments, run_bot
+from zchat.events import ChatMessage, Event
 
 PREFIX = "echo: "
 

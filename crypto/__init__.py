@@ -11,11 +11,11 @@ Every failure to open or verify something a peer sent raises the single
 `CryptoError`, whose message never says which step failed.
 """
 
-from crypto.atrest import DataKey
-from crypto.curve import CURVE_KEY_BYTES, curve_public, curve_secret
-from crypto.envelope import open_envelope, seal
-from crypto.errors import CryptoError, KeyFileError
-from crypto.keys import (
+from .atrest import DataKey
+from .curve import CURVE_KEY_BYTES, curve_public, curve_secret
+from .envelope import open_envelope, seal
+from .errors import CryptoError, KeyFileError
+from .keys import (
     MIN_KEY_BITS,
     PrivateKey,
     PublicKey,
@@ -34,8 +34,8 @@ from crypto.keys import (
     public_key_from_der,
     public_key_to_der,
 )
-from crypto.mac import MAC_KEY_BYTES, mac, verify_mac
-from crypto.signing import sign, verify
+from .mac import MAC_KEY_BYTES, mac, verify_mac
+from .signing import sign, verify
 
 __all__ = [
     "CURVE_KEY_BYTES",

@@ -25,9 +25,9 @@ from Crypto.Hash import HMAC, SHA256
 from Crypto.Protocol.KDF import HKDF
 from Crypto.Random import get_random_bytes
 
-from crypto.envelope import open_envelope, seal
-from crypto.errors import CryptoError
-from crypto.keys import PrivateKey, PublicKey
+from .envelope import open_envelope, seal
+from .errors import CryptoError
+from .keys import PrivateKey, PublicKey
 
 VERSION = b"\x01"
 WRAP_CONTEXT = b"zchat|data key|v1"

@@ -16,8 +16,8 @@ from Crypto.Hash import SHA256
 from Crypto.Random import get_random_bytes
 from Crypto.Signature.pss import MGF1
 
-from crypto.errors import CryptoError
-from crypto.keys import PrivateKey, PublicKey
+from .errors import CryptoError
+from .keys import PrivateKey, PublicKey
 
 VERSION = b"\x01"
 _SESSION_KEY_BYTES = 32

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from Crypto.PublicKey import RSA
 
-from crypto.curve import CURVE_KEY_BYTES, curve_public, curve_secret
-from crypto.errors import KeyFileError
+from .curve import CURVE_KEY_BYTES, curve_public, curve_secret
+from .errors import KeyFileError
 
 PrivateKey = RSA.RsaKey
 PublicKey = RSA.RsaKey

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from Crypto.Hash import HMAC, SHA256
 
-from crypto.errors import CryptoError
+from .errors import CryptoError
 
 MAC_KEY_BYTES = 32
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from Crypto.Hash import SHA256
 from Crypto.Signature import pss
 
-from crypto.envelope import _mgf1_sha256
-from crypto.errors import CryptoError
-from crypto.keys import PrivateKey, PublicKey
+from .envelope import _mgf1_sha256
+from .errors import CryptoError
+from .keys import PrivateKey, PublicKey
 
 SALT_BYTES = 32
 

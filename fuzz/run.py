@@ -11,8 +11,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    import chat.protocol  # noqa: F401 - instrumented for coverage
-    import crypto  # noqa: F401
+    import zchat.crypto
+    import zchat.protocol  # noqa: F401 - instrumented for coverage
     from fuzz.targets import TARGETS
 
 

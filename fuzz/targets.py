@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import crypto
 from attack.zmtp import SIGNATURE, greeting, ready
-from chat import protocol as p
-from chat.broker_core import BrokerCore, run_inline
-from chat.broker_store import Store
-from chat.broker_work import JobRunner
-from chat.config import Config
-from chat.errors import ConnectError, RemoteProtocolError
-from chat.keystore import KeyLayout, Registry, write_private_key, write_public_key
-from chat.session import ClientSession
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.core import BrokerCore, run_inline
+from zchat.broker.store import Store
+from zchat.broker.work import JobRunner
+from zchat.client.session import ClientSession
+from zchat.config import Config
+from zchat.errors import ConnectError, RemoteProtocolError
+from zchat.keystore import KeyLayout, Registry, write_private_key, write_public_key
 
 EXPECTED = (RemoteProtocolError, crypto.CryptoError)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

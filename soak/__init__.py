@@ -4,7 +4,7 @@
 
 `soak.run` makes a throw-away directory with a config.json and a key pair per
 client (generated in parallel), starts `broker.py --config ...` as its own
-process the way a person would, and spreads the clients (`chat.client.ChatClient`,
+process the way a person would, and spreads the clients (`zchat.client.ChatClient`,
 as bots) over worker processes (`soak.worker`). Each worker drives its share
 in one non-blocking loop. Once everyone is logged in, the clients send chat
 messages at a steady total rate while the churning half leaves and comes back;

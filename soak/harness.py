@@ -30,9 +30,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import crypto
 from bench.workspace import BenchError, cpu_seconds, memory_mb
-from chat.keystore import KeyLayout, write_private_key, write_public_key
+from zchat import crypto
+from zchat.keystore import KeyLayout, write_private_key, write_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "broker.py"

@@ -5,7 +5,7 @@ one client: every turn it calls `poll(0)` and `drain()` on each client in
 turn, sends what the schedule says is due, churns, and sleeps a moment only
 when nothing happened. Logins are non-blocking too (`ChatClient.start_login`).
 Reconnecting, re-sending after a reconnect and heartbeats are the client's
-(`chat.client_core`); the worker only maps the broker's answers, `Accepted` and
+(`zchat.client.core`); the worker only maps the broker's answers, `Accepted` and
 `Failed` (by message id), back to the soak's seqs, and lets a client leave on
 churn only once the broker has answered everything it sent, so no message's
 fate is unknown. What a client shows is recorded session by session, history
@@ -43,11 +43,12 @@ from typing import Any
 
 import zmq
 
-import chat.client
-import crypto
-from chat.client import ChatClient
-from chat.errors import ConnectError
-from chat.events import (
+import zchat.client.sync_client
+from soak.stats import ReceiverSession, message_text, parse_text
+from zchat import crypto
+from zchat.client.sync_client import ChatClient
+from zchat.errors import ConnectError
+from zchat.events import (
     Accepted,
     ChatMessage,
     ConnectionLost,
@@ -60,20 +61,20 @@ from chat.events import (
     Shutdown,
     Welcome,
 )
-from chat.keystore import KeyLayout
-from soak.stats import ReceiverSession, message_text, parse_text
+from zchat.keystore import KeyLayout
 
 IDLE_SLEEP = 0.002
 PROGRESS_EVERY = 0.2
 RETRY_AFTER_FAILED_LOGIN = 1.0
 REJOIN_DELAY = (0.5, 3.0)
 MAX_NOTICES_KEPT = 20
-# Frames one client reads per poll. A ChatClient reads up to 100 (chat.client.MAX_FRAMES_PER_POLL), which suits a
-# process with one client; here ~100 share one loop, and after a broker restart each has a whole history replay to
-# read (an RSA decryption per message): 100 frames each would make one turn of the loop last many seconds, so no
-# client would send its heartbeat in time. Fewer per turn keep every client's heartbeats and ACKs going.
+# Frames one client reads per poll. A ChatClient reads up to 100 (zchat.client.sync_client.MAX_FRAMES_PER_POLL),
+# which suits a process with one client; here ~100 share one loop, and after a broker restart each has a whole
+# history replay to read (an RSA decryption per message): 100 frames each would make one turn of the loop last
+# many seconds, so no client would send its heartbeat in time. Fewer per turn keep every client's heartbeats and
+# ACKs going.
 FRAMES_PER_POLL = 4
-# How the client's own Failed events begin (chat.client_core.ClientCore) when it closes for good with messages
+# How the client's own Failed events begin (zchat.client.core.ClientCore) when it closes for good with messages
 # the broker never answered: "not confirmed" for one it had sent (its fate is unknown: counted as unanswered),
 # "not sent" for one it never sent (or that the broker refused as a statement: certainly not delivered).
 GIVEN_UP = "not confirmed: "
@@ -173,7 +174,7 @@ class Slot:
 
 class Worker:
     def __init__(self, spec: WorkerSpec, out: Queue[Message]) -> None:
-        chat.client.MAX_FRAMES_PER_POLL = FRAMES_PER_POLL  # in this worker process only
+        zchat.client.sync_client.MAX_FRAMES_PER_POLL = FRAMES_PER_POLL  # in this worker process only
         self.spec = spec
         self.out = out
         self.rng = random.Random(spec.seed)  # noqa: S311 - load pattern, not a secret

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 import zmq
 
-import crypto
-from chat.client import ChatClient
-from chat.events import Event, Welcome
-from chat.keystore import KeyLayout, write_private_key, write_public_key
-from chat.session import ClientSession
-from chat.transport import connect_dealer
+from zchat import crypto
+from zchat.client.session import ClientSession
+from zchat.client.sync_client import ChatClient
+from zchat.client.transport import connect_dealer
+from zchat.events import Event, Welcome
+from zchat.keystore import KeyLayout, write_private_key, write_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY_BITS = 2048
@@ -238,6 +238,22 @@ def raw_dealer(
     yield factory
     for sock in sockets:
         sock.close(linger=0)
+
+
+CHECKOUT_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py", "config.json")
+
+
+def copy_checkout(dest: Path, *, packages: tuple[str, ...] = (), venv: bool = True) -> Path:
+    """What a fresh clone holds for `make broker|client|keys`: the files, zchat/ (its crypto link kept) and
+    crypto/, plus `packages`; with `venv`, the project's .venv linked in (nothing is installed)."""
+    dest.mkdir(parents=True)
+    for name in CHECKOUT_FILES:
+        shutil.copy2(ROOT / name, dest / name)  # copy2 keeps mtimes, so the install stamp stays up to date
+    for package in ("zchat", "crypto", *packages):
+        shutil.copytree(ROOT / package, dest / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    if venv:
+        (dest / ".venv").symlink_to(ROOT / ".venv")
+    return dest
 
 
 def run_env() -> dict[str, str]:

@@ -8,10 +8,10 @@ import sys
 
 import pexpect
 
-import crypto
-from chat.events import ChatMessage, Left
 from tests.conftest import WAIT, run_env, wait_for
 from tests.e2e.helpers import CLIENT
+from zchat import crypto
+from zchat.events import ChatMessage, Left
 
 TEXT = "héllo wörld 😀👍🏽 中文 — ✓"
 

@@ -16,25 +16,25 @@ import pyte
 import pytest
 import wcwidth
 
-from chat.events import Joined
 from tests.conftest import BrokerProcess, run_env, wait_for
 from tests.e2e.helpers import Proc
 from tests.e2e.test_terminal import COLUMNS, ROWS, Terminal
+from zchat.events import Joined
 
 # chat_client.main() with Display.format failing on one message.
 LAUNCH = """
 import sys
-import chat.display
+import zchat.client.display
 
-original = chat.display.Display.format
+original = zchat.client.display.Display.format
 
 def format(self, event):
     if getattr(event, "text", None) == "boom":
         raise RuntimeError("the display failed on purpose")
     return original(self, event)
 
-chat.display.Display.format = format
-import chat_client
+zchat.client.display.Display.format = format
+import zchat.client.main as chat_client
 sys.exit(chat_client.main(sys.argv[1:]))
 """
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from chat.keystore import create_client_key
 from tests.conftest import WAIT, run_env
 from tests.e2e.helpers import CLIENT, assert_one_line_error, free_port
+from zchat.keystore import create_client_key
 
 
 def run_client(cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):

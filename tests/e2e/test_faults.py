@@ -7,9 +7,9 @@ import signal
 import subprocess
 import sys
 
-from chat.events import ChatMessage, Joined, Left, Shutdown
-from chat.keystore import create_client_key
 from tests.conftest import ROOT, run_env, wait_for
+from zchat.events import ChatMessage, Joined, Left, Shutdown
+from zchat.keystore import create_client_key
 
 
 def rss_mb(pid: int) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from chat.events import ChatMessage
 from tests.conftest import wait_for
+from zchat.events import ChatMessage
 
 
 def test_every_line_on_stdout_is_one_json_object(broker, client, connect):

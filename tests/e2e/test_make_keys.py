@@ -11,9 +11,9 @@ from pathlib import Path
 import pexpect
 import pytest
 
-import crypto
-from chat.keystore import KeyLayout, write_private_key
-from tests.conftest import ROOT
+from tests.conftest import copy_checkout
+from zchat import crypto
+from zchat.keystore import KeyLayout, write_private_key
 
 STAMP = ".venv/.runtime-installed"
 
@@ -21,14 +21,7 @@ STAMP = ".venv/.runtime-installed"
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """The files `make keys` needs, with the project's venv linked in (nothing is installed)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py", "config.json"):
-        shutil.copy2(ROOT / name, repo / name)  # copy2 keeps mtimes, so the install stamp stays up to date
-    for package in ("chat", "crypto"):
-        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / ".venv").symlink_to(ROOT / ".venv")
-    return repo
+    return copy_checkout(tmp_path / "repo")
 
 
 def make(repo: Path, *targets: str) -> subprocess.CompletedProcess[str]:

@@ -9,19 +9,16 @@ the real keys/ is never touched; no broker or bot is started.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-import crypto
-from chat.keystore import KeyLayout, ensure_broker_keys
-from tests.conftest import ROOT
+from tests.conftest import copy_checkout
+from zchat import crypto
+from zchat.keystore import KeyLayout, ensure_broker_keys
 
 STAMP = ".venv/.runtime-installed"
-COPIED_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py", "config.json")
-COPIED_PACKAGES = ("chat", "crypto", "bots", "bench", "soak", "fuzz")
 
 # Each payload tries to run `touch OWNED`; {owned} is replaced by a path in the test's tmp_path.
 PAYLOADS = {
@@ -41,6 +38,8 @@ TARGETS = [
     ("CONFIG", ["broker"]),
     ("CONFIG", ["client"]),
     ("CONFIG", ["bot", "BOT=echo"]),
+    ("CONFIG", ["keys", "NAME=alice"]),
+    ("CONFIG", ["fingerprint", "NAME=alice"]),
     ("ARGS", ["bench"]),
     ("DURATION", ["soak"]),
     ("KILL_BROKER_EVERY", ["soak"]),
@@ -51,14 +50,7 @@ TARGETS = [
 
 
 def copy_repo(dest: Path, *, with_venv: bool = True) -> Path:
-    dest.mkdir()
-    for name in COPIED_FILES:
-        shutil.copy2(ROOT / name, dest / name)  # copy2 keeps mtimes, so the install stamp stays up to date
-    for package in COPIED_PACKAGES:
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
-    if with_venv:
-        (dest / ".venv").symlink_to(ROOT / ".venv")
-    return dest
+    return copy_checkout(dest, packages=("bots", "bench", "soak", "fuzz"), venv=with_venv)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from chat.events import ChatMessage, Joined
-from chat.keystore import KeyLayout, create_client_key
 from tests.conftest import WAIT, run_env, wait_for
 from tests.e2e.helpers import CLIENT
+from zchat.events import ChatMessage, Joined
+from zchat.keystore import KeyLayout, create_client_key
 
 CTRL_C, CTRL_D = "\x03", "\x04"
 QUESTIONS = ["Server IP", "Server port", "Username", "Passphrase"]

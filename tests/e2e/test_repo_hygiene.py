@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from chat.events import Joined
-from chat.keystore import create_client_key
 from tests.conftest import ROOT, WAIT, run_env, wait_for
+from zchat.events import Joined
+from zchat.keystore import create_client_key
 
 
 def test_make_help_lists_every_target():

@@ -16,11 +16,11 @@ import pexpect
 import pyte
 import pytest
 
-import crypto
-from chat.events import ChatMessage, Joined
-from chat.keystore import write_public_key
 from tests.conftest import BrokerProcess, collect, run_env, wait_for
 from tests.e2e.helpers import CLIENT
+from zchat import crypto
+from zchat.events import ChatMessage, Joined
+from zchat.keystore import write_public_key
 
 COLUMNS, ROWS = 100, 30
 LEFT, HOME = "\x1b[D", "\x01"  # cursor left, Ctrl-A (start of line)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-import crypto
-from tests.conftest import ROOT, WAIT
+from tests.conftest import ROOT, WAIT, copy_checkout
 from tests.e2e.helpers import Proc
+from zchat import crypto
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,6 @@ START_WAIT = 30.0  # the broker creates its 3072-bit key pair and starts its wor
 MAKE_WAIT = 60.0
 CLOCK = r"\[\d\d:\d\d:\d\d\]"
 # What a fresh clone holds and `make broker|keys|client|fingerprint` use.
-REPO_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py", "config.json")
-REPO_PACKAGES = ("chat", "crypto")
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -144,14 +142,9 @@ class Machine:
 
 def _clone(target: Path) -> Path:
     """A fresh clone's files, with the project's venv linked in (nothing is installed)."""
-    target.mkdir(parents=True)
-    for name in REPO_FILES:
-        shutil.copy2(ROOT / name, target / name)
-    for package in REPO_PACKAGES:
-        shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_checkout(target)
     (target / "keys").mkdir()
     shutil.copy2(ROOT / "keys" / "README.md", target / "keys" / "README.md")  # a clone has keys/, empty but this
-    (target / ".venv").symlink_to(ROOT / ".venv")
     return target
 
 

@@ -1,4 +1,4 @@
-"""chat/async_client.py against a real broker: login, the broker's answers, reconnecting, leaving.
+"""zchat/client/async_client.py against a real broker: login, the broker's answers, reconnecting, leaving.
 
 No asyncio test plugin: each test runs its own event loop with `asyncio.run`, with a timeout on every wait.
 """
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from chat.async_client import AsyncChatClient
-from chat.errors import ConnectError
-from chat.events import Accepted, ChatMessage, ConnectionLost, Event, Failed, Left, Shutdown, Welcome
 from tests.conftest import WAIT, BrokerProcess, wait_for
+from zchat.client.async_client import AsyncChatClient
+from zchat.errors import ConnectError
+from zchat.events import Accepted, ChatMessage, ConnectionLost, Event, Failed, Left, Shutdown, Welcome
 
 
 async def connect_async(broker: BrokerProcess, name: str, **kwargs: Any) -> AsyncChatClient:

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-import crypto
-from chat.client import ChatClient
-from chat.events import ChatMessage, Joined, Left, WhoList
-from chat.keystore import create_client_key, write_private_key
 from tests.conftest import ROOT, BrokerProcess, collect, run_env, wait_for
 from tests.e2e.helpers import Proc
+from zchat import crypto
+from zchat.client.sync_client import ChatClient
+from zchat.events import ChatMessage, Joined, Left, WhoList
+from zchat.keystore import create_client_key, write_private_key
 
 
 class BotProcess:

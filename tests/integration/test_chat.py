@@ -12,12 +12,12 @@ import time
 import pytest
 import zmq
 
-import crypto
-from chat import protocol as p
-from chat.client import ChatClient
-from chat.errors import ConnectError
-from chat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, SessionClosed, Shutdown, Welcome, WhoList
 from tests.conftest import ROOT, collect, raw_login, run_env, wait_for
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.sync_client import ChatClient
+from zchat.errors import ConnectError
+from zchat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, SessionClosed, Shutdown, Welcome, WhoList
 
 
 def is_chat(text: str | None = None):
@@ -148,7 +148,7 @@ def test_broker_without_the_pinned_key_is_refused(make_broker, connect, keyring,
 
 
 def test_keys_registered_while_running_are_picked_up(broker, connect, tmp_path):
-    from chat.keystore import create_client_key
+    from zchat.keystore import create_client_key
 
     create_client_key(broker.keys, "newcomer", bits=2048)
     newcomer = connect(broker, "newcomer")

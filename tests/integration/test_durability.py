@@ -12,9 +12,9 @@ from collections import Counter
 
 import pytest
 
-from chat.client import ChatClient
-from chat.events import Accepted, ChatMessage, Event, Failed
 from tests.conftest import ROOT, BrokerProcess, wait_for
+from zchat.client.sync_client import ChatClient
+from zchat.events import Accepted, ChatMessage, Event, Failed
 
 pytestmark = pytest.mark.slow
 

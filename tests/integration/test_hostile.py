@@ -15,10 +15,10 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat import protocol as p
-from chat.events import ChatMessage, Notice
 from tests.conftest import wait_for
 from tests.integration.test_chat import raw_login
+from zchat import protocol as p
+from zchat.events import ChatMessage, Notice
 
 COMMANDS = sorted(p.CLIENT_COMMANDS | p.BROKER_COMMANDS)
 ENVELOPE_OVERHEAD = 1 + 256 + 12 + 16  # 2048-bit test broker key
@@ -85,7 +85,7 @@ def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring,
 
 def test_lone_surrogate_from_a_logged_in_user_is_dropped(broker, connect, keyring, raw_dealer):
     """Regression: a statement whose JSON escapes decode to a lone surrogate once stopped the broker."""
-    import crypto
+    from zchat import crypto
 
     bob = connect(broker, "bob")
     insider = raw_dealer(broker, "carol")

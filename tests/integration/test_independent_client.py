@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from chat.events import ChatMessage, Left
 from tests.conftest import TEST_CONFIG, WAIT, BrokerProcess, wait_for
 from tests.independent_client import (
     PREFIX,
@@ -30,6 +29,7 @@ from tests.independent_client import (
     seal,
     sign,
 )
+from zchat.events import ChatMessage, Left
 
 Event = dict[str, Any]
 

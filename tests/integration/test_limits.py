@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.errors import BrokerBusy, ConnectError
-from chat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed
-from chat.session import ClientSession
 from tests.conftest import collect, wait_for
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.session import ClientSession
+from zchat.errors import BrokerBusy, ConnectError
+from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed
 
 
 def test_messages_over_the_per_user_rate_are_refused_to_that_user_only(make_broker, connect):

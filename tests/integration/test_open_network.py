@@ -35,15 +35,15 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import crypto
 from attack.zmtp import SIGNATURE, frame, greeting, message, ready, zmtp_command
-from chat import protocol as p
-from chat.events import ChatMessage
-from chat.ratelimit import LOG_WINDOW
-from chat.session import ClientSession
 from fuzz import targets as fuzz_targets
 from tests.conftest import TEST_CONFIG, BrokerProcess, KeyRing, raw_login, run_env, wait_for
 from tests.unit.test_fuzz_targets import frame_like
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.ratelimit import LOG_WINDOW
+from zchat.client.session import ClientSession
+from zchat.events import ChatMessage
 
 MB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -354,7 +354,10 @@ for _ in range(int(sys.argv[1])):
     print((low | (high << 31)) & 0xFFFFFFFF)
 """
 # broker.py exactly as it is, but without seeding rand(): the control.
-UNSEEDED_BROKER = "import sys, broker; broker.seed_routing_ids = lambda: None; sys.exit(broker.main(sys.argv[1:]))"
+UNSEEDED_BROKER = (
+    "import sys, zchat.broker.main as broker; broker.seed_routing_ids = lambda: None;"
+    " sys.exit(broker.main(sys.argv[1:]))"
+)
 
 
 def predicted_counters(count: int) -> list[int]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import crypto
-from chat.events import Accepted, ChatMessage, Failed, KeyChanged, WhoList
-from chat.keystore import write_public_key
 from tests.conftest import collect, wait_for
+from zchat import crypto
+from zchat.events import Accepted, ChatMessage, Failed, KeyChanged, WhoList
+from zchat.keystore import write_public_key
 
 
 def chats(events):

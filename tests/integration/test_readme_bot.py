@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from chat.events import ChatMessage, Joined
-from chat.keystore import create_client_key
 from tests.conftest import ROOT, run_env, wait_for
+from zchat.events import ChatMessage, Joined
+from zchat.keystore import create_client_key
 
 
 def readme_bot_source(heading: str = "### Writing a bot\n") -> str:

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-import crypto
-from chat import protocol as p
-from chat import workers
-from chat.broker_work import DeliveryJob, Job, Opened, OpenJob, Outgoing, Result
-from chat.workers import WorkerError, WorkerPool
 from tests.conftest import KeyRing
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker import workers
+from zchat.broker.work import DeliveryJob, Job, Opened, OpenJob, Outgoing, Result
+from zchat.broker.workers import WorkerError, WorkerPool
 
 DELIVERY_KEY = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
 SESSION = "s-pool-test"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import zmq
 
-from chat import protocol as p
-from chat.events import ChatMessage, ConnectionLost, Joined
-from chat.session import ClientSession
 from tests.conftest import BrokerProcess, raw_login, wait_for
+from zchat import protocol as p
+from zchat.client.session import ClientSession
+from zchat.events import ChatMessage, ConnectionLost, Joined
 
 
 def worker_pids(broker: BrokerProcess) -> list[int]:
@@ -39,7 +39,7 @@ def test_the_broker_runs_the_configured_number_of_workers(make_broker):
     assert len(pids) == 3
     for pid in pids:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        assert b"chat.workers" in command
+        assert b"zchat.broker.workers" in command
         assert b"PRIVATE" not in command  # the key goes down a pipe, not onto a command line
         endpoint = command.split(b"\0")[3].decode()
         directory = Path(endpoint.removeprefix("ipc://")).parent

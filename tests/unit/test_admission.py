@@ -1,5 +1,5 @@
-"""Who may hold a connection (chat/admission.py, PROTOCOL.md 1.5) and the log a peer cannot flood
-(chat/ratelimit.py). No sockets: the ZAP questions are asked directly."""
+"""Who may hold a connection (zchat/broker/admission.py, PROTOCOL.md 1.5) and the log a peer cannot flood
+(zchat/broker/ratelimit.py). No sockets: the ZAP questions are asked directly."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat import ratelimit
-from chat.admission import CURVE, SILENT_LIMIT, Admission, RoutingIds, Verdict
-from chat.gatekeeper import bytes_received
-from chat.keystore import KeyLayout, Registry
-from chat.ratelimit import LOG_LINES_IN_ALL, LOG_LINES_PER_SOURCE, LOG_WINDOW, PeerLog
+from zchat import crypto
+from zchat.broker import ratelimit
+from zchat.broker.admission import CURVE, SILENT_LIMIT, Admission, RoutingIds, Verdict
+from zchat.broker.gatekeeper import bytes_received
+from zchat.broker.ratelimit import LOG_LINES_IN_ALL, LOG_LINES_PER_SOURCE, LOG_WINDOW, PeerLog
+from zchat.keystore import KeyLayout, Registry
 
 REFUSED = Verdict(False, "")
 
@@ -224,7 +224,7 @@ class FakeMonotonic:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
-    """chat.ratelimit's time.monotonic, by hand (only that module's view of `time` changes)."""
+    """zchat.broker.ratelimit's time.monotonic, by hand (only that module's view of `time` changes)."""
     fake = FakeMonotonic()
     monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=fake))
     return fake

@@ -1,4 +1,4 @@
-"""chat/broker_core.py driven by real client sessions, frame by frame, with a hand-held clock."""
+"""zchat/broker/core.py driven by real client sessions, frame by frame, with a hand-held clock."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.broker_core import HANDSHAKE_TIMEOUT, Outgoing
-from chat.errors import BrokerBusy, ConnectError, StatementRefused
-from chat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, Shutdown, WhoList
-from chat.keystore import KeyLayout
-from chat.session import State
 from tests.unit.world import PING_FRAMES, REFUSED_FRAMES, T0, World
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.core import HANDSHAKE_TIMEOUT, Outgoing
+from zchat.client.session import State
+from zchat.errors import BrokerBusy, ConnectError, StatementRefused
+from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, Shutdown, WhoList
+from zchat.keystore import KeyLayout
 
 BUSY_FRAMES = [p.MARKER, p.BUSY, b""]
 EVICTED_FRAMES = [p.MARKER, p.EVICTED, b""]

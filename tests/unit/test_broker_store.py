@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat.broker_store import DAY, Mail, Store, StoredChat, StoreError, backup
+from zchat import crypto
+from zchat.broker.store import DAY, Mail, Store, StoredChat, StoreError, backup
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -199,8 +199,8 @@ def test_kill_9_keeps_what_was_committed_and_nothing_else(
         """
         import os, signal, sys
         from pathlib import Path
-        import crypto
-        from chat.broker_store import Store
+        from zchat import crypto
+        from zchat.broker.store import Store
 
         key = crypto.private_key_from_pem(Path(sys.argv[2]).read_bytes())
         store = Store.open(sys.argv[1], key, now=1.0)

@@ -1,4 +1,4 @@
-"""chat/broker_work.py: the broker's crypto jobs, their frames to and from workers, and how the core hands them out."""
+"""zchat/broker/work.py: the broker's crypto jobs, their frames to and from workers, and how the core hands them out."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.broker_work import (
+from tests.unit.world import REFUSED_FRAMES, World
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.work import (
     ChallengeJob,
     DeliveryJob,
     JobRunner,
@@ -21,8 +22,7 @@ from chat.broker_work import (
     encode_jobs,
     encode_results,
 )
-from chat.events import Accepted, ChatMessage, Left
-from tests.unit.world import REFUSED_FRAMES, World
+from zchat.events import Accepted, ChatMessage, Left
 
 BUSY_FRAMES = [p.MARKER, p.BUSY, b""]
 EVICTED_FRAMES = [p.MARKER, p.EVICTED, b""]

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
-import chat_client
+import zchat.client.main as chat_client
 from bots.archive import Archive
-from chat import bot
-from chat.display import Display
-from chat.events import ChatMessage, Event, Notice, Shutdown
+from zchat.client import bot
+from zchat.client.display import Display
+from zchat.events import ChatMessage, Event, Notice, Shutdown
 
 
 class FakeClient:
@@ -104,12 +104,12 @@ def test_bot_runner_skips_an_event_its_handler_fails_on(monkeypatch, caplog, res
         raise KeyError("not a chat message")
 
     args = bot.bot_arguments("tester").parse_args([])
-    with caplog.at_level(logging.WARNING, logger="chat.bot"):
+    with caplog.at_level(logging.WARNING, logger="zchat.client.bot"):
         assert bot.run_bot(args, handle) == 0
     assert seen == ["fine", "again"]
     assert client.sent == [("got fine", None), ("got again", None)]
     assert client.closed
-    failures = [r for r in caplog.records if r.name == "chat.bot" and r.levelno >= logging.WARNING]
+    failures = [r for r in caplog.records if r.name == "zchat.client.bot" and r.levelno >= logging.WARNING]
     assert len(failures) == 3, [r.getMessage() for r in failures]  # boom, the bad frame, the Notice
 
 
@@ -172,4 +172,4 @@ def test_piped_client_skips_an_event_it_cannot_show_and_shows_the_next(monkeypat
     assert "boom" not in "".join(out)
     for expected, line in zip(("before", "far future", "after", "later"), texts, strict=True):
         assert expected in line
-    assert len([r for r in caplog.records if r.name == "chat_client"]) == 2
+    assert len([r for r in caplog.records if r.name == "zchat.client.main"]) == 2

@@ -1,4 +1,4 @@
-"""chat/client_core.py: the client's policy, without sockets or a clock.
+"""zchat/client/core.py: the client's policy, without sockets or a clock.
 
 A hand-made broker (`FakeBroker`) answers with real sealed frames; the test plays the driver: it
 performs the core's actions into a log (`Driver`), reports what the "socket" says, and moves time.
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.client_core import (
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.core import (
     FIRST_RETRY_DELAY,
     MAX_REFUSALS,
     MAX_REFUSED_RELOGINS,
@@ -25,8 +25,9 @@ from chat.client_core import (
     Disconnect,
     Send,
 )
-from chat.errors import ConnectError
-from chat.events import (
+from zchat.client.pins import PinStore
+from zchat.errors import ConnectError
+from zchat.events import (
     Accepted,
     ChatMessage,
     ConnectionLost,
@@ -40,7 +41,6 @@ from chat.events import (
     UserInfo,
     Welcome,
 )
-from chat.pins import PinStore
 
 INTERVAL, TIMEOUT = 1.0, 6.0
 

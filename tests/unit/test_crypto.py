@@ -13,9 +13,8 @@ import pytest
 from Crypto.Cipher import AES
 from Crypto.PublicKey import RSA
 
-import crypto
-from chat import keystore
-from crypto.envelope import _oaep, overhead
+from zchat import crypto, keystore
+from zchat.crypto.envelope import _oaep, overhead
 
 CONTEXT = b"zchat/1|TEST"
 K = 256  # modulus bytes of the 2048-bit test keys

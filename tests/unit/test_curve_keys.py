@@ -1,5 +1,5 @@
 """The CurveZMQ transport keys derived from a user's RSA key (crypto/curve.py, PROTOCOL.md 2.1), the public key
-file that carries both (crypto/keys.py), and the broker's own files (chat.keystore.ensure_broker_keys)."""
+file that carries both (crypto/keys.py), and the broker's own files (zchat.keystore.ensure_broker_keys)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import zmq
 from zmq.utils import z85
 
-import crypto
-from chat.keystore import KeyLayout, ensure_broker_keys, public_file_is_current, write_public_key
-from crypto.keys import CURVE_BLOCK
+from zchat import crypto
+from zchat.crypto.keys import CURVE_BLOCK
+from zchat.keystore import KeyLayout, ensure_broker_keys, public_file_is_current, write_public_key
 
 BEGIN = b"-----BEGIN " + CURVE_BLOCK.encode() + b"-----\n"
 END = b"\n-----END " + CURVE_BLOCK.encode() + b"-----\n"

@@ -1,4 +1,4 @@
-"""chat/display.py: times that never raise, wrapping by display width, peer strings shown escaped."""
+"""zchat/client/display.py: times that never raise, wrapping by display width, peer strings shown escaped."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import re
 import pytest
 import wcwidth
 
-from chat import protocol as p
-from chat.display import NO_TIME, Display, clock, printable
-from chat.events import (
+from zchat import protocol as p
+from zchat.client.display import NO_TIME, Display, clock, printable
+from zchat.events import (
     ChatMessage,
     ConnectionLost,
     Joined,

@@ -1,4 +1,4 @@
-"""What the broker keeps (chat/broker_core.py over chat/broker_store.py): answers only after the commit, re-sends
+"""What the broker keeps (zchat/broker/core.py over zchat/broker/store.py): answers only after the commit, re-sends
 recognised, history and private messages that survive a restart, mailbox limits, a full disk, refused statements,
 retention. No sockets: tests/unit/world.py over a real SQLite file; a restart is a new Store and BrokerCore on
 the same file, as a restarted broker makes them."""
@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from chat import protocol as p
-from chat.broker_core import DAY, PRUNE_INTERVAL, run_inline
-from chat.errors import StatementRefused
-from chat.events import Accepted, ChatMessage, Event, Failed, Left
-from chat.session import SeenMessages, State
 from tests.unit.world import WALL0, WallClock, World
+from zchat import protocol as p
+from zchat.broker.core import DAY, PRUNE_INTERVAL, run_inline
+from zchat.client.session import SeenMessages, State
+from zchat.errors import StatementRefused
+from zchat.events import Accepted, ChatMessage, Event, Failed, Left
 
 FULL = "database or disk is full"
 BIG = "x" * 20_000  # needs new pages however much room the database's pages have left

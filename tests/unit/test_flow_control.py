@@ -1,6 +1,6 @@
 """Flow control (PROTOCOL.md 8.4), paced history replay (7.5), the broker's clock on chat events (7.3),
 time stamps a statement may carry, who may log in on a connection (1.5, 5.2), look-alike names, and the
-fair order in which envelopes are opened (chat/workers.py). No sockets: chat/broker_core.py with real
+fair order in which envelopes are opened (zchat/broker/workers.py). No sockets: zchat/broker/core.py with real
 client sessions (tests/unit/world.py)."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.broker_core import BrokerCore
-from chat.broker_work import ChallengeJob, Job, JobRunner, Opened, OpenJob, Outgoing, Work
-from chat.errors import ConnectError, RemoteProtocolError, StatementRefused
-from chat.events import Accepted, ChatMessage, Event, Failed, Left, SessionClosed, Shutdown, Welcome
-from chat.keystore import KeyLayout, Registry
-from chat.session import ClientSession
-from chat.workers import HANDSHAKE_TURN, INLINE_OPENS_PER_TURN, InlineJobs, OpenQueue
 from tests.unit.world import REFUSED_FRAMES, World
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.core import BrokerCore
+from zchat.broker.work import ChallengeJob, Job, JobRunner, Opened, OpenJob, Outgoing, Work
+from zchat.broker.workers import HANDSHAKE_TURN, INLINE_OPENS_PER_TURN, InlineJobs, OpenQueue
+from zchat.client.session import ClientSession
+from zchat.errors import ConnectError, RemoteProtocolError, StatementRefused
+from zchat.events import Accepted, ChatMessage, Event, Failed, Left, SessionClosed, Shutdown, Welcome
+from zchat.keystore import KeyLayout, Registry
 
 WINDOW = 64 * 1024
 TEXT_BYTES = 10_000  # one chat EVENT with such a text is about 11 KB: five fit in WINDOW, six do not
@@ -31,7 +31,7 @@ EVICTED_FRAMES = [p.MARKER, p.EVICTED, b""]
 
 
 def run_in_order(core: BrokerCore, runner: JobRunner, work: list[Work], now: float) -> list[Outgoing]:
-    """Do the core's jobs as broker.py does with `workers: 0` (chat.workers.InlineJobs): frames go out at once,
+    """Do the core's jobs as broker.py does with `workers: 0` (zchat.broker.workers.InlineJobs): frames go out at once,
     jobs are done first in, first out (so each session's deliveries in the order the core made them)."""
     out: list[Outgoing] = []
     jobs: collections.deque[Job] = collections.deque()

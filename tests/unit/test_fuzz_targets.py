@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat import protocol as p
 from fuzz.targets import TARGETS
+from zchat import protocol as p
 
 SEPARATOR = b"\xff\xfe"
 frame_like = st.one_of(

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.config import parse_config
-from chat.errors import ConfigError
-from chat.events import ChatMessage
-from chat.session import ClientSession, State
 from tests.unit.world import World
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.session import ClientSession, State
+from zchat.config import parse_config
+from zchat.errors import ConfigError
+from zchat.events import ChatMessage
 
 
 def authentic_event(session: ClientSession, seq: int, event: dict) -> list[bytes]:

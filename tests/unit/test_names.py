@@ -1,4 +1,4 @@
-"""Look-alike user names (chat.names) and the keystore refusing a name that looks like a registered one."""
+"""Look-alike user names (zchat.names) and the keystore refusing a name that looks like a registered one."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat.keystore import KeyLayout, create_client_key, registered_names
-from chat.names import clashing_name, name_skeleton
-from chat.protocol import NAME_PATTERN
+from zchat.keystore import KeyLayout, create_client_key, registered_names
+from zchat.names import clashing_name, name_skeleton
+from zchat.protocol import NAME_PATTERN
 
 names = st.from_regex(NAME_PATTERN, fullmatch=True)
 
@@ -127,7 +127,7 @@ def test_creating_a_look_alike_of_a_registered_user_is_refused_and_writes_nothin
 
 
 def test_keys_cli_reports_a_look_alike_on_one_line(tmp_path, capsys, monkeypatch):
-    from chat import keystore
+    from zchat import keystore
 
     monkeypatch.setenv("PASSPHRASE", "")
     layout = KeyLayout(tmp_path / "keys")

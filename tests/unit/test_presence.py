@@ -1,4 +1,4 @@
-"""Joins and leaves queued per member and sent together (chat/broker_core.py), and how a client reads them.
+"""Joins and leaves queued per member and sent together (zchat/broker/core.py), and how a client reads them.
 
 The `world` harness (`presence_interval` 0) flushes presence after every step; these tests drive
 `world.core` with `run_inline` (which never flushes) to see what waits, and when it goes out.
@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.broker_core import run_inline
-from chat.broker_work import DeliveryJob, Outgoing, Work
-from chat.events import Accepted, ChatMessage, Joined, Left, UserInfo, Welcome
 from tests.unit.test_session import broker_event
 from tests.unit.world import World
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.core import run_inline
+from zchat.broker.work import DeliveryJob, Outgoing, Work
+from zchat.events import Accepted, ChatMessage, Joined, Left, UserInfo, Welcome
 
 
 def run(world: World, work: list[Work]) -> list[Outgoing]:
@@ -322,7 +322,7 @@ def test_presence_with_one_bad_change_is_skipped_whole(pair, caplog, bad, where)
     # Good changes next to the bad one: a join and a leave that must not be applied either.
     good = [join_doc(pair, "carol"), {"type": "leave", "name": "alice", "reason": "left"}]
     changes = [*good, BAD_CHANGES[bad](pair)] if where == "last" else [BAD_CHANGES[bad](pair), *good]
-    with caplog.at_level(logging.WARNING, logger="chat.session"):
+    with caplog.at_level(logging.WARNING, logger="zchat.client.session"):
         result = bob.receive(broker_event(pair, b"bob", {"type": "presence", "changes": changes}))
     assert result == ([], None)
     assert bob.roster == before

@@ -1,4 +1,4 @@
-"""chat/protocol.py: frame checks, document codecs, statements, text and name rules."""
+"""zchat/protocol.py: frame checks, document codecs, statements, text and name rules."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.errors import LocalProtocolError, RemoteProtocolError
-from chat.events import UserInfo
+from zchat import crypto
+from zchat import protocol as p
+from zchat.errors import LocalProtocolError, RemoteProtocolError
+from zchat.events import UserInfo
 
 MAX_BODY = p.max_body_bytes(p.DEFAULT_MAX_TEXT_BYTES)
 NONCE = bytes(range(32))

@@ -1,4 +1,4 @@
-"""chat/session.py: what a client accepts from the broker, fed real and forged frames by hand."""
+"""zchat/client/session.py: what a client accepts from the broker, fed real and forged frames by hand."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-import crypto
-from chat import protocol as p
-from chat.broker_work import Outgoing
-from chat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError, StatementRefused
-from chat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, UserInfo
-from chat.session import ClientSession, SeenMessages, State
 from tests.unit.world import PING_FRAMES, World
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.work import Outgoing
+from zchat.client.session import ClientSession, SeenMessages, State
+from zchat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError, StatementRefused
+from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, UserInfo
 
 LEAVE = {"type": "leave", "name": "carol", "reason": "left"}
 
@@ -187,7 +187,7 @@ def test_chat_replayed_by_the_broker_is_skipped(pair, keyring, caplog):
     # The broker re-sends the same signed statement in a fresh, correctly numbered and MACed event.
     plaintext = crypto.open_envelope(keyring.keys["bob"], delivery.frames[2], p.context(p.EVENT))
     original = p.Delivery.open(plaintext, pair.core.sessions[b"bob"].delivery_key)
-    with caplog.at_level(logging.WARNING, logger="chat.session"):
+    with caplog.at_level(logging.WARNING, logger="zchat.client.session"):
         skipped(pair, b"bob", original.event)
     assert "replayed message from alice" in caplog.text  # caught as a replay, before the client's memory of ids
 
@@ -311,14 +311,14 @@ BAD_MAIL = {
 def test_unusable_mail_is_skipped(pair, caplog, bad, reason):
     fields = {"recipient": "bob", **bad}
     recipient = fields.pop("recipient")
-    with caplog.at_level(logging.WARNING, logger="chat.session"):
+    with caplog.at_level(logging.WARNING, logger="zchat.client.session"):
         skipped(pair, b"bob", mail_event(pair, "carol", recipient, **fields))
     assert f"ignored a 'mail' event from the broker: {reason}" in caplog.text
 
 
 def test_a_kept_message_outside_its_sealed_mail_is_skipped(pair, caplog):
     event = chat_event(pair.keys["carol"], "carol", "cafe" * 16, 1, "unsealed", to="bob")
-    with caplog.at_level(logging.WARNING, logger="chat.session"):
+    with caplog.at_level(logging.WARNING, logger="zchat.client.session"):
         skipped(pair, b"bob", event | {"away": True, "author": author_doc(pair, "carol")})
     assert "a kept private message outside its sealed mail" in caplog.text
 

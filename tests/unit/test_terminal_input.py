@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from chat.display import Display, for_me, mentions
-from chat.events import ChatMessage, Left, Welcome
-from chat_client import completions, host_problem, port_problem
+from zchat.client.display import Display, for_me, mentions
+from zchat.client.main import completions, host_problem, port_problem
+from zchat.events import ChatMessage, Left, Welcome
 
 ONLINE = ["alice", "bob", "Bobby", "carol"]
 

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crypto
-from chat import protocol as p
-from chat.broker_core import BrokerCore, run_inline
-from chat.broker_store import MEMORY, Store
-from chat.broker_work import JobRunner, Outgoing, Work
-from chat.config import Config
-from chat.events import Event, Welcome
-from chat.keystore import KeyLayout, Registry
-from chat.session import ClientSession, SeenMessages
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.core import BrokerCore, run_inline
+from zchat.broker.store import MEMORY, Store
+from zchat.broker.work import JobRunner, Outgoing, Work
+from zchat.client.session import ClientSession, SeenMessages
+from zchat.config import Config
+from zchat.events import Event, Welcome
+from zchat.keystore import KeyLayout, Registry
 
 T0 = 1000.0
 WALL0 = 1_700_000_000.0  # a wall-clock time for worlds that set their own (`WallClock`)

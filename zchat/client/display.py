@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import wcwidth
 
-from chat.events import (
+from zchat.events import (
     Accepted,
     ChatMessage,
     ConnectionLost,
@@ -41,7 +41,7 @@ _USER_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DIM, BOLD_RED, MAGENTA, RESET = "2", "1;31", "35", "0"
 HIGHLIGHT, BOLD = "1;7", "1"  # a message for us: its author in reverse video, its text bold
-_NAME_CHARS = "A-Za-z0-9_-"  # chat.protocol.NAME_PATTERN's
+_NAME_CHARS = "A-Za-z0-9_-"  # zchat.protocol.NAME_PATTERN's
 
 
 # Shown escaped: controls, format characters (bidi controls, zero-width ones, tags) and line/paragraph separators.

@@ -3,7 +3,7 @@
 It owns two sockets in the broker's ZeroMQ context: the ZAP handler
 (`inproc://zeromq.zap.01`, RFC 27) that libzmq asks before completing each
 CurveZMQ handshake, and a monitor of the ROUTER that reports each accepted
-and each closed TCP connection. `chat.admission` decides; this thread only
+and each closed TCP connection. `zchat.broker.admission` decides; this thread only
 moves the questions and answers, and closes the connections the policy
 refuses: over the per-source cap, silent for too long, claiming a routing id
 (the broker's loop says which), or holding more bytes that form no message
@@ -25,8 +25,8 @@ import time
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from chat.admission import Admission, Peer, peer_log
-from chat.ratelimit import flush_peer_logs
+from zchat.broker.admission import Admission, Peer, peer_log
+from zchat.broker.ratelimit import flush_peer_logs
 
 log = logging.getLogger(__name__)
 

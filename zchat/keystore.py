@@ -5,7 +5,7 @@
     keys/clients/<name>.pub   the allow-list: one registered public key per user
     keys/private/<name>.pem   a user's own private key (0600), on that user's machine
 
-Also the command line behind `make keys NAME=...`.
+Also the command line `zchat-keys NAME` (`make keys NAME=...`, `make fingerprint NAME=...`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import crypto
-from chat.errors import LocalProtocolError
-from chat.names import clashing_name, name_skeleton
-from chat.protocol import NAME_PATTERN, check_name
+from zchat import crypto
+from zchat.config import DEFAULT_CONFIG, client_settings
+from zchat.errors import ConfigError, LocalProtocolError
+from zchat.names import clashing_name, name_skeleton
+from zchat.protocol import NAME_PATTERN, check_name
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def create_client_key(
     Refuses (FileExistsError) when either file exists: a key is never overwritten
     and a registered name is never taken over. Also refuses (FileExistsError) a
     name that looks like a registered one (`aIice` after `alice`, see
-    chat.names); nothing is written then.
+    zchat.names); nothing is written then.
     """
     private_path, public_path = layout.client_private(name), layout.client_public(name)
     for path in (private_path, public_path):
@@ -164,7 +165,7 @@ class Registry:
         self._names: tuple[tuple[int, int] | None, dict[str, list[str]]] = (None, {})  # skeleton -> names
 
     def look_alike(self, name: str) -> str | None:
-        """Another registered name that looks like `name` (chat.names), or None; listed again when the directory
+        """Another registered name that looks like `name` (zchat.names), or None; listed again when the directory
         changes. Look-alikes are refused when keys are made, but a registry may have been filled by hand."""
         try:
             info = self.layout.clients_dir.stat()
@@ -278,10 +279,11 @@ def print_fingerprint(layout: KeyLayout, name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="make keys", description="Create and register a user's key pair, or show a registered key's fingerprint."
+        prog="zchat-keys", description="Create and register a user's key pair, or show a registered key's fingerprint."
     )
     parser.add_argument("name", help="user name: 1-32 of A-Z a-z 0-9 _ -")
-    parser.add_argument("--keys-dir", type=Path, default=Path("keys"), help="key directory (default: keys)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="where keys_dir comes from")
+    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir from the config, or keys)")
     parser.add_argument("--bits", type=int, default=crypto.keys.DEFAULT_KEY_BITS, help="RSA modulus size")
     parser.add_argument(
         "--fingerprint",
@@ -289,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only print the registered key's fingerprint (to compare out of band)",
     )
     args = parser.parse_args(argv)
-    layout = KeyLayout(args.keys_dir)
+    try:
+        layout = KeyLayout(client_settings(args.config, args.keys_dir).keys_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.fingerprint:
         return print_fingerprint(layout, args.name)
     try:

@@ -1,7 +1,7 @@
 """One client login session, without sockets: handshake, sealing, sequence numbers, verification.
 
 `ClientSession` turns what the user wants to say into frames and frames from
-the broker into typed events (`chat.events`). It checks everything the broker
+the broker into typed events (`zchat.events`). It checks everything the broker
 sends: the broker's proof of its pinned key, each delivery's session and
 sequence number (so replayed, reordered or reflected frames are rejected), and
 each chat message's author signature. Messages it has shown once (an author and
@@ -18,9 +18,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import crypto
-from chat import protocol as p
-from chat.errors import (
+from zchat import crypto
+from zchat import protocol as p
+from zchat.errors import (
     BrokerBusy,
     ConnectError,
     DeliveryGap,
@@ -29,7 +29,7 @@ from chat.errors import (
     RemoteProtocolError,
     StatementRefused,
 )
-from chat.events import (
+from zchat.events import (
     Accepted,
     ChatMessage,
     Event,

@@ -9,14 +9,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from chat.errors import ConfigError
-from chat.protocol import DEFAULT_MAX_TEXT_BYTES, NAME_PATTERN
+from zchat.errors import ConfigError
+from zchat.protocol import DEFAULT_MAX_TEXT_BYTES, NAME_PATTERN
 
 DEFAULT_CONFIG = Path("config.json")
+DEFAULT_KEYS_DIR = Path("keys")
 MAX_WORKERS = 256
 # The cores this process may run on (its CPU affinity), where the platform says so.
 DEFAULT_WORKERS = min(
@@ -29,7 +30,7 @@ class Config:
     server_ip: str
     server_port: int
     admins: frozenset[str] = frozenset()
-    keys_dir: Path = Path("keys")
+    keys_dir: Path = DEFAULT_KEYS_DIR
     data_dir: Path = Path("data")  # the broker's database (history, offline mail), created on first start
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     heartbeat_interval: float = 1.0
@@ -172,3 +173,26 @@ def load_config(path: Path = DEFAULT_CONFIG) -> Config:
         return parse_config(raw, path)
     except ConfigError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client-side command (the client, a bot, zchat-keys) takes from --config and --keys-dir."""
+
+    server_ip: str
+    server_port: int
+    keys_dir: Path
+
+
+def client_settings(config_path: Path = DEFAULT_CONFIG, keys_dir: Path | None = None) -> ClientSettings:
+    """The broker's address and the key directory for a client-side command.
+
+    The default config.json may be missing (a client machine needs none): then 127.0.0.1, 5000 and keys/
+    in the current directory. A file --config names must exist. --keys-dir wins over the file's keys_dir.
+    """
+    if config_path.exists() or config_path != DEFAULT_CONFIG:
+        config = load_config(config_path)
+        settings = ClientSettings(config.server_ip, config.server_port, config.keys_dir)
+    else:
+        settings = ClientSettings("127.0.0.1", 5000, DEFAULT_KEYS_DIR)
+    return settings if keys_dir is None else replace(settings, keys_dir=keys_dir)

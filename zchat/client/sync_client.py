@@ -1,16 +1,16 @@
 """`ChatClient`: a chat client over a ZeroMQ DEALER socket, for people and bots, blocking (no asyncio).
 
-    from chat.client import ChatClient
+    from zchat.client import ChatClient
 
     with ChatClient.connect("127.0.0.1", 5000, "echo", "keys/private/echo.pem", bot=True) as bot:
         for event in bot:
             ...
 
 The policy (login, heartbeats, reconnecting, the acknowledged outbox, key pins) is
-`chat.client_core.ClientCore`; the protocol is `chat.session`. This module owns
+`zchat.client.core.ClientCore`; the protocol is `zchat.client.session`. This module owns
 the sockets: `SocketDriver` carries out a core's actions on a CurveZMQ DEALER
 and its handshake monitor and feeds it what they report (the asyncio driver,
-`chat.async_client`, uses it too), and `ChatClient` is the blocking loop around it.
+`zchat.client.async_client`, uses it too), and `ChatClient` is the blocking loop around it.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from typing import Self
 
 import zmq
 
-import crypto
-from chat.client_core import DEFAULT_CONNECT_TIMEOUT, ClientCore, Connect, Disconnect, Send
-from chat.errors import ConnectError
-from chat.events import Event, UserInfo
-from chat.pins import PinStore, pins_path_for
-from chat.session import ClientSession, SeenMessages
-from chat.transport import (
+from zchat import crypto
+from zchat.client.core import DEFAULT_CONNECT_TIMEOUT, ClientCore, Connect, Disconnect, Send
+from zchat.client.pins import PinStore, pins_path_for
+from zchat.client.session import ClientSession, SeenMessages
+from zchat.client.transport import (
     HandshakeState,
     broker_curve_key,
     curve_dealer,
@@ -39,6 +37,8 @@ from chat.transport import (
     stop_watching,
     watch_handshake,
 )
+from zchat.errors import ConnectError
+from zchat.events import Event, UserInfo
 
 log = logging.getLogger(__name__)
 

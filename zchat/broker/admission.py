@@ -11,7 +11,7 @@ routing id, and cause no RSA work.
 `RoutingIds` keeps a registered user from crashing the broker through
 libzmq's routing ids (see its docstring).
 
-`chat.gatekeeper` runs this policy on the ZAP and monitor sockets.
+`zchat.broker.gatekeeper` runs this policy on the ZAP and monitor sockets.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chat.keystore import Registry
-from chat.ratelimit import PeerLog, TokenBucket
+from zchat.broker.ratelimit import PeerLog, TokenBucket
+from zchat.keystore import Registry
 
 log = logging.getLogger(__name__)
 peer_log = PeerLog(log)

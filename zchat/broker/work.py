@@ -4,7 +4,7 @@
 jobs next to the frames that are ready to send: open a client's envelope, sign
 and seal a login challenge, seal one delivery. `JobRunner.perform()` does one
 job. The broker runs jobs in its own loop (`workers: 0`) or in worker
-processes (`chat.workers`), which carry batches of jobs and their results as
+processes (`zchat.broker.workers`), which carry batches of jobs and their results as
 ZeroMQ frames with `encode_jobs`/`decode_jobs` and
 `encode_results`/`decode_results`. Those frames only ever travel between the
 broker and its own workers, over a private ipc:// socket.
@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import crypto
-from chat import protocol as p
+from zchat import crypto
+from zchat import protocol as p
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 A bot is a function that receives each event and may return a line to send
 (to the room, or privately to the sender of a private message):
 
-    from chat.bot import bot_arguments, run_bot
-    from chat.events import ChatMessage
+    from zchat.client.bot import bot_arguments, run_bot
+    from zchat.events import ChatMessage
 
     def handle(event):
         if isinstance(event, ChatMessage):
@@ -19,8 +19,8 @@ included: `Accepted` (stored and sent on; `queued` for someone offline) or
 The runner logs a failed reply as a warning.
 
 Bots log in like people, with their own registered key, flagged as bots in /who.
-For full control use `chat.client.ChatClient` directly, or
-`chat.async_client.AsyncChatClient` in an asyncio program.
+For full control use `zchat.client.ChatClient` directly, or
+`zchat.client.AsyncChatClient` in an asyncio program.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-import crypto
-from chat.client import ChatClient
-from chat.config import DEFAULT_CONFIG, load_config
-from chat.errors import ConfigError, ConnectError, LocalProtocolError
-from chat.events import Accepted, ChatMessage, Event, Failed, SessionClosed, Shutdown
-from chat.keystore import KeyLayout
+from zchat import crypto
+from zchat.client.sync_client import ChatClient
+from zchat.config import DEFAULT_CONFIG, client_settings
+from zchat.errors import ConfigError, ConnectError, LocalProtocolError
+from zchat.events import Accepted, ChatMessage, Event, Failed, SessionClosed, Shutdown
+from zchat.keystore import KeyLayout
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ LEAVE_WAIT = 3.0  # seconds a stopping bot waits for the broker to answer its la
 
 
 def bot_arguments(name: str, description: str = "") -> argparse.ArgumentParser:
-    """The shared command line: --config, --host, --port, --name, --key, --broker-key."""
+    """The shared command line: --config, --keys-dir, --host, --port, --name, --key, --broker-key."""
     parser = argparse.ArgumentParser(prog=f"bot {name}", description=description or f"The {name} bot.")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="address and key directory")
+    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir from the config, or keys)")
     parser.add_argument("--host", help="broker IP (default: server_ip from the config)")
     parser.add_argument("--port", type=int, help="broker port (default: server_port from the config)")
     parser.add_argument("--name", default=name, help=f"user name to log in as (default: {name})")
@@ -62,11 +63,11 @@ def bot_arguments(name: str, description: str = "") -> argparse.ArgumentParser:
 
 def connect_bot(args: argparse.Namespace) -> ChatClient:
     """Log in with the shared command-line options."""
-    config = load_config(args.config)
-    layout = KeyLayout(config.keys_dir)
+    settings = client_settings(args.config, args.keys_dir)
+    layout = KeyLayout(settings.keys_dir)
     return ChatClient.connect(
-        args.host or config.server_ip,
-        args.port or config.server_port,
+        args.host or settings.server_ip,
+        args.port or settings.server_port,
         args.name,
         args.key or layout.client_private(args.name),
         args.broker_key or layout.broker_public,

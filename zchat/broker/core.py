@@ -1,7 +1,7 @@
 """The broker's rules, without sockets: logins, sessions, fan-out, heartbeats.
 
 `BrokerCore.receive()` takes one message from a ROUTER identity and returns
-work: frames ready to send, and crypto jobs (`chat.broker_work`): open an
+work: frames ready to send, and crypto jobs (`zchat.broker.work`): open an
 envelope, seal a challenge, seal a delivery. Whoever runs an OpenJob hands
 its result back to `opened()`, which returns more work. `tick()` does the
 timed work. The I/O loop in broker.py only moves frames, runs the jobs (in
@@ -12,9 +12,9 @@ a broker without workers and for tests.
 Order: the core numbers each session's deliveries as it creates their jobs.
 Whoever runs the jobs must send each recipient's deliveries in the order they
 were created, and hand back the OpenJobs' results in the order their frames
-arrived (chat.workers does both).
+arrived (zchat.broker.workers does both).
 
-What must survive a restart goes to the store (`chat.broker_store`): the room's
+What must survive a restart goes to the store (`zchat.broker.store`): the room's
 history, private messages until their recipient has read them, and the ids of
 accepted messages (so a re-send is recognised). A sender hears `accepted` only
 once the I/O loop has called `commit()` after the store took the message: one
@@ -35,15 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import crypto
-from chat import protocol as p
-from chat.broker_store import Store, StoreError
-from chat.broker_work import ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
-from chat.config import Config
-from chat.errors import RemoteProtocolError
-from chat.events import UserInfo
-from chat.keystore import Registry
-from chat.ratelimit import PeerLog, TokenBucket
+from zchat import crypto
+from zchat import protocol as p
+from zchat.broker.ratelimit import PeerLog, TokenBucket
+from zchat.broker.store import Store, StoreError
+from zchat.broker.work import ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
+from zchat.config import Config
+from zchat.errors import RemoteProtocolError
+from zchat.events import UserInfo
+from zchat.keystore import Registry
 
 log = logging.getLogger(__name__)
 peer_log = PeerLog(log)  # lines a peer's frames cause: rate-limited per source

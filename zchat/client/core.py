@@ -9,7 +9,7 @@ It owns everything a client decides, and nothing it does with a socket:
 - reconnecting after a lost connection, an EVICTED, a delivery gap, a BUSY or timed-out re-login, a
   refused statement, or a statement the socket could not queue: a new socket and a new session, after a
   backoff of 0.5 s doubling to 8 s, +-20 % jitter; never after a shutdown or a `closed` event;
-- key pins (`chat.pins.PinStore`: `KeyChanged` events);
+- key pins (`zchat.client.pins.PinStore`: `KeyChanged` events);
 - the acknowledged outbox: every chat message gets its id when the user sends it and stays in the outbox
   until the broker answers it (`Accepted` or `Failed`); after every welcome, what is still there is sent
   again, in order, with the same ids (the broker keeps each id once). Closing for good answers every
@@ -17,7 +17,7 @@ It owns everything a client decides, and nothing it does with a socket:
 
 Like h11's `Connection`, it imports no socket library and never reads the clock: every input takes `now`
 (`time.monotonic()` in a driver) and `next_deadline()` says when to call `tick()` at the latest. A driver
-runs this loop (`chat.client.SocketDriver` does it for the zmq drivers):
+runs this loop (`zchat.client.sync_client.SocketDriver` does it for the zmq drivers):
 
     core.start(now)
     while not core.closed:
@@ -43,9 +43,11 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-import crypto
-from chat import protocol as p
-from chat.errors import (
+from zchat import crypto
+from zchat import protocol as p
+from zchat.client.pins import PinStore
+from zchat.client.session import ClientSession, SeenMessages, State
+from zchat.errors import (
     BrokerBusy,
     ConnectError,
     DeliveryGap,
@@ -53,7 +55,7 @@ from chat.errors import (
     RemoteProtocolError,
     StatementRefused,
 )
-from chat.events import (
+from zchat.events import (
     Accepted,
     ConnectionLost,
     Event,
@@ -67,8 +69,6 @@ from chat.events import (
     Welcome,
     WhoList,
 )
-from chat.pins import PinStore
-from chat.session import ClientSession, SeenMessages, State
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 This module owns the rule that user names are unique ignoring case and
 look-alike characters. It is pure (no ZeroMQ, no files): callers pass the names
-they know, e.g. `chat.keystore.registered_names(layout)`.
+they know, e.g. `zchat.keystore.registered_names(layout)`.
 
 `name_skeleton` maps a name to its canonical form: casefold, then replace each
 look-alike by one representative of its group.

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import crypto
+from zchat import crypto
 
 MEMORY = ":memory:"
 DAY = 86_400.0  # seconds

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import zmq
 
-import crypto
-from chat.protocol import MAX_BROKER_BODY
+from zchat import crypto
+from zchat.protocol import MAX_BROKER_BODY
 
 
 def broker_curve_key(broker: crypto.PublicKeyFile, source: str) -> bytes:

@@ -1,7 +1,7 @@
 """Where the broker's crypto jobs run: in its own loop, or in worker processes.
 
 `InlineJobs` (config `workers: 0`) does each job the moment it is submitted.
-`WorkerPool` runs `workers` processes (`python -m chat.workers`) and feeds
+`WorkerPool` runs `workers` processes (`python -m zchat.broker.workers`) and feeds
 them with the ZeroMQ load-balancing pattern: a ROUTER in the broker on a
 private ipc:// socket (a fresh 0700 directory in the temporary directory,
 named after the broker's pid: a broker killed with SIGKILL cannot remove it,
@@ -46,8 +46,8 @@ from pathlib import Path
 
 import zmq
 
-import crypto
-from chat.broker_work import (
+from zchat import crypto
+from zchat.broker.work import (
     DeliveryJob,
     Job,
     JobRunner,
@@ -59,8 +59,8 @@ from chat.broker_work import (
     encode_jobs,
     encode_results,
 )
-from chat.errors import ChatError
-from chat.protocol import SEND
+from zchat.errors import ChatError
+from zchat.protocol import SEND
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ RESTART_WINDOW = 600.0
 BATCH_TIMEOUT = 30.0  # a batch takes milliseconds: a worker that holds one this long is hung, and is restarted
 CHECK_INTERVAL = 0.1  # check() looks at the workers at most this often
 READY = b"ready"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Workers run `python -m zchat.broker.workers` from the directory holding the zchat package (the repository,
+# or site-packages), so they import the same code as the broker wherever it was started.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 DIRECTORY_PREFIX = "zchat-workers-"  # then the broker's pid and a random part, in the temporary directory
@@ -390,8 +392,8 @@ class WorkerPool:
 
     def _start(self, index: int) -> Worker:
         identity = f"w{index}".encode()
-        command = [sys.executable, "-m", "chat.workers", self.endpoint, identity.decode(), str(os.getpid())]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=PROJECT_ROOT)
+        command = [sys.executable, "-m", "zchat.broker.workers", self.endpoint, identity.decode(), str(os.getpid())]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=PACKAGE_PARENT)
         if process.stdin is None:
             raise WorkerError("no pipe to the crypto worker's stdin")
         with process.stdin:

@@ -4,7 +4,7 @@ Every ZeroMQ message between a client (DEALER) and the broker (ROUTER) has
 exactly three frames: the marker b"zchat/3", a command name, and a body. A
 body is either empty (PING, REFUSED, EVICTED, BUSY), the 16 bytes of an ACK,
 or a hybrid envelope (see `crypto.envelope`) whose plaintext is a UTF-8 JSON
-object. The transport under it is CurveZMQ (`chat.transport`, `chat.admission`). docs/PROTOCOL.md is
+object. The transport under it is CurveZMQ (`zchat.client.transport`, `zchat.broker.admission`). docs/PROTOCOL.md is
 the normative description; this module is its one implementation.
 
 Decoding functions raise RemoteProtocolError for anything a peer could get
@@ -23,9 +23,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-import crypto
-from chat.errors import LocalProtocolError, RemoteProtocolError
-from chat.events import UserInfo
+from zchat import crypto
+from zchat.errors import LocalProtocolError, RemoteProtocolError
+from zchat.events import UserInfo
 
 MARKER = b"zchat/3"
 

@@ -1,15 +1,15 @@
 """`AsyncChatClient`: the chat client for asyncio programs, on zmq.asyncio.
 
-    from chat.async_client import AsyncChatClient
-    from chat.events import ChatMessage
+    from zchat.client import AsyncChatClient
+    from zchat.events import ChatMessage
 
     async with await AsyncChatClient.connect("127.0.0.1", 5000, "echo", "keys/private/echo.pem", bot=True) as client:
         async for event in client:
             if isinstance(event, ChatMessage) and not event.history:
                 await client.send(f"echo: {event.text}")
 
-The same client as `chat.client.ChatClient` (the policy is `chat.client_core.ClientCore`, the socket
-work `chat.client.SocketDriver`); only the waiting differs. One background task owns the sockets: it
+The same client as `zchat.client.ChatClient` (the policy is `zchat.client.core.ClientCore`, the socket
+work `zchat.client.sync_client.SocketDriver`); only the waiting differs. One background task owns the sockets: it
 waits on them with a `zmq.asyncio.Poller` (or until the core's next deadline, or until a method here
 wakes it), then hands what arrived to the core and carries out what the core decided. So heartbeats
 and reconnecting go on while your code awaits something else. The methods here only tell the core
@@ -31,11 +31,11 @@ from types import TracebackType
 import zmq
 import zmq.asyncio
 
-import crypto
-from chat.client import ClientBase
-from chat.client_core import DEFAULT_CONNECT_TIMEOUT
-from chat.errors import ConnectError
-from chat.events import Event
+from zchat import crypto
+from zchat.client.core import DEFAULT_CONNECT_TIMEOUT
+from zchat.client.sync_client import ClientBase
+from zchat.errors import ConnectError
+from zchat.events import Event
 
 log = logging.getLogger(__name__)
 
