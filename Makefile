@@ -150,8 +150,9 @@ keys: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_NAME" || { echo "usage: make keys NAME=alice" >&2; exit 2; }
 	$(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" -- "$$ZCHAT_NAME"
 
+# Two test processes: most tests wait on brokers and clients in other processes, so two keep both cores busy.
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 	$(MAKE) --no-print-directory lint typecheck
 
 fuzz: $(DEV_STAMP)

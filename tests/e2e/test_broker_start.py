@@ -103,6 +103,34 @@ def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
         proc.wait(WAIT)
 
 
+def test_keys_dir_on_the_command_line_wins_over_the_config(tmp_path, keyring):
+    shutil.copytree(keyring.root, tmp_path / "keyring")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TEST_CONFIG, "workers": 0, "keys_dir": "nowhere"}))
+    proc = run_broker(config, "--keys-dir", str(tmp_path / "keyring"), cwd=tmp_path)
+    try:
+        started = wait_until_listening(proc)
+        assert f"keys: {tmp_path / 'keyring'} (config {config})" in started
+        assert "created" not in started  # the broker key of the keyring, not a new one
+        stop(proc)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+    assert not (tmp_path / "nowhere").exists()
+
+    refused = subprocess.run(
+        [sys.executable, BROKER, "--config", str(config), "--keys-dir", str(tmp_path / "empty")],
+        cwd=tmp_path,
+        env=run_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert refused.returncode == 1
+    assert_one_line_error(refused.stderr, f"no broker key in {tmp_path / 'empty'} (--keys-dir)", "--create-keys")
+
+
 def test_a_fresh_clone_makes_its_key_pair_in_its_own_keys_dir(tmp_path):
     clone = copy_checkout(tmp_path / "clone", venv=False)
     (clone / "config.json").write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
