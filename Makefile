@@ -100,7 +100,7 @@ override export ZCHAT_PYTHON       := $(PYTHON)
 .PHONY: help broker client bot keys fingerprint backup test unit fuzz soak attack bench lint typecheck clean
 
 help:
-	@echo "make broker            start the broker on config.json's address (CONFIG=file for another)"
+	@echo "make broker            start the broker on config.json's address"
 	@echo "make client            start the terminal client (prompts for address and name)"
 	@echo "make bot BOT=echo      run an example bot ($(BOTS)); registers its key if missing"
 	@echo "make keys NAME=alice   create and register a user's key pair"
@@ -116,6 +116,7 @@ help:
 	@echo "make attack            every known attack at once on a real broker while honest users chat (DURATION=60)"
 	@echo "make bench             measure the broker: deliveries/s, crypto bound, latency, relays, memory (ARGS=--json)"
 	@echo "make clean             remove .venv and the tool caches (keys/ and data/ stay)"
+	@echo "CONFIG=file            another config file for broker, client, bot, keys, fingerprint and backup"
 
 # PYTHON only matters (and is only checked) when the venv has to be created.
 $(RUNTIME_STAMP): requirements.txt
@@ -136,7 +137,7 @@ client: $(RUNTIME_STAMP)
 
 bot: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_BOT" || { echo "usage: make bot BOT=echo   (bots: $(BOTS))" >&2; exit 2; }
-	@test -f "keys/private/$$ZCHAT_BOT.pem" || $(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" -- "$$ZCHAT_BOT"
+	@$(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" --if-missing -- "$$ZCHAT_BOT"
 	$(BIN)/python -m "bots.$$ZCHAT_BOT" --config="$$ZCHAT_CONFIG"
 
 fingerprint: $(RUNTIME_STAMP)

@@ -2,7 +2,7 @@
 
 zchat/3 keeps every chat message in SQLite (`zchat.broker.store.Store`: WAL,
 synchronous=FULL, one fsync of the write-ahead log per commit) and answers the
-sender `accepted` only after the commit that holds the message. broker.py
+sender `accepted` only after the commit that holds the message. The broker
 commits once per turn of its loop: one transaction for everything the core
 stored since the previous turn (group commit).
 

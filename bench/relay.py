@@ -11,7 +11,7 @@ keys found in DIR/clients/*.key: the allow-list, like the broker's
 keys/clients/. libzmq then encrypts and authenticates every frame
 (Curve25519, XSalsa20-Poly1305) in its I/O thread.
 
-Like broker.py it logs "listening on tcp://127.0.0.1:PORT", never blocks on a
+Like the broker it logs "listening on tcp://127.0.0.1:PORT", never blocks on a
 send (a peer whose queue is full misses the message, counted in the last log
 line) and stops on SIGTERM.
 """

@@ -75,6 +75,9 @@ KEY_POOL_MAX = 64  # distinct client keys; more names reuse their RSA halves, ea
 LOGINS_IN_FLIGHT = 8  # while filling a broker: the broker drops a handshake that takes over 10 s
 IN_FLIGHT_S = 1.0  # the broker always has about this much work queued during the window
 SUPPLY_MARGIN = 1.25  # prepared messages: this much more than the crypto bound allows in the window
+# --quick often runs on a busy machine (beside the test suite): the bound measured there can be far below
+# what the broker then does, so a quick run prepares more (a few seconds of signing, in small windows).
+QUICK_SUPPLY_MARGIN = 4.0
 RELAY_IN_FLIGHT = 1000  # messages in flight for the relays
 VERIFIERS = 3
 MIN_LATENCY_MESSAGES = 50
@@ -273,7 +276,8 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
 
         capacity = bound.messages_per_s * max(1, crypto_workers)  # messages/s if every worker reached the bound
         in_flight = max(4, math.ceil(capacity * IN_FLIGHT_S))
-        need = math.ceil(capacity * (s.warmup + s.duration) * SUPPLY_MARGIN) + in_flight
+        margin = QUICK_SUPPLY_MARGIN if s.quick else SUPPLY_MARGIN
+        need = math.ceil(capacity * (s.warmup + s.duration) * margin) + in_flight
         progress(f"preparing {need} sealed, signed messages ({s.message_bytes}-byte texts)")
         built = time.monotonic()
         for peer in peers:

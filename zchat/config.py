@@ -6,6 +6,7 @@ default. Relative paths are taken relative to the config file's directory.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
@@ -160,7 +161,19 @@ def parse_config(raw: Any, source: Path) -> Config:
     )
 
 
-def load_config(path: Path = DEFAULT_CONFIG) -> Config:
+def add_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --keys-dir, the same for every command (broker, client, bots, zchat-keys)."""
+    parser.add_argument("--config", type=Path, help=f"config file (default: {DEFAULT_CONFIG} here, if there is one)")
+    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir of the config, else keys)")
+
+
+def load_config(path: Path = DEFAULT_CONFIG, keys_dir: Path | None = None) -> Config:
+    """Read and check a config file; `keys_dir` (--keys-dir) replaces the file's keys_dir when given."""
+    config = _read_config(path)
+    return config if keys_dir is None else replace(config, keys_dir=keys_dir)
+
+
+def _read_config(path: Path) -> Config:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -184,15 +197,13 @@ class ClientSettings:
     keys_dir: Path
 
 
-def client_settings(config_path: Path = DEFAULT_CONFIG, keys_dir: Path | None = None) -> ClientSettings:
+def client_settings(config_path: Path | None = None, keys_dir: Path | None = None) -> ClientSettings:
     """The broker's address and the key directory for a client-side command.
 
-    The default config.json may be missing (a client machine needs none): then 127.0.0.1, 5000 and keys/
-    in the current directory. A file --config names must exist. --keys-dir wins over the file's keys_dir.
+    A file --config names must exist. Without --config, config.json in the current directory is read if there
+    is one (a client machine needs none): else 127.0.0.1, 5000 and keys/. --keys-dir wins over keys_dir.
     """
-    if config_path.exists() or config_path != DEFAULT_CONFIG:
-        config = load_config(config_path)
-        settings = ClientSettings(config.server_ip, config.server_port, config.keys_dir)
-    else:
-        settings = ClientSettings("127.0.0.1", 5000, DEFAULT_KEYS_DIR)
-    return settings if keys_dir is None else replace(settings, keys_dir=keys_dir)
+    if config_path is None and not DEFAULT_CONFIG.exists():
+        return ClientSettings("127.0.0.1", 5000, DEFAULT_KEYS_DIR if keys_dir is None else keys_dir)
+    config = load_config(DEFAULT_CONFIG if config_path is None else config_path, keys_dir)
+    return ClientSettings(config.server_ip, config.server_port, config.keys_dir)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zchat import crypto
-from zchat.config import DEFAULT_CONFIG, client_settings
+from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, LocalProtocolError
 from zchat.names import clashing_name, name_skeleton
 from zchat.protocol import NAME_PATTERN, check_name
@@ -282,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="zchat-keys", description="Create and register a user's key pair, or show a registered key's fingerprint."
     )
     parser.add_argument("name", help="user name: 1-32 of A-Z a-z 0-9 _ -")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="where keys_dir comes from")
-    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir from the config, or keys)")
+    add_location_arguments(parser)
+    parser.add_argument(
+        "--if-missing", action="store_true", help="do nothing if NAME has a private key already (`make bot`)"
+    )
     parser.add_argument("--bits", type=int, default=crypto.keys.DEFAULT_KEY_BITS, help="RSA modulus size")
     parser.add_argument(
         "--fingerprint",
@@ -300,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_fingerprint(layout, args.name)
     try:
         check_name(args.name)
+        if args.if_missing and layout.client_private(args.name).exists():
+            return 0
         if args.bits < crypto.MIN_KEY_BITS:
             raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")
         # Never the broker's keys: only the broker makes its own (at its first start), and on a client machine

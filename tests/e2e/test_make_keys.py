@@ -120,6 +120,35 @@ def test_make_fingerprint_prints_the_registered_keys_fingerprint(repo_copy):
     assert "Traceback" not in missing.stderr
 
 
+def test_make_keys_and_fingerprint_use_the_keys_dir_of_config(repo_copy):
+    other = repo_copy / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"server_ip": "127.0.0.1", "server_port": 5999, "keys_dir": "otherkeys"}')
+    created = make(repo_copy, "keys", "NAME=zed", "CONFIG=other/config.json")
+    assert created.returncode == 0, created.stderr
+    assert (other / "otherkeys" / "private" / "zed.pem").is_file()
+    assert not (repo_copy / "keys" / "private" / "zed.pem").exists()
+    printed = created.stdout.split("fingerprint ")[1].split()[0]
+    shown = make(repo_copy, "fingerprint", "NAME=zed", "CONFIG=other/config.json")
+    assert shown.stdout.strip() == f"zed {printed}", shown.stderr
+    assert make(repo_copy, "fingerprint", "NAME=zed").returncode != 0  # not in the repository's keys/
+
+
+def test_if_missing_creates_a_key_once_and_then_says_nothing(repo_copy):
+    """What `make bot` runs before starting a bot: the bot's key, made only if it has none."""
+    command = [".venv/bin/python", "-m", "zchat.keystore", "--keys-dir", "botkeys", "--if-missing", "--", "echo"]
+    env = {**os.environ, "PASSPHRASE": ""}
+    env.pop("PYTHONPATH", None)
+    first = subprocess.run(command, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "fingerprint SHA256:" in first.stdout
+    key = repo_copy / "botkeys" / "private" / "echo.pem"
+    before = key.read_bytes()
+    again = subprocess.run(command, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert key.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     ("existing", "answers", "key"),
     [

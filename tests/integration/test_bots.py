@@ -20,17 +20,30 @@ from zchat.keystore import create_client_key, write_private_key
 
 
 class BotProcess:
-    """`python -m bots.<name>` against a test broker, logging to a file."""
+    """`python -m bots.<name>` against a test broker, logging to a file.
 
-    def __init__(self, broker: BrokerProcess, module: str, *extra: str, name: str | None = None) -> None:
+    It finds its keys through the broker's config file, or with `keys_dir` through --keys-dir alone, run in a
+    directory with no config file (the address then from --host and --port).
+    """
+
+    def __init__(
+        self, broker: BrokerProcess, module: str, *extra: str, name: str | None = None, keys_dir: bool = False
+    ) -> None:
         self.log_path = broker.workdir / f"{module}.log"
-        args = [sys.executable, "-m", f"bots.{module}", "--config", str(broker.config_path), "--port", str(broker.port)]
+        args = [sys.executable, "-m", f"bots.{module}", "--port", str(broker.port)]
+        cwd = ROOT
+        if keys_dir:
+            args += ["--keys-dir", str(broker.keys.root), "--host", "127.0.0.1"]
+            cwd = broker.workdir / f"{module}-home"
+            cwd.mkdir()
+        else:
+            args += ["--config", str(broker.config_path)]
         args += extra
         if name:
             args += ["--name", name]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                args, cwd=ROOT, env=run_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                args, cwd=cwd, env=run_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
 
     def log(self) -> str:
@@ -46,10 +59,12 @@ class BotProcess:
 def start_bot(broker: BrokerProcess) -> Iterator:
     bots: list[BotProcess] = []
 
-    def factory(module: str, *extra: str, register: bool = True, name: str | None = None) -> BotProcess:
+    def factory(
+        module: str, *extra: str, register: bool = True, name: str | None = None, keys_dir: bool = False
+    ) -> BotProcess:
         if register:
             create_client_key(broker.keys, name or module, bits=2048)
-        bot = BotProcess(broker, module, *extra, name=name)
+        bot = BotProcess(broker, module, *extra, name=name, keys_dir=keys_dir)
         bots.append(bot)
         return bot
 
@@ -79,7 +94,7 @@ def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
 
 def test_dice_bot_rolls_and_explains_bad_requests(broker, connect, start_bot):
     alice = connect(broker, "alice")
-    bot = start_bot("dice")
+    bot = start_bot("dice", keys_dir=True)  # found with --keys-dir, no config file
     bot_online(alice, "dice")
     alice.send("!roll 2d6")
     match = re.fullmatch(r"alice rolled 2d6: (\d) \+ (\d) = (\d+)", reply_from(alice, "dice"))

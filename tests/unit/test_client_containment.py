@@ -164,7 +164,7 @@ def test_piped_client_skips_an_event_it_cannot_show_and_shows_the_next(monkeypat
         message("later"),
         Shutdown("admin"),
     )
-    with caplog.at_level(logging.WARNING, logger="chat_client"):
+    with caplog.at_level(logging.WARNING, logger="zchat.client.main"):
         assert chat_client.run(client, as_json=as_json) == 0  # type: ignore[arg-type]
     out = capsys.readouterr().out.splitlines()
     texts = [line for line in out if "alice" in line]

@@ -40,7 +40,7 @@ class RoutingIds:
     32-bit counter, and aborts the whole process if that id is already taken
     (socket_base.cpp, add_out_pipe). A peer that announced the id the counter
     will reach later could so crash the broker. The counter starts at a secret
-    random place (broker.py seeds it). `counter()` reads it (the broker's probe
+    random place (zchat.broker.main seeds it). `counter()` reads it (the broker's probe
     connection: it uses one id up); `first` is where it stood before any peer
     could connect. Every id libzmq has made up lies in [first, counter()], so
     an id of libzmq's form ahead of that was claimed, and its connection is

@@ -4,7 +4,7 @@
 work: frames ready to send, and crypto jobs (`zchat.broker.work`): open an
 envelope, seal a challenge, seal a delivery. Whoever runs an OpenJob hands
 its result back to `opened()`, which returns more work. `tick()` does the
-timed work. The I/O loop in broker.py only moves frames, runs the jobs (in
+timed work. The I/O loop in zchat.broker.main only moves frames, runs the jobs (in
 its own loop or in worker processes), and reports peers it could not reach
 (`unreachable()`, `too_slow()`). `run_inline()` runs every job at once, for
 a broker without workers and for tests.

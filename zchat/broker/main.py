@@ -15,7 +15,6 @@ import argparse
 import collections
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import logging
 import math
@@ -39,7 +38,7 @@ from zchat.broker.ratelimit import PeerLog, flush_peer_logs
 from zchat.broker.store import Store, StoreError, backup
 from zchat.broker.work import Outgoing, Work
 from zchat.broker.workers import InlineJobs, WorkerError, WorkerPool
-from zchat.config import DEFAULT_CONFIG, Config, load_config
+from zchat.config import DEFAULT_CONFIG, Config, add_location_arguments, load_config
 from zchat.errors import ConfigError
 from zchat.keystore import KeyLayout, Registry, ensure_broker_keys
 from zchat.protocol import max_body_bytes
@@ -345,7 +344,7 @@ def _backup(config_path: Path, target: Path) -> int:
     except (ConfigError, StoreError) as exc:
         print(f"broker: error: {exc}", file=sys.stderr)
         return 1
-    print(f"copied {source} to {target} ({pages} pages); it opens only with the same keys/broker.pem")
+    print(f"copied {source} to {target} ({pages} pages); it opens only with the broker key it was made with")
     return 0
 
 
@@ -354,8 +353,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
     keys/, which broker.py names, so that a fresh clone's `make broker` just starts. Elsewhere it takes
     --create-keys, so that a config file copied away never silently makes a second broker identity."""
     parser = argparse.ArgumentParser(description="Encrypted chat broker (ZeroMQ ROUTER).")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config.json)")
-    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir from the config)")
+    add_location_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
         "--backup", type=Path, metavar="FILE", help="write a consistent copy of the database to FILE and exit"
@@ -366,15 +364,14 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         help="create the broker key pair if keys_dir has none (done unasked only in the repository's own keys/)",
     )
     args = parser.parse_args(argv)
+    args.config = args.config or DEFAULT_CONFIG  # the broker needs one
     if args.backup is not None:
         return _backup(args.config, args.backup)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        config = load_config(args.config)
-        if args.keys_dir is not None:
-            config = dataclasses.replace(config, keys_dir=args.keys_dir)
+        config = load_config(args.config, args.keys_dir)
         layout = KeyLayout(config.keys_dir)
         keys_dir = config.keys_dir.resolve()
         if not (layout.broker_private.exists() or args.create_keys or keys_dir == own_keys_dir):

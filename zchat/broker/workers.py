@@ -73,12 +73,15 @@ RESTART_WINDOW = 600.0
 BATCH_TIMEOUT = 30.0  # a batch takes milliseconds: a worker that holds one this long is hung, and is restarted
 CHECK_INTERVAL = 0.1  # check() looks at the workers at most this often
 READY = b"ready"
-# Workers run `python -m zchat.broker.workers` from the directory holding the zchat package (the repository,
-# or site-packages), so they import the same code as the broker wherever it was started.
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 DIRECTORY_PREFIX = "zchat-workers-"  # then the broker's pid and a random part, in the temporary directory
+
+
+def worker_environment() -> dict[str, str]:
+    """The workers import what the broker imported: its sys.path, in its order (the repository first when
+    broker.py runs from it, only the installed places for zchat-broker). `-P` keeps the working directory out."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
 
 
 class WorkerError(ChatError):
@@ -392,8 +395,16 @@ class WorkerPool:
 
     def _start(self, index: int) -> Worker:
         identity = f"w{index}".encode()
-        command = [sys.executable, "-m", "zchat.broker.workers", self.endpoint, identity.decode(), str(os.getpid())]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=PACKAGE_PARENT)
+        command = [
+            sys.executable,
+            "-P",
+            "-m",
+            "zchat.broker.workers",
+            self.endpoint,
+            identity.decode(),
+            str(os.getpid()),
+        ]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, env=worker_environment())
         if process.stdin is None:
             raise WorkerError("no pipe to the crypto worker's stdin")
         with process.stdin:

@@ -36,7 +36,7 @@ from types import FrameType
 
 from zchat import crypto
 from zchat.client.sync_client import ChatClient
-from zchat.config import DEFAULT_CONFIG, client_settings
+from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, ConnectError, LocalProtocolError
 from zchat.events import Accepted, ChatMessage, Event, Failed, SessionClosed, Shutdown
 from zchat.keystore import KeyLayout
@@ -50,13 +50,12 @@ LEAVE_WAIT = 3.0  # seconds a stopping bot waits for the broker to answer its la
 def bot_arguments(name: str, description: str = "") -> argparse.ArgumentParser:
     """The shared command line: --config, --keys-dir, --host, --port, --name, --key, --broker-key."""
     parser = argparse.ArgumentParser(prog=f"bot {name}", description=description or f"The {name} bot.")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="address and key directory")
-    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir from the config, or keys)")
+    add_location_arguments(parser)
     parser.add_argument("--host", help="broker IP (default: server_ip from the config)")
     parser.add_argument("--port", type=int, help="broker port (default: server_port from the config)")
     parser.add_argument("--name", default=name, help=f"user name to log in as (default: {name})")
-    parser.add_argument("--key", type=Path, help="private key (default: keys/private/NAME.pem)")
-    parser.add_argument("--broker-key", type=Path, help="broker public key (default: keys/broker.pub)")
+    parser.add_argument("--key", type=Path, help="private key (default: KEYS_DIR/private/NAME.pem)")
+    parser.add_argument("--broker-key", type=Path, help="broker public key (default: KEYS_DIR/broker.pub)")
     parser.add_argument("--passphrase-env", default="PASSPHRASE", help="environment variable holding the passphrase")
     return parser
 

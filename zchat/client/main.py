@@ -50,7 +50,7 @@ from zchat.client.display import Display, for_me
 from zchat.client.pins import pins_path_for
 from zchat.client.sync_client import ChatClient
 from zchat.client.transport import broker_curve_key
-from zchat.config import DEFAULT_CONFIG, client_settings
+from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, ConnectError, LocalProtocolError
 from zchat.events import Accepted, Event, Failed, KeyChanged, SessionClosed, Shutdown, to_dict
 from zchat.keystore import KeyLayout, create_client_key
@@ -204,7 +204,8 @@ def _resolve_key(args: argparse.Namespace, layout: KeyLayout) -> Path:
         )
         return path
     raise UsageError(
-        f"key file {path} not found (create it with: make keys NAME={args.user}, or zchat-keys {args.user})"
+        f"key file {path} not found (create it with: make keys NAME={args.user},"
+        f" or zchat-keys {args.user} --keys-dir {layout.root})"
     )
 
 
@@ -218,12 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="broker IPv4 address or host name (asked on a terminal, else from --config)")
     parser.add_argument("--port", type=int, help="broker port (asked on a terminal, else from --config)")
     parser.add_argument("--user", help="your user name (asked on a terminal, else read from stdin's first lines)")
-    parser.add_argument("--key", help="your private key (default: keys/private/USER.pem)")
-    parser.add_argument("--broker-key", help="the broker's public key (default: keys/broker.pub)")
-    parser.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, help="where the default address and keys_dir come from"
-    )
-    parser.add_argument("--keys-dir", type=Path, help="key directory (default: keys_dir from the config, or keys)")
+    parser.add_argument("--key", help="your private key (default: KEYS_DIR/private/USER.pem)")
+    parser.add_argument("--broker-key", help="the broker's public key (default: KEYS_DIR/broker.pub)")
+    add_location_arguments(parser)
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line, nothing else (scripts)")
     parser.add_argument("--no-bell", action="store_true", help="never ring the terminal bell for a message to you")
@@ -653,6 +651,7 @@ def _trust(client: ChatClient, name: str, out: Output) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = Path(sys.argv[0]).name.removesuffix(".py")  # chat_client from the repository, zchat installed
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -661,13 +660,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_terminal(client, bell=not args.no_bell)
         return run(client, as_json=args.json)
     except Cancelled as exc:
-        print(f"chat_client: {exc}", file=sys.stderr)
+        print(f"{program}: {exc}", file=sys.stderr)
         return exc.status
     except (UsageError, ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError, FileExistsError) as exc:
-        print(f"chat_client: error: {exc}", file=sys.stderr)
+        print(f"{program}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nchat_client: interrupted", file=sys.stderr)
+        print(f"\n{program}: interrupted", file=sys.stderr)
         return 130
 
 
