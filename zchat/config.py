@@ -105,8 +105,10 @@ def parse_config(raw: Any, source: Path) -> Config:
     if not isinstance(ip, str):
         raise ConfigError("'server_ip' must be a string such as \"127.0.0.1\"")
     try:
-        ipaddress.ip_address(ip)
+        ipaddress.IPv4Address(ip)
     except ValueError:
+        if ":" in ip:
+            raise ConfigError(f"'server_ip' {ip!r}: IPv6 addresses are not supported; give an IPv4 address") from None
         raise ConfigError(f"'server_ip' is not an IP address: {ip!r}") from None
     if "server_port" not in raw:
         raise ConfigError("'server_port' is missing")

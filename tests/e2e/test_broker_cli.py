@@ -76,12 +76,13 @@ def test_a_broker_whose_stdin_ended_keeps_running(make_broker, console_broker, c
         (json.dumps({"server_ip": "127.0.0.1", "admins": ["admin"]}), "'server_port' is missing"),
         (json.dumps({"server_ip": "300.1.2.3", "server_port": 5000}), "'server_ip' is not an IP address"),
         (json.dumps({"server_ip": "localhost", "server_port": 5000}), "'server_ip' is not an IP address"),
+        (json.dumps({"server_ip": "::1", "server_port": 5000}), "IPv6 addresses are not supported"),
         (
             json.dumps({"server_ip": "127.0.0.1", "server_port": 5000, "presence_interval": -1}),
             "'presence_interval' must be a number from 0 to 60",
         ),
     ],
-    ids=["invalid-json", "missing-port", "bad-ip", "hostname", "presence-interval"],
+    ids=["invalid-json", "missing-port", "bad-ip", "hostname", "ipv6", "presence-interval"],
 )
 def test_bad_config_exits_1_with_one_line(tmp_path, content, fragment):
     config = tmp_path / "bad.json"
