@@ -277,6 +277,14 @@ def print_fingerprint(layout: KeyLayout, name: str) -> int:
     return 0
 
 
+def public_file_note(layout: KeyLayout, name: str) -> str:
+    """What became of a user's new public key file: registered on the broker's machine, else to be handed over."""
+    path = layout.client_public(name)
+    if layout.broker_private.exists():
+        return f"registered {path}"
+    return f"wrote {path}: give it to the broker's operator, for the broker's keys/clients/"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="zchat-keys", description="Create and register a user's key pair, or show a registered key's fingerprint."
@@ -317,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 passphrase = getpass.getpass(f"Passphrase for {layout.client_private(args.name)}: ")
             fp, written = register_existing_key(layout, args.name, passphrase)
-            state = "registered" if written else "already registered:"
-            print(f"{layout.client_private(args.name)} exists; {state} {layout.client_public(args.name)}")
+            state = (
+                public_file_note(layout, args.name) if written else f"already there: {layout.client_public(args.name)}"
+            )
+            print(f"{layout.client_private(args.name)} exists; {state}")
             print(f"fingerprint {fp}")
             return 0
         fp = create_client_key(layout, args.name, read_new_passphrase(), args.bits)
@@ -335,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: cancelled (Ctrl-C); no key written for {args.name}", file=sys.stderr)
         return 130
     print(f"wrote {layout.client_private(args.name)} (mode 0600, keep it secret)")
-    print(f"registered {layout.client_public(args.name)}")
+    print(public_file_note(layout, args.name))
     print(f"fingerprint {fp}")
     return 0
 

@@ -94,6 +94,12 @@ def test_wrong_broker_key(broker):
     assert broker.alive()
 
 
+def test_no_broker_key_says_where_to_get_one(broker):
+    missing = broker.workdir / "nowhere" / "broker.pub"
+    result = run_client(broker.workdir, *login_args(broker, "alice", "--broker-key", str(missing)))
+    assert_failed(result, f"{missing}: no broker key there", "copy keys/broker.pub from the broker's machine")
+
+
 def test_broker_key_file_is_not_a_public_key(broker):
     result = run_client(broker.workdir, *login_args(broker, "alice", "--broker-key", str(broker.keys.broker_private)))
     assert_failed(result, "broker.pem", "PRIVATE key")

@@ -95,7 +95,8 @@ def test_pip_install_gives_commands_that_chat_from_any_directory(tmp_path):
     # Installed, the broker never makes a key pair unasked; --create-keys does.
     refused = run(bin_dir, home, "zchat-broker", "--config", "server/config.json")
     assert refused.returncode == 1
-    assert_one_line_error(refused.stderr, "no broker key in", str(server / "keys"), "--create-keys")
+    line = assert_one_line_error(refused.stderr, "no broker key in", str(server / "keys"), "--create-keys")
+    assert line.startswith("zchat-broker: error:")  # named as it was started
     procs: list[Proc] = []
 
     def start(name: str, *args: str) -> Proc:

@@ -60,7 +60,7 @@ def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
     fingerprint = first.stdout.split("fingerprint ")[1].split()[0]
     second = make(repo_copy, "keys", "NAME=zed")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "already registered" in second.stdout
+    assert "exists; already there: keys/clients/zed.pub" in second.stdout
     assert f"fingerprint {fingerprint}" in second.stdout
     assert "Traceback" not in second.stderr
     assert (private.read_bytes(), public.read_bytes()) == before
@@ -79,7 +79,7 @@ def test_make_keys_registers_an_existing_key_again(repo_copy):
             public.write_bytes(damaged)
         again = make(repo_copy, "keys", "NAME=zed")
         assert again.returncode == 0, again.stderr
-        assert "registered keys/clients/zed.pub" in again.stdout
+        assert "wrote keys/clients/zed.pub: give it to the broker's operator" in again.stdout  # no broker here
         assert public.read_bytes() == current
     someone_else = crypto.export_public_file(crypto.generate_private_key(2048))
     public.write_bytes(someone_else)  # someone else's key under zed's name

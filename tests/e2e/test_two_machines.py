@@ -197,7 +197,7 @@ def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> No
     made = b.make("keys", "NAME=bob").stdout
     bob_fp = _fingerprint(made)
     assert "wrote keys/private/bob.pem (mode 0600" in made
-    assert "registered keys/clients/bob.pub" in made
+    assert "wrote keys/clients/bob.pub: give it to the broker's operator" in made
     assert "broker key pair" not in made
     assert (b.keys / "broker.pub").read_bytes() == copied, "make keys on B changed the copied broker.pub"
     assert not (b.keys / "broker.pem").exists(), "make keys on B made B a broker"

@@ -59,6 +59,11 @@ DATABASE_FILE = "zchat.db"  # in the config's data_dir
 CONSOLE_CLOSED = "console closed (end of input); stop the broker with Ctrl-C or SIGTERM"
 
 
+def program() -> str:
+    """The name the broker was started by, for its error lines: broker (broker.py) or zchat-broker."""
+    return Path(sys.argv[0]).name.removesuffix(".py")
+
+
 def seed_routing_ids() -> None:
     """Start libzmq's routing-id counter at a secret random place.
 
@@ -342,7 +347,7 @@ def _backup(config_path: Path, target: Path) -> int:
         source = load_config(config_path).data_dir / DATABASE_FILE
         pages = backup(source, target)
     except (ConfigError, StoreError) as exc:
-        print(f"broker: error: {exc}", file=sys.stderr)
+        print(f"{program()}: error: {exc}", file=sys.stderr)
         return 1
     print(f"copied {source} to {target} ({pages} pages); it opens only with the broker key it was made with")
     return 0
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
             # client that pinned the real broker.pub out, so it is made only when asked for.
             where = "--keys-dir" if args.keys_dir is not None else f"keys_dir of {args.config}"
             print(
-                f"broker: error: no broker key in {keys_dir} ({where}): point keys_dir or --keys-dir at the"
+                f"{program()}: error: no broker key in {keys_dir} ({where}): point keys_dir or --keys-dir at the"
                 f" directory holding broker.pem{f' (e.g. {str(own_keys_dir)!r})' if own_keys_dir else ''},"
                 " or start once with --create-keys"
                 " to make a new key pair there (every client must then be given the new broker.pub)",
@@ -388,7 +393,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
             return 1
         key, created = ensure_broker_keys(layout)
     except (ConfigError, crypto.KeyFileError, OSError) as exc:
-        print(f"broker: error: {exc}", file=sys.stderr)
+        print(f"{program()}: error: {exc}", file=sys.stderr)
         return 1
     database = config.data_dir.resolve() / DATABASE_FILE
     new_database = not database.exists()
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
     try:
         store = Store.open(config.data_dir / DATABASE_FILE, key, now=time.time())
     except StoreError as exc:
-        print(f"broker: error: {exc}", file=sys.stderr)
+        print(f"{program()}: error: {exc}", file=sys.stderr)
         return 1
     raise_open_file_limit()
     try:
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         reason = (
             f"cannot listen on {config.server_ip}:{config.server_port}: {exc}" if isinstance(exc, zmq.ZMQError) else exc
         )
-        print(f"broker: error: {reason}", file=sys.stderr)
+        print(f"{program()}: error: {reason}", file=sys.stderr)
         return 1
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -254,6 +254,11 @@ def start(args: argparse.Namespace) -> ChatClient:
     layout = KeyLayout(settings.keys_dir)
     key_path = _resolve_key(args, layout)
     broker_key_path = Path(args.broker_key) if args.broker_key else layout.broker_public
+    if not broker_key_path.exists():
+        raise UsageError(
+            f"{broker_key_path}: no broker key there: copy keys/broker.pub from the broker's machine"
+            " (or give its path with --broker-key)"
+        )
     broker_key = crypto.load_public_key_file(broker_key_path)
     broker_curve_key(broker_key, str(broker_key_path))
     key = _load_private_key(key_path)
