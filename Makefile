@@ -137,7 +137,8 @@ client: $(RUNTIME_STAMP)
 
 bot: $(RUNTIME_STAMP)
 	@test -n "$$ZCHAT_BOT" || { echo "usage: make bot BOT=echo   (bots: $(BOTS))" >&2; exit 2; }
-	@$(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" --if-missing -- "$$ZCHAT_BOT"
+	@# A bot cannot type a passphrase: its key has none unless PASSPHRASE is set.
+	@PASSPHRASE="$${PASSPHRASE-}" $(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" --if-missing -- "$$ZCHAT_BOT"
 	$(BIN)/python -m "bots.$$ZCHAT_BOT" --config="$$ZCHAT_CONFIG"
 
 fingerprint: $(RUNTIME_STAMP)

@@ -1,4 +1,4 @@
-"""echo: answers every chat message from someone else with `echo: <text>`."""
+"""echo: answers every chat message from someone else with `echo: <text>` (never a bot's: see zchat.client.bot)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ PREFIX = "echo: "
 
 
 def handle(event: Event) -> str | None:
-    # Never answer an echo: two echo bots would otherwise talk forever.
-    if isinstance(event, ChatMessage) and not event.text.startswith(PREFIX):
-        return PREFIX + event.text
-    return None
+    return PREFIX + event.text if isinstance(event, ChatMessage) else None
 
 
 if __name__ == "__main__":

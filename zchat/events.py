@@ -28,8 +28,9 @@ class Event:
 class ChatMessage(Event):
     """A message, its author verified. `private`: sent to us alone; `action`: a /me line;
     `history`: from before we logged in, replayed by the broker; `away`: a private message kept for us
-    while we were offline. `timestamp` is the author's claim; `received` the broker's receive time
-    (Unix seconds), which is what clients show. `message_id` is the author's id for the message."""
+    while we were offline; `bot`: its author logs in as a bot (as /who shows). `timestamp` is the author's
+    claim; `received` the broker's receive time (Unix seconds), which is what clients show. `message_id`
+    is the author's id for the message."""
 
     sender: str
     text: str
@@ -40,6 +41,7 @@ class ChatMessage(Event):
     received: float | None = None
     message_id: str = ""
     away: bool = False
+    bot: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def to_dict(event: Event) -> dict[str, object]:
             "action": event.action,
             "history": event.history,
             "away": event.away,
+            "bot": event.bot,
             "id": event.message_id,
         }
     if isinstance(event, Accepted):

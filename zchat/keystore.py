@@ -104,13 +104,21 @@ def create_client_key(
     for path in (private_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path} already exists; not overwriting it")
-    clash = clashing_name(name, registered_names(layout))
-    if clash is not None:
-        raise FileExistsError(f"{name!r} looks like the registered user {clash!r}; choose another name")
+    problem = lookalike_problem(layout, name)
+    if problem is not None:
+        raise FileExistsError(problem)
     key = crypto.generate_private_key(bits)
     write_private_key(private_path, key, passphrase)
     write_public_key(public_path, key)
     return crypto.fingerprint(key)
+
+
+def lookalike_problem(layout: KeyLayout, name: str) -> str | None:
+    """Why `name` (a valid name) cannot be a new user here: it looks like a registered one. None: it can."""
+    if layout.client_public(name).exists():  # registered under exactly this name
+        return None
+    clash = clashing_name(name, registered_names(layout))
+    return None if clash is None else f"{name!r} looks like the registered user {clash!r}; choose another name"
 
 
 def register_existing_key(layout: KeyLayout, name: str, passphrase: str | None = None) -> tuple[str, bool]:
@@ -292,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="user name: 1-32 of A-Z a-z 0-9 _ -")
     add_location_arguments(parser)
     parser.add_argument(
-        "--if-missing", action="store_true", help="do nothing if NAME has a private key already (`make bot`)"
+        "--if-missing", action="store_true", help="do nothing if NAME has a private key already (a bot's first start)"
     )
-    parser.add_argument("--bits", type=int, default=crypto.keys.DEFAULT_KEY_BITS, help="RSA modulus size")
+    parser.add_argument(
+        "--bits", type=int, default=crypto.keys.DEFAULT_KEY_BITS, help="RSA modulus size (default: %(default)s)"
+    )
     parser.add_argument(
         "--fingerprint",
         action="store_true",

@@ -69,6 +69,14 @@ def test_a_broker_whose_stdin_ended_keeps_running(make_broker, console_broker, c
     assert_everyone_told_and_stopped(broker, [alice, bob], "SIGTERM")
 
 
+def test_no_config_here_says_to_give_one(tmp_path):
+    result = subprocess.run(
+        [sys.executable, BROKER], cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=WAIT
+    )
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "broker: error: no config.json in", str(tmp_path), "--config FILE")
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [

@@ -50,6 +50,7 @@ def test_piped_client_asks_nothing_chats_who_help_and_exit(broker, spawn, client
         alice.expect_line(rf"^\s*{command}\s")
     alice.send("/help msg")
     alice.expect_line(r"^\s*/msg NAME TEXT\s+send TEXT to NAME only")
+    alice.expect_line(r"queued for NAME")  # what the answers mean, beyond the command's line
 
     alice.send("/exit")
     assert alice.wait() == 0, alice.transcript()

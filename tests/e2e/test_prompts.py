@@ -88,15 +88,20 @@ def test_a_wrong_answer_is_asked_again(make_broker, connect):
     create_client_key(broker.keys, "dave", passphrase="right", bits=2048)  # picked up without a restart
     child = spawn_client(broker.workdir)
     try:
-        for question, wrong, error, right in [
-            ("Server IP", "not an ip!", "is not an IPv4 address", "127.0.0.1"),
-            ("Server port", "99999", "port must be a number from 1 to 65535", str(broker.port)),
-            ("Username", "not a name!", "invalid user name", "dave"),
+        for question, wrongs, right in [
+            ("Server IP", [("not an ip!", "is not an IPv4 address")], "127.0.0.1"),
+            ("Server port", [("99999", "port must be a number from 1 to 65535")], str(broker.port)),
+            (
+                "Username",
+                [("not a name!", "invalid user name"), ("b0b", "looks like the registered user 'bob'")],
+                "dave",
+            ),
         ]:
             child.expect_exact(question)
-            child.sendline(wrong)
-            child.expect_exact(error)
-            child.expect_exact(question)  # asked again, not ended
+            for wrong, error in wrongs:
+                child.sendline(wrong)
+                child.expect_exact(error)
+                child.expect_exact(question)  # asked again, not ended
             child.sendline(right)
         for _ in range(2):  # three tries: two wrong ones are forgiven
             child.expect_exact("Passphrase for ")

@@ -92,6 +92,28 @@ def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
     assert {u.name: u.bot for u in who.users} == {"alice": False, "echo": True}
 
 
+def test_bots_never_answer_bots(broker, connect, start_bot, keyring):
+    """The echo bot answers people, never another bot: two bots would otherwise fill the room."""
+    create_client_key(broker.keys, "robot", bits=2048)
+    alice = connect(broker, "alice")
+    robot = connect(broker, "robot", bot=True)
+    echo = start_bot("echo")
+    bot_online(alice, "echo")
+    robot.send("beep")
+    seen = wait_for(alice, lambda e: isinstance(e, ChatMessage) and e.sender == "robot")
+    assert seen.bot  # the author logs in as a bot, as /who shows
+    alice.send("hello")
+    # The echo bot reads in order: had it answered the robot, that answer would come first.
+    answers: list[ChatMessage] = []
+    wait_for(
+        robot,
+        lambda e: isinstance(e, ChatMessage) and e.sender == "echo" and (answers.append(e) or e.text == "echo: hello"),
+    )
+    assert [(m.text, m.bot) for m in answers] == [("echo: hello", True)]
+    assert echo.proc.poll() is None
+    assert "not answering robot, a bot" in echo.log()
+
+
 def test_dice_bot_rolls_and_explains_bad_requests(broker, connect, start_bot):
     alice = connect(broker, "alice")
     bot = start_bot("dice", keys_dir=True)  # found with --keys-dir, no config file

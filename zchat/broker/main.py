@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
     --create-keys, so that a config file copied away never silently makes a second broker identity."""
     parser = argparse.ArgumentParser(description="Encrypted chat broker (ZeroMQ ROUTER).")
     add_location_arguments(parser)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO"
+    )
     parser.add_argument(
         "--backup", type=Path, metavar="FILE", help="write a consistent copy of the database to FILE and exit"
     )
@@ -369,7 +371,14 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         help="create the broker key pair if keys_dir has none (done unasked only in the repository's own keys/)",
     )
     args = parser.parse_args(argv)
-    args.config = args.config or DEFAULT_CONFIG  # the broker needs one
+    if args.config is None and not DEFAULT_CONFIG.exists():
+        print(
+            f"{program()}: error: no {DEFAULT_CONFIG} in {Path.cwd()}: give the broker's config file with --config FILE"
+            ' (at least {"server_ip": "127.0.0.1", "server_port": 5000})',
+            file=sys.stderr,
+        )
+        return 1
+    args.config = args.config or DEFAULT_CONFIG
     if args.backup is not None:
         return _backup(args.config, args.backup)
     logging.basicConfig(

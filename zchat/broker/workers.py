@@ -121,7 +121,9 @@ def remove_stale_directories(root: Path | None = None) -> list[Path]:
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
-            log.info("removed %s, left by broker process %s that is gone", path, pid_text)
+            log.info(
+                "cleaned up %s, left behind by an earlier broker (pid %s) that did not stop cleanly", path, pid_text
+            )
             removed.append(path)
     return removed
 

@@ -13,8 +13,9 @@ A bot is a function that receives each event and may return a line to send
 
     run_bot(bot_arguments("echo").parse_args(), handle)
 
-The handler sees every event, the broker's answers to the bot's own messages
-included: `Accepted` (stored and sent on; `queued` for someone offline) or
+A reply to another bot's message is never sent: two bots answering each other
+would fill the room. The handler sees every event, the broker's answers to the
+bot's own messages included: `Accepted` (stored and sent on; `queued` for someone offline) or
 `Failed` (not delivered, with the reason), each naming the id `send()` returned.
 The runner logs a failed reply as a warning.
 
@@ -106,8 +107,11 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 continue
             if event is None:
                 continue
-            if isinstance(event, Shutdown | SessionClosed):
-                log.info("the broker ended the session: %s", event)
+            if isinstance(event, Shutdown):
+                log.info("the broker is shutting down (%s)", event.by)
+                break
+            if isinstance(event, SessionClosed):
+                log.info("the broker ended the session: %s", event.reason)
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue
@@ -120,7 +124,9 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
             except Exception:  # the handler failed on this one event; the next one may be fine
                 log.exception("the handler failed on a %s event; skipped it", type(event).__name__)
                 continue
-            if reply:
+            if reply and isinstance(event, ChatMessage) and event.bot:
+                log.info("not answering %s, a bot (bots never answer bots)", event.sender)
+            elif reply:
                 to = event.sender if isinstance(event, ChatMessage) and event.private else None
                 try:
                     client.send(reply, to=to)  # a private question gets a private answer

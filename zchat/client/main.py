@@ -53,7 +53,7 @@ from zchat.client.transport import broker_curve_key
 from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, ConnectError, LocalProtocolError
 from zchat.events import Accepted, Event, Failed, KeyChanged, SessionClosed, Shutdown, to_dict
-from zchat.keystore import KeyLayout, create_client_key
+from zchat.keystore import KeyLayout, create_client_key, lookalike_problem
 from zchat.protocol import NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,19 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (usage, what it does)
     "/exit": ("/exit", "leave the chat (also Ctrl-D, or end of input)"),
     "/shutdown": ("/shutdown", "stop the broker (admins only)"),
     "/help": ("/help [COMMAND]", "this list, or one command's help"),
+}
+# What /help COMMAND adds to the command's line.
+COMMAND_DETAILS: dict[str, str] = {
+    "/msg": "The broker answers: '* (private to NAME) TEXT' once it has taken the message; '* queued for NAME\n"
+    "(offline)' when NAME is offline (kept, sealed to NAME's key, and shown at NAME's next login, for up to\n"
+    "mailbox_days); '! not delivered: <reason>' when it cannot (no such user, a full mailbox, too fast).\n"
+    "Private messages are never in the room's history.",
+    "/whois": "Compare the fingerprint with the one NAME reads out to you, or with `make fingerprint NAME=...`\n"
+    "on the broker's machine: the same text means the same key.",
+    "/trust": "Only after a key-change warning, and only once NAME has told you, out of band, the new\n"
+    "fingerprint /whois shows: the old pin is then replaced and the warning stops.",
+    "/exit": "Messages the broker has not answered yet are waited for a moment, then reported.",
+    "/shutdown": "Every client is told and exits; the broker keeps the history for its next start.",
 }
 NAME_COMMANDS = ("/msg", "/whois", "/trust")  # Tab completes a name after these
 HELP = "\n".join(
@@ -222,7 +235,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--key", help="your private key (default: KEYS_DIR/private/USER.pem)")
     parser.add_argument("--broker-key", help="the broker's public key (default: KEYS_DIR/broker.pub)")
     add_location_arguments(parser)
-    parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the broker at start (default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line, nothing else (scripts)")
     parser.add_argument("--no-bell", action="store_true", help="never ring the terminal bell for a message to you")
     return parser.parse_args(argv)
@@ -232,6 +250,11 @@ def start(args: argparse.Namespace) -> ChatClient:
     """Fill in missing answers, load keys and log in."""
     settings = client_settings(args.config, args.keys_dir)
     default_ip, default_port = settings.server_ip, settings.server_port
+    layout = KeyLayout(settings.keys_dir)
+
+    def user_problem(name: str) -> str | None:  # a look-alike of a registered name is asked again too
+        return name_problem(name) or lookalike_problem(layout, name)
+
     if not sys.stdin.isatty() and args.user is not None:  # stdin holds the messages only
         args.host = default_ip if args.host is None else args.host
         args.port = default_port if args.port is None else args.port
@@ -240,18 +263,17 @@ def start(args: argparse.Namespace) -> ChatClient:
             args.host = _read_answer("Server IP", default_ip, host_problem)
         if args.port is None:
             args.port = int(_read_answer("Server port", str(default_port), port_problem))
-        args.user = _read_answer("Username", None, name_problem)
+        args.user = _read_answer("Username", None, user_problem)
     else:
         if args.host is None:
             args.host = _ask("Server IP", default_ip, host_problem)
         if args.port is None:
             args.port = int(_ask("Server port", str(default_port), port_problem))
         if args.user is None:
-            args.user = _ask("Username", None, name_problem)
+            args.user = _ask("Username", None, user_problem)
     for problem in (host_problem(args.host), port_problem(str(args.port)), name_problem(args.user)):
         if problem is not None:
             raise UsageError(problem)
-    layout = KeyLayout(settings.keys_dir)
     key_path = _resolve_key(args, layout)
     broker_key_path = Path(args.broker_key) if args.broker_key else layout.broker_public
     if not broker_key_path.exists():
@@ -626,7 +648,8 @@ def _help(topic: str) -> str:
     if command not in COMMANDS:
         return f"no command {command}; /help lists the commands"
     usage, about = COMMANDS[command]
-    return f"  {usage:<17} {about}"
+    details = COMMAND_DETAILS.get(command)
+    return f"  {usage:<17} {about}" + (f"\n{details}" if details else "")
 
 
 def _whois(client: ChatClient, name: str, out: Output) -> None:

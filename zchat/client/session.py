@@ -400,4 +400,5 @@ class ClientSession:
             received=event.received,
             message_id=statement.message_id,
             away=event.away,
+            bot=peer.info.bot,
         )
