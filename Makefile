@@ -153,8 +153,9 @@ keys: $(RUNTIME_STAMP)
 	$(BIN)/python -m zchat.keystore --config="$$ZCHAT_CONFIG" -- "$$ZCHAT_NAME"
 
 # Two test processes: most tests wait on brokers and clients in other processes, so two keep both cores busy.
+# worksteal: a process that runs out of tests takes some of the other's, so the few long ones do not end alone.
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 	$(MAKE) --no-print-directory lint typecheck
 
 fuzz: $(DEV_STAMP)
