@@ -11,7 +11,10 @@ PREFIX = "echo: "
 
 
 def handle(event: Event) -> str | None:
-    return PREFIX + event.text if isinstance(event, ChatMessage) else None
+    # Never an echo: a program that does not log in as a bot and repeats what it reads would otherwise loop.
+    if isinstance(event, ChatMessage) and not event.text.startswith(PREFIX):
+        return PREFIX + event.text
+    return None
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def create_client_key(
 
 def lookalike_problem(layout: KeyLayout, name: str) -> str | None:
     """Why `name` (a valid name) cannot be a new user here: it looks like a registered one. None: it can."""
-    if layout.client_public(name).exists():  # registered under exactly this name
+    if layout.client_public(name).exists() or layout.client_private(name).exists():  # not new: its own key
         return None
     clash = clashing_name(name, registered_names(layout))
     return None if clash is None else f"{name!r} looks like the registered user {clash!r}; choose another name"
@@ -144,6 +144,8 @@ def registered_names(layout: KeyLayout) -> list[str]:
         paths = list(layout.clients_dir.iterdir())
     except FileNotFoundError:
         return []
+    except OSError as exc:  # not a directory, unreadable: say which
+        raise crypto.KeyFileError(f"{layout.clients_dir}: cannot list the registered keys: {exc.strerror}") from None
     return sorted(path.stem for path in paths if path.suffix == ".pub" and NAME_PATTERN.fullmatch(path.stem))
 
 

@@ -254,13 +254,13 @@ def test_twenty_bots_each_get_every_other_bots_messages_once_in_order(make_broke
 
 
 def test_make_bot_without_bot_prints_usage():
-    result = subprocess.run(["make", "-s", "bot"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    # -o: never (re)install into the shared venv while other tests run.
+    make = ["make", "-s", "-o", ".venv/.runtime-installed", "bot"]
+    result = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     assert "usage: make bot BOT=echo" in result.stderr
     assert "dice" in result.stderr
-    unknown = subprocess.run(
-        ["make", "-s", "bot", "BOT=nope"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
+    unknown = subprocess.run([*make, "BOT=nope"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert unknown.returncode != 0
     assert "no bot named 'nope'" in unknown.stderr
 

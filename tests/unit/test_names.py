@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zchat.keystore import KeyLayout, create_client_key, registered_names
+from zchat import crypto
+from zchat.keystore import KeyLayout, create_client_key, lookalike_problem, registered_names
 from zchat.names import clashing_name, name_skeleton
 from zchat.protocol import NAME_PATTERN
 
@@ -138,3 +141,15 @@ def test_keys_cli_reports_a_look_alike_on_one_line(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err == "error: 'aIice' looks like the registered user 'alice'; choose another name\n"
     assert all_files(layout.root) == before
+
+
+def test_a_name_with_its_own_key_is_no_look_alike_and_a_broken_registry_is_one_error(tmp_path):
+    layout = KeyLayout(tmp_path / "keys")
+    create_client_key(layout, "bob", bits=2048)
+    assert lookalike_problem(layout, "b0b") == "'b0b' looks like the registered user 'bob'; choose another name"
+    layout.client_private("b0b").write_text("b0b's own key, whose .pub went to the operator")
+    assert lookalike_problem(layout, "b0b") is None  # not a new user: the prompt does not ask again forever
+    shutil.rmtree(layout.clients_dir)
+    layout.clients_dir.write_text("not a directory")
+    with pytest.raises(crypto.KeyFileError, match="cannot list the registered keys"):
+        lookalike_problem(layout, "carol")

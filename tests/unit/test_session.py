@@ -264,9 +264,9 @@ def test_refused_ends_the_session_and_names_the_statement(pair, event, message):
 # ---------------------------------------------------------------- kept private messages (mail)
 
 
-def author_doc(world: World, name: str) -> dict[str, Any]:
+def author_doc(world: World, name: str, bot: bool = False) -> dict[str, Any]:
     key = world.keys[name]
-    return p.user_info_doc(UserInfo(name, crypto.fingerprint(key), False, crypto.public_key_to_der(key)))
+    return p.user_info_doc(UserInfo(name, crypto.fingerprint(key), bot, crypto.public_key_to_der(key)))
 
 
 def mail_event(
@@ -279,13 +279,14 @@ def mail_event(
     sealed_to: str | None = None,
     author: str | None = None,
     private: bool = True,
+    bot: bool = False,
 ) -> dict[str, Any]:
     """A `mail` event as the broker makes it: `sender`'s statement to `recipient`, relayed in a chat event with
     `away` and the author's user object, sealed to `sealed_to` (the recipient) with MAIL_CONTEXT."""
     inner = chat_event(
         world.keys[sender], sender, "cafe" * 16, 1, text, message_id=message_id, to=recipient if private else None
     )
-    inner |= {"away": True, "author": author_doc(world, author or sender)}
+    inner |= {"away": True, "author": author_doc(world, author or sender, bot)}
     sealed = crypto.seal(world.keys[sealed_to or recipient].public_key(), p.dump_doc(inner), p.MAIL_CONTEXT)
     return p.MailEvent(sealed).to_doc()
 
@@ -297,6 +298,13 @@ def test_mail_is_shown_as_a_private_message_kept_while_away(pair):
         ChatMessage("carol", "while you were out", 1.0, private=True, received=2.0, message_id="kept", away=True)
     ]
     still_in_step(pair, b"bob")
+
+
+def test_a_kept_message_from_a_bot_says_so(pair):
+    # The author is offline: whether it logs in as a bot comes from the author record the broker kept.
+    event = mail_event(pair, "carol", "bob", message_id="from-a-bot", bot=True)
+    events, _ = pair.clients[b"bob"].receive(broker_event(pair, b"bob", event))
+    assert [(e.sender, e.bot) for e in events if isinstance(e, ChatMessage)] == [("carol", True)]
 
 
 BAD_MAIL = {

@@ -5,7 +5,7 @@
 
     async with await AsyncChatClient.connect("127.0.0.1", 5000, "echo", "keys/private/echo.pem", bot=True) as client:
         async for event in client:
-            if isinstance(event, ChatMessage) and not event.history:
+            if isinstance(event, ChatMessage) and not event.history and not event.bot:
                 await client.send(f"echo: {event.text}")
 
 The same client as `zchat.client.ChatClient` (the policy is `zchat.client.core.ClientCore`, the socket

@@ -74,10 +74,10 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (usage, what it does)
 }
 # What /help COMMAND adds to the command's line.
 COMMAND_DETAILS: dict[str, str] = {
-    "/msg": "The broker answers: '* (private to NAME) TEXT' once it has taken the message; '* queued for NAME\n"
-    "(offline)' when NAME is offline (kept, sealed to NAME's key, and shown at NAME's next login, for up to\n"
-    "mailbox_days); '! not delivered: <reason>' when it cannot (no such user, a full mailbox, too fast).\n"
-    "Private messages are never in the room's history.",
+    "/msg": "The broker answers: '* (private to NAME) TEXT' once it has taken the message;\n"
+    "'* queued for NAME (offline)' when NAME is offline (kept, sealed to NAME's key, and shown at NAME's\n"
+    "next login, for up to mailbox_days); '! not delivered: <reason>' when it cannot (no such user,\n"
+    "a full mailbox, too fast). Private messages are never in the room's history.",
     "/whois": "Compare the fingerprint with the one NAME reads out to you, or with `make fingerprint NAME=...`\n"
     "on the broker's machine: the same text means the same key.",
     "/trust": "Only after a key-change warning, and only once NAME has told you, out of band, the new\n"
@@ -279,7 +279,7 @@ def start(args: argparse.Namespace) -> ChatClient:
     if not broker_key_path.exists():
         raise UsageError(
             f"{broker_key_path}: no broker key there: copy keys/broker.pub from the broker's machine"
-            " (or give its path with --broker-key)"
+            " (or give its path with --broker-key; on the broker's machine, start the broker first)"
         )
     broker_key = crypto.load_public_key_file(broker_key_path)
     broker_curve_key(broker_key, str(broker_key_path))
