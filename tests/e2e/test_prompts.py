@@ -55,6 +55,17 @@ def machine(tmp_path_factory: pytest.TempPathFactory, keyring) -> Path:
     return root
 
 
+def test_a_terminal_without_the_broker_key_is_told_before_any_question(tmp_path):
+    child = spawn_client(tmp_path)  # a new machine: nothing copied yet
+    try:
+        status, rest = finished(child)
+    finally:
+        child.terminate(force=True)
+    assert status == 1, rest
+    assert not any(question in rest for question in QUESTIONS), rest
+    assert "keys/broker.pub: no broker key there: copy keys/broker.pub from the broker's machine" in rest
+
+
 @pytest.mark.parametrize(
     ("question", "key"),
     [*((question, CTRL_D) for question in QUESTIONS), ("Server IP", CTRL_C), ("Passphrase", CTRL_C)],

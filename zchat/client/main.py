@@ -222,6 +222,17 @@ def _resolve_key(args: argparse.Namespace, layout: KeyLayout) -> Path:
     )
 
 
+def _broker_key_path(args: argparse.Namespace, layout: KeyLayout) -> Path:
+    """The broker's public key file to pin; a missing one is a usage error saying where to get it."""
+    path = Path(args.broker_key) if args.broker_key else layout.broker_public
+    if not path.exists():
+        raise UsageError(
+            f"{path}: no broker key there: copy keys/broker.pub from the broker's machine"
+            " (or give its path with --broker-key; on the broker's machine, start the broker first)"
+        )
+    return path
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Encrypted group chat client.",
@@ -251,6 +262,8 @@ def start(args: argparse.Namespace) -> ChatClient:
     settings = client_settings(args.config, args.keys_dir)
     default_ip, default_port = settings.server_ip, settings.server_port
     layout = KeyLayout(settings.keys_dir)
+    if sys.stdin.isatty():
+        _broker_key_path(args, layout)  # before any question: no answer could make up for it
 
     def user_problem(name: str) -> str | None:  # a look-alike of a registered name is asked again too
         return name_problem(name) or lookalike_problem(layout, name)
@@ -275,12 +288,7 @@ def start(args: argparse.Namespace) -> ChatClient:
         if problem is not None:
             raise UsageError(problem)
     key_path = _resolve_key(args, layout)
-    broker_key_path = Path(args.broker_key) if args.broker_key else layout.broker_public
-    if not broker_key_path.exists():
-        raise UsageError(
-            f"{broker_key_path}: no broker key there: copy keys/broker.pub from the broker's machine"
-            " (or give its path with --broker-key; on the broker's machine, start the broker first)"
-        )
+    broker_key_path = _broker_key_path(args, layout)
     broker_key = crypto.load_public_key_file(broker_key_path)
     broker_curve_key(broker_key, str(broker_key_path))
     key = _load_private_key(key_path)
