@@ -158,6 +158,19 @@ class Proc:
                 stream.close()
 
 
+def run_broker_to_the_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """broker.py with `args`, stdin closed, waited for: for the ways it refuses to start."""
+    return subprocess.run(
+        [sys.executable, BROKER, *args],
+        cwd=cwd,
+        env=run_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on (bound and released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import WAIT, run_env
-from tests.e2e.helpers import BROKER, assert_one_line_error
+from tests.conftest import WAIT
+from tests.e2e.helpers import assert_one_line_error, run_broker_to_the_end
 
 
 def logged_in(client, broker, *names):
@@ -70,9 +69,7 @@ def test_a_broker_whose_stdin_ended_keeps_running(make_broker, console_broker, c
 
 
 def test_no_config_here_says_to_give_one(tmp_path):
-    result = subprocess.run(
-        [sys.executable, BROKER], cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=WAIT
-    )
+    result = run_broker_to_the_end(tmp_path)
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "broker: error: no config.json in", str(tmp_path), "--config FILE")
 
@@ -95,15 +92,7 @@ def test_no_config_here_says_to_give_one(tmp_path):
 def test_bad_config_exits_1_with_one_line(tmp_path, content, fragment):
     config = tmp_path / "bad.json"
     config.write_text(content)
-    result = subprocess.run(
-        [sys.executable, BROKER, "--config", str(config)],
-        cwd=tmp_path,
-        env=run_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    result = run_broker_to_the_end(tmp_path, "--config", str(config))
     assert result.returncode == 1, result.stderr
     line = assert_one_line_error(result.stderr, "broker: error:", str(config), fragment)
     assert line.startswith("broker: error:")

@@ -20,7 +20,7 @@ import pexpect
 import pytest
 
 from tests.conftest import ROOT, TEST_CONFIG, WAIT, BrokerProcess, copy_checkout, run_env
-from tests.e2e.helpers import BROKER, assert_one_line_error
+from tests.e2e.helpers import BROKER, assert_one_line_error, run_broker_to_the_end
 from zchat.broker.main import CONSOLE_CLOSED
 
 START_WAIT = 30.0  # a broker that makes a 3072-bit key pair first
@@ -62,15 +62,8 @@ def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
     elsewhere.mkdir()
     config = elsewhere / "config.json"
     config.write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
-    refused = subprocess.run(
-        [sys.executable, BROKER, "--config", str(config)],
-        cwd=ROOT,  # the way `make broker CONFIG=/elsewhere/config.json` runs it
-        env=run_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    # cwd: the way `make broker CONFIG=/elsewhere/config.json` runs it
+    refused = run_broker_to_the_end(ROOT, "--config", str(config))
     assert refused.returncode == 1, refused.stderr
     line = assert_one_line_error(refused.stderr, "broker: error:", str(elsewhere / "keys"), "--create-keys")
     assert str(ROOT / "keys") in line  # where the real keys are
@@ -118,15 +111,7 @@ def test_keys_dir_on_the_command_line_wins_over_the_config(tmp_path, keyring):
         proc.wait(WAIT)
     assert not (tmp_path / "nowhere").exists()
 
-    refused = subprocess.run(
-        [sys.executable, BROKER, "--config", str(config), "--keys-dir", str(tmp_path / "empty")],
-        cwd=tmp_path,
-        env=run_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    refused = run_broker_to_the_end(tmp_path, "--config", str(config), "--keys-dir", str(tmp_path / "empty"))
     assert refused.returncode == 1
     assert_one_line_error(refused.stderr, f"no broker key in {tmp_path / 'empty'} (--keys-dir)", "--create-keys")
 

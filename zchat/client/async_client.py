@@ -31,7 +31,6 @@ from types import TracebackType
 import zmq
 import zmq.asyncio
 
-from zchat import crypto
 from zchat.client.core import DEFAULT_CONNECT_TIMEOUT
 from zchat.client.sync_client import ClientBase
 from zchat.errors import ConnectError
@@ -46,34 +45,8 @@ _wake_endpoints = itertools.count(1)
 class AsyncChatClient(ClientBase):
     """A chat client for one asyncio event loop; create it, then `await login()` (or use `connect()`)."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        name: str,
-        key: crypto.PrivateKey,
-        broker_key: crypto.PublicKeyFile,
-        *,
-        bot: bool = False,
-        history: bool = True,
-        reconnect: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        pins_path: Path | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    ) -> None:
-        super().__init__(
-            host,
-            port,
-            name,
-            key,
-            broker_key,
-            bot=bot,
-            history=history,
-            reconnect=reconnect,
-            connect_timeout=connect_timeout,
-            pins_path=pins_path,
-            context=context,
-        )
+    def _set_up(self) -> None:
+        """The background task's state, and the pair of sockets that wakes it."""
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None  # what ended the task, for the next caller to see
         self._news = asyncio.Event()  # set by the task when there are events, an error, or the end

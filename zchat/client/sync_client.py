@@ -204,6 +204,10 @@ class ClientBase:
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         curve = broker_curve_key(broker_key, "the broker's public key")
         self._driver = SocketDriver(self.core, self._context, self.endpoint, crypto.curve_secret(key), curve)
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """What a driver adds once the core and its sockets exist (the blocking client: nothing)."""
 
     @classmethod
     def from_files(
