@@ -52,6 +52,21 @@ class Config:
     send_window_bytes: int = 1024 * 1024  # EVENT bytes sent to a session and not yet acknowledged, at most
     send_queue_bytes: int = 8 * 1024 * 1024  # EVENT bytes waiting for a session's window: more, it is too slow
     presence_interval: float = 0.5  # joins and leaves go out at most this often, each member's in one event
+    # Per-user budgets (docs/SECURITY.md): each counts across all of a user's connections and sessions.
+    max_connections_per_user: int = 8  # TCP connections past the handshake
+    handshakes_per_second_per_user: float = 10.0  # CurveZMQ handshakes (bursts of twice that)
+    unfinished_bytes_per_user: int = 8 * 1024 * 1024  # bytes received that form no message yet, all connections
+    queued_sends_per_user: int = 1000  # SEND envelopes waiting to be opened
+    queued_send_bytes_per_user: int = 8 * 1024 * 1024  # ... and their size
+    sent_mail_messages: int = 500  # private messages one sender has waiting for others, at most
+    sent_mail_bytes: int = 4 * 1024 * 1024  # ... and their size
+    routing_id_lockout: float = 300.0  # seconds a user who claimed a routing id may not connect
+    # Strangers: accepted TCP connections per source address per second (bursts of twice that).
+    connections_per_second_per_source: float = 20.0
+    # The disk: below this much free space, or above this store size (0: no limit), new history and mail are
+    # refused while live chat goes on.
+    min_free_disk_bytes: int = 64 * 1024 * 1024
+    max_store_bytes: int = 0
     workers: int = DEFAULT_WORKERS  # crypto worker processes; 0 does the crypto in the broker's own loop
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
 
@@ -82,6 +97,17 @@ _KNOWN_KEYS = {
     "send_queue_bytes",
     "presence_interval",
     "workers",
+    "max_connections_per_user",
+    "handshakes_per_second_per_user",
+    "unfinished_bytes_per_user",
+    "queued_sends_per_user",
+    "queued_send_bytes_per_user",
+    "sent_mail_messages",
+    "sent_mail_bytes",
+    "routing_id_lockout",
+    "connections_per_second_per_source",
+    "min_free_disk_bytes",
+    "max_store_bytes",
 }
 
 
@@ -159,6 +185,23 @@ def parse_config(raw: Any, source: Path) -> Config:
         send_queue_bytes=send_queue_bytes,
         presence_interval=float(_number(raw, "presence_interval", 0.5, 0, 60, integer=False)),
         workers=_number(raw, "workers", DEFAULT_WORKERS, 0, MAX_WORKERS, integer=True),
+        max_connections_per_user=_number(raw, "max_connections_per_user", 8, 1, 1_000_000, integer=True),
+        handshakes_per_second_per_user=float(_number(raw, "handshakes_per_second_per_user", 10.0, 0.01, 1e6, False)),
+        unfinished_bytes_per_user=_number(
+            raw, "unfinished_bytes_per_user", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True
+        ),
+        queued_sends_per_user=_number(raw, "queued_sends_per_user", 1000, 1, 1_000_000, integer=True),
+        queued_send_bytes_per_user=_number(
+            raw, "queued_send_bytes_per_user", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True
+        ),
+        sent_mail_messages=_number(raw, "sent_mail_messages", 500, 0, 100_000, integer=True),
+        sent_mail_bytes=_number(raw, "sent_mail_bytes", 4 * 1024 * 1024, 0, 1 << 30, integer=True),
+        routing_id_lockout=float(_number(raw, "routing_id_lockout", 300.0, 0, 86_400, integer=False)),
+        connections_per_second_per_source=float(
+            _number(raw, "connections_per_second_per_source", 20.0, 0.01, 1e6, False)
+        ),
+        min_free_disk_bytes=_number(raw, "min_free_disk_bytes", 64 * 1024 * 1024, 0, 1 << 50, integer=True),
+        max_store_bytes=_number(raw, "max_store_bytes", 0, 0, 1 << 50, integer=True),
         source=source,
     )
 
