@@ -345,10 +345,13 @@ def test_another_sqlite_database_is_refused_untouched(db_path: Path, broker_key:
 def test_a_newer_schema_is_refused_untouched(db_path: Path, broker_key: crypto.PrivateKey) -> None:
     Store.open(db_path, broker_key, now=T0).close()
     db = sqlite3.connect(db_path)
-    db.execute("PRAGMA user_version = 2")
+    db.execute(f"PRAGMA user_version = {Store.SCHEMA_VERSION + 1}")
     db.close()
     message = expect_refusal(db_path, broker_key)
-    assert message == f"{db_path} was written by a newer zchat (schema 2; this broker knows 1)"
+    assert message == (
+        f"{db_path} was written by a newer zchat (schema {Store.SCHEMA_VERSION + 1}; this broker knows"
+        f" {Store.SCHEMA_VERSION})"
+    )
 
 
 def test_another_broker_key_is_refused(

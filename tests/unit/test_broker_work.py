@@ -57,7 +57,8 @@ def no_crypto(monkeypatch: pytest.MonkeyPatch) -> None:
 def receive_send(world: World, identity: bytes, frames: list[bytes]) -> OpenJob:
     """The core's answer to one SEND from `identity`, not run: exactly one OpenJob."""
     (job,) = world.core.receive(identity, frames, world.now)
-    assert job == OpenJob(identity, p.SEND, frames[2])
+    session = world.core.sessions[identity]
+    assert job == OpenJob(identity, p.SEND, frames[2], session.name, session.session_id)
     return job
 
 
@@ -230,7 +231,7 @@ def test_a_dropped_session_ends_only_after_its_sends_came_back(world):
 
 
 def test_a_session_with_too_many_sends_being_opened_is_disconnected(keyring):
-    world = World(keyring.keys, keyring.layout, {"send_queue_limit": 10, "history_size": 0})
+    world = World(keyring.keys, keyring.layout, {"queued_sends_per_user": 10, "history_size": 0})
     world.login("alice")
     world.login("bob")
     jobs = [send_job(world, b"bob", f"m{i}") for i in range(10)]
@@ -250,7 +251,7 @@ def test_a_session_with_too_many_sends_being_opened_is_disconnected(keyring):
 
 def test_a_send_fits_again_once_an_envelope_came_back(keyring):
     # Control for the test above: ten envelopes out is the limit; one back makes room for the next SEND.
-    world = World(keyring.keys, keyring.layout, {"send_queue_limit": 10, "history_size": 0})
+    world = World(keyring.keys, keyring.layout, {"queued_sends_per_user": 10, "history_size": 0})
     world.login("alice")
     world.login("bob")
     jobs = [send_job(world, b"bob", f"m{i}") for i in range(10)]

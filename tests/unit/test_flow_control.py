@@ -17,7 +17,7 @@ from tests.unit.world import REFUSED_FRAMES, World
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.core import BrokerCore
-from zchat.broker.work import ChallengeJob, Job, JobRunner, Opened, OpenJob, Outgoing, Work
+from zchat.broker.work import Cancel, ChallengeJob, Job, JobRunner, Opened, OpenJob, Outgoing, Work
 from zchat.broker.workers import HANDSHAKE_TURN, INLINE_OPENS_PER_TURN, InlineJobs, OpenQueue
 from zchat.client.session import ClientSession
 from zchat.errors import ConnectError, RemoteProtocolError, StatementRefused
@@ -602,15 +602,16 @@ def test_a_name_with_a_registered_look_alike_is_refused(keyring, keys_copy, sign
 # ---------------------------------------------------------------- the order envelopes are opened in
 
 
-def send_job(identity: bytes, n: int) -> OpenJob:
-    return OpenJob(identity, p.SEND, b"%d" % n)
+def send_job(identity: bytes, n: int, session: str = "") -> OpenJob:
+    """SEND number `n` from the user named like `identity`, of its session `session` (default: one per user)."""
+    return OpenJob(identity, p.SEND, b"%d" % n, identity.decode(), session or f"session of {identity.decode()}")
 
 
 def challenge_job(n: int) -> ChallengeJob:
     return ChallengeJob(b"h%d" % n, b"", "alice", b"", b"", b"")
 
 
-def test_one_sessions_flood_does_not_delay_another_session():
+def test_one_users_flood_does_not_delay_another_user():
     queue = OpenQueue()
     for n in range(100):
         queue.append(send_job(b"flood", n))
@@ -622,7 +623,7 @@ def test_one_sessions_flood_does_not_delay_another_session():
     assert [job for job in order if job.identity == b"flood"] == [send_job(b"flood", n) for n in range(100)]
 
 
-def test_sessions_take_turns_each_in_its_own_order():
+def test_users_take_turns_each_in_its_own_order():
     queue = OpenQueue()
     for n in range(3):
         for identity in (b"a", b"b", b"c"):
@@ -648,6 +649,31 @@ def test_handshakes_get_every_fifth_turn_while_sessions_wait():
     for identity in (b"a", b"b"):
         mine = [job.body for job in order if job.identity == identity]
         assert mine == sorted(mine, key=int)
+
+
+def test_several_sessions_of_one_user_share_that_users_turn():
+    queue = OpenQueue()
+    for n in range(4):  # mallory's four sessions, each with a flood of its own
+        for m in range(10):
+            queue.append(send_job(b"mallory", 10 * n + m, session=f"mallory {n}"))
+    queue.append(send_job(b"alice", 0))
+    order = [queue.popleft() for _ in range(len(queue))]
+    assert order.index(send_job(b"alice", 0)) <= 1
+
+
+def test_a_cancelled_session_loses_its_unopened_sends_and_no_one_else_does():
+    queue = OpenQueue()
+    for n in range(5):
+        queue.append(send_job(b"mallory", n, session="old"))
+        queue.append(send_job(b"mallory", 100 + n, session="new"))
+        queue.append(send_job(b"alice", n))
+    queue.append(OpenJob(b"h", p.HELLO, b""))
+    assert queue.cancel(Cancel("mallory", "old")) == 5
+    assert queue.cancel(Cancel("mallory", "old")) == 0
+    order = [queue.popleft() for _ in range(len(queue))]
+    assert [job.session for job in order if job.owner == "mallory"] == ["new"] * 5
+    assert len([job for job in order if job.owner == "alice"]) == 5
+    assert queue.cancel(Cancel("nobody", "x")) == 0
 
 
 def test_handshakes_go_at_once_when_no_session_waits():
@@ -680,7 +706,7 @@ def test_inline_jobs_open_a_bounded_number_of_envelopes_per_turn(keyring):
     assert all(isinstance(r, Opened) and r.plaintext is None and r.command == p.SEND for r in results)
     for identity in (b"a", b"b"):
         assert [r for r in results if r.identity == identity] == [
-            Opened(identity, p.SEND, None) for job in submitted if job.identity == identity
+            Opened(identity, p.SEND, None, job.session) for job in submitted if job.identity == identity
         ]
     assert jobs.collect() == []
 
@@ -738,7 +764,7 @@ def test_shutdown_sends_what_waits_for_each_session_then_the_notice(keyring):
 
 
 def test_unopened_sends_are_bounded_in_bytes(keyring):
-    world = make_world(keyring, send_queue_bytes=64 * 1024)
+    world = make_world(keyring, queued_send_bytes_per_user=64 * 1024)
     world.login("bob")
     alice = world.login("alice").client
     frames = [alice.say(text(i)) for i in range(10)]  # about 10 KB each: more than 64 KiB in all

@@ -20,6 +20,15 @@ accepted messages (so a re-send is recognised). A sender hears `accepted` only
 once the I/O loop has called `commit()` after the store took the message: one
 commit for everything since the previous call (group commit).
 
+Every limit belongs to the user, across all of that user's sessions
+(`UserBudget`): the message rate, kept across logins; the SENDs waiting to be
+opened, dropped unopened when their session ends (`Cancel`); the mail it has
+waiting for others and the mail waiting for it, whether it is online or not.
+A login's kept mail is read from the store a page at a time, as its window
+allows, so no user's data holds up the loop. Below the disk floor
+(`min_free_disk_bytes`, `max_store_bytes`) new messages are refused with
+`failed` until there is room again.
+
 A routing identity is trusted only after it completed the login proof; its
 session is bound to it. Every failure of a peer's frame is a silent drop
 (details go to the log) or, during login, the one generic REFUSED answer.
@@ -39,7 +48,7 @@ from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.ratelimit import PeerLog, TokenBucket
 from zchat.broker.store import Store, StoreError
-from zchat.broker.work import ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
+from zchat.broker.work import Cancel, ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
 from zchat.config import Config
 from zchat.errors import RemoteProtocolError
 from zchat.events import UserInfo
@@ -55,6 +64,7 @@ SWEEPS_PER_INTERVAL = 10  # tick() looks at every session this often per heartbe
 PRUNE_INTERVAL = 60.0  # seconds between the store's retention passes
 SEEN_DAYS = 30.0  # an accepted message id is recognised this long after (longer while the message is kept)
 DAY = 86_400.0
+MAIL_PAGE = 32  # kept private messages read from the store at a time for one session
 
 Queued = tuple[dict[str, Any], int | None]  # an event not yet sealed, and the stored mail row it carries (if any)
 
@@ -73,6 +83,15 @@ class Pending:
 
 
 @dataclass(slots=True)
+class UserBudget:
+    """What one user uses of the broker, whatever its sessions and connections; kept across logins."""
+
+    messages: TokenBucket
+    queued_sends: int = 0  # SEND envelopes of all its sessions waiting to be opened
+    queued_send_bytes: int = 0
+
+
+@dataclass(slots=True)
 class Session:
     identity: bytes
     info: UserInfo
@@ -81,11 +100,11 @@ class Session:
     delivery_key: bytes
     last_heard: float
     last_ping: float
-    messages: TokenBucket
+    budget: UserBudget
     seq_in: int = 0
     seq_out: int = 0
     opening: int = 0  # SEND envelopes of this session handed out as OpenJobs and not yet back
-    opening_bytes: int = 0  # their size (at most send_queue_bytes: more, and the session is too fast)
+    opening_bytes: int = 0  # their size (its user's budget counts them with its other sessions')
     opening_sizes: collections.deque[int] = field(default_factory=collections.deque)
     presence: list[p.JoinEvent | p.LeaveEvent] = field(default_factory=list)  # joins and leaves not yet sent
     gone: bool = False  # its connection dropped: frames it sent before may still be queued for us
@@ -98,6 +117,9 @@ class Session:
     sealing: int = 0  # EVENT jobs made for it and not yet back as frames
     # Events not yet sealed: the login's replay (history, then mail), and what comes while it goes out (after it).
     replay: collections.deque[Queued] = field(default_factory=collections.deque)
+    # Kept mail still to be read for the replay, a page at a time: rows after mail_read, up to mail_until.
+    mail_read: int = 0
+    mail_until: int = 0
     backlog: collections.deque[Queued] = field(default_factory=collections.deque)
     backlog_bytes: int = 0
     acknowledged: int = 0  # EVENTs it has acknowledged: the seq of the last one (they go out in seq order)
@@ -106,6 +128,15 @@ class Session:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def mail_to_read(self) -> bool:
+        return self.mail_read < self.mail_until
+
+    @property
+    def catching_up(self) -> bool:
+        """Its login's replay, or what came meanwhile, is still going out: new events wait behind it."""
+        return bool(self.replay or self.mail_to_read or self.backlog)
 
 
 def short(identity: bytes) -> str:
@@ -150,6 +181,8 @@ class BrokerCore:
         self.presence_waiting: set[bytes] = set()  # sessions with joins or leaves not yet sent
         self.last_presence_flush = float("-inf")
         self.login_buckets: dict[str, TokenBucket] = {}
+        self.budgets: dict[str, UserBudget] = {}  # per user; forgotten once idle with no session
+        self.space_problem: str | None = None  # why new messages cannot be stored now, if they cannot
         # The room's last messages (never private ones) as history events, replayed to each new session that
         # wants them: the store's newest, kept here too.
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.history_size)
@@ -180,15 +213,20 @@ class BrokerCore:
         if session is not None:
             session.last_heard = now
             if command == p.SEND:
-                too_much = session.opening_bytes + len(body) > self.config.send_queue_bytes
-                if session.opening >= self.config.send_queue_limit or too_much:
-                    log.warning("disconnecting %s: sending faster than the broker can keep up", session.name)
+                budget = session.budget
+                too_much = budget.queued_send_bytes + len(body) > self.config.queued_send_bytes_per_user
+                if budget.queued_sends >= self.config.queued_sends_per_user or too_much:
+                    peer_log.warning(
+                        session.name, "disconnecting %s: sending faster than the broker can keep up", session.name
+                    )
                     self.evicted[identity] = now
                     return self._remove(session, "too fast")
                 session.opening += 1
                 session.opening_bytes += len(body)
                 session.opening_sizes.append(len(body))
-                return [OpenJob(identity, p.SEND, body)]
+                budget.queued_sends += 1
+                budget.queued_send_bytes += len(body)
+                return [OpenJob(identity, p.SEND, body, session.name, session.session_id)]
             if command == p.ACK:
                 return self._acknowledged(session, body)
             if command != p.PING:
@@ -216,11 +254,14 @@ class BrokerCore:
         if result.command == p.LOGIN:
             return self._on_login(result.identity, result.plaintext, now)
         session = self.sessions.get(result.identity)
-        if session is None:  # it ended while its envelope was being opened
+        if session is None or session.session_id != result.session:  # it ended while this was being opened
             return []
         session.opening = max(0, session.opening - 1)
+        session.budget.queued_sends = max(0, session.budget.queued_sends - 1)
         if session.opening_sizes:
-            session.opening_bytes -= session.opening_sizes.popleft()
+            size = session.opening_sizes.popleft()
+            session.opening_bytes -= size
+            session.budget.queued_send_bytes = max(0, session.budget.queued_send_bytes - size)
         return self._on_send(session, result.plaintext, now)
 
     def sendable(self, items: list[Outgoing], now: float) -> list[Work]:
@@ -314,6 +355,9 @@ class BrokerCore:
         for source, bucket in list(self.login_buckets.items()):
             if bucket.idle(now):
                 del self.login_buckets[source]
+        for name, budget in list(self.budgets.items()):
+            if name not in self.by_name and budget.queued_sends == 0 and budget.messages.idle(now):
+                del self.budgets[name]
         if now - self.last_registry_check >= self.config.heartbeat_interval:
             self.last_registry_check = now
             out += self._end_revoked_sessions(now)
@@ -492,9 +536,13 @@ class BrokerCore:
             closed = p.ClosedEvent("you logged in again elsewhere")
             out += self._close(self.sessions[previous], closed, "logged in again")
         info = UserInfo(pending.user, crypto.fingerprint_der(pending.key_der), pending.bot, pending.key_der)
-        bucket = TokenBucket.full(self.config.messages_per_second_per_user, now)
+        budget = self.budgets.get(info.name)
+        if budget is None:
+            budget = self.budgets[info.name] = UserBudget(
+                TokenBucket.full(self.config.messages_per_second_per_user, now)
+            )
         session_id = p.session_id(pending.server_nonce)
-        session = Session(identity, info, pending.key, session_id, pending.delivery_key, now, now, bucket)
+        session = Session(identity, info, pending.key, session_id, pending.delivery_key, now, now, budget)
         self.sessions[identity] = session
         self.by_name[info.name] = identity
         self.evicted.pop(identity, None)
@@ -509,7 +557,7 @@ class BrokerCore:
         out += self._event(session, welcome.to_doc())
         if pending.history:
             session.replay.extend((earlier, None) for earlier in self._history_to_replay())
-        session.replay.extend(self._mailbox(info.name))
+        session.mail_until = self._last_mail_row()
         out += self._pump(session)
         self._announce(p.JoinEvent(info), exclude=identity)
         return out
@@ -526,13 +574,24 @@ class BrokerCore:
         chosen.reverse()
         return chosen
 
-    def _mailbox(self, name: str) -> list[Queued]:
-        """The private messages kept for `name`, oldest first, each with its row (deleted once acknowledged)."""
+    def _last_mail_row(self) -> int:
+        """Where a login's kept mail ends: what is stored later reaches the session live."""
         try:
-            return [(p.MailEvent(mail.sealed).to_doc(), mail.row) for mail in self.store.mailbox(name)]
+            return self.store.last_mail_row()
         except StoreError as exc:
-            log.error("cannot read %s's kept messages: %s", name, exc)
-            return []
+            log.error("cannot read the kept messages: %s", exc)
+            return 0
+
+    def _read_mail_page(self, session: Session) -> None:
+        """The next page of the private messages kept for the session, oldest first, each with its row (deleted
+        once acknowledged), onto its replay."""
+        try:
+            page = self.store.mailbox(session.name, after=session.mail_read, until=session.mail_until, limit=MAIL_PAGE)
+        except StoreError as exc:
+            log.error("cannot read %s's kept messages: %s", session.name, exc)
+            page = []
+        session.mail_read = page[-1].row if len(page) == MAIL_PAGE else session.mail_until
+        session.replay.extend((p.MailEvent(mail.sealed).to_doc(), mail.row) for mail in page)
 
     def _load_history(self) -> None:
         """The room's history as the store has it (at start, and after a failed commit)."""
@@ -615,8 +674,10 @@ class BrokerCore:
         recipient = None if to is None or problem else self.registry.registered(to)
         if problem is None and to is not None and recipient is None:
             problem = f"nobody is registered here as {to}"
-        if problem is None and not session.messages.take(now):
+        if problem is None and not session.budget.messages.take(now):
             problem = f"you are sending more than {self.config.messages_per_second_per_user:g} messages per second"
+        if problem is None:
+            problem = self._space_problem()
         if problem:
             return self._failed(session, statement, problem)
         # Stamped with the broker's clock (like IRCv3 server-time): clients show this, not the author's ts.
@@ -639,10 +700,9 @@ class BrokerCore:
         sealed = crypto.seal(recipient.key, p.dump_doc(mail), p.MAIL_CONTEXT)
         online = self.by_name.get(to)
         try:
-            count, size = self.store.mailbox_usage(to)
-            full = count >= self.config.mailbox_messages or size + len(sealed) > self.config.mailbox_bytes
-            if online is None and full:  # the limits are for people away: an online recipient's mail is in transit
-                return self._failed(session, statement, f"{to}'s mailbox is full ({count} messages waiting)")
+            problem = self._mail_problem(session.name, to, len(sealed))
+            if problem:
+                return self._failed(session, statement, problem)
             row = self.store.add_mail(to, session.name, message_id, received, sealed)
         except StoreError as exc:
             return self._failed(session, statement, f"not stored: {exc}")
@@ -651,6 +711,45 @@ class BrokerCore:
         if online is not None:
             out += self._event(self.sessions[online], live, row)
         return out
+
+    def _mail_problem(self, sender: str, to: str, size: int) -> str | None:
+        """Why a private message of `size` sealed bytes from `sender` cannot be kept for `to`, if it cannot.
+
+        The limits hold whether `to` is online or away (mail is kept until its recipient reads it) and for mail
+        to oneself: the recipient's mailbox, and what the sender has waiting for others.
+        """
+        count, waiting = self.store.mailbox_usage(to)
+        if count >= self.config.mailbox_messages or waiting + size > self.config.mailbox_bytes:
+            return f"{to}'s mailbox is full ({count} messages waiting)"
+        if to == sender:
+            return None
+        count, waiting = self.store.sent_usage(sender)
+        if count >= self.config.sent_mail_messages or waiting + size > self.config.sent_mail_bytes:
+            return f"you have {count} private messages waiting to be read; send more once they are read"
+        return None
+
+    def _space_problem(self) -> str | None:
+        """Why nothing new can be stored now (the disk floor, or the store's size limit), if it cannot.
+
+        Looked at for every message to store (a few system calls); a change is logged once. Storing resumes by
+        itself once retention or read mail frees room (SQLite reuses the pages of deleted rows).
+        """
+        try:
+            in_use, room = self.store.space()
+        except StoreError as exc:
+            log.error("%s", exc)
+            return self.space_problem
+        problem = None
+        if self.config.max_store_bytes and in_use >= self.config.max_store_bytes:
+            problem = f"not stored: the broker's store is full ({in_use} bytes, max_store_bytes); try again later"
+        elif room < self.config.min_free_disk_bytes:
+            problem = f"not stored: the broker's disk is full ({room} bytes free); try again later"
+        if problem and not self.space_problem:
+            log.error("new messages are refused until there is room: %s", problem.removeprefix("not stored: "))
+        elif self.space_problem and not problem:
+            log.info("there is room in the store again: new messages are stored")
+        self.space_problem = problem
+        return problem
 
     def _failed(self, session: Session, statement: p.Statement, problem: str) -> list[Work]:
         preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
@@ -743,6 +842,7 @@ class BrokerCore:
         session.held.clear()
         backlog, session.backlog = session.backlog, collections.deque()
         session.replay.clear()
+        session.mail_read = session.mail_until
         for waiting in [*(queued for queued, _ in backlog), *self._send_presence_events(session), event]:
             out += self._seal(session, waiting)
         return out
@@ -777,27 +877,31 @@ class BrokerCore:
 
     def _deliver(self, session: Session, event: dict[str, Any], mail_row: int | None = None) -> list[Work]:
         """The job that seals `event` for `session`; behind its replay and backlog, if it has them."""
-        if session.replay or session.backlog:
-            self._defer(session, event, mail_row)
-            return []
+        if session.catching_up:
+            return self._defer(session, event, mail_row)
         return self._seal(session, event, mail_row)
 
-    def _defer(self, session: Session, event: dict[str, Any], mail_row: int | None) -> None:
+    def _defer(self, session: Session, event: dict[str, Any], mail_row: int | None) -> list[Work]:
         session.backlog.append((event, mail_row))
         session.backlog_bytes += _estimate(event)
         too_much = session.backlog_bytes > self.config.send_queue_bytes
         if (too_much or len(session.backlog) > self.config.send_queue_limit) and session.identity in self.sessions:
-            self.too_slow(session.identity, self.now)
+            return self.too_slow(session.identity, self.now)
+        return []
 
     def _pump(self, session: Session) -> list[Work]:
-        """Seal the next replay or backlog events while the session's window has room."""
+        """Seal the next replay or backlog events while the session's window has room (kept mail is read from the
+        store a page at a time, as it is needed)."""
         out: list[Work] = []
         while (
-            (session.replay or session.backlog)
+            session.catching_up
             and not session.held
             and session.sealing < BACKLOG_BATCH
             and not self._window_full(session, self.config.send_window_bytes // 2)
         ):
+            if not session.replay and session.mail_to_read:
+                self._read_mail_page(session)
+                continue
             if session.replay:
                 event, mail_row = session.replay.popleft()
             else:
@@ -822,13 +926,24 @@ class BrokerCore:
         return [o for s in list(self.sessions.values()) if s.identity != exclude for o in self._event(s, event)]
 
     def _remove(self, session: Session, reason: str) -> list[Work]:
+        """End a session: its SENDs not yet opened are dropped unopened, and leave its user's budget."""
         self.sessions.pop(session.identity, None)
         self.gone.discard(session.identity)
         self.presence_waiting.discard(session.identity)
         if self.by_name.get(session.name) == session.identity:
             del self.by_name[session.name]
         self._announce(p.LeaveEvent(session.name, reason), exclude=session.identity)
-        return []
+        if not session.opening:
+            return []
+        peer_log.info(
+            session.name, "%s's session ended with %d envelopes not yet opened", session.name, session.opening
+        )
+        budget = session.budget
+        budget.queued_sends = max(0, budget.queued_sends - session.opening)
+        budget.queued_send_bytes = max(0, budget.queued_send_bytes - session.opening_bytes)
+        session.opening, session.opening_bytes = 0, 0
+        session.opening_sizes.clear()
+        return [Cancel(session.name, session.session_id)]
 
 
 def _estimate(event: dict[str, Any]) -> int:
@@ -852,6 +967,8 @@ def run_inline(core: BrokerCore, runner: JobRunner, work: list[Work], now: float
         item = queue.popleft()
         if isinstance(item, Outgoing):
             out.append(item)
+            continue
+        if isinstance(item, Cancel):  # nothing waits here: every job runs at once
             continue
         result = runner.perform(item)
         if isinstance(result, Opened):

@@ -18,8 +18,15 @@ Schema (PRAGMA user_version = `Store.SCHEMA_VERSION`):
     meta  (name, value)                                    the wrapped data key, the creation time
     seen  (tag = tag("seen", author, id), received)        accepted statements, room and private
     chat  (id, seen_tag, received, body)                   room history; body seals author, id and document
-    mail  (id, recipient = tag("recipient", name), seen_tag, stored, size, body)
+    mail  (id, recipient = tag("recipient", name), seen_tag, stored, size, body, sender = tag("sender", name))
                                                            waiting private messages; body seals the recipient's envelope
+
+Schema 1 (before `mail.sender`) is brought to 2 when a broker opens it: its
+waiting mail counts for no sender.
+
+Each user's share is bounded by the caller (`mailbox_usage`, `sent_usage`);
+`space` tells how much of the file holds data, so the caller can stop
+storing before the disk is full.
 
 The interface is deliberately small, so that a server database can replace
 SQLite for a team that outgrows one disk. A `Store` is not thread-safe: use
@@ -57,11 +64,19 @@ _SCHEMA = (
     "CREATE INDEX chat_received ON chat (received)",
     # AUTOINCREMENT: a mail id the broker still holds is never given to another message.
     "CREATE TABLE mail (id INTEGER PRIMARY KEY AUTOINCREMENT, recipient BLOB NOT NULL, seen_tag BLOB NOT NULL,"
-    " stored REAL NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL)",
+    " stored REAL NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL, sender BLOB NOT NULL DEFAULT x'')",
     "CREATE INDEX mail_recipient ON mail (recipient)",
     "CREATE INDEX mail_seen ON mail (seen_tag)",
     "CREATE INDEX mail_stored ON mail (stored)",
+    "CREATE INDEX mail_sender ON mail (sender)",
 )
+# From one schema version to the next: run in one transaction when a broker opens an older file.
+_UPGRADES = {
+    1: (
+        "ALTER TABLE mail ADD COLUMN sender BLOB NOT NULL DEFAULT x''",
+        "CREATE INDEX mail_sender ON mail (sender)",
+    ),
+}
 _TABLES = frozenset({"meta", "seen", "chat", "mail"})
 _DATA_KEY = "data_key"
 _CREATED = "created"
@@ -118,13 +133,14 @@ def _finite(what: str, value: float) -> float:
 class Store:
     """The broker's SQLite database; see the module docstring."""
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
 
     def __init__(self, db: sqlite3.Connection, key: crypto.DataKey, name: str) -> None:
         """Use `Store.open`; this only wraps a connection that passed its checks."""
         self._db = db
         self._key = key
         self._name = name
+        self._file = None if name == MEMORY else Path(name)
         self._units = 0  # writes that succeeded in the open transaction
         self._failed: str | None = None  # why the open transaction was lost, until commit() reports it
         self._closed = False
@@ -160,6 +176,7 @@ class Store:
             else:
                 try:
                     _set_journal(db, name, memory=False)
+                    _upgrade(db, version, cls.SCHEMA_VERSION)
                 except sqlite3.Error as exc:
                     raise _open_error(name, exc) from exc
                 store = cls(db, key, name)
@@ -199,7 +216,7 @@ class Store:
             raise StoreError(
                 f"{name} was written by a newer zchat (schema {version}; this broker knows {cls.SCHEMA_VERSION})"
             )
-        if version != cls.SCHEMA_VERSION or not tables >= _TABLES:
+        if version not in (cls.SCHEMA_VERSION, *_UPGRADES) or not tables >= _TABLES:
             raise _damaged(name, f"schema {version} with tables {', '.join(sorted(tables)) or 'none'}")
         try:
             problems = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
@@ -243,12 +260,16 @@ class Store:
         )
         return [self._open_chat(seen_tag, float(received), body) for seen_tag, received, body in reversed(rows)]
 
-    def mailbox(self, recipient: str) -> list[Mail]:
-        """The mail waiting for `recipient`, oldest first."""
+    def mailbox(self, recipient: str, after: int = 0, until: int | None = None, limit: int = -1) -> list[Mail]:
+        """The mail waiting for `recipient`, oldest first: rows after `after` and up to `until`, at most `limit`
+        of them (-1: all). A caller reads a long mailbox a page at a time this way."""
         recipient_tag = self._recipient_tag(recipient)
+        last = (1 << 63) - 1 if until is None else until
         rows = self._read(
             lambda: self._db.execute(
-                "SELECT id, seen_tag, stored, body FROM mail WHERE recipient = ? ORDER BY id", (recipient_tag,)
+                "SELECT id, seen_tag, stored, body FROM mail WHERE recipient = ? AND id > ? AND id <= ?"
+                " ORDER BY id LIMIT ?",
+                (recipient_tag, after, last, limit),
             ).fetchall()
         )
         return [
@@ -265,6 +286,39 @@ class Store:
             ).fetchone()
         )
         return int(messages), int(size)
+
+    def sent_usage(self, sender: str) -> tuple[int, int]:
+        """(messages, bytes of their sealed envelopes) that `sender` has waiting for others."""
+        messages, size = self._read(
+            lambda: self._db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM mail WHERE sender = ? AND recipient != ?",
+                (self._sender_tag(sender), self._recipient_tag(sender)),
+            ).fetchone()
+        )
+        return int(messages), int(size)
+
+    def last_mail_row(self) -> int:
+        """The newest mail row id given out so far (0 if none): mail stored later has a greater one."""
+        row = self._read(lambda: self._db.execute("SELECT coalesce(max(id), 0) FROM mail").fetchone())
+        return int(row[0])
+
+    def space(self) -> tuple[int, int]:
+        """(bytes of the database that hold data, bytes it can still take: the free space of its disk and its own
+        free pages, which new rows reuse). An in-memory database has no disk: room is unbounded there."""
+        page_size, pages, free = self._read(
+            lambda: (
+                int(self._db.execute("PRAGMA page_size").fetchone()[0]),
+                int(self._db.execute("PRAGMA page_count").fetchone()[0]),
+                int(self._db.execute("PRAGMA freelist_count").fetchone()[0]),
+            )
+        )
+        if self._file is None:
+            return (pages - free) * page_size, 1 << 62
+        try:
+            disk = os.statvfs(self._file.parent)
+        except OSError as exc:
+            raise StoreError(f"could not read the free space of {self._file.parent}: {_one_line(exc)}") from exc
+        return (pages - free) * page_size, disk.f_bavail * disk.f_frsize + free * page_size
 
     # -- writing (each joins the open transaction; commit() makes it durable) ------------------------------
 
@@ -303,8 +357,8 @@ class Store:
         def write() -> int:
             self._db.execute("INSERT OR IGNORE INTO seen (tag, received) VALUES (?, ?)", (seen_tag, received))
             cursor = self._db.execute(
-                "INSERT INTO mail (recipient, seen_tag, stored, size, body) VALUES (?, ?, ?, ?, ?)",
-                (recipient_tag, seen_tag, received, len(sealed), body),
+                "INSERT INTO mail (recipient, seen_tag, stored, size, body, sender) VALUES (?, ?, ?, ?, ?, ?)",
+                (recipient_tag, seen_tag, received, len(sealed), body, self._sender_tag(author)),
             )
             row = cursor.lastrowid
             if row is None:
@@ -383,6 +437,9 @@ class Store:
 
     def _recipient_tag(self, recipient: str) -> bytes:
         return self._key.tag("recipient", recipient)
+
+    def _sender_tag(self, sender: str) -> bytes:
+        return self._key.tag("sender", sender)
 
     def _read(self, query: Callable[[], _T]) -> _T:
         try:
@@ -537,6 +594,22 @@ def _inspect(db: sqlite3.Connection, name: str) -> tuple[int, set[str]]:
         raise _open_error(name, exc) from exc
     tables.discard("sqlite_sequence")
     return version, tables
+
+
+def _upgrade(db: sqlite3.Connection, version: int, target: int) -> None:
+    """Bring a database of an older schema to `target`, all steps in one transaction."""
+    if version == target:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version, target):
+            for statement in _UPGRADES[step]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {target:d}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _set_journal(db: sqlite3.Connection, name: str, *, memory: bool) -> None:

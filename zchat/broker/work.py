@@ -29,11 +29,17 @@ class Outgoing:
 
 @dataclass(frozen=True)
 class OpenJob:
-    """Open a client's HELLO, LOGIN or SEND envelope with the broker's key."""
+    """Open a client's HELLO, LOGIN or SEND envelope with the broker's key.
+
+    A SEND names its `owner` (the user: whose turn it is, and whose budget it uses) and its `session` (the
+    session id: its result is for that session only, and `Cancel` drops it unopened once the session ended).
+    """
 
     identity: bytes
     command: bytes
     body: bytes
+    owner: str = ""
+    session: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class Opened:
     identity: bytes
     command: bytes
     plaintext: bytes | None
+    session: str = ""  # the OpenJob's session, as it came
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,16 @@ class DeliveryJob:
     event: dict[str, Any] | str  # a worker gets the event's JSON text: it is sealed as it came
 
 
+@dataclass(frozen=True)
+class Cancel:
+    """A session ended: drop its SEND envelopes not yet opened (no CPU is spent on a session that is gone)."""
+
+    owner: str
+    session: str
+
+
 Job = OpenJob | ChallengeJob | DeliveryJob
-Work = Outgoing | Job
+Work = Outgoing | Job | Cancel
 Result = Outgoing | Opened
 
 KEY_CACHE_LIMIT = 10_000
@@ -91,7 +106,7 @@ class JobRunner:
                 plaintext: bytes | None = crypto.open_envelope(self.broker_key, job.body, p.context(job.command))
             except crypto.CryptoError:
                 plaintext = None
-            return Opened(job.identity, job.command, plaintext)
+            return Opened(job.identity, job.command, plaintext, job.session)
         if isinstance(job, ChallengeJob):
             signed = p.broker_proof_input(job.user, job.client_nonce, job.server_nonce, job.delivery_key)
             proof = crypto.sign(self.broker_key, signed)
@@ -131,7 +146,7 @@ def encode_jobs(jobs: list[Job]) -> list[bytes]:
     job_frames: list[bytes] = []
     for job in jobs:
         if isinstance(job, OpenJob):
-            job_frames += [_OPEN, job.identity, job.command, job.body]
+            job_frames += [_OPEN, job.identity, job.command, job.body, job.owner.encode(), job.session.encode()]
         elif isinstance(job, ChallengeJob):
             job_frames += [_CHALLENGE, job.identity, job.key_der, job.user.encode(), job.client_nonce]
             job_frames += [job.server_nonce, job.delivery_key]
@@ -154,8 +169,9 @@ def decode_jobs(frames: list[bytes]) -> list[Job]:
     while i < len(frames):
         tag = frames[i]
         if tag == _OPEN:
-            jobs.append(OpenJob(frames[i + 1], frames[i + 2], frames[i + 3]))
-            i += 4
+            owner, session = frames[i + 4].decode(), frames[i + 5].decode()
+            jobs.append(OpenJob(frames[i + 1], frames[i + 2], frames[i + 3], owner, session))
+            i += 6
         elif tag == _CHALLENGE:
             identity, key_der, user, client_nonce, server_nonce, delivery_key = frames[i + 1 : i + 7]
             jobs.append(ChallengeJob(identity, key_der, user.decode(), client_nonce, server_nonce, delivery_key))
@@ -175,7 +191,7 @@ def encode_results(results: list[Result]) -> list[bytes]:
     for result in results:
         if isinstance(result, Opened):
             opened = b"" if result.plaintext is None else b"+" + result.plaintext
-            frames += [_OPENED, result.identity, result.command, opened]
+            frames += [_OPENED, result.identity, result.command, opened, result.session.encode()]
         else:
             frames += [_OUTGOING, result.identity, str(len(result.frames)).encode(), *result.frames]
     return frames
@@ -188,8 +204,8 @@ def decode_results(frames: list[bytes]) -> list[Result]:
         tag = frames[i]
         if tag == _OPENED:
             opened = frames[i + 3]
-            results.append(Opened(frames[i + 1], frames[i + 2], opened[1:] if opened else None))
-            i += 4
+            results.append(Opened(frames[i + 1], frames[i + 2], opened[1:] if opened else None, frames[i + 4].decode()))
+            i += 5
         elif tag == _OUTGOING:
             count = int(frames[i + 2])
             results.append(Outgoing(frames[i + 1], frames[i + 3 : i + 3 + count]))

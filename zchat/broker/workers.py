@@ -11,8 +11,8 @@ private key on their stdin, never on a socket or a command line.
 
 Both keep the order the core relies on: each recipient's deliveries in the
 order the core made them, and each connection's envelopes opened in the order
-its frames arrived. Envelopes wait in an `OpenQueue`: logged-in sessions'
-statements take turns, one session at a time, ahead of handshake work (which
+its frames arrived. Envelopes wait in an `OpenQueue`: logged-in users'
+statements take turns, one user at a time, ahead of handshake work (which
 gets every fifth turn while both wait), so neither a login storm nor one
 user's flood delays everyone else. The pool numbers each batch as it hands it
 out and releases results in batch order (a reorder buffer), whichever worker
@@ -22,9 +22,9 @@ The queues are bounded by what feeds them. Deliveries go first: a fan-out
 under way finishes before the next envelope is opened, which keeps latency
 low and the delivery queue short (at most a few batches of envelopes' worth
 of fan-outs). So in a burst the backlog is unopened SEND frames (at most
-`send_queue_limit` per session, see BrokerCore.receive), not sealed copies
-for every member. Deliveries to a peer the broker could not reach are
-dropped unsealed.
+`queued_sends_per_user` per user, see BrokerCore.receive), not sealed copies
+for every member; a session's that ended are dropped unopened (`Cancel`).
+Deliveries to a peer the broker could not reach are dropped unsealed.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import zmq
 
 from zchat import crypto
 from zchat.broker.work import (
+    Cancel,
     DeliveryJob,
     Job,
     JobRunner,
@@ -135,41 +136,55 @@ INLINE_OPENS_PER_TURN = 8  # `workers: 0`: envelopes opened per turn of the loop
 class OpenQueue:
     """Envelopes to open and challenges to sign, served fairly.
 
-    Logged-in sessions' SENDs take turns (round robin, each session's in arrival order) ahead of handshake
-    work (HELLO, LOGIN, challenges), which gets every HANDSHAKE_TURN-th turn while both wait.
+    Logged-in users' SENDs take turns (round robin per user, whatever the number of their sessions, each
+    user's in arrival order) ahead of handshake work (HELLO, LOGIN, challenges), which gets every
+    HANDSHAKE_TURN-th turn while both wait. `cancel()` drops the SENDs of a session that ended.
     """
 
     def __init__(self) -> None:
-        self.sessions: dict[bytes, collections.deque[Job]] = {}  # insertion order is the round
+        self.users: dict[str, collections.deque[OpenJob]] = {}  # insertion order is the round
         self.handshakes: collections.deque[Job] = collections.deque()
         self.turn = 0
 
     def append(self, job: Job) -> None:
         if isinstance(job, OpenJob) and job.command == SEND:
-            self.sessions.setdefault(job.identity, collections.deque()).append(job)
+            self.users.setdefault(job.owner, collections.deque()).append(job)
         else:
             self.handshakes.append(job)
 
     def popleft(self) -> Job:
         self.turn += 1
-        if self.handshakes and (not self.sessions or self.turn % HANDSHAKE_TURN == 0):
+        if self.handshakes and (not self.users or self.turn % HANDSHAKE_TURN == 0):
             return self.handshakes.popleft()
-        identity, jobs = next(iter(self.sessions.items()))
+        owner, jobs = next(iter(self.users.items()))
         job = jobs.popleft()
-        del self.sessions[identity]
+        del self.users[owner]
         if jobs:
-            self.sessions[identity] = jobs  # to the end of the round
+            self.users[owner] = jobs  # to the end of the round
         return job
 
+    def cancel(self, cancel: Cancel) -> int:
+        """Drop the ended session's SENDs not yet handed out; how many were dropped."""
+        jobs = self.users.get(cancel.owner)
+        if not jobs:
+            return 0
+        kept = collections.deque(job for job in jobs if job.session != cancel.session)
+        dropped = len(jobs) - len(kept)
+        if kept:
+            self.users[cancel.owner] = kept
+        else:
+            del self.users[cancel.owner]
+        return dropped
+
     def clear(self) -> None:
-        self.sessions.clear()
+        self.users.clear()
         self.handshakes.clear()
 
     def __len__(self) -> int:
-        return len(self.handshakes) + sum(len(jobs) for jobs in self.sessions.values())
+        return len(self.handshakes) + sum(len(jobs) for jobs in self.users.values())
 
     def __bool__(self) -> bool:
-        return bool(self.handshakes or self.sessions)
+        return bool(self.handshakes or self.users)
 
 
 class InlineJobs:
@@ -182,9 +197,11 @@ class InlineJobs:
         self.results: list[Result] = []
         self.opens = OpenQueue()
 
-    def submit(self, jobs: list[Job]) -> None:
+    def submit(self, jobs: list[Job | Cancel]) -> None:
         for job in jobs:
-            if not isinstance(job, DeliveryJob):
+            if isinstance(job, Cancel):
+                self.opens.cancel(job)
+            elif not isinstance(job, DeliveryJob):
                 self.opens.append(job)
             elif self.deliverable(job.identity):
                 self._perform(job)
@@ -275,9 +292,11 @@ class WorkerPool:
 
     # ------------------------------------------------------------ the broker's side
 
-    def submit(self, jobs: list[Job]) -> None:
+    def submit(self, jobs: list[Job | Cancel]) -> None:
         for job in jobs:
-            if isinstance(job, DeliveryJob):
+            if isinstance(job, Cancel):
+                self.opens.cancel(job)
+            elif isinstance(job, DeliveryJob):
                 self.deliveries.append(job)
             else:
                 self.opens.append(job)
@@ -480,7 +499,7 @@ def perform(runner: JobRunner, job: Job) -> Result | None:
         return runner.perform(job)
     except Exception:
         log.exception("internal error while doing a crypto job; job dropped")
-        return Opened(job.identity, job.command, None) if isinstance(job, OpenJob) else None
+        return Opened(job.identity, job.command, None, job.session) if isinstance(job, OpenJob) else None
 
 
 def main(argv: list[str] | None = None) -> int:
