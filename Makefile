@@ -97,7 +97,7 @@ override export ZCHAT_PYTHON       := $(PYTHON)
 
 # ---------------------------------------------------------------- targets
 
-.PHONY: help broker client bot keys fingerprint backup test unit fuzz soak attack bench lint typecheck clean
+.PHONY: help broker client bot keys fingerprint backup test test-quick unit fuzz soak attack bench lint typecheck clean
 
 help:
 	@echo "make broker            start the broker on config.json's address"
@@ -107,6 +107,7 @@ help:
 	@echo "make fingerprint NAME=alice   print a registered key's fingerprint, to compare out of band"
 	@echo "make backup TO=file    a consistent copy of the broker's database, safe while it runs"
 	@echo "make test              run the tests, ruff and mypy"
+	@echo "make test-quick        the quick loop: unit tests in two processes and ruff check (under a minute)"
 	@echo "make unit              run only the unit tests (no sockets, quick)"
 	@echo "make lint              ruff check and ruff format --check"
 	@echo "make typecheck         mypy --strict on the whole project"
@@ -179,6 +180,10 @@ attack: $(RUNTIME_STAMP)
 # globbing. It is checked above to hold only A-Z a-z 0-9 _ - . / = and spaces.
 bench: $(RUNTIME_STAMP)
 	@set -f; $(BIN)/python -m bench $$ZCHAT_ARGS
+
+test-quick: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+	$(BIN)/ruff check .
 
 unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/unit
