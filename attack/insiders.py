@@ -18,9 +18,11 @@ address under its own registered name, and stops by itself at `end`.
                     of the range the broker serves: an exponential search up from an id inside it, then a
                     binary search, again and again as the counter moves, one claim at a time. A claim is
                     "served" (the broker answered its HELLO, or kept the connection), "closed" (closed after
-                    the handshake) or "refused" (no handshake: a lockout). Late in the run it claims the three
-                    ids just above the top it found: one of them is likely the id libzmq gives next, which
-                    aborts a broker that does not close the oracle.
+                    the handshake) or "refused" (no handshake: a lockout). The search stops when the top is
+                    one of two ids and never claims the one just above a served id on purpose (that may be
+                    the id libzmq gives next, which aborts a broker that does not close the oracle; a moving
+                    counter can still bring it there). Late in the run, after a search, it does claim the
+                    three ids just above the top it found: the broker must stay up.
     rate_refill     finding 5: logs in, sends 40 messages (to herself) as fast as it can, waits for their
                     answers, logs in again: the accepted rate against `messages_per_second_per_user`.
 
@@ -292,14 +294,15 @@ def routing_search(spec: AttackSpec, end: float) -> Stats:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     claimant = Claimant(spec, context)
     pacer = Pacer(SEARCH_CLAIM_RATE * spec.scale, start)
-    lo, step, hi = leaked, 1, None  # lo: served; hi: closed (None while searching upwards)
+    # lo: the counter is at least this (a served id); hi: it is below this (a closed one; None while going up).
+    lo, step, hi = leaked, 2, None
     finals: list[int] = []
     final_done = False
 
     def next_claim() -> int:
         if finals:
             return finals[0]
-        return lo + step if hi is None else (lo + hi) // 2
+        return lo + step if hi is None else max(lo + 2, (lo + hi) // 2)
 
     try:
         while (now := time.monotonic()) < end and stats["claims"] < SEARCH_MAX_CLAIMS:
@@ -316,23 +319,21 @@ def routing_search(spec: AttackSpec, end: float) -> Stats:
                 stats[f"final_{outcome}"] += 1
                 continue
             if outcome not in ("served", "closed"):
-                continue  # no answer to learn from: the same claim again at the next turn
-            if hi is None:  # exponential search upwards
-                if outcome == "served":
-                    lo, step = target, step * 2
-                else:
-                    hi = target
-            elif outcome == "served":
-                lo = target
-            else:
-                hi = target
-            if hi is not None and hi - lo <= 1:  # found: lo is the top, as of now
+                continue  # nothing to learn from: the same claim again at the next turn
+            if outcome == "served":
+                lo = max(lo, target)
+                step *= 2
+            else:  # to check the claim, the broker read its counter with a probe connection: it took the next id
+                lo += 1
+                hi = target if hi is None else min(hi, target)
+            # Found when the top is lo or lo + 1: claiming lo + 1 would be claiming what may be the next id.
+            if hi is not None and hi - lo <= 2:
                 stats["searches_done"] += 1
                 stats["top_minus_leaked"] = (lo - leaked) % COUNTER
                 if time.monotonic() >= final_at and not final_done:
                     finals = [lo + k for k in range(1, SEARCH_FINAL_CLAIMS + 1)]
                     final_done = True
-                step, hi = 1, None  # the counter moves on: search upwards again from the top
+                step, hi = 2, None  # the counter moves on: search upwards again from the top
     finally:
         context.term()
     return stats
