@@ -9,7 +9,8 @@ does: a WELCOME (it did the handshake's crypto for a replay), a close, or
 nothing within a second.
 
 The flood comes in pulses: `PULSE` seconds on, `PULSE` seconds off, from the
-moment it starts (reported as `pulse_start`, a `time.monotonic()` value). The
+moment it starts (reported as `pulse_start`, a `time.monotonic()` value); the
+connections still waiting when a pulse ends are closed then. The
 runner samples the broker's CPU time all along; the broker's CPU share in the
 "on" windows minus that in the "off" windows is what this attacker costs it,
 while everything else goes on.
@@ -30,7 +31,7 @@ import zmq
 from attack.common import AttackSpec, Pacer, Stats, broker_keys, curve_dealer, tcp
 from attack.zmtp import COMMAND
 
-PULSE = 1.0  # seconds on, then seconds off
+PULSE = 2.0  # seconds on, then seconds off
 FLOOD_RATE = 2000.0  # new connections per second while on
 MAX_IN_FLIGHT = 256  # connections waiting for the broker's answer
 ANSWER_TIMEOUT = 1.0
@@ -153,8 +154,10 @@ def hello_flood(spec: AttackSpec, end: float) -> Stats:
             on = int((now - start) / PULSE) % 2 == 0
             if on and pacer is None:
                 pacer = Pacer(rate, now)
-            elif not on:
+            elif not on and pacer is not None:  # the pulse ends: nothing of it is left for the broker to do
                 pacer = None
+                for sock in list(in_flight):
+                    finish(sock, "unanswered")
             while pacer is not None and len(in_flight) < MAX_IN_FLIGHT and pacer.due(now):
                 try:
                     sock = _open(source, spec.port)

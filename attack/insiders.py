@@ -22,7 +22,7 @@ address under its own registered name, and stops by itself at `end`.
                     one of two ids and never claims the one just above a served id on purpose (that may be
                     the id libzmq gives next, which aborts a broker that does not close the oracle; a moving
                     counter can still bring it there). Late in the run, after a search, it does claim the
-                    three ids just above the top it found: the broker must stay up.
+                    three ids just above the top it has found by then: the broker must stay up.
     rate_refill     finding 5: logs in, sends 40 messages (to herself) as fast as it can, waits for their
                     answers, logs in again: the accepted rate against `messages_per_second_per_user`.
 
@@ -71,7 +71,7 @@ MAIL_PREFIX_BYTES = 32  # room for a unique prefix in a near-full text
 CHURN_SENDS_PER_SESSION = 2000  # more than the broker's 1000-frame / 8 MiB allowance for one session
 CHURN_JUNK_ENVELOPES = 16
 CHURN_HOLD = 1.0  # seconds an old connection stays open, so that what it queued reaches the broker
-CHURN_LOGIN_TIMEOUT = 3.0
+CHURN_LOGIN_TIMEOUT = 5.0
 
 SEARCH_CLAIM_RATE = 4.0  # claims per second at most (one at a time)
 SEARCH_CLAIM_WAIT = 1.5  # seconds a claim may take to be answered, closed or refused
@@ -83,7 +83,7 @@ COUNTER = 1 << 32
 
 REFILL_BATCH = 40  # messages per session
 REFILL_LOGIN_RATE = 5.0  # sessions per second at most (at scale 1 the broker's own login limit binds first)
-REFILL_ANSWER_TIMEOUT = 2.0
+REFILL_ANSWER_TIMEOUT = 10.0  # a new login before the answers came would lose them
 
 
 # ------------------------------------------------------------ finding 1: mail that is never read
@@ -108,6 +108,8 @@ def _mail_flood(spec: AttackSpec, end: float, to: str, ack: bool) -> Stats:
                     time.sleep(RETRY)
                 continue
             insider.pump(now)
+            if not insider.online:  # the broker ended the session (evicted, too slow): log in again
+                continue
             if pacer.due(now):
                 serial += 1
                 frames = insider.session.say(near_full_text(serial, spec.max_text_bytes), to=to)
@@ -318,22 +320,21 @@ def routing_search(spec: AttackSpec, end: float) -> Stats:
                 stats["final_claims"] += 1
                 stats[f"final_{outcome}"] += 1
                 continue
-            if outcome not in ("served", "closed"):
-                continue  # nothing to learn from: the same claim again at the next turn
             if outcome == "served":
                 lo = max(lo, target)
                 step *= 2
-            else:  # to check the claim, the broker read its counter with a probe connection: it took the next id
+            elif outcome == "closed":  # to check it, the broker read its counter with a probe: that took the next id
                 lo += 1
                 hi = target if hi is None else min(hi, target)
+            # (no answer, or refused: nothing to learn, the same claim again at the next turn)
             # Found when the top is lo or lo + 1: claiming lo + 1 would be claiming what may be the next id.
             if hi is not None and hi - lo <= 2:
                 stats["searches_done"] += 1
                 stats["top_minus_leaked"] = (lo - leaked) % COUNTER
-                if time.monotonic() >= final_at and not final_done:
-                    finals = [lo + k for k in range(1, SEARCH_FINAL_CLAIMS + 1)]
-                    final_done = True
                 step, hi = 2, None  # the counter moves on: search upwards again from the top
+            if time.monotonic() >= final_at and not final_done:  # the top found so far, and the ids above it
+                finals = [lo + k for k in range(1, SEARCH_FINAL_CLAIMS + 1)]
+                final_done = True
     finally:
         context.term()
     return stats
