@@ -14,15 +14,16 @@ address under its own registered name, and stops by itself at `end`.
                     each costs it an RSA open; their content is junk), then logs in again on a new connection
                     (replacing the session), over and over. Old connections stay open a moment so that what
                     they queued reaches the broker.
-    routing_search  finding 4: claims routing ids of libzmq's form (0x00 + a 32-bit counter) to find the top
+    routing_search  finding 4: from half-way through the run (so that an abort it causes leaves the first half's
+                    figures), claims routing ids of libzmq's form (0x00 + a 32-bit counter) to find the top
                     of the range the broker serves: an exponential search up from an id inside it, then a
                     binary search, again and again as the counter moves, one claim at a time. A claim is
                     "served" (the broker answered its HELLO, or kept the connection), "closed" (closed after
                     the handshake) or "refused" (no handshake: a lockout). The search stops when the top is
                     one of two ids and never claims the one just above a served id on purpose (that may be
                     the id libzmq gives next, which aborts a broker that does not close the oracle; a moving
-                    counter can still bring it there). Late in the run, after a search, it does claim the
-                    three ids just above the top it has found by then: the broker must stay up.
+                    counter can still bring it there). At three quarters of the run it does claim the three
+                    ids just above the top it has found by then: the broker must stay up.
     rate_refill     finding 5: logs in, sends 40 messages (to herself) as fast as it can, waits for their
                     answers, logs in again: the accepted rate against `messages_per_second_per_user`.
 
@@ -76,6 +77,7 @@ CHURN_LOGIN_TIMEOUT = 5.0
 SEARCH_CLAIM_RATE = 4.0  # claims per second at most (one at a time)
 SEARCH_CLAIM_WAIT = 1.5  # seconds a claim may take to be answered, closed or refused
 SEARCH_MAX_CLAIMS = 200
+SEARCH_START = 0.5  # of the duration: when the search starts (an abort it causes leaves the first half's figures)
 SEARCH_FINAL_AT = 0.75  # of the duration: when it claims the ids just above the top
 SEARCH_FINAL_CLAIMS = 3
 LEAK_TIMEOUT = 10.0
@@ -290,9 +292,11 @@ def routing_search(spec: AttackSpec, end: float) -> Stats:
         "final_refused": 0,
         "final_unanswered": 0,
     }
-    start = time.monotonic()
+    began = time.monotonic()
+    start = min(end, began + SEARCH_START * spec.duration)
+    time.sleep(max(0.0, start - began))
     leaked = spec.counters[0] if spec.counters else secrets.randbits(32)
-    final_at = start + SEARCH_FINAL_AT * spec.duration
+    final_at = began + SEARCH_FINAL_AT * spec.duration
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     claimant = Claimant(spec, context)
     pacer = Pacer(SEARCH_CLAIM_RATE * spec.scale, start)
