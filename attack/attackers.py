@@ -59,7 +59,7 @@ from attack.common import (
     queue,
     tcp,
 )
-from attack.flood import hello_flood
+from attack.flood import hello_flood, prepare_flood
 from attack.insiders import find_leaked_id, mail_away, mail_self, rate_refill, routing_search, session_churn
 from attack.zmtp import ENDLESS_FRAME, NULL_HANDSHAKE, generated_form, greeting, message
 from zchat import crypto
@@ -413,6 +413,7 @@ ATTACKS: dict[str, Callable[[AttackSpec, float], Stats]] = {
 # Steps an attacker takes before it reports itself armed (before the go): each returns the spec to attack with.
 PREPARE: dict[str, Callable[[AttackSpec], AttackSpec]] = {
     "routing_search": find_leaked_id,
+    "hello_flood": prepare_flood,
 }
 
 

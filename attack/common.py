@@ -45,7 +45,9 @@ class AttackSpec:
     scale: float
     sources: tuple[str, ...]  # loopback addresses to connect from
     insider: str = ""  # the registered user it abuses, if any
-    captured_hello: tuple[bytes, ...] = ()  # an honest user's genuine HELLO, for replay
+    # For replay: an honest user's genuine zchat HELLO (its frames); for hello_flood, the bytes a CurveZMQ client
+    # sends first (greeting and HELLO command), captured before the go.
+    captured_hello: tuple[bytes, ...] = ()
     counters: tuple[int, ...] = ()  # libzmq's first generate_random() values in an unseeded process
     recipient: str = ""  # whom it mails, if it mails
     broker_log: Path | None = None  # the broker's log, where a leaked routing id is looked for

@@ -1,8 +1,9 @@
 """Issue 18's finding 7: one address floods the broker with connections, each replaying one captured HELLO.
 
-`capture_hello` runs a real CurveZMQ handshake through a tiny TCP relay that
-records what the client sends: the 64-byte ZMTP greeting and the HELLO
-command (a stranger's: any Curve key will do, HELLO carries none of it). The
+`capture_hello` (before the go) runs a real CurveZMQ handshake through a
+tiny TCP relay that records what the client sends: the 64-byte ZMTP greeting
+and the HELLO command (a stranger's: any Curve key will do, HELLO carries
+none of it). The
 flood then opens TCP connections from one loopback address as fast as its
 pace allows, sends those bytes unchanged on each, and counts what the broker
 does: a WELCOME (it did the handshake's crypto for a replay), a close, or
@@ -19,6 +20,7 @@ while everything else goes on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import secrets
 import selectors
@@ -107,6 +109,11 @@ def capture_hello(spec: AttackSpec) -> bytes:
         context.term()
 
 
+def prepare_flood(spec: AttackSpec) -> AttackSpec:
+    """Before the go: capture the HELLO once (the spec with it as `captured_hello`)."""
+    return dataclasses.replace(spec, captured_hello=(capture_hello(spec),))
+
+
 def _open(source: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -133,7 +140,7 @@ def hello_flood(spec: AttackSpec, end: float) -> Stats:
         "connect_failures": 0,
         "on_seconds": 0,
     }
-    captured = capture_hello(spec)
+    captured = spec.captured_hello[0] if spec.captured_hello else capture_hello(spec)
     stats["hello_bytes"] = len(captured)
     source = spec.sources[0]
     rate = FLOOD_RATE * spec.scale
