@@ -276,6 +276,46 @@ class Claimant:
         return "served" if secured else "unanswered"  # still connected after the handshake: it was not closed
 
 
+class CounterSearch:
+    """Where libzmq's routing-id counter stands, learnt from claims (pure: no sockets).
+
+    `lo` is an id the counter has reached (one inside the range, then the highest served claim); `hi`, once a
+    claim above the counter was closed, an id it had not reached. Searching up from `lo` by doubling steps
+    until a claim is closed, then halving [lo, hi], until the top is `lo` or `lo + 1`; then again from `lo`,
+    as the counter moves on. It never claims `lo + 1`, which may be the id libzmq gives next. A closed claim
+    moves the counter by one: to check it, the broker read its counter with a probe connection, which took
+    the next id (so `lo` moves with it).
+    """
+
+    def __init__(self, leaked: int) -> None:
+        self.leaked = leaked
+        self.lo = leaked
+        self.hi: int | None = None
+        self.step = 2
+        self.searches = 0
+
+    def next_claim(self) -> int:
+        if self.hi is None:
+            return self.lo + self.step
+        return max(self.lo + 2, (self.lo + self.hi) // 2)
+
+    def record(self, claimed: int, outcome: str) -> bool:
+        """What became of a claim ('served', 'closed', or anything else: nothing learnt). True when a search
+        ended: `lo` is the top, or one below it."""
+        if outcome == "served":
+            self.lo = max(self.lo, claimed)
+            if self.hi is None:
+                self.step *= 2
+        elif outcome == "closed":
+            self.lo += 1
+            self.hi = claimed if self.hi is None else min(self.hi, claimed)
+        if self.hi is None or self.hi - self.lo > 2:
+            return False
+        self.searches += 1
+        self.hi, self.step = None, 2
+        return True
+
+
 def routing_search(spec: AttackSpec, end: float) -> Stats:
     stats: Stats = {
         "leaked_id_known": 1 if spec.counters else 0,
@@ -295,27 +335,19 @@ def routing_search(spec: AttackSpec, end: float) -> Stats:
     began = time.monotonic()
     start = min(end, began + SEARCH_START * spec.duration)
     time.sleep(max(0.0, start - began))
-    leaked = spec.counters[0] if spec.counters else secrets.randbits(32)
+    search = CounterSearch(spec.counters[0] if spec.counters else secrets.randbits(32))
     final_at = began + SEARCH_FINAL_AT * spec.duration
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     claimant = Claimant(spec, context)
     pacer = Pacer(SEARCH_CLAIM_RATE * spec.scale, start)
-    # lo: the counter is at least this (a served id); hi: it is below this (a closed one; None while going up).
-    lo, step, hi = leaked, 2, None
     finals: list[int] = []
     final_done = False
-
-    def next_claim() -> int:
-        if finals:
-            return finals[0]
-        return lo + step if hi is None else max(lo + 2, (lo + hi) // 2)
-
     try:
         while (now := time.monotonic()) < end and stats["claims"] < SEARCH_MAX_CLAIMS:
             if not pacer.due(now):
                 time.sleep(max(IDLE, min(pacer.next, end) - now))
                 continue
-            target = next_claim()
+            target = finals[0] if finals else search.next_claim()
             outcome = claimant.claim(target)
             stats["claims"] += 1
             stats[{"refused": "lockouts"}.get(outcome, outcome)] += 1
@@ -324,20 +356,11 @@ def routing_search(spec: AttackSpec, end: float) -> Stats:
                 stats["final_claims"] += 1
                 stats[f"final_{outcome}"] += 1
                 continue
-            if outcome == "served":
-                lo = max(lo, target)
-                step *= 2
-            elif outcome == "closed":  # to check it, the broker read its counter with a probe: that took the next id
-                lo += 1
-                hi = target if hi is None else min(hi, target)
-            # (no answer, or refused: nothing to learn, the same claim again at the next turn)
-            # Found when the top is lo or lo + 1: claiming lo + 1 would be claiming what may be the next id.
-            if hi is not None and hi - lo <= 2:
-                stats["searches_done"] += 1
-                stats["top_minus_leaked"] = (lo - leaked) % COUNTER
-                step, hi = 2, None  # the counter moves on: search upwards again from the top
+            if search.record(target, outcome):
+                stats["searches_done"] = search.searches
+                stats["top_minus_leaked"] = (search.lo - search.leaked) % COUNTER
             if time.monotonic() >= final_at and not final_done:  # the top found so far, and the ids above it
-                finals = [lo + k for k in range(1, SEARCH_FINAL_CLAIMS + 1)]
+                finals = [search.lo + k for k in range(1, SEARCH_FINAL_CLAIMS + 1)]
                 final_done = True
     finally:
         context.term()
