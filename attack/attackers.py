@@ -1,4 +1,4 @@
-"""The six attacks of issue 11 (findings 1-6), each the body of its own process, each paced to a modest rate.
+"""Every attack of `make attack`, each the body of its own process: issue 11's six and issue 18's insiders.
 
 Every attacker waits for the "go" event, attacks until `duration` seconds
 later, closes everything and puts ("result", kind, stats) on the out queue
@@ -16,6 +16,11 @@ up), so the per-source limits it trips are its own and not the honest users'
                        an insider's HELLOs far over its login rate
     log_amp            an insider that logged in sends malformed frames as fast as its pace allows
 
+Issue 18's attacks (one budget per user) live in `attack.insiders` (findings 1, 2, 4 and 5: a registered
+user's mail, sessions, routing-id claims and message rate) and `attack.flood` (finding 7: one address's
+connections, each replaying one captured CurveZMQ HELLO); finding 3 comes with `attack.rawcurve`.
+`ATTACKS` names them all, `PREPARE` the steps some take before the go.
+
 `scale` (1.0, or less for --quick) multiplies every rate and count.
 """
 
@@ -28,32 +33,38 @@ import resource
 import secrets
 import selectors
 import socket
-import struct
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
-from pathlib import Path
-from typing import Any
 
 import zmq
 
+from attack.common import (
+    GO_TIMEOUT,
+    IDLE,
+    LOGIN_TIMEOUT,
+    AttackSpec,
+    Insider,
+    Message,
+    Pacer,
+    Stats,
+    broker_keys,
+    cpu_seconds,
+    curve_dealer,
+    drain_replies,
+    endpoint,
+    insider_key,
+    queue,
+    tcp,
+)
+from attack.flood import hello_flood, prepare_flood
+from attack.insiders import find_leaked_id, mail_away, mail_self, rate_refill, routing_search, session_churn
 from attack.zmtp import ENDLESS_FRAME, NULL_HANDSHAKE, generated_form, greeting, message
 from zchat import crypto
 from zchat import protocol as p
-from zchat.client.session import ClientSession, State
-from zchat.client.transport import connect_dealer
-from zchat.errors import ChatError
-from zchat.events import Welcome
-from zchat.keystore import KeyLayout
-
-Stats = dict[str, float]
-Message = tuple[Any, ...]
-
-GO_TIMEOUT = 120.0
-IDLE = 0.002
+from zchat.client.session import ClientSession
 
 # Paces at scale 1.0 (per second unless said otherwise). Chosen so that all six together use well under one core.
 RANDOM_BYTES_RATE = 40.0  # connections
@@ -74,7 +85,6 @@ RAW_NULL_HELLOS = 20
 INSIDER_HELLO_RATE = 100.0
 JUNK_RATE = 10_000.0  # malformed frames
 JUNK_BATCH = 100
-LOGIN_TIMEOUT = 10.0
 
 # Malformed messages a logged-in user may send (finding 6); each the broker must drop without a log line each.
 LOG_JUNK: list[list[bytes]] = [
@@ -92,105 +102,6 @@ LOG_JUNK: list[list[bytes]] = [
 ]
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    kind: str
-    port: int
-    keys_root: Path
-    duration: float
-    scale: float
-    sources: tuple[str, ...]  # loopback addresses to connect from
-    insider: str = ""  # the registered user it abuses, if any
-    captured_hello: tuple[bytes, ...] = ()  # an honest user's genuine HELLO, for replay
-    counters: tuple[int, ...] = ()  # libzmq's first generate_random() values in an unseeded process
-
-
-class Pacer:
-    """Lets an action happen `rate` times per second on average (never catching up more than a second)."""
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.interval = 1.0 / rate if rate > 0 else float("inf")
-        self.next = now
-
-    def due(self, now: float) -> bool:
-        if now < self.next:
-            return False
-        self.next = max(self.next + self.interval, now - 1.0)
-        return True
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _endpoint(source: str, port: int) -> str:
-    return f"tcp://{source}:0;127.0.0.1:{port}"
-
-
-def _tcp(source: str, port: int, timeout: float = 1.0) -> socket.socket:
-    """A TCP connection to the broker from `source`; OSError when it cannot be made. Reset (linger 0) on close."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.bind((source, 0))
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _broker_keys(spec: AttackSpec) -> crypto.PublicKeyFile:
-    return crypto.load_public_key_file(KeyLayout(spec.keys_root).broker_public)
-
-
-def _insider_key(spec: AttackSpec) -> crypto.PrivateKey:
-    return crypto.load_private_key(KeyLayout(spec.keys_root).client_private(spec.insider))
-
-
-def _curve_dealer(
-    context: zmq.Context[zmq.Socket[bytes]],
-    endpoint: str,
-    curve_secret: bytes | None,
-    server_key: bytes,
-    routing_id: bytes | None = None,
-) -> zmq.Socket[bytes]:
-    """A DEALER with hand-picked credentials: CURVE with `curve_secret`, or NULL when None."""
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 100)
-    sock.setsockopt(zmq.RCVHWM, 100)
-    if routing_id is not None:
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    if curve_secret is not None:
-        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-    sock.connect(endpoint)
-    return sock
-
-
-def _queue(sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:
-    try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-    except zmq.Again:
-        return False
-    return True
-
-
-def _drain_replies(sock: zmq.Socket[bytes], stats: Stats, prefix: str) -> None:
-    while True:
-        try:
-            reply = sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        command = reply[1].decode("ascii", "replace") if len(reply) > 1 else "?"
-        key = f"{prefix}_{command.lower()}"
-        stats[key] = stats.get(key, 0) + 1
-
-
 # ------------------------------------------------------------ 1. random bytes
 
 
@@ -201,7 +112,7 @@ def random_bytes(spec: AttackSpec, end: float) -> Stats:
     while (now := time.monotonic()) < end:
         if pacer.due(now):
             try:
-                sock = _tcp(spec.sources[0], spec.port)
+                sock = tcp(spec.sources[0], spec.port)
                 sock.setblocking(False)
                 stats["bytes"] += sock.send(os.urandom(RANDOM_BYTES_CHUNK))
                 stats["connections"] += 1
@@ -229,8 +140,8 @@ def routing_claims(spec: AttackSpec, end: float) -> Stats:
         "frames_not_queued": 0,
     }
     rng = random.Random()  # noqa: S311 - attack traffic, not a secret
-    broker = _broker_keys(spec)
-    key = _insider_key(spec)
+    broker = broker_keys(spec)
+    key = insider_key(spec)
     secret = crypto.curve_secret(key)
     server_key = broker.curve or b""
     hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(4)]
@@ -256,14 +167,14 @@ def routing_claims(spec: AttackSpec, end: float) -> Stats:
                     claimed = bytes([rng.randrange(1, 256)]) + secrets.token_bytes(rng.randrange(0, 32))
                     stats["claims_arbitrary"] += 1
                 made += 1
-                sock = _curve_dealer(context, _endpoint(spec.sources[0], spec.port), secret, server_key, claimed)
+                sock = curve_dealer(context, endpoint(spec.sources[0], spec.port), secret, server_key, claimed)
                 stats["connections"] += 1
                 for frames in (hellos[made % len(hellos)], [p.MARKER, p.HELLO, secrets.token_bytes(442)]):
-                    queued = _queue(sock, frames)
+                    queued = queue(sock, frames)
                     stats["frames_queued" if queued else "frames_not_queued"] += 1
                 held.append((sock, now))
             for sock, _ in held:
-                _drain_replies(sock, stats, "replies")
+                drain_replies(sock, stats, "replies")
             while held and now - held[0][1] > CLAIM_HOLD:
                 held.popleft()[0].close(linger=0)
             time.sleep(max(IDLE, min(pacer.next, end) - time.monotonic()))
@@ -287,7 +198,7 @@ def endless_multipart(spec: AttackSpec, end: float) -> Stats:
             time.sleep(max(IDLE, min(reconnect.next, end) - now))
             continue
         try:
-            sock = _tcp(spec.sources[0], spec.port)
+            sock = tcp(spec.sources[0], spec.port)
         except OSError:
             stats["connect_failures"] += 1
             continue
@@ -332,7 +243,7 @@ def conn_flood(spec: AttackSpec, end: float) -> Stats:
                 source = spec.sources[made % len(spec.sources)]
                 made += 1
                 try:
-                    sock = _tcp(source, spec.port, timeout=0.5)
+                    sock = tcp(source, spec.port, timeout=0.5)
                     if made % 2:  # half begin a CurveZMQ handshake and stall; the others say nothing at all
                         sock.sendall(greeting(b"CURVE"))
                     sock.setblocking(False)
@@ -382,15 +293,15 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
         "connect_failures": 0,
     }
     unregistered_source, null_source, insider_source = spec.sources[0], spec.sources[1], spec.sources[2]
-    broker = _broker_keys(spec)
+    broker = broker_keys(spec)
     server_key = broker.curve or b""
     captured = list(spec.captured_hello)
     random_hello = [p.MARKER, p.HELLO, secrets.token_bytes(442)]
     raw_attack = NULL_HANDSHAKE + message(captured) * RAW_NULL_HELLOS
-    key = _insider_key(spec)
+    key = insider_key(spec)
     insider_hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(8)]
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    insider = _curve_dealer(context, _endpoint(insider_source, spec.port), crypto.curve_secret(key), server_key)
+    insider = curve_dealer(context, endpoint(insider_source, spec.port), crypto.curve_secret(key), server_key)
     now = time.monotonic()
     curve_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
     null_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
@@ -400,10 +311,10 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
     raw_held: collections.deque[tuple[socket.socket, float]] = collections.deque()
 
     def stranger(source: str, secret: bytes | None, counter: str, at: float) -> None:
-        sock = _curve_dealer(context, _endpoint(source, spec.port), secret, server_key)
+        sock = curve_dealer(context, endpoint(source, spec.port), secret, server_key)
         stats[counter] += 1
         for k in range(STRANGER_HELLOS):
-            queued = _queue(sock, random_hello if k == STRANGER_HELLOS - 1 else captured)
+            queued = queue(sock, random_hello if k == STRANGER_HELLOS - 1 else captured)
             stats["stranger_hellos_queued" if queued else "stranger_hellos_not_queued"] += 1
         held.append((sock, at))
 
@@ -415,7 +326,7 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
                 stranger(null_source, None, "null_dealers", now)
             if raw_pace.due(now):
                 try:
-                    raw = _tcp(null_source, spec.port)
+                    raw = tcp(null_source, spec.port)
                     raw.setblocking(False)
                     sent = raw.send(raw_attack)
                     stats["raw_null_connections"] += 1
@@ -426,11 +337,11 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
                     stats["connect_failures"] += 1
             while insider_pace.due(now):
                 frames = insider_hellos[int(stats["insider_hellos"]) % len(insider_hellos)]
-                queued = _queue(insider, frames)
+                queued = queue(insider, frames)
                 stats["insider_hellos" if queued else "insider_hellos_not_queued"] += 1
-            _drain_replies(insider, stats, "insider_replies")
+            drain_replies(insider, stats, "insider_replies")
             for sock, _ in held:
-                _drain_replies(sock, stats, "stranger_replies")
+                drain_replies(sock, stats, "stranger_replies")
             while held and now - held[0][1] > STRANGER_HOLD:
                 held.popleft()[0].close(linger=0)
             while raw_held and now - raw_held[0][1] > STRANGER_HOLD:
@@ -450,94 +361,24 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
 # ------------------------------------------------------------ 6. log amplification
 
 
-class _Insider:
-    """A registered user's bare DEALER, logged in by hand, that reads and acknowledges what the broker sends."""
-
-    def __init__(self, spec: AttackSpec, context: zmq.Context[zmq.Socket[bytes]]) -> None:
-        self.spec = spec
-        self.context = context
-        self.key = _insider_key(spec)
-        self.broker = _broker_keys(spec)
-        self.sock: zmq.Socket[bytes] | None = None
-        self.session = ClientSession(spec.insider, self.key, self.broker.rsa, bot=True, history=False)
-        self.events = 0
-        self.last_ping = 0.0
-
-    def login(self, deadline: float) -> bool:
-        self.close()
-        self.sock = connect_dealer(
-            self.context, _endpoint(self.spec.sources[0], self.spec.port), self.key, self.broker.curve or b""
-        )
-        self.session = ClientSession(self.spec.insider, self.key, self.broker.rsa, bot=True, history=False)
-        self.sock.send_multipart(self.session.hello())
-        while time.monotonic() < deadline:
-            if not self.sock.poll(100):
-                continue
-            try:
-                events, reply = self.session.receive(self.sock.recv_multipart())
-            except ChatError:
-                return False
-            if reply is not None:
-                self.sock.send_multipart(reply)
-            if any(isinstance(event, Welcome) for event in events):
-                self.last_ping = time.monotonic()
-                return True
-        return False
-
-    @property
-    def online(self) -> bool:
-        return self.sock is not None and self.session.state is State.READY
-
-    def pump(self, now: float) -> None:
-        """Read what came (up to a batch), acknowledge it, and ping once a second."""
-        if self.sock is None:
-            return
-        for _ in range(200):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                events, reply = self.session.receive(frames)
-            except ChatError:
-                continue
-            self.events += len(events)
-            if reply is not None:
-                _queue(self.sock, reply)
-        ack = self.session.ack()
-        if ack is not None:
-            _queue(self.sock, ack)
-        if now - self.last_ping >= 1.0:
-            self.last_ping = now
-            _queue(self.sock, self.session.ping())
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
-            self.sock = None
-
-
 def log_amp(spec: AttackSpec, end: float) -> Stats:
-    stats: Stats = {"frames": 0, "bytes": 0, "frames_not_queued": 0, "logins": 0, "login_failures": 0}
+    stats: Stats = {"frames": 0, "bytes": 0, "frames_not_queued": 0, "logins": 0}
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    insider = _Insider(spec, context)
+    insider = Insider(spec, context, stats)
     pacer = Pacer(JUNK_RATE * spec.scale / JUNK_BATCH, time.monotonic())  # batches per second
-    count = 0
+    sent = 0
     try:
         while (now := time.monotonic()) < end:
             if not insider.online:
-                if insider.login(min(end, now + LOGIN_TIMEOUT)):
-                    stats["logins"] += 1
-                else:
-                    stats["login_failures"] += 1
+                if not insider.login(min(end, now + LOGIN_TIMEOUT)):
                     time.sleep(0.5)
                 continue
             insider.pump(now)
             if pacer.due(now) and insider.sock is not None:
                 for _ in range(JUNK_BATCH):
-                    frames = LOG_JUNK[count % len(LOG_JUNK)]
-                    count += 1
-                    if _queue(insider.sock, frames):
+                    frames = LOG_JUNK[sent % len(LOG_JUNK)]
+                    sent += 1
+                    if queue(insider.sock, frames):
                         stats["frames"] += 1
                         stats["bytes"] += sum(len(f) + 1 for f in frames)
                     else:
@@ -551,12 +392,28 @@ def log_amp(spec: AttackSpec, end: float) -> Stats:
 
 
 ATTACKS: dict[str, Callable[[AttackSpec, float], Stats]] = {
+    # Issue 11: strangers, and insiders at the edges of the protocol.
     "random_bytes": random_bytes,
     "routing_claims": routing_claims,
     "endless_multipart": endless_multipart,
     "conn_flood": conn_flood,
     "rsa_work": rsa_work,
     "log_amp": log_amp,
+    # Issue 18: one budget per user (its findings 1, 2, 4, 5 and 7; the numbers are the issue's).
+    "mail_self": mail_self,  # 1
+    "mail_away": mail_away,  # 1
+    "session_churn": session_churn,  # 2
+    # 3 (connections holding unfinished multipart messages under CurveZMQ) comes with attack/rawcurve.py,
+    # a hand-written CurveZMQ client: register it here as "held_multipart" and give it a spec in attack.run.
+    "routing_search": routing_search,  # 4
+    "rate_refill": rate_refill,  # 5
+    "hello_flood": hello_flood,  # 7
+}
+
+# Steps an attacker takes before it reports itself armed (before the go): each returns the spec to attack with.
+PREPARE: dict[str, Callable[[AttackSpec], AttackSpec]] = {
+    "routing_search": find_leaked_id,
+    "hello_flood": prepare_flood,
 }
 
 
@@ -569,12 +426,14 @@ def attacker_main(spec: AttackSpec, out: Queue[Message], go: EventType) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if spec.kind in PREPARE:
+            spec = PREPARE[spec.kind](spec)
         out.put(("armed", spec.kind, None))
         if not go.wait(GO_TIMEOUT):
             raise TimeoutError("no go signal")
-        cpu_before = _cpu_seconds()
+        cpu_before = cpu_seconds()
         stats = ATTACKS[spec.kind](spec, time.monotonic() + spec.duration)
-        stats["cpu_s"] = round(_cpu_seconds() - cpu_before, 2)
+        stats["cpu_s"] = round(cpu_seconds() - cpu_before, 2)
         out.put(("result", spec.kind, stats))
     except BaseException:
         out.put(("error", spec.kind, traceback.format_exc()))

