@@ -37,6 +37,7 @@ session is bound to it. Every failure of a peer's frame is a silent drop
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import secrets
 import time
@@ -139,8 +140,13 @@ class Session:
         return bool(self.replay or self.mail_to_read or self.backlog)
 
 
+_LOG_KEY = secrets.token_bytes(16)  # this process's: the same connection gets the same name in one log
+
+
 def short(identity: bytes) -> str:
-    return identity.hex()[:10]
+    """A name for a connection in the log that does not show its routing id: libzmq numbers connections with a
+    counter a peer must not learn (zchat.broker.admission.RoutingIds)."""
+    return hashlib.blake2b(identity, key=_LOG_KEY, digest_size=5).hexdigest()
 
 
 class BrokerCore:
