@@ -16,7 +16,7 @@ import zmq
 from zmq.utils import z85
 
 from zchat import crypto
-from zchat.crypto.keys import CURVE_BLOCK
+from zchat.crypto.keyfile import BINDING_BLOCK, CURVE_BLOCK
 from zchat.keystore import KeyLayout, ensure_broker_keys, public_file_is_current, write_public_key
 
 BEGIN = b"-----BEGIN " + CURVE_BLOCK.encode() + b"-----\n"
@@ -35,9 +35,20 @@ def hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
     return okm[:length]
 
 
-def curve_file(key: crypto.PrivateKey, curve_text: bytes) -> bytes:
-    """A public key file whose Curve block holds `curve_text`."""
-    return crypto.export_public_pem(key).rstrip(b"\n") + b"\n" + BEGIN + curve_text + END
+def curve_file(key: crypto.PrivateKey, curve_text: bytes, binding: bytes = b"") -> bytes:
+    """A public key file whose Curve block holds `curve_text` (followed by `binding`, a whole block, if given)."""
+    return crypto.export_public_pem(key).rstrip(b"\n") + b"\n" + BEGIN + curve_text + END + binding
+
+
+def binding_block(signature: bytes) -> bytes:
+    return (
+        b"-----BEGIN "
+        + BINDING_BLOCK.encode()
+        + b"-----\n"
+        + base64.b64encode(signature)
+        + b"\n-----END "
+        + (BINDING_BLOCK.encode() + b"-----\n")
+    )
 
 
 # ---------------------------------------------------------------- the derivation
@@ -91,8 +102,9 @@ def test_public_key_file_round_trips(keyring, tmp_path):
     assert held.rsa == alice.public_key()
     assert not held.rsa.has_private()
     assert held.curve == crypto.curve_public(crypto.curve_secret(alice))
+    assert held.unbound_curve is None
     assert crypto.load_public_key(path) == alice.public_key()
-    assert path.read_bytes() == crypto.export_public_file(alice)
+    assert crypto.load_public_key_file(path) == held
     assert BEGIN in path.read_bytes()
     assert b"PRIVATE" not in path.read_bytes()
     assert public_file_is_current(path, alice)
@@ -116,9 +128,13 @@ def test_a_file_without_the_curve_block_loads_without_a_curve_key(keyring, tmp_p
 
 def test_the_curve_block_may_be_wrapped_or_indented(keyring, tmp_path):
     alice = keyring.keys["alice"]
-    text = base64.b64encode(crypto.curve_public(crypto.curve_secret(alice)))
+    curve = crypto.curve_public(crypto.curve_secret(alice))
+    text = base64.b64encode(curve)
     path = tmp_path / "wrapped.pub"
-    path.write_bytes(curve_file(alice, b"  " + text[:20] + b"\n  " + text[20:]))
+    binding = base64.b64encode(crypto.sign(alice, crypto.curve_binding_input(curve)))
+    block = b"-----BEGIN " + BINDING_BLOCK.encode() + b"-----\n  " + binding[:100] + b"\n  " + binding[100:]
+    block += b"\n-----END " + BINDING_BLOCK.encode() + b"-----\n"
+    path.write_bytes(curve_file(alice, b"  " + text[:20] + b"\n  " + text[20:], block))
     assert crypto.load_public_key_file(path).curve == crypto.curve_public(crypto.curve_secret(alice))
 
 
@@ -205,7 +221,7 @@ def test_ensure_broker_keys_rewrites_a_broker_pub_that_is_not_its_own(keyring, b
         broker_layout.broker_public.write_bytes(b"not a key")
     key, created = ensure_broker_keys(broker_layout)
     assert (key, created) == (broker, False)
-    assert broker_layout.broker_public.read_bytes() == crypto.export_public_file(broker)
+    assert public_file_is_current(broker_layout.broker_public, broker)
 
 
 def test_ensure_broker_keys_leaves_a_current_broker_pub_untouched(keyring, broker_layout):
@@ -213,12 +229,12 @@ def test_ensure_broker_keys_leaves_a_current_broker_pub_untouched(keyring, broke
     path = broker_layout.broker_public
     path.write_bytes(crypto.export_public_file(broker))
     os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
-    before = path.stat()
+    before, written = path.stat(), path.read_bytes()
     key, created = ensure_broker_keys(broker_layout)
     assert (key, created) == (broker, False)
     after = path.stat()
     assert (after.st_mtime_ns, after.st_ino, after.st_size) == (before.st_mtime_ns, before.st_ino, before.st_size)
-    assert path.read_bytes() == crypto.export_public_file(broker)
+    assert path.read_bytes() == written
     assert broker_layout.broker_private.read_bytes() == keyring.layout.broker_private.read_bytes()
 
 
