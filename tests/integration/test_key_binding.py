@@ -9,9 +9,11 @@ whose binding does not verify, and a Curve key that two files carry, each with o
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
+from tests.conftest import TEST_CONFIG, BrokerProcess
 from zchat import crypto
 from zchat.errors import ConnectError
 from zchat.keystore import register_existing_key
@@ -100,3 +102,27 @@ def test_a_pub_from_before_the_binding_cannot_connect_until_make_keys_binds_it(m
     assert written
     assert fingerprint == crypto.fingerprint(keyring.keys["bob"])
     assert connect(broker, "bob").online
+
+
+def test_problems_found_at_start_are_logged_once(tmp_path, keyring, connect):
+    """The start-up audit names each problem file; the handshakes that follow do not name it again."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    shutil.copytree(keyring.root, workdir / "keys")
+    broker = BrokerProcess(workdir, {**TEST_CONFIG, "keys_dir": "keys"})
+    unbound, squatter = broker.keys.client_public("bob"), broker.keys.client_public("dave")
+    unbound.write_bytes(unbound.read_bytes().split(b"-----BEGIN ZCHAT CURVE25519 BINDING-----")[0])
+    alice_curve = crypto.load_public_key_file(broker.keys.client_public("alice")).curve
+    squatter.write_bytes(crypto.export_public_file(keyring.keys["mallory"], curve=alice_curve))
+    broker.start()
+    try:
+        for name in ("bob", "alice", "bob"):
+            with pytest.raises(ConnectError, match="login refused"):
+                connect(broker, name, connect_timeout=2.0)
+        assert connect(broker, "carol").online
+        for path in (unbound, squatter):
+            said = lines_naming(broker.log(), path)
+            assert len(said) == 1, said
+            assert "registry: " in said[0]
+    finally:
+        broker.kill()
