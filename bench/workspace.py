@@ -13,7 +13,6 @@ Process statistics (CPU time, resident memory) come from /proc, so this runs on 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import multiprocessing
@@ -31,7 +30,6 @@ from types import TracebackType
 from typing import Any
 
 from zchat import crypto
-from zchat.crypto.keys import CURVE_BLOCK
 from zchat.keystore import KeyLayout, write_private_key, write_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +157,7 @@ class Workspace:
         every name needs a Curve key of its own. A name whose slot is a pool key of its own
         gets that key's .pub (written by `write_public_key`: RSA key and derived Curve key).
         A name that reuses a pool key (slot beyond the pool) gets a .pub with that pool
-        key's RSA half and a random Curve25519 pair of its own (`curve_secret(name)`):
+        key's RSA half and a random Curve25519 pair of its own (`curve_secret(name)`), bound by the pool key:
         RSA and CurveZMQ cost the same for any key of a size, and keys for 1000 names
         would take minutes to generate.
         """
@@ -174,9 +172,7 @@ class Workspace:
                 continue
             secret = os.urandom(crypto.CURVE_KEY_BYTES)
             public = crypto.curve_public(secret)
-            rsa_part = pool_pub.read_bytes().split(b"-----BEGIN " + CURVE_BLOCK.encode())[0]
-            block = f"-----BEGIN {CURVE_BLOCK}-----\n".encode() + base64.b64encode(public)
-            target.write_bytes(rsa_part + block + f"\n-----END {CURVE_BLOCK}-----\n".encode())
+            target.write_bytes(crypto.export_public_file(self.client_key(slot), curve=public))  # bound by its RSA key
             if crypto.load_public_key_file(target).curve != public:
                 raise BenchError(f"{target}: the Curve25519 key did not read back")
             self.own_curve[name] = secret

@@ -15,6 +15,8 @@ import getpass
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +62,8 @@ def write_private_key(path: Path, key: crypto.PrivateKey, passphrase: str | None
 
 
 def write_public_key(path: Path, key: crypto.PrivateKey) -> None:
-    """Write the public key file of a private key: its RSA key and its Curve25519 transport key."""
+    """Write the public key file of a private key: its RSA key and its Curve25519 transport key, bound by the
+    RSA key's signature (zchat.crypto.keyfile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(crypto.export_public_file(key))
@@ -68,7 +71,7 @@ def write_public_key(path: Path, key: crypto.PrivateKey) -> None:
 
 
 def public_file_is_current(path: Path, key: crypto.PrivateKey) -> bool:
-    """True when `path` is the public key file of `key`, its Curve25519 key included."""
+    """True when `path` is the public key file of `key`, its Curve25519 key included and bound to it."""
     try:
         held = crypto.load_public_key_file(path)
     except crypto.KeyFileError:
@@ -76,12 +79,22 @@ def public_file_is_current(path: Path, key: crypto.PrivateKey) -> bool:
     return held.rsa == key.public_key() and held.curve == crypto.curve_public(crypto.curve_secret(key))
 
 
+def public_file_needs_binding(path: Path) -> bool:
+    """True when `path` is there but gives no bound Curve25519 key: written before keys were bound, or damaged."""
+    if not path.exists():
+        return False
+    try:
+        return crypto.load_public_key_file(path).curve is None
+    except crypto.KeyFileError:
+        return True
+
+
 def ensure_broker_keys(layout: KeyLayout, bits: int = crypto.keys.DEFAULT_KEY_BITS) -> tuple[crypto.PrivateKey, bool]:
     """Load the broker key pair, creating it (and the registry directory) on first need. Returns (key, created)."""
     layout.clients_dir.mkdir(parents=True, exist_ok=True)
     if layout.broker_private.exists():
         key = crypto.load_private_key(layout.broker_private)
-        if not public_file_is_current(layout.broker_public, key):  # missing, or from before the Curve25519 key
+        if not public_file_is_current(layout.broker_public, key):  # missing, or from before the (bound) Curve key
             write_public_key(layout.broker_public, key)
         return key, False
     key = crypto.generate_private_key(bits)
@@ -124,13 +137,14 @@ def lookalike_problem(layout: KeyLayout, name: str) -> str | None:
 def register_existing_key(layout: KeyLayout, name: str, passphrase: str | None = None) -> tuple[str, bool]:
     """Write keys/clients/<name>.pub again from the existing keys/private/<name>.pem: (fingerprint, written).
 
-    For a .pub that was lost, or written before it carried the Curve25519 key. Refuses (FileExistsError)
-    a .pub that holds another key: a registered name is never taken over.
+    For a .pub that was lost, or written before it carried the Curve25519 key or its binding (or whose
+    binding was damaged). Refuses (FileExistsError) a .pub that holds another RSA key: a registered name
+    is never taken over.
     """
     key = crypto.load_private_key(layout.client_private(name), passphrase)
     public_path = layout.client_public(name)
     if public_path.exists():
-        if crypto.load_public_key_file(public_path).rsa != key.public_key():
+        if crypto.load_public_key(public_path) != key.public_key():
             raise FileExistsError(f"{public_path} holds another key; not overwriting it")
         if public_file_is_current(public_path, key):
             return crypto.fingerprint(key), False
@@ -153,7 +167,63 @@ def registered_names(layout: KeyLayout) -> list[str]:
 class Registered:
     key: crypto.PublicKey
     der: bytes  # crypto.public_key_to_der(key)
-    curve: bytes | None  # the Curve25519 transport key; None in a file written before there was one
+    # The Curve25519 transport key, only when the file binds it to `key`; None in a file without one, or with an
+    # unbound one (`unbound_curve`, a file from before keys were bound): then the user cannot connect.
+    curve: bytes | None
+    unbound_curve: bytes | None = None
+
+
+Stamp = tuple[int, int, int]  # a file version: (st_mtime_ns, st_size, st_ino)
+
+
+class _SaidOnce:
+    """The registry problems already logged, per file version, shared by every Registry of the process (the
+    broker's loop and its gatekeeper thread each have one, and the start-up audit a third), so that each
+    problem is one log line, not one per handshake or per Registry."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._said: set[tuple[object, ...]] = set()
+
+    def first(self, key: tuple[object, ...]) -> bool:
+        """True the first time `key` is seen (and it is remembered)."""
+        with self._lock:
+            if key in self._said:
+                return False
+            if len(self._said) >= self.LIMIT:
+                self._said.clear()
+            self._said.add(key)
+            return True
+
+
+_said = _SaidOnce()
+
+
+def _refused_problem(path: Path, problem: str | None) -> str:
+    return f"{problem}; refused, as if {path.stem} were not registered"
+
+
+def _unbound_problem(path: Path, registered: Registered) -> str:
+    name = path.stem
+    advice = f"run `make keys NAME={name}` where the private key is, and register the .pub it writes"
+    if registered.unbound_curve is None:
+        return f"{path}: has no Curve25519 key, so {name} cannot connect; {advice}"
+    return (
+        f"{path}: its Curve25519 key is not bound to its RSA key (the file has no binding: it was written before"
+        f" keys were bound, or by hand), so {name} cannot connect until `make keys NAME={name}` is run again"
+        " where the private key is, and the .pub it writes is registered"
+    )
+
+
+def _shared_problem(paths: list[Path]) -> str:
+    names = ", ".join(path.stem for path in paths)
+    return (
+        f"{', '.join(str(path) for path in paths)}: carry the same Curve25519 key, so no one ({names}) can connect"
+        " with it; remove every file that is not its owner's (compare fingerprints out of band:"
+        " `make fingerprint NAME=...`)"
+    )
 
 
 class Registry:
@@ -162,12 +232,23 @@ class Registry:
     Files are checked at each lookup (and re-read when they change), so keys
     registered, replaced or removed while the broker runs take effect without
     a restart.
+
+    A file is refused (as if its name were not registered) when it fails to
+    load, a Curve25519 binding that does not verify included: the file was
+    damaged, or its Curve block was taken from another user's file. A file
+    whose Curve key is not bound (written before keys were bound), or whose
+    bound Curve key another file carries too, keeps its RSA key registered
+    (`registered()`, `lookup()`: mail can be sealed to it, a session open
+    already goes on), but its Curve key is never mapped to a name
+    (`name_for_curve_key()`), so the transport refuses every handshake with
+    it. Each problem is logged once per file version, and `audit()` lists
+    them all at start.
     """
 
     def __init__(self, layout: KeyLayout) -> None:
         self.layout = layout
-        # name -> (file stamp, key or None when the file was refused); re-read when the file changes.
-        self._cache: dict[str, tuple[tuple[int, int, int], Registered | None]] = {}
+        # name -> (file stamp, key or None when the file was refused, why); re-read when the file changes.
+        self._cache: dict[str, tuple[Stamp, Registered | None, str | None]] = {}
         # Curve25519 key -> name, for the transport's allow-list; listed again when the directory changes.
         self._by_curve: dict[bytes, str] = {}
         self._listed: tuple[int, int] | None = None
@@ -192,8 +273,9 @@ class Registry:
     def name_for_curve_key(self, curve: bytes, now: float) -> str | None:
         """The registered user whose Curve25519 key `curve` is, or None.
 
-        The directory is listed again when it changed, or (for a key it does not hold,
-        since a file may have been rewritten in place) at most once per second.
+        Only a key bound to its file's RSA key, and carried by no other file, has a name. The directory
+        is listed again when it changed, or (for a key it does not hold, since a file may have been
+        rewritten in place) at most once per second.
         """
         try:
             info = self.layout.clients_dir.stat()
@@ -202,11 +284,7 @@ class Registry:
             return None
         if stamp != self._listed or (curve not in self._by_curve and now - self._listed_at >= 1.0):
             self._listed, self._listed_at = stamp, now
-            self._by_curve = {}
-            for path in self.layout.clients_dir.glob("*.pub"):
-                registered = self.registered(path.stem)
-                if registered is not None and registered.curve is not None:
-                    self._by_curve[registered.curve] = path.stem
+            self._by_curve = self._curve_keys(say=self._say)
         name = self._by_curve.get(curve)
         if name is None:
             return None
@@ -224,6 +302,17 @@ class Registry:
             path = self.layout.client_public(name)
         except LocalProtocolError:
             return None
+        loaded = self._load(path)
+        if loaded is None:
+            return None
+        stamp, registered, problem = loaded
+        if problem is not None:
+            self._say(("refused", str(path), stamp), _refused_problem(path, problem))
+        return registered
+
+    def _load(self, path: Path) -> tuple[Stamp, Registered | None, str | None] | None:
+        """A registry file's stamp, its key (None when refused) and why it was refused; None: no such file."""
+        name = path.stem
         try:
             info = path.stat()
         except OSError:
@@ -232,36 +321,62 @@ class Registry:
         stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == stamp:
-            return cached[1]
+            return cached
         registered: Registered | None
+        problem = None
         try:
             held = crypto.load_public_key_file(path)
-            registered = Registered(held.rsa, crypto.public_key_to_der(held.rsa), held.curve)
+            registered = Registered(held.rsa, crypto.public_key_to_der(held.rsa), held.curve, held.unbound_curve)
         except crypto.KeyFileError as exc:
-            log.error("refusing registry file: %s", exc)
-            registered = None
-        self._cache[name] = (stamp, registered)
-        return registered
+            registered, problem = None, str(exc)
+        self._cache[name] = (stamp, registered, problem)
+        return self._cache[name]
+
+    def _curve_keys(self, say: Callable[[tuple[object, ...], str], None]) -> dict[bytes, str]:
+        """Each bound Curve25519 key that exactly one file carries -> that file's name. `say` gets each file
+        refused, and each whose Curve key cannot be used (no key, no binding, or a key another file carries)."""
+        holders: dict[bytes, list[tuple[Path, Stamp]]] = {}
+        for path in sorted(self.layout.clients_dir.glob("*.pub")):
+            if not NAME_PATTERN.fullmatch(path.stem):
+                continue
+            loaded = self._load(path)
+            if loaded is None:  # gone since the listing
+                continue
+            stamp, registered, problem = loaded
+            if registered is None:
+                say(("refused", str(path), stamp), _refused_problem(path, problem))
+            elif registered.curve is None:
+                say(("unbound", str(path), stamp), _unbound_problem(path, registered))
+            else:
+                holders.setdefault(registered.curve, []).append((path, stamp))
+        by_curve = {}
+        for curve, held in holders.items():
+            if len(held) == 1:
+                by_curve[curve] = held[0][0].stem
+            else:
+                say(("shared", *((str(path), stamp) for path, stamp in held)), _shared_problem([p for p, _ in held]))
+        return by_curve
+
+    @staticmethod
+    def _say(key: tuple[object, ...], problem: str) -> None:
+        if _said.first(key):
+            log.error("registry: %s", problem)
 
     def audit(self) -> list[str]:
-        """Problems with registry files, one line each, for the log at start-up."""
-        problems = []
+        """Problems with registry files, one line each, for the log at start-up (not logged again later)."""
         if not self.layout.clients_dir.is_dir():
             return [f"{self.layout.clients_dir}: registry directory missing; nobody can log in"]
-        for path in sorted(self.layout.clients_dir.iterdir()):
-            if path.suffix != ".pub":
-                continue
-            try:
-                check_name(path.stem)
-                if crypto.load_public_key_file(path).curve is None:
-                    problems.append(
-                        f"{path}: has no Curve25519 key, so {path.stem} cannot connect;"
-                        f" run `make keys NAME={path.stem}` where the private key is, and register the .pub it writes"
-                    )
-            except LocalProtocolError:
-                problems.append(f"{path}: file name is not a valid user name; ignored")
-            except crypto.KeyFileError as exc:
-                problems.append(str(exc))
+        problems = [
+            f"{path}: file name is not a valid user name; ignored"
+            for path in sorted(self.layout.clients_dir.glob("*.pub"))
+            if not NAME_PATTERN.fullmatch(path.stem)
+        ]
+
+        def listed(key: tuple[object, ...], problem: str) -> None:
+            _said.first(key)
+            problems.append(problem)
+
+        self._curve_keys(say=listed)
         return problems
 
 
@@ -302,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="user name: 1-32 of A-Z a-z 0-9 _ -")
     add_location_arguments(parser)
     parser.add_argument(
-        "--if-missing", action="store_true", help="do nothing if NAME has a private key already (a bot's first start)"
+        "--if-missing",
+        action="store_true",
+        help="do nothing if NAME has a private key already (a bot's start), but bind a .pub written before binding",
     )
     parser.add_argument(
         "--bits", type=int, default=crypto.keys.DEFAULT_KEY_BITS, help="RSA modulus size (default: %(default)s)"
@@ -323,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_name(args.name)
         if args.if_missing and layout.client_private(args.name).exists():
+            if not public_file_needs_binding(layout.client_public(args.name)):
+                return 0
+            # A .pub from before keys were bound: bind it now (a bot's key has no passphrase unless PASSPHRASE).
+            fp, _ = register_existing_key(layout, args.name, os.environ.get("PASSPHRASE") or None)
+            print(f"{layout.client_private(args.name)} exists; its Curve25519 key is now bound to its RSA key")
+            print(public_file_note(layout, args.name))
+            print(f"fingerprint {fp}")
             return 0
         if args.bits < crypto.MIN_KEY_BITS:
             raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")

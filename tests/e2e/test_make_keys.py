@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import copy_checkout
 from zchat import crypto
-from zchat.keystore import KeyLayout, write_private_key
+from zchat.keystore import KeyLayout, public_file_is_current, write_private_key
 
 STAMP = ".venv/.runtime-installed"
 
@@ -67,20 +67,32 @@ def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
 
 
 def test_make_keys_registers_an_existing_key_again(repo_copy):
-    """A lost .pub, or one from before the Curve25519 key, is written again from the private key."""
+    """A lost .pub, or one from before the Curve25519 key or its binding, or one whose binding is damaged, is
+    written again from the private key, bound."""
     keys = repo_copy / "keys"
     assert make(repo_copy, "keys", "NAME=zed").returncode == 0
     public = keys / "clients" / "zed.pub"
     current = public.read_bytes()
-    for damaged in (None, current.split(b"-----BEGIN ZCHAT")[0]):  # lost; then without its Curve block
+    zed = crypto.load_private_key(keys / "private" / "zed.pem")
+    cut = current.index(b"BINDING-----\n") + len(b"BINDING-----\n")  # the binding's first base64 character
+    damaged_binding = current[:cut] + (b"B" if current[cut : cut + 1] == b"A" else b"A") + current[cut + 1 :]
+    for damaged in (
+        None,  # lost
+        current.split(b"-----BEGIN ZCHAT")[0],  # without its Curve block (before zchat/2)
+        current.split(b"-----BEGIN ZCHAT CURVE25519 BINDING")[0],  # without its binding (before keys were bound)
+        damaged_binding,
+    ):
         if damaged is None:
             public.unlink()
         else:
             public.write_bytes(damaged)
+            assert not public_file_is_current(public, zed)
         again = make(repo_copy, "keys", "NAME=zed")
         assert again.returncode == 0, again.stderr
         assert "wrote keys/clients/zed.pub: give it to the broker's operator" in again.stdout  # no broker here
-        assert public.read_bytes() == current
+        assert public_file_is_current(public, zed)
+        held = crypto.load_public_key_file(public)
+        assert (held.rsa, held.curve) == (zed.public_key(), crypto.curve_public(crypto.curve_secret(zed)))
     someone_else = crypto.export_public_file(crypto.generate_private_key(2048))
     public.write_bytes(someone_else)  # someone else's key under zed's name
     refused = make(repo_copy, "keys", "NAME=zed")
@@ -147,6 +159,25 @@ def test_if_missing_creates_a_key_once_and_then_says_nothing(repo_copy):
     again = subprocess.run(command, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=60)
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
     assert key.read_bytes() == before
+
+
+def test_if_missing_binds_a_pub_written_before_keys_were_bound(repo_copy):
+    """A bot whose .pub has no binding (an installation from before it) gets it bound at its next `make bot`."""
+    command = [".venv/bin/python", "-m", "zchat.keystore", "--keys-dir", "botkeys", "--if-missing", "--", "echo"]
+    env = {**os.environ, "PASSPHRASE": ""}
+    env.pop("PYTHONPATH", None)
+    assert subprocess.run(command, cwd=repo_copy, env=env, capture_output=True, timeout=60).returncode == 0
+    layout = KeyLayout(repo_copy / "botkeys")
+    public, key = layout.client_public("echo"), crypto.load_private_key(layout.client_private("echo"))
+    public.write_bytes(public.read_bytes().split(b"-----BEGIN ZCHAT CURVE25519 BINDING")[0])
+    assert not public_file_is_current(public, key)
+    rebound = subprocess.run(command, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=60)
+    assert rebound.returncode == 0, rebound.stderr
+    assert "now bound to its RSA key" in rebound.stdout
+    assert f"fingerprint {crypto.fingerprint(key)}" in rebound.stdout
+    assert public_file_is_current(public, key)
+    again = subprocess.run(command, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
 
 
 @pytest.mark.parametrize(

@@ -140,9 +140,14 @@ def test_broker_without_the_pinned_key_is_refused(make_broker, connect, keyring,
     impostor_pub.write_bytes(crypto.export_public_file(keyring.keys["carol"]))
     with pytest.raises(ConnectError, match="did not complete the encrypted handshake"):
         connect(broker, "alice", broker_key_path=impostor_pub, connect_timeout=1.0)
-    # The broker's Curve key with another RSA key: the transport opens, the RSA proof still fails.
+    # The broker's Curve key (and its binding) with another RSA key: the binding does not verify, so the
+    # client refuses the file itself.
     real_curve = broker.keys.broker_public.read_bytes().split(b"-----END PUBLIC KEY-----")[1]
     impostor_pub.write_bytes(crypto.export_public_pem(keyring.keys["carol"]).rstrip() + real_curve)
+    with pytest.raises(crypto.KeyFileError, match="not bound to its RSA key"):
+        connect(broker, "alice", broker_key_path=impostor_pub)
+    # The broker's Curve key signed anew by another RSA key: the transport opens, the RSA proof still fails.
+    impostor_pub.write_bytes(crypto.export_public_file(keyring.keys["carol"], curve=broker.curve_key))
     with pytest.raises(ConnectError, match="login refused"):
         connect(broker, "alice", broker_key_path=impostor_pub)
 
