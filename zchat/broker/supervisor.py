@@ -67,6 +67,12 @@ def crashed(status: int) -> bool:
     return status not in NOT_RESTARTED
 
 
+def passed_on(signum: int, si_code: int) -> bool:
+    """Whether a stop signal the supervisor got goes on to the broker: all but a SIGINT the kernel sent, which
+    is a terminal's Ctrl-C and reached the broker, in the same foreground process group, already."""
+    return not (signum == signal.SIGINT and si_code == SI_KERNEL)
+
+
 def describe(status: int, core_dumped: bool = False) -> str:
     """How a broker ended, for a log line: "killed by SIGABRT (core dumped)", "exited with status 70"."""
     if status < 0:
@@ -142,7 +148,7 @@ def supervise(command: list[str], budget: RestartBudget | None = None, delay: fl
             info = signal.sigwaitinfo(handled)
             if info.si_signo != signal.SIGCHLD:
                 stopping = True
-                if not (info.si_signo == signal.SIGINT and info.si_code == SI_KERNEL):
+                if passed_on(info.si_signo, info.si_code):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, info.si_signo)
                 continue
@@ -233,7 +239,7 @@ def launch(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> i
         die_with_supervisor(int(supervisor_pid))
     if supervisor_pid is None and wants_supervisor(args) and can_supervise():
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        return supervise([sys.executable, os.path.abspath(sys.argv[0]), *args, NO_SUPERVISOR])
+        return supervise([sys.executable, os.path.abspath(sys.argv[0]), NO_SUPERVISOR, *args])
     from zchat.broker.main import main  # only here: the supervisor stays a small process
 
     return main(args, own_keys_dir=own_keys_dir)
