@@ -196,7 +196,7 @@ class Workspace:
         workdir.mkdir()
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps({**config, "keys_dir": str(self.layout.root)}, indent=2) + "\n")
-        command = [sys.executable, "broker.py", "--config", str(config_path)]
+        command = [sys.executable, "broker.py", "--config", str(config_path), "--no-supervisor"]
         return self._start(label, command, workdir / "broker.log")
 
     def start_relay(self, label: str, arguments: list[str]) -> ServerProcess:

@@ -189,6 +189,7 @@ def _tcp_broker() -> _TcpBroker:
                 str(PROJECT_ROOT / "broker.py"),
                 "--config",
                 str(workdir / "config.json"),
+                "--no-supervisor",
             ],
             cwd=workdir,
             stdin=subprocess.DEVNULL,

@@ -121,7 +121,7 @@ class BrokerProcess:
         with self.log_path.open("ab") as log_file:
             self.log_offset = log_file.tell()
             self.proc = subprocess.Popen(
-                [sys.executable, str(BROKER), "--config", str(self.config_path)],
+                [sys.executable, str(BROKER), "--config", str(self.config_path), "--no-supervisor"],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,

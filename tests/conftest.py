@@ -79,7 +79,10 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
 
 
 class BrokerProcess:
-    """broker.py as its own process on a free loopback port, logging to a file."""
+    """broker.py as its own process on a free loopback port, logging to a file; `proc` is the broker itself
+    (`options`: without its supervisor)."""
+
+    options: tuple[str, ...] = ("--no-supervisor",)
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
@@ -106,7 +109,7 @@ class BrokerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "broker.py"), "--config", str(self.config_path)],
+                [sys.executable, str(ROOT / "broker.py"), "--config", str(self.config_path), *self.options],
                 cwd=self.workdir,
                 stdin=stdin,
                 stdout=log,

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import logging
 import math
+import os
 import queue
 import resource
 import secrets
@@ -370,6 +371,12 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         action="store_true",
         help="create the broker key pair if keys_dir has none (done unasked only in the repository's own keys/)",
     )
+    parser.add_argument(
+        "--no-supervisor",
+        action="store_true",
+        help="run the broker in this process, without the supervisor that starts it again after a crash"
+        " (for systemd or another service manager that restarts it)",
+    )
     args = parser.parse_args(argv)
     if args.config is None and not DEFAULT_CONFIG.exists():
         print(
@@ -447,7 +454,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
     except WorkerError as exc:
         log.error("%s; stopping", exc)
         broker.close()
-        return 1
+        return os.EX_SOFTWARE  # a failure after the start, unlike 1: the supervisor starts the broker again
     return 0
 
 
