@@ -69,6 +69,19 @@ def test_five_restarts_a_minute_and_no_more():
     assert budget.take(200.0)
 
 
+def test_a_broker_that_ran_a_while_before_it_died_starts_the_count_afresh():
+    """A peer who crashes a running broker now and then costs restarts, never the service."""
+    budget = RestartBudget(limit=2, window=60.0, stable_after=10.0)
+    assert budget.take(0.0, ran_for=1.0)
+    assert budget.take(1.0, ran_for=0.5)
+    assert not budget.take(2.0, ran_for=0.5), "it cannot even start: give up"
+    assert budget.take(20.0, ran_for=15.0)
+    assert budget.take(31.0, ran_for=11.0)
+    assert budget.take(42.0, ran_for=11.0)
+    assert budget.take(43.0, ran_for=0.5)
+    assert not budget.take(44.0, ran_for=0.5)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_stop_signals_go_on_to_the_broker(signum):
     assert passed_on(signum, SI_USER)

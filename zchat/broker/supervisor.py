@@ -3,8 +3,10 @@
 It runs the real broker (`zchat.broker.main`) as its child, with the same command line plus
 `--no-supervisor` and the same stdin, stdout and stderr, so the console, the log and the exit status are the
 broker's own. When the broker dies abnormally, the supervisor starts it again (after `RESTART_DELAY`) and says
-so in one log line; when it keeps dying (more than `MAX_RESTARTS` times in `RESTART_WINDOW` seconds) it gives
-up with a one-line error. libzmq aborts the whole process when a peer has claimed the routing id it makes up
+so in one log line; when it keeps dying soon after it started (more than `MAX_RESTARTS` times in
+`RESTART_WINDOW` seconds, each within `STABLE_AFTER` seconds of its start: it cannot run) it gives up with a
+one-line error. A broker that ran `STABLE_AFTER` seconds before it died starts the count afresh: a peer who
+can crash a running broker now and then costs restarts, never the service. libzmq aborts the whole process when a peer has claimed the routing id it makes up
 next (socket_base.cpp); the broker makes that hard to reach, and this makes what is left cost a restart.
 
 Which deaths are restarted (`crashed`, a pure function, like `RestartBudget`):
@@ -48,6 +50,7 @@ SUPERVISOR_PID = "ZCHAT_SUPERVISOR_PID"  # set for the child: the pid it must di
 RESTART_DELAY = 0.2  # seconds between a crash and the next start
 MAX_RESTARTS = 5  # restarts allowed within RESTART_WINDOW seconds; one more crash and the supervisor gives up
 RESTART_WINDOW = 60.0
+STABLE_AFTER = 10.0  # seconds: a broker that ran this long before it died clears the restart count
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})  # passed on to the broker
 CLEAN_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE})  # a death by these: a stop
 NOT_RESTARTED = {0: "stopped", 1: "refused to start", 2: "a command-line error"}
@@ -91,14 +94,19 @@ def exit_status(status: int) -> int:
 
 @dataclass
 class RestartBudget:
-    """At most `limit` restarts within any `window` seconds."""
+    """At most `limit` restarts within any `window` seconds of brokers that died within `stable_after` seconds of
+    their start; one that ran longer clears the count."""
 
     limit: int = MAX_RESTARTS
     window: float = RESTART_WINDOW
+    stable_after: float = STABLE_AFTER
     times: collections.deque[float] = field(default_factory=collections.deque)
 
-    def take(self, now: float) -> bool:
-        """Count a restart at `now` (monotonic seconds); False, counting nothing, when the budget is spent."""
+    def take(self, now: float, ran_for: float = 0.0) -> bool:
+        """Count a restart at `now` (monotonic seconds) of a broker that ran `ran_for` seconds; False, counting
+        nothing, when the budget is spent."""
+        if ran_for >= self.stable_after:
+            self.times.clear()
         while self.times and self.times[0] <= now - self.window:
             self.times.popleft()
         if len(self.times) >= self.limit:
@@ -142,7 +150,7 @@ def supervise(command: list[str], budget: RestartBudget | None = None, delay: fl
     # or a stop is never missed. The child is started with nothing blocked.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     try:
-        pid = _spawn(command)
+        pid, started = _spawn(command), time.monotonic()
         stopping = False
         while True:
             info = signal.sigwaitinfo(handled)
@@ -158,7 +166,7 @@ def supervise(command: list[str], budget: RestartBudget | None = None, delay: fl
             status, core_dumped = ended
             if stopping or not crashed(status):
                 return exit_status(status)
-            if not budget.take(time.monotonic()):
+            if not budget.take(time.monotonic(), ran_for=time.monotonic() - started):
                 print(
                     f"{program()}: error: the broker died {budget.limit + 1} times within {budget.window:g} s"
                     f" (last: {describe(status, core_dumped)}); not starting it again",
@@ -168,7 +176,7 @@ def supervise(command: list[str], budget: RestartBudget | None = None, delay: fl
                 return exit_status(status)
             if signal.sigtimedwait(STOP_SIGNALS, delay) is not None:  # asked to stop while it was down
                 return exit_status(status)
-            old, pid = pid, _spawn(command)
+            old, pid, started = pid, _spawn(command), time.monotonic()
             log.warning(
                 "the broker (pid %d) %s; started it again as pid %d (restart %d in the last %g s)",
                 old,
