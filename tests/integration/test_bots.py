@@ -174,6 +174,31 @@ def test_bot_stops_cleanly_on_sigterm_and_others_see_it_leave(broker, connect, s
     assert (left.name, left.reason) == ("echo", "left")
 
 
+def test_bot_exits_with_status_3_when_the_broker_closes_its_session(broker, connect, start_bot):
+    """Not 1: a supervisor that starts a failed bot again would only close the session that replaced it."""
+    alice = connect(broker, "alice")
+    bot = start_bot("echo")
+    bot_online(alice, "echo")
+    again = ChatClient.connect(
+        "127.0.0.1", broker.port, "echo", broker.keys.client_private("echo"), broker.keys.broker_public, bot=True
+    )
+    try:
+        assert bot.proc.wait(20) == 3, bot.log()
+        assert "the broker ended the session: you logged in again elsewhere" in bot.log()
+        assert "Traceback" not in bot.log()
+    finally:
+        again.close()
+
+
+def test_bot_exits_with_status_0_when_the_broker_shuts_down(broker, connect, start_bot):
+    admin = connect(broker, "admin")
+    bot = start_bot("echo")
+    bot_online(admin, "echo")
+    admin.request_shutdown()
+    assert bot.proc.wait(20) == 0, bot.log()
+    assert "the broker is shutting down" in bot.log()
+
+
 def test_json_mode_prints_one_object_per_event(broker, connect):
     bob = connect(broker, "bob")
     alice = Proc(

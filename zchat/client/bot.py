@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from zchat import crypto
+from zchat.client.core import EXIT_CLOSED, EXIT_ERROR, EXIT_OK
 from zchat.client.sync_client import ChatClient
 from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, ConnectError, LocalProtocolError
@@ -80,6 +81,10 @@ def connect_bot(args: argparse.Namespace) -> ChatClient:
 def run_bot(args: argparse.Namespace, handle: Handler) -> int:
     """Log in, answer events until the broker shuts down or a signal arrives. Returns an exit status.
 
+    EXIT_OK (0) after a signal or the broker's shutdown, EXIT_ERROR (1) when the login fails or the connection
+    is lost for good, EXIT_CLOSED (3) when the broker ends the session for good (`closed`: the same name logged
+    in elsewhere, or the key is no longer registered).
+
     An exception from `handle` (or from taking in one event) is logged and that event skipped.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,10 +99,11 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
         client = connect_bot(args)
     except (ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError) as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     log.info("%s is online", args.name)
+    status = EXIT_OK
     try:
-        while not stopping and not client.closed:
+        while not stopping:  # until a signal, or the last event of a client that closed (shutdown, closed)
             try:
                 event = client.receive(timeout=0.5)
             except ConnectError:
@@ -106,12 +112,15 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 log.exception("could not take in a message from the broker; skipped it")
                 continue
             if event is None:
+                if client.closed:
+                    break
                 continue
             if isinstance(event, Shutdown):
                 log.info("the broker is shutting down (%s)", event.by)
                 break
             if isinstance(event, SessionClosed):
-                log.info("the broker ended the session: %s", event.reason)
+                log.warning("the broker ended the session: %s", event.reason)
+                status = EXIT_CLOSED
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue
@@ -126,7 +135,7 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 continue
             if reply and isinstance(event, ChatMessage) and event.bot:
                 log.info("not answering %s, a bot (bots never answer bots)", event.sender)
-            elif reply:
+            elif reply and not client.closed:
                 to = event.sender if isinstance(event, ChatMessage) and event.private else None
                 try:
                     client.send(reply, to=to)  # a private question gets a private answer
@@ -135,10 +144,10 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
         client.flush(LEAVE_WAIT)
     except ConnectError as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     finally:
         client.close()
         for event in client.drain():
             if isinstance(event, Failed):
                 log.warning("a reply was not delivered: %s", event.reason)
-    return 0
+    return status
