@@ -92,6 +92,21 @@ def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
     assert {u.name: u.bot for u in who.users} == {"alice": False, "echo": True}
 
 
+def test_a_bot_warns_of_a_changed_key_and_goes_on_answering(broker, connect, start_bot):
+    pins = broker.keys.client_private("echo").with_name("echo.known.json")
+    pinned = "SHA256:" + "0" * 64
+    pins.parent.mkdir(parents=True, exist_ok=True)
+    pins.write_text(json.dumps({"alice": pinned}))
+    bot = start_bot("echo")
+    alice = connect(broker, "alice")
+    bot_online(alice, "echo")
+    alice.send("still there?")
+    assert reply_from(alice, "echo") == "echo: still there?"
+    warning = rf"WARNING .*alice.s key is not the one pinned in .*echo\.known\.json \(pinned {pinned}"
+    assert re.search(warning, bot.log())
+    assert json.loads(pins.read_text()) == {"alice": pinned}  # nobody checked the new key: the pin stays
+
+
 def test_bots_never_answer_bots(broker, connect, start_bot, keyring):
     """The echo bot answers people, never another bot: two bots would otherwise fill the room."""
     create_client_key(broker.keys, "robot", bits=2048)

@@ -14,8 +14,12 @@ A bot is a function that receives each event and may return a line to send
     run_bot(bot_arguments("echo").parse_args(), handle)
 
 A reply to another bot's message is never sent: two bots answering each other
-would fill the room. The handler sees every event, the broker's answers to the
-bot's own messages included: `Accepted` (stored and sent on; `queued` for someone offline) or
+would fill the room. A user whose key differs from the one the bot pinned on
+first sight (`KeyChanged`) is logged as a warning each time the broker names
+them, and the bot goes on answering (the handler sees the event and may decide
+otherwise); nobody is there to check the new key, so the pin is not replaced.
+The handler sees every event, the broker's answers to the bot's own messages
+included: `Accepted` (stored and sent on; `queued` for someone offline) or
 `Failed` (not delivered, with the reason), each naming the id `send()` returned.
 The runner logs a failed reply as a warning.
 
@@ -40,7 +44,7 @@ from zchat.client.core import EXIT_CLOSED, EXIT_ERROR, EXIT_OK
 from zchat.client.sync_client import ChatClient
 from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, ConnectError, LocalProtocolError
-from zchat.events import Accepted, ChatMessage, Event, Failed, SessionClosed, Shutdown
+from zchat.events import Accepted, ChatMessage, Event, Failed, KeyChanged, SessionClosed, Shutdown
 from zchat.keystore import KeyLayout
 
 log = logging.getLogger(__name__)
@@ -124,7 +128,16 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue
-            if isinstance(event, Failed):
+            if isinstance(event, KeyChanged):
+                log.warning(
+                    "%s's key is not the one pinned in %s (pinned %s, now %s): check it out of band; the bot goes"
+                    " on answering, and the pin stays until it is replaced in that file",
+                    event.name,
+                    client.pins.path or "memory",
+                    event.pinned,
+                    event.seen,
+                )
+            elif isinstance(event, Failed):
                 log.warning("a reply was not delivered: %s", event.reason)
             elif isinstance(event, Accepted) and event.queued:
                 log.info("a reply is kept for its offline recipient (message %s)", event.message_id)

@@ -518,8 +518,10 @@ class ClientCore:
 
     def _on_event(self, event: Event, now: float) -> None:
         for user in _users_in(event):
+            if user.name == self.name:
+                continue  # not pinned: every welcome must list us with our own key (the session checks it)
             pinned = self.pins.check(user.name, user.fingerprint)
-            if pinned is not None and user.name != self.name:
+            if pinned is not None:
                 self._events.append(KeyChanged(user.name, pinned, user.fingerprint))
         if isinstance(event, Welcome):
             self._backoff.reset()
