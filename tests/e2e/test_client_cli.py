@@ -89,6 +89,16 @@ def test_shutdown_is_refused_to_non_admins_and_stops_everything_for_an_admin(bro
     assert "broker stopped" in broker.log()
 
 
+def test_a_session_the_broker_closes_ends_the_client_with_status_3(broker, client, connect):
+    """`closed` (here: the same name logged in elsewhere) is no error of ours, and no reason to start again."""
+    alice = client(broker, "alice")
+    alice.expect_line(r"logged in as alice")
+    connect(broker, "alice")  # the newer login wins
+    alice.expect_line(r"! the broker closed this session: you logged in again elsewhere; goodbye$")
+    assert alice.wait() == 3, alice.transcript()
+    assert "Traceback" not in alice.err.text()
+
+
 def test_a_new_name_on_the_brokers_machine_gets_a_key_created_and_registered(broker, spawn, connect):
     args = [CLIENT, "--config", str(broker.config_path), "--host", "127.0.0.1", "--port", str(broker.port)]
     newbie = spawn([*args, "--user", "newbie"], broker.workdir, name="newbie")

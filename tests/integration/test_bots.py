@@ -92,6 +92,21 @@ def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
     assert {u.name: u.bot for u in who.users} == {"alice": False, "echo": True}
 
 
+def test_a_bot_warns_of_a_changed_key_and_goes_on_answering(broker, connect, start_bot):
+    pins = broker.keys.client_private("echo").with_name("echo.known.json")
+    pinned = "SHA256:" + "0" * 64
+    pins.parent.mkdir(parents=True, exist_ok=True)
+    pins.write_text(json.dumps({"alice": pinned}))
+    bot = start_bot("echo")
+    alice = connect(broker, "alice")
+    bot_online(alice, "echo")
+    alice.send("still there?")
+    assert reply_from(alice, "echo") == "echo: still there?"
+    warning = rf"WARNING .*alice.s key is not the one pinned in .*echo\.known\.json \(pinned {pinned}"
+    assert re.search(warning, bot.log())
+    assert json.loads(pins.read_text()) == {"alice": pinned}  # nobody checked the new key: the pin stays
+
+
 def test_bots_never_answer_bots(broker, connect, start_bot, keyring):
     """The echo bot answers people, never another bot: two bots would otherwise fill the room."""
     create_client_key(broker.keys, "robot", bits=2048)
@@ -172,6 +187,31 @@ def test_bot_stops_cleanly_on_sigterm_and_others_see_it_leave(broker, connect, s
     assert bot.stop() == 0
     left = wait_for(alice, lambda e: isinstance(e, Left))
     assert (left.name, left.reason) == ("echo", "left")
+
+
+def test_bot_exits_with_status_3_when_the_broker_closes_its_session(broker, connect, start_bot):
+    """Not 1: a supervisor that starts a failed bot again would only close the session that replaced it."""
+    alice = connect(broker, "alice")
+    bot = start_bot("echo")
+    bot_online(alice, "echo")
+    again = ChatClient.connect(
+        "127.0.0.1", broker.port, "echo", broker.keys.client_private("echo"), broker.keys.broker_public, bot=True
+    )
+    try:
+        assert bot.proc.wait(20) == 3, bot.log()
+        assert "the broker ended the session: you logged in again elsewhere" in bot.log()
+        assert "Traceback" not in bot.log()
+    finally:
+        again.close()
+
+
+def test_bot_exits_with_status_0_when_the_broker_shuts_down(broker, connect, start_bot):
+    admin = connect(broker, "admin")
+    bot = start_bot("echo")
+    bot_online(admin, "echo")
+    admin.request_shutdown()
+    assert bot.proc.wait(20) == 0, bot.log()
+    assert "the broker is shutting down" in bot.log()
 
 
 def test_json_mode_prints_one_object_per_event(broker, connect):

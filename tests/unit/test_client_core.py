@@ -19,6 +19,9 @@ from zchat.client.core import (
     MAX_REFUSALS,
     MAX_REFUSED_RELOGINS,
     MAX_RETRY_DELAY,
+    ZAP_ERROR,
+    ZAP_REFUSED,
+    ZAP_TEMPORARY,
     Backoff,
     ClientCore,
     Connect,
@@ -228,26 +231,70 @@ def test_a_first_login_that_gets_no_answer_fails_with_a_clear_error_at_its_deadl
     assert h.core.next_deadline() is None
 
 
-def test_a_first_login_whose_handshake_never_completes_blames_the_broker_key(h):
+def test_a_first_login_whose_handshake_is_broken_off_again_and_again_blames_the_broker_key(h):
+    """The broker cannot read a CurveZMQ hello made for another key: it breaks the handshake off at once, and
+    libzmq tries again and again."""
     h.core.start(h.now)
     h.driver.run(h.now)
-    h.core.handshake(connected=True)
-    with pytest.raises(ConnectError, match="did not complete the encrypted handshake"):
+    h.core.handshake(connected=True, broken=1)
+    h.core.handshake(connected=True, broken=12)
+    with pytest.raises(ConnectError, match="handshake: the pinned broker key is not this broker's key") as error:
         h.tick(h.now + 5.0)
+    assert "unless the broker is turning the connection away for now" in str(error.value)
+
+
+def test_a_first_login_whose_handshake_is_left_unanswered_says_it_may_be_turned_away_for_now(h):
+    """A broker's ZAP handler answering 300 (a rate, a lockout, a connection cap) sends the client nothing."""
+    h.core.start(h.now)
+    h.driver.run(h.now)
+    h.core.handshake(connected=True, broken=1)  # the broker's handshake timeout closed the first one
+    with pytest.raises(ConnectError, match="within 5s: it may be turning the connection away for now") as error:
+        h.tick(h.now + 5.0)
+    assert "broker key" not in str(error.value)
+    assert "try again later" in str(error.value)
 
 
 def test_a_key_the_transport_refuses_ends_a_first_login_with_an_error_and_a_later_session_with_an_event(h, keyring):
     h.core.start(h.now)
     with pytest.raises(ConnectError, match="login refused"):
-        h.core.key_refused(h.now)
+        h.core.handshake_refused(ZAP_REFUSED, h.now)
     assert h.core.closed
     later = Harness(keyring.keys)
     later.log_in()
-    later.core.key_refused(later.now)
+    later.core.handshake_refused(ZAP_REFUSED, later.now)
     later.driver.run(later.now)
     assert later.core.drain_events() == [SessionClosed("the broker no longer accepts your key")]
     assert later.core.closed
     assert later.driver.disconnects == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("status", "why"), [(ZAP_TEMPORARY, "too many handshakes or connections"), (ZAP_ERROR, "an error in the broker")]
+)
+def test_a_handshake_turned_away_for_now_is_no_refusal(keyring, status, why):
+    first = Harness(keyring.keys)
+    first.core.start(first.now)
+    with pytest.raises(
+        ConnectError, match=f"turned the connection away for now \\({why}.*\\); try again later"
+    ) as error:
+        first.core.handshake_refused(status, first.now)
+    assert "refused" not in str(error.value)
+    assert first.core.closed
+
+    later = Harness(keyring.keys)
+    later.log_in()
+    later.lose_connection()
+    later.retry()
+    later.core.handshake_refused(status, later.now)
+    later.driver.run(later.now)
+    (lost,) = later.core.drain_events()
+    assert isinstance(lost, ConnectionLost)
+    assert lost.reason.startswith("the broker turned the connection away for now")
+    assert not later.core.closed
+    later.driver.take()  # the HELLO of the attempt turned away
+    later.retry()
+    later.log_in()  # the next attempt goes on as usual
+    assert later.driver.connects == 3
 
 
 def test_refused_and_busy_end_a_first_login(h, keyring):
@@ -289,6 +336,67 @@ def test_a_refused_re_login_retries_a_few_times_then_ends(online):
     with pytest.raises(ConnectError, match="login refused"):
         online.feed(p.encode_frames(p.REFUSED))
     assert online.core.closed
+
+
+@pytest.mark.parametrize("between", ["busy", "timeout", "turned-away"])
+def test_only_a_welcome_resets_the_count_of_refused_re_logins(online, between):
+    """BUSY, a timed-out attempt or a handshake turned away for now, between two REFUSED, prove nothing about
+    our key: the count goes on."""
+    h = online
+    h.lose_connection()
+    for _ in range(MAX_REFUSED_RELOGINS):
+        h.retry()
+        h.feed(p.encode_frames(p.REFUSED))
+        h.retry()
+        if between == "busy":
+            h.feed(p.encode_frames(p.BUSY))
+        elif between == "timeout":
+            h.tick(h.now + 5.0)
+        else:
+            h.core.handshake_refused(ZAP_TEMPORARY, h.now)
+            h.driver.run(h.now)
+        assert not h.core.closed
+    h.retry()
+    with pytest.raises(ConnectError, match="login refused"):
+        h.feed(p.encode_frames(p.REFUSED))
+    assert h.core.closed
+
+
+def test_a_welcome_resets_the_count_of_refused_re_logins(online):
+    h = online
+    for _ in range(3):
+        h.lose_connection()
+        for _ in range(MAX_REFUSED_RELOGINS):
+            h.retry()
+            h.feed(p.encode_frames(p.REFUSED))
+            h.driver.take()
+        h.retry()
+        h.log_in()
+    assert not h.core.closed
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [(0.0, TIMEOUT), (INTERVAL, 0.0), (INTERVAL, 1.5 * INTERVAL)],
+    ids=["interval-0", "timeout-0", "timeout-short"],
+)
+def test_an_unusable_welcome_ends_the_client_even_after_a_reconnect(online, numbers):
+    """A broker that lies in its welcome is not one to retry: no reconnect loop against it."""
+    h = online
+    h.lose_connection()
+    h.retry()
+    (hello,) = [frames for frames in h.driver.take() if frames[1] == p.HELLO]
+    h.feed(h.broker.challenge(hello))
+    h.driver.take()
+    interval, timeout = numbers
+    me = user_info("alice", h.keys["alice"])
+    welcome = p.WelcomeEvent("alice", (me,), interval, timeout, p.DEFAULT_MAX_TEXT_BYTES).to_doc()
+    with pytest.raises(ConnectError, match="the broker's welcome was unusable"):
+        h.feed(h.broker.event(welcome))
+    assert h.core.closed
+    assert h.core.next_deadline() is None
+    h.tick(h.now + 60)
+    assert h.driver.connects == 2
 
 
 # ---------------------------------------------------------------- heartbeats and the deadline

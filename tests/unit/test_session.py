@@ -11,9 +11,24 @@ from tests.unit.world import PING_FRAMES, World
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.work import Outgoing
-from zchat.client.session import ClientSession, SeenMessages, State
-from zchat.errors import BrokerBusy, ConnectError, LocalProtocolError, RemoteProtocolError, StatementRefused
-from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, UserInfo
+from zchat.client.session import (
+    HEARTBEAT_INTERVAL_RANGE,
+    HEARTBEAT_TIMEOUT_RANGE,
+    MAX_TEXT_BYTES_RANGE,
+    ClientSession,
+    SeenMessages,
+    State,
+)
+from zchat.config import parse_config
+from zchat.errors import (
+    BrokerBusy,
+    ConfigError,
+    ConnectError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StatementRefused,
+)
+from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, UserInfo, Welcome
 
 LEAVE = {"type": "leave", "name": "carol", "reason": "left"}
 
@@ -466,6 +481,128 @@ def test_first_event_must_be_the_welcome(world):
     world.send(b"alice", login)  # the broker's welcome (seq 1) is lost; a who with seq 1 arrives instead
     frames = broker_event(world, b"alice", {"type": "who", "users": []}, seq=1)
     remote_error(client, frames, "first event is not a welcome")
+
+
+# ---------------------------------------------------------------- a welcome from a broker that lies
+
+
+def me_info(world: World, name: str = "alice", key_of: str | None = None) -> dict[str, Any]:
+    """`name` as the welcome's user object, with the key of `key_of` (`name`'s own unless given)."""
+    key = world.keys[key_of or name]
+    return p.user_info_doc(UserInfo(name, crypto.fingerprint(key), False, crypto.public_key_to_der(key)))
+
+
+def forged_welcome(world: World, **fields: Any) -> tuple[ClientSession, list[bytes]]:
+    """alice after her LOGIN, and a welcome (seq 1) for her that says `fields` instead of the broker's values."""
+    client = world.client("alice")
+    (challenge,) = world.send(b"alice", client.hello())
+    _, login = client.receive(challenge.frames)
+    assert login is not None
+    world.send(b"alice", login)  # the broker's own welcome is dropped: a forged one comes in its place
+    doc = {
+        "type": "welcome",
+        "name": "alice",
+        "users": [me_info(world, "alice"), me_info(world, "bob")],
+        "heartbeat_interval": 1.0,
+        "heartbeat_timeout": 6.0,
+        "max_text_bytes": p.DEFAULT_MAX_TEXT_BYTES,
+        **fields,
+    }
+    return client, broker_event(world, b"alice", doc, seq=1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"heartbeat_interval": 0}, "heartbeat_interval 0 s is outside 0.05-60 s"),
+        ({"heartbeat_interval": -1.0}, "heartbeat_interval -1 s is outside"),
+        ({"heartbeat_interval": 0.049}, "heartbeat_interval 0.049 s is outside"),
+        ({"heartbeat_interval": 61, "heartbeat_timeout": 600}, "heartbeat_interval 61 s is outside"),
+        ({"heartbeat_timeout": 0}, "heartbeat_timeout 0 s is outside 0.2-600 s"),
+        ({"heartbeat_timeout": 601}, "heartbeat_timeout 601 s is outside"),
+        ({"heartbeat_timeout": 1.9}, "heartbeat_timeout 1.9 s is less than twice heartbeat_interval 1 s"),
+        ({"max_text_bytes": 1024 * 1024 + 1}, "max_text_bytes 1048577 is outside 1-1048576"),
+    ],
+    ids=[
+        "interval-0",
+        "interval-negative",
+        "interval-too-fast",
+        "interval-too-slow",
+        "timeout-0",
+        "timeout-too-long",
+        "timeout-under-twice-the-interval",
+        "text-limit-too-large",
+    ],
+)
+def test_a_welcome_with_numbers_no_broker_is_configured_with_ends_the_login(world, fields, reason):
+    client, welcome = forged_welcome(world, **fields)
+    with pytest.raises(ConnectError, match=f"the broker's welcome was unusable \\({reason}"):
+        client.receive(welcome)
+    assert client.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("users", "reason"),
+    [
+        ([("bob", "bob")], "leaves us out"),
+        ([("alice", "mallory"), ("bob", "bob")], "gives us another key"),
+        ([("alice", "alice"), ("alice", "mallory")], "gives us another key"),
+    ],
+    ids=["without-us", "us-with-another-key", "us-twice-once-with-another-key"],
+)
+def test_a_welcome_that_does_not_list_us_with_our_key_ends_the_login(world, users, reason):
+    client, welcome = forged_welcome(world, users=[me_info(world, name, key) for name, key in users])
+    with pytest.raises(ConnectError, match=reason):
+        client.receive(welcome)
+    assert client.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.2, "max_text_bytes": 1},
+        {"heartbeat_interval": 60, "heartbeat_timeout": 600, "max_text_bytes": 1024 * 1024},
+        {"heartbeat_interval": 2, "heartbeat_timeout": 4},
+    ],
+    ids=["lowest", "highest", "timeout-twice-the-interval"],
+)
+def test_a_welcome_at_the_edges_of_the_brokers_bounds_is_taken(world, fields):
+    client, welcome = forged_welcome(world, **fields)
+    events, _ = client.receive(welcome)
+    assert [type(e) for e in events] == [Welcome]
+    assert client.state is State.READY
+    assert (client.heartbeat_interval, client.heartbeat_timeout) == (
+        fields["heartbeat_interval"],
+        fields["heartbeat_timeout"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "bounds"),
+    [
+        ("heartbeat_interval", HEARTBEAT_INTERVAL_RANGE),
+        ("heartbeat_timeout", HEARTBEAT_TIMEOUT_RANGE),
+        ("max_text_bytes", MAX_TEXT_BYTES_RANGE),
+    ],
+)
+def test_the_bounds_a_client_checks_are_the_ones_the_broker_config_takes(tmp_path, key, bounds):
+    """What a welcome may say is what a broker can be configured to say: no more, no less."""
+
+    def config(value: float) -> None:
+        raw: dict[str, Any] = {"server_ip": "127.0.0.1", "server_port": 5000, key: value}
+        if key == "heartbeat_interval":
+            raw["heartbeat_timeout"] = 600
+        if key == "heartbeat_timeout":
+            raw["heartbeat_interval"] = 0.05
+        parse_config(raw, tmp_path / "config.json")
+
+    low, high = bounds
+    config(low)
+    config(high)
+    step = 1 if key == "max_text_bytes" else 0.001
+    for outside in (low - step, high + step):
+        with pytest.raises(ConfigError):
+            config(outside)
 
 
 @pytest.mark.parametrize(

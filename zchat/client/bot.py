@@ -14,8 +14,12 @@ A bot is a function that receives each event and may return a line to send
     run_bot(bot_arguments("echo").parse_args(), handle)
 
 A reply to another bot's message is never sent: two bots answering each other
-would fill the room. The handler sees every event, the broker's answers to the
-bot's own messages included: `Accepted` (stored and sent on; `queued` for someone offline) or
+would fill the room. A user whose key differs from the one the bot pinned on
+first sight (`KeyChanged`) is logged as a warning each time the broker names
+them, and the bot goes on answering (the handler sees the event and may decide
+otherwise); nobody is there to check the new key, so the pin is not replaced.
+The handler sees every event, the broker's answers to the bot's own messages
+included: `Accepted` (stored and sent on; `queued` for someone offline) or
 `Failed` (not delivered, with the reason), each naming the id `send()` returned.
 The runner logs a failed reply as a warning.
 
@@ -36,10 +40,11 @@ from pathlib import Path
 from types import FrameType
 
 from zchat import crypto
+from zchat.client.core import EXIT_CLOSED, EXIT_ERROR, EXIT_OK
 from zchat.client.sync_client import ChatClient
 from zchat.config import add_location_arguments, client_settings
 from zchat.errors import ConfigError, ConnectError, LocalProtocolError
-from zchat.events import Accepted, ChatMessage, Event, Failed, SessionClosed, Shutdown
+from zchat.events import Accepted, ChatMessage, Event, Failed, KeyChanged, SessionClosed, Shutdown
 from zchat.keystore import KeyLayout
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,10 @@ def connect_bot(args: argparse.Namespace) -> ChatClient:
 def run_bot(args: argparse.Namespace, handle: Handler) -> int:
     """Log in, answer events until the broker shuts down or a signal arrives. Returns an exit status.
 
+    EXIT_OK (0) after a signal or the broker's shutdown, EXIT_ERROR (1) when the login fails or the connection
+    is lost for good, EXIT_CLOSED (3) when the broker ends the session for good (`closed`: the same name logged
+    in elsewhere, or the key is no longer registered).
+
     An exception from `handle` (or from taking in one event) is logged and that event skipped.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,10 +103,11 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
         client = connect_bot(args)
     except (ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError) as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     log.info("%s is online", args.name)
+    status = EXIT_OK
     try:
-        while not stopping and not client.closed:
+        while not stopping:  # until a signal, or the last event of a client that closed (shutdown, closed)
             try:
                 event = client.receive(timeout=0.5)
             except ConnectError:
@@ -106,16 +116,28 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 log.exception("could not take in a message from the broker; skipped it")
                 continue
             if event is None:
+                if client.closed:
+                    break
                 continue
             if isinstance(event, Shutdown):
                 log.info("the broker is shutting down (%s)", event.by)
                 break
             if isinstance(event, SessionClosed):
-                log.info("the broker ended the session: %s", event.reason)
+                log.warning("the broker ended the session: %s", event.reason)
+                status = EXIT_CLOSED
                 break
             if isinstance(event, ChatMessage) and event.sender == args.name:
                 continue
-            if isinstance(event, Failed):
+            if isinstance(event, KeyChanged):
+                log.warning(
+                    "%s's key is not the one pinned in %s (pinned %s, now %s): check it out of band; the bot goes"
+                    " on answering, and the pin stays until it is replaced in that file",
+                    event.name,
+                    client.pins.path or "memory",
+                    event.pinned,
+                    event.seen,
+                )
+            elif isinstance(event, Failed):
                 log.warning("a reply was not delivered: %s", event.reason)
             elif isinstance(event, Accepted) and event.queued:
                 log.info("a reply is kept for its offline recipient (message %s)", event.message_id)
@@ -126,7 +148,7 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
                 continue
             if reply and isinstance(event, ChatMessage) and event.bot:
                 log.info("not answering %s, a bot (bots never answer bots)", event.sender)
-            elif reply:
+            elif reply and not client.closed:
                 to = event.sender if isinstance(event, ChatMessage) and event.private else None
                 try:
                     client.send(reply, to=to)  # a private question gets a private answer
@@ -135,10 +157,10 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
         client.flush(LEAVE_WAIT)
     except ConnectError as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     finally:
         client.close()
         for event in client.drain():
             if isinstance(event, Failed):
                 log.warning("a reply was not delivered: %s", event.reason)
-    return 0
+    return status

@@ -3,12 +3,15 @@
 It owns everything a client decides, and nothing it does with a socket:
 
 - logging in (`ClientSession` for the protocol) and giving each attempt `connect_timeout` seconds;
-  a first login that fails raises `ConnectError` with a message for a person;
+  a first login that fails, for any reason (a refusal, BUSY, a handshake turned away for now, no answer),
+  raises `ConnectError` with a message for a person: whoever started it is waiting and can try again;
 - heartbeats (a PING when nothing was sent for `heartbeat_interval`; the connection is lost after
   `heartbeat_timeout` of silence), flow-control ACKs after each batch of frames read;
-- reconnecting after a lost connection, an EVICTED, a delivery gap, a BUSY or timed-out re-login, a
-  refused statement, or a statement the socket could not queue: a new socket and a new session, after a
-  backoff of 0.5 s doubling to 8 s, +-20 % jitter; never after a shutdown or a `closed` event;
+- reconnecting after a lost connection, an EVICTED, a delivery gap, a BUSY, timed-out or turned-away
+  (transport status 300 or 500) re-login, a refused statement, or a statement the socket could not queue: a
+  new socket and a new session, after a backoff of 0.5 s doubling to 8 s, +-20 % jitter; a REFUSED re-login
+  too, up to MAX_REFUSED_RELOGINS since the last welcome; never after a shutdown, a `closed` event, a key the
+  transport refuses (status 400), or a broker that fails its proof or sends an unusable welcome;
 - key pins (`zchat.client.pins.PinStore`: `KeyChanged` events);
 - the acknowledged outbox: every chat message gets its id when the user sends it and stays in the outbox
   until the broker answers it (`Accepted` or `Failed`); after every welcome, what is still there is sent
@@ -26,7 +29,8 @@ runs this loop (`zchat.client.sync_client.SocketDriver` does it for the zmq driv
             Send        queue the frames without blocking; if the socket would block: core.send_blocked(now)
             Disconnect  close the socket, letting queued frames out for at most `linger` seconds
         wait until the socket is readable, the handshake monitor reports, or core.next_deadline()
-        core.handshake(connected=..., secured=...) and core.key_refused(now), as the monitor says
+        core.handshake(connected=..., secured=..., broken=...) and core.handshake_refused(status, now),
+            as the monitor says
         core.frames_received(frames read now, a bounded batch, now)
         core.tick(now)
         hand the user core.next_event() until it is None
@@ -79,9 +83,26 @@ RETRY_JITTER = 0.2
 MAX_OUTBOX = 1000
 MAX_REFUSALS = 3  # a message the broker refuses this many times is given up (Failed), so a reconnect loop ends
 # A login refused after we were logged in before is tried again this many times: a broker restarted between
-# our HELLO and LOGIN refuses a LOGIN it never challenged. A key that is really refused fails every time.
+# our HELLO and LOGIN refuses a LOGIN it never challenged. A key that is really refused fails every time. Only a
+# welcome resets the count: a BUSY or a timed-out attempt between two refusals proves nothing about our key.
 MAX_REFUSED_RELOGINS = 3
+# RFC 27 status codes a broker's ZAP handler answers a CurveZMQ handshake with. libzmq reports 400 and 500 on
+# the socket monitor; a 300 sends the client no status at all (zchat.client.transport), but is handled like a
+# 500 should a transport ever report it.
+ZAP_TEMPORARY, ZAP_REFUSED, ZAP_ERROR = 300, 400, 500
+# A handshake broken off before it completed this many times in one attempt: most likely the broker cannot read
+# our CurveZMQ hello, so the pinned broker key is not its key (libzmq connects again by itself, see
+# zchat.client.transport). A status 300 leaves the handshake unanswered until the broker's handshake timeout,
+# or (it depends on a race inside libzmq) breaks it off at once just the same: the message says both.
+BROKEN_HANDSHAKES_WRONG_KEY = 2
 BYE_LINGER = 1.0  # seconds a closing socket may take to hand the broker our goodbye
+# How a program running a client (the terminal client, the bot runner) ends, as its exit status:
+EXIT_OK = 0  # the user left (/exit, end of input, a signal), or the broker shut down (`shutdown`)
+EXIT_ERROR = 1  # an error: no login (unreachable, refused, busy, a bad broker), or the connection lost for good
+# The broker ended the session for good (`closed`: the same name logged in elsewhere, or the key is no longer
+# registered). Not 1, so a supervisor can be told not to start the program again (systemd:
+# RestartPreventExitStatus=3): a copy started again would only close the session that replaced it.
+EXIT_CLOSED = 3
 REQUESTS = ("who", "shutdown")
 
 _LOGGING_IN = (State.HELLO_SENT, State.LOGIN_SENT)
@@ -210,6 +231,7 @@ class ClientCore:
         self._last_sent = 0.0
         self._connected = False  # the transport as the driver reports it, for the first login's error message
         self._secured = False
+        self._broken = 0  # handshakes broken off without a status in this attempt
 
     # ------------------------------------------------------------ state
 
@@ -392,21 +414,44 @@ class ClientCore:
             return
         self._connection_lost("the queue to the broker is full", now)
 
-    def handshake(self, *, connected: bool = False, secured: bool = False) -> None:
-        """What the socket monitor said: TCP reached the broker, the CurveZMQ handshake completed."""
+    def handshake(self, *, connected: bool = False, secured: bool = False, broken: int = 0) -> None:
+        """What the socket monitor said: TCP reached the broker, the CurveZMQ handshake completed, or it was
+        broken off `broken` times without a status (the broker could not read it, or closed it unanswered)."""
         self._connected = self._connected or connected
         self._secured = self._secured or secured
+        self._broken = max(self._broken, broken)
 
-    def key_refused(self, now: float) -> None:
-        """The broker refused our key at the transport: it is not registered there, or no longer."""
-        if self._closed:
+    def handshake_refused(self, status: int, now: float) -> None:
+        """The broker's ZAP handler answered our CurveZMQ handshake with this RFC 27 status (not 200).
+
+        400: our key is not registered there (or no longer): the end, a first login with a ConnectError, a later
+        one with a SessionClosed event. 300 (turned away for now: a rate, a lockout, too many connections) and
+        500 (an error in the broker) are not refusals: a first login fails with "try again later", a re-login is
+        tried again after the backoff, and neither counts towards MAX_REFUSED_RELOGINS.
+        """
+        if self._closed or self._retry_at is not None:
             return
-        self._close_for_good("the broker no longer accepts our key")
+        if status == ZAP_REFUSED or not (ZAP_TEMPORARY <= status < 600):
+            self._close_for_good("the broker no longer accepts our key")
+            if not self._logged_in_before:
+                raise ConnectError(
+                    f"login refused: the broker does not accept {self.name!r} with this key (is the user registered?)"
+                )
+            self._events.append(SessionClosed("the broker no longer accepts your key"))
+            return
+        why = (
+            "an error in the broker"
+            if status >= ZAP_ERROR
+            else "too many handshakes or connections for this user or address, or a lockout"
+        )
         if not self._logged_in_before:
-            raise ConnectError(
-                f"login refused: the broker does not accept {self.name!r} with this key (is the user registered?)"
+            error = ConnectError(
+                f"the broker at {self.endpoint} turned the connection away for now ({why}, status {status});"
+                " try again later"
             )
-        self._events.append(SessionClosed("the broker no longer accepts your key"))
+            self._close_for_good(str(error))
+            raise error
+        self._connection_lost(f"the broker turned the connection away for now ({why})", now)
 
     def tick(self, now: float) -> None:
         """Time passed: retry, time a login out, send a heartbeat or notice the broker's silence.
@@ -443,6 +488,7 @@ class ClientCore:
         self.connection += 1
         self.session = self._new_session()
         self._connected = self._secured = False
+        self._broken = 0
         self._last_heard = now
         self._attempt_deadline = now + self.connect_timeout
         self._actions.append(Connect())
@@ -454,9 +500,16 @@ class ClientCore:
 
     def _first_login_timed_out(self) -> ConnectError:
         if self._connected and not self._secured:
+            if self._broken >= BROKEN_HANDSHAKES_WRONG_KEY:
+                return ConnectError(
+                    f"the broker at {self.endpoint} did not complete the encrypted handshake: the pinned"
+                    " broker key is not this broker's key (copy its keys/broker.pub again), unless the broker"
+                    " is turning the connection away for now"
+                )
             return ConnectError(
-                f"the broker at {self.endpoint} did not complete the encrypted handshake: the pinned"
-                " broker key is not this broker's key (copy its keys/broker.pub again)"
+                f"the broker at {self.endpoint} did not complete the encrypted handshake within"
+                f" {self.connect_timeout:g}s: it may be turning the connection away for now (too many handshakes"
+                " or connections for this user or address, or a lockout), or be overloaded; try again later"
             )
         return ConnectError(
             f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
@@ -465,8 +518,10 @@ class ClientCore:
 
     def _on_event(self, event: Event, now: float) -> None:
         for user in _users_in(event):
+            if user.name == self.name:
+                continue  # not pinned: every welcome must list us with our own key (the session checks it)
             pinned = self.pins.check(user.name, user.fingerprint)
-            if pinned is not None and user.name != self.name:
+            if pinned is not None:
                 self._events.append(KeyChanged(user.name, pinned, user.fingerprint))
         if isinstance(event, Welcome):
             self._backoff.reset()

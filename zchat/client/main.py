@@ -46,6 +46,7 @@ from typing import TextIO
 import zmq
 
 from zchat import crypto
+from zchat.client.core import EXIT_CLOSED, EXIT_OK
 from zchat.client.display import Display, for_me
 from zchat.client.pins import pins_path_for
 from zchat.client.sync_client import ChatClient
@@ -451,8 +452,10 @@ def _run(client: ChatClient, keyboard: zmq.Socket[bytes], as_json: bool) -> int:
             return 0
         for event in client.drain():
             show(event)
-            if isinstance(event, Shutdown | SessionClosed):
-                return 0
+            if isinstance(event, SessionClosed):
+                return EXIT_CLOSED
+            if isinstance(event, Shutdown):
+                return EXIT_OK
         if keyboard in ready:
             raw = keyboard.recv()
             if raw == b"" or _command(client, raw.decode("utf-8", errors="replace").strip(), out):
@@ -553,7 +556,7 @@ def run_terminal(client: ChatClient, bell: bool = True) -> int:
                 except Exception as exc:  # one event must never stop the others from being shown
                     _skipped(event, exc)
                 if isinstance(event, Shutdown | SessionClosed):
-                    finish(0)
+                    finish(EXIT_CLOSED if isinstance(event, SessionClosed) else EXIT_OK)
                     return
             # A bell for a message for us, said now (a replayed past rings nothing); at most one a second, so a
             # flood of them cannot make the terminal ring on and on.

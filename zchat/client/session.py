@@ -4,7 +4,9 @@
 the broker into typed events (`zchat.events`). It checks everything the broker
 sends: the broker's proof of its pinned key, each delivery's session and
 sequence number (so replayed, reordered or reflected frames are rejected), and
-each chat message's author signature. Messages it has shown once (an author and
+each chat message's author signature. It refuses a welcome whose numbers a broker's config could not hold
+(heartbeats too fast or too slow to live by, a text limit out of range) or that does not list us with our own
+key: a broker that says such things is not one to stay with. Messages it has shown once (an author and
 a message id) are skipped when they come again, live, from the history or from
 the mailbox: `SeenMessages` outlives a session, so a reconnect shows nothing twice.
 """
@@ -54,6 +56,13 @@ REFUSED_MESSAGE = (
 
 SEEN_MESSAGES_KEPT = 10_000
 
+# What a welcome may say: the bounds the broker's own config.json takes (zchat.config). A client believing a
+# heartbeat_interval of 0 would PING without end, and one believing a heartbeat_timeout of 0 would never stay
+# logged in long enough to return from its login.
+HEARTBEAT_INTERVAL_RANGE = (0.05, 60.0)
+HEARTBEAT_TIMEOUT_RANGE = (0.2, 600.0)
+MAX_TEXT_BYTES_RANGE = (1, 1024 * 1024)
+
 
 class SeenMessages:
     """The (author, message id) pairs of the last messages shown, oldest forgotten first."""
@@ -102,6 +111,7 @@ class ClientSession:
         self.name = p.check_name(name)
         self.seen = SeenMessages() if seen is None else seen
         self.key = key
+        self.fingerprint = crypto.fingerprint(key.public_key())
         self.broker_key = broker_key
         self.bot = bot
         self.history = history
@@ -266,6 +276,7 @@ class ClientSession:
         if isinstance(event, p.WelcomeEvent):
             if self.state is not State.LOGIN_SENT or event.name != self.name:
                 raise RemoteProtocolError("unexpected welcome")
+            self._check_welcome(event)
             self._peers = {u.name: self._peer(u) for u in event.users}
             self.heartbeat_interval = event.heartbeat_interval
             self.heartbeat_timeout = event.heartbeat_timeout
@@ -304,6 +315,29 @@ class ClientSession:
             return [Shutdown(event.by)]
         self.state = State.CLOSED  # ClosedEvent, the last one left
         return [SessionClosed(event.reason)]
+
+    def _check_welcome(self, welcome: p.WelcomeEvent) -> None:
+        """RemoteProtocolError unless the welcome's numbers are ones a broker can be configured with, and its
+        roster lists us (every entry under our name) with our own key."""
+        interval, timeout, text = welcome.heartbeat_interval, welcome.heartbeat_timeout, welcome.max_text_bytes
+        low, high = HEARTBEAT_INTERVAL_RANGE
+        if not low <= interval <= high:
+            raise RemoteProtocolError(f"heartbeat_interval {interval:g} s is outside {low:g}-{high:g} s")
+        low, high = HEARTBEAT_TIMEOUT_RANGE
+        if not low <= timeout <= high:
+            raise RemoteProtocolError(f"heartbeat_timeout {timeout:g} s is outside {low:g}-{high:g} s")
+        if timeout < 2 * interval:
+            raise RemoteProtocolError(
+                f"heartbeat_timeout {timeout:g} s is less than twice heartbeat_interval {interval:g} s"
+            )
+        low_bytes, high_bytes = MAX_TEXT_BYTES_RANGE
+        if not low_bytes <= text <= high_bytes:
+            raise RemoteProtocolError(f"max_text_bytes {text} is outside {low_bytes}-{high_bytes}")
+        ours = [user for user in welcome.users if user.name == self.name]
+        if not ours:
+            raise RemoteProtocolError("its list of users online leaves us out")
+        if any(user.fingerprint != self.fingerprint for user in ours):
+            raise RemoteProtocolError("its list of users online gives us another key")
 
     def _open_mail(self, mail: p.MailEvent) -> p.ChatEvent:
         """A private message kept while we were away: sealed to our key, inside a chat event with `away`."""

@@ -103,9 +103,10 @@ class SocketDriver:
         try:
             if self.monitor is not None and self.monitor in ready:
                 read_monitor(self.monitor, self._transport)
-                self.core.handshake(connected=self._transport.connected, secured=self._transport.secured)
-                if self._transport.refused:
-                    self.core.key_refused(now)
+                transport = self._transport
+                self.core.handshake(connected=transport.connected, secured=transport.secured, broken=transport.broken)
+                if transport.status is not None:
+                    self.core.handshake_refused(transport.status, now)
             if self.socket is not None and self.socket in ready:
                 self.core.frames_received(self._read(), now)
             self.core.tick(now)
