@@ -22,7 +22,8 @@ def broker_curve_key(broker: crypto.PublicKeyFile, source: str) -> bytes:
     """The broker's Curve25519 key from its pinned public key file (KeyFileError when the file has none)."""
     if broker.curve is None:
         raise crypto.KeyFileError(
-            f"{source}: has no CurveZMQ key (an older broker wrote it); copy the broker's keys/broker.pub again"
+            f"{source}: has no CurveZMQ key bound to its RSA key (an older broker wrote it); copy the broker's"
+            " keys/broker.pub again"
         )
     return broker.curve
 
