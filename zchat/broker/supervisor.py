@@ -6,8 +6,9 @@ broker's own. When the broker dies abnormally, the supervisor starts it again (a
 so in one log line; when it keeps dying soon after it started (more than `MAX_RESTARTS` times in
 `RESTART_WINDOW` seconds, each within `STABLE_AFTER` seconds of its start: it cannot run) it gives up with a
 one-line error. A broker that ran `STABLE_AFTER` seconds before it died starts the count afresh: a peer who
-can crash a running broker now and then costs restarts, never the service. libzmq aborts the whole process when a peer has claimed the routing id it makes up
-next (socket_base.cpp); the broker makes that hard to reach, and this makes what is left cost a restart.
+can crash a running broker now and then costs restarts, never the service. libzmq aborts the whole process
+when a peer has claimed the routing id it makes up next (socket_base.cpp); the broker makes that hard to
+reach, and this makes what is left cost a restart.
 
 Which deaths are restarted (`crashed`, a pure function, like `RestartBudget`):
 - killed by a signal (SIGABRT, SIGSEGV, SIGBUS, the OOM killer's SIGKILL, ...), except the signals of a stop:
