@@ -19,7 +19,7 @@ import pytest
 import zmq
 from zmq.utils import z85
 
-from attack.rawcurve import RawCurveClient, HandshakeFailed, hello_bytes
+from attack.rawcurve import HandshakeFailed, RawCurveClient, hello_bytes
 from attack.zmtp import generated_form, predicted_counters
 from tests.conftest import TEST_CONFIG, BrokerProcess, KeyRing, raw_login
 from tests.integration.test_open_network import COLLISION_CONFIG, UnseededBroker, assert_honest_chat, tree_rss
@@ -165,7 +165,7 @@ def test_every_routing_id_claim_is_closed_and_locks_its_user_out(unseeded, keyri
         sock = raw_dealer(broker, name)
         raw_login(sock, name, keyring, broker)
         sock.close(linger=0)
-    inside = [generated_form(counter + k) for k in range(0, 8)]
+    inside = [generated_form(counter + k) for k in range(8)]
     outside = [generated_form(counter + 100_000), b"alice", b"\x00\x01"]
     claimers = []
     for k, claimed in enumerate(inside + outside):  # every claim's handshake first: each claim locks out its user
@@ -205,7 +205,8 @@ def test_zap_answers_400_for_a_stranger_and_300_for_a_rate(make_broker, keyring,
                 statuses.append(200)
             except HandshakeFailed as exc:
                 statuses.append(exc.status or 300)
-    assert statuses[:2] == [200, 200] and 300 in statuses[2:], statuses
+    assert statuses[:2] == [200, 200], statuses
+    assert 300 in statuses[2:], statuses
 
 
 # ------------------------------------------------------------ finding 7: one address, many connections
@@ -291,8 +292,11 @@ def test_zmq_identity_property_reads_a_claim_that_starts_with_a_zero_byte_as_emp
             except zmq.ZMQError:
                 identity = None
             seen[announced] = (identity, head.bytes)
-    assert seen[b""][0] == "" and len(seen[b""][1]) == 5 and seen[b""][1][0] == 0, "libzmq's own id"
+    assert seen[b""][0] == "", "libzmq's own id"
+    assert seen[b""][1][:1] == b"\x00"
+    assert len(seen[b""][1]) == 5
     assert seen[b"alice"] == ("alice", b"alice")
     assert seen[generated_form(7)] == ("", generated_form(7)), "a claim of libzmq's form looks like no claim"
     assert seen[b"\x00abc"] == ("", b"\x00abc")
-    assert seen[None][0] is None and len(seen[None][1]) == 5
+    assert seen[None][0] is None
+    assert len(seen[None][1]) == 5

@@ -374,11 +374,13 @@ def test_a_routing_id_is_served_only_on_the_connection_it_was_first_seen_on():
     counter.value = 10
     one = libzmq_id(3)
     assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 1.0) is Seen.SERVE
-    assert table.live[one].serial == 101 and table.per_user == {"alice": 1}
+    assert table.live[one].serial == 101
+    assert table.per_user == {"alice": 1}
     assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 1.1) is Seen.SERVE, "its descriptor read again"
     # libzmq took the id in again on another connection: the first has ended, and this one claimed it.
     assert table.first_frame(one, "10.0.0.2", "bob", 8, 102, 1.2) is Seen.CLAIM
-    assert one not in table.live and table.per_user == {}
+    assert one not in table.live
+    assert table.per_user == {}
     assert table.first_frame(one, "10.0.0.2", "bob", 8, 102, 1.3) is Seen.DROP, "its frames queued: dropped"
 
 
@@ -388,7 +390,8 @@ def test_an_ended_connections_id_is_never_served_again_but_its_own_leftovers_are
     one = libzmq_id(3)
     assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 1.0) is Seen.SERVE
     table.ended_connection(7, 2.0)
-    assert table.live == {} and table.per_user == {}
+    assert table.live == {}
+    assert table.per_user == {}
     assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 2.1) is Seen.DROP, "left over from the connection"
     assert table.first_frame(one, "10.0.0.1", "alice", 7, 103, 2.2) is Seen.CLAIM, "the descriptor reused"
     table.ended_connection(7, 2.3)
@@ -422,7 +425,8 @@ def test_a_claim_locks_its_user_out_and_the_refusals_say_try_later(keyring, layo
     assert gate.authenticate("192.0.2.1", CURVE, alice, 451.0) == Verdict(True, "alice", OK)
     assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 200.0) == Verdict(True, "bob", OK)
     assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 200.0) == REFUSED
-    assert REFUSED.status == 400 and LATER.status == 300
+    assert REFUSED.status == 400
+    assert LATER.status == 300
 
 
 def test_the_users_handshake_rate_is_not_the_strangers_rate_per_address(keyring, layout):
