@@ -86,19 +86,24 @@ def test_one_users_connections_and_unfinished_messages_are_held_to_one_budget(ma
 
     peak = before
     part = bytes(PART)
+    sent: list[RawCurveClient] = []
     for client in kept:
         with contextlib.suppress(OSError):  # closed by the broker part way: what the test expects
             client.send_raw(b"".join(client.frame_bytes(part, more=True) for _ in range(HELD // PART)))
+        sent.append(client)
+        # Two of them are over the budget: one is closed before the next begins. (The broker looks four times
+        # a second; what arrives in between is a transient this test does not measure.)
+        sent = wait_closed(sent, timeout=5, until_open=1)
         peak = max(peak, tree_rss(broker))
-    still_open = wait_closed(kept, timeout=5, until_open=1)
+    still_open = sent
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:  # whatever it buffered, it would have by now
         peak = max(peak, tree_rss(broker))
         time.sleep(0.05)
     assert len(still_open) <= 1, f"{len(still_open)} of alice's connections still hold {HELD / MB:.1f} MB each"
-    # One budget (8 MiB), plus what arrives between two looks (four a second) and what the allocator keeps;
+    # One budget (8 MiB), plus the connection on its way to being closed and what the allocator keeps;
     # CAP x HELD = 60 MB were held for good before.
-    assert peak - before < 40 * MB, f"the broker grew by {(peak - before) / MB:.0f} MB"
+    assert peak - before < 30 * MB, f"the broker grew by {(peak - before) / MB:.0f} MB"
     assert "bytes that form no message" in broker.log()
     # bob is not alice: his connection speaks and is served.
     bob = raw_client(broker, keyring, "bob")
