@@ -158,6 +158,8 @@ def broker_config(clients: int, workers: int | None = None) -> dict[str, Any]:
         "messages_per_second_per_user": 1e6,
         "logins_per_second_per_user": 1e6,
         "handshakes_per_second_per_source": 1e6,
+        "handshakes_per_second_per_user": 1e6,
+        "connections_per_second_per_source": 1e6,
         "max_connections_per_source": clients + 100,
         "max_clients": clients + 100,
         "max_pending_logins": clients + 100,

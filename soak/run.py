@@ -175,6 +175,8 @@ def write_config(workdir: Path, clients: int, kill_every: float = 0.0) -> Path:
         "logins_per_second_per_user": 100000,
         "max_connections_per_source": 100000,  # every bot connects from 127.0.0.1
         "handshakes_per_second_per_source": 1e6,
+        "handshakes_per_second_per_user": 1e6,
+        "connections_per_second_per_source": 1e6,  # every bot connects from 127.0.0.1
         "max_clients": clients + 50,
         "send_queue_limit": 10000,
         "send_queue_bytes": SEND_QUEUE_BYTES,

@@ -387,6 +387,8 @@ COLLISION_CONFIG = {
     "workers": 1,  # the workers' ROUTER takes libzmq's first random number; the clients' ROUTER the second
     "max_connections_per_source": 4 * CLAIMS,
     "handshakes_per_second_per_source": 1000,
+    "handshakes_per_second_per_user": 1000,
+    "connections_per_second_per_source": 1000,
 }
 
 
@@ -445,7 +447,11 @@ def test_a_routing_id_claimed_ahead_of_the_counter_is_closed_when_it_speaks(brok
     claimer = sockets(broker, curve_secret_of(keyring, "alice"), routing_id=claimed, watch=watched)
     assert wait_handshakes(watched, timeout=10) == 1
     claimer.send_multipart(ClientSession("alice", keyring.keys["alice"], broker_key).hello())
-    broker.wait_for_log("closing a connection from 127.0.0.1 that claimed routing id " + claimed.hex())
+    broker.wait_for_log(
+        "closing a connection of alice from 127.0.0.1 that claimed routing id "
+        + claimed.hex()
+        + "; alice is locked out"
+    )
     assert not claimer.poll(500), "the claim was answered"
     assert_honest_chat(broker, connect, "no claims ahead", pair=("carol", "admin"))
 
@@ -505,7 +511,7 @@ def count_open(flood: list[socket.socket]) -> int:
 @pytest.mark.slow
 def test_a_connection_flood_from_one_source_is_capped(make_broker, connect, keyring, sockets):
     """Finding 4: 300 connections from one address; the broker keeps at most the cap open and serves others."""
-    broker = make_broker(max_connections_per_source=CAP)
+    broker = make_broker(max_connections_per_source=CAP, connections_per_second_per_source=1000)
     before = tree_rss(broker)
     flood: list[socket.socket] = []
     try:

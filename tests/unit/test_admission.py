@@ -15,12 +15,23 @@ import pytest
 
 from zchat import crypto
 from zchat.broker import ratelimit
-from zchat.broker.admission import CURVE, SILENT_LIMIT, Admission, RoutingIds, Verdict
+from zchat.broker.admission import (
+    CURVE,
+    ID_WINDOW,
+    LATER,
+    OK,
+    REFUSED,
+    SILENT_LIMIT,
+    UNTIED_ALLOWANCE,
+    Admission,
+    RoutingIds,
+    Seen,
+    Speakers,
+    Verdict,
+)
 from zchat.broker.gatekeeper import bytes_received
 from zchat.broker.ratelimit import LOG_LINES_IN_ALL, LOG_LINES_PER_SOURCE, LOG_WINDOW, PeerLog
 from zchat.keystore import KeyLayout, Registry
-
-REFUSED = Verdict(False, "")
 
 
 def curve_key(keyring: Any, name: str) -> bytes:
@@ -45,7 +56,7 @@ def admission(layout: KeyLayout, per_source: int = 64, rate: float = 1000.0) -> 
 def test_a_registered_users_curve_key_is_admitted_as_that_user(keyring, layout):
     gate = admission(layout)
     for name in ("alice", "bob", "carol", "admin"):
-        assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, name)], 100.0) == Verdict(True, name)
+        assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, name)], 100.0) == Verdict(True, name, OK)
 
 
 def test_an_unregistered_key_is_refused(keyring, layout):
@@ -76,7 +87,7 @@ def test_anything_but_curve_with_one_key_is_refused(keyring, layout, mechanism, 
         credentials = [key, key]
     gate = admission(layout)
     assert gate.authenticate("192.0.2.1", mechanism, credentials, 100.0) == REFUSED
-    assert gate.authenticate("192.0.2.1", CURVE, [key], 100.0) == Verdict(True, "alice"), "control"
+    assert gate.authenticate("192.0.2.1", CURVE, [key], 100.0) == Verdict(True, "alice", OK), "control"
 
 
 def test_handshakes_beyond_the_rate_of_one_user_are_refused_from_any_source(keyring, layout):
@@ -85,10 +96,10 @@ def test_handshakes_beyond_the_rate_of_one_user_are_refused_from_any_source(keyr
     sources = ["192.0.2.1", "192.0.2.2", "198.51.100.7", "192.0.2.1", "192.0.2.9"]
     assert [gate.authenticate(source, CURVE, alice, 100.0).allowed for source in sources] == [True] * 4 + [False]
     bob = [curve_key(keyring, "bob")]
-    assert gate.authenticate("192.0.2.1", CURVE, bob, 100.0) == Verdict(True, "bob"), "another user, same source"
-    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.4) == REFUSED, "not yet a whole token"
-    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == Verdict(True, "alice"), "one more after 0.5 s"
-    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == REFUSED
+    assert gate.authenticate("192.0.2.1", CURVE, bob, 100.0) == Verdict(True, "bob", OK), "another user, same source"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.4) == LATER, "not yet a whole token: try later (300)"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == Verdict(True, "alice", OK), "one more after 0.5 s"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.6) == LATER
 
 
 def test_strangers_sharing_a_users_address_use_up_only_their_own_allowance(keyring, layout):
@@ -96,7 +107,7 @@ def test_strangers_sharing_a_users_address_use_up_only_their_own_allowance(keyri
     for _ in range(50):  # a stranger behind alice's NAT
         assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 100.0) == REFUSED
         assert gate.authenticate("192.0.2.1", b"NULL", [], 100.0) == REFUSED
-    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == Verdict(True, "alice")
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "alice")], 100.0) == Verdict(True, "alice", OK)
 
 
 def rewrite_in_place(path: Path, data: bytes) -> None:
@@ -110,7 +121,7 @@ def test_a_key_file_rewritten_in_place_is_honoured_at_the_next_handshake(keyring
     gate = admission(layout)
     path = layout.client_public("alice")
     old, new = [curve_key(keyring, "alice")], [curve_key(keyring, "mallory")]
-    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == Verdict(True, "alice")
+    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == Verdict(True, "alice", OK)
     assert gate.authenticate("192.0.2.1", CURVE, new, 100.0) == REFUSED
     inode, directory = path.stat().st_ino, layout.clients_dir.stat().st_mtime_ns
 
@@ -119,29 +130,29 @@ def test_a_key_file_rewritten_in_place_is_honoured_at_the_next_handshake(keyring
     assert layout.clients_dir.stat().st_mtime_ns == directory
 
     assert gate.authenticate("192.0.2.1", CURVE, old, 101.0) == REFUSED, "the old key at once"
-    assert gate.authenticate("192.0.2.1", CURVE, new, 101.0) == Verdict(True, "alice"), "the new key"
+    assert gate.authenticate("192.0.2.1", CURVE, new, 101.0) == Verdict(True, "alice", OK), "the new key"
     assert gate.authenticate("192.0.2.1", CURVE, old, 105.0) == REFUSED
 
 
 def test_a_key_file_replaced_by_rename_is_honoured_at_once(keyring, layout):
     gate = admission(layout)
     old, new = [curve_key(keyring, "alice")], [curve_key(keyring, "mallory")]
-    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == Verdict(True, "alice")
+    assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == Verdict(True, "alice", OK)
     tmp = layout.clients_dir / "alice.tmp"
     tmp.write_bytes(crypto.export_public_file(keyring.keys["mallory"]))
     tmp.replace(layout.client_public("alice"))
     assert gate.authenticate("192.0.2.1", CURVE, old, 100.0) == REFUSED
-    assert gate.authenticate("192.0.2.1", CURVE, new, 100.0) == Verdict(True, "alice")
+    assert gate.authenticate("192.0.2.1", CURVE, new, 100.0) == Verdict(True, "alice", OK)
 
 
 def test_a_removed_key_file_is_refused(keyring, layout):
     gate = admission(layout)
     alice = [curve_key(keyring, "alice")]
-    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.0) == Verdict(True, "alice")
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.0) == Verdict(True, "alice", OK)
     layout.client_public("alice").unlink()
     assert gate.authenticate("192.0.2.1", CURVE, alice, 100.0) == REFUSED
     assert gate.authenticate("192.0.2.1", CURVE, alice, 110.0) == REFUSED
-    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 110.0) == Verdict(True, "bob")
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 110.0) == Verdict(True, "bob", OK)
 
 
 def test_a_key_file_without_a_curve_key_cannot_connect(keyring, layout):
@@ -303,28 +314,139 @@ def test_lines_below_the_loggers_level_cost_nothing(clock, caplog):
 # ---------------------------------------------------------------- routing ids and silent connections
 
 
+def libzmq_id(value: int) -> bytes:
+    return b"\x00" + (value % 2**32).to_bytes(4, "big")
+
+
+class Counter:
+    """libzmq's routing-id counter as the probe reads it: each reading uses one id up."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.readings: list[int] = []
+
+    def __call__(self) -> int:
+        self.readings.append(self.value)
+        self.value += 1
+        return self.readings[-1]
+
+
 def test_routing_ids_up_to_the_counter_are_libzmqs_and_ids_ahead_are_claims():
-    counter = [1]  # the id libzmq gives the next connection; a reading (the probe connection) uses it up
-    readings = []
-
-    def read() -> int:
-        readings.append(counter[0])
-        counter[0] += 1
-        return readings[-1]
-
-    check = RoutingIds(first=0xFFFFFFFE, counter=read)  # the counter wraps round 2**32
-    assert check.made_by_libzmq(b"\x00" + (0xFFFFFFFE).to_bytes(4, "big"))
-    assert readings == [], "at or behind the last reading: no new reading"
-    counter[0] = 5  # connections since: 0xFFFFFFFF, 0, 1, 2, 3, 4 were given out
+    counter = Counter(1)  # the id libzmq gives the next connection
+    check = RoutingIds(first=0xFFFFFFFE, counter=counter, now=100.0)  # the counter wraps round 2**32
+    counter.value = 5  # connections since: 0xFFFFFFFF, 0, 1, 2, 3, 4 were given out
     for value in (0xFFFFFFFF, 0, 4):
-        assert check.made_by_libzmq(b"\x00" + value.to_bytes(4, "big"))
-    assert readings == [5]
-    assert not check.made_by_libzmq(b"\x00" + (7).to_bytes(4, "big")), "ahead of the counter: a claim"
-    assert not check.made_by_libzmq(b"\x00" + (0x7FFFFFFF).to_bytes(4, "big"))
-    assert readings == [5, 6, 7]
-    # Ids of another form are never libzmq's: they are claims (which can never collide).
-    assert not check.made_by_libzmq(b"alice")
-    assert not check.made_by_libzmq(b"\x00\x01")
+        assert check.made_by_libzmq(libzmq_id(value), 100.1)
+    assert counter.readings == [5], "read once: the first id ahead of the last reading"
+    assert not check.made_by_libzmq(libzmq_id(0xFFFFFFFE), 100.1), "the probe's own id"
+    assert not check.made_by_libzmq(libzmq_id(5), 100.1), "the probe's own id"
+    assert not check.made_by_libzmq(libzmq_id(7), 100.1), "ahead of the counter: a claim"
+    assert not check.made_by_libzmq(libzmq_id(0x7FFFFFFF), 100.1)
+    assert counter.readings == [5, 6, 7]
+    # Ids of another form are never libzmq's: they are claims.
+    assert not check.made_by_libzmq(b"alice", 100.1)
+    assert not check.made_by_libzmq(b"\x00\x01", 100.1)
+
+
+def test_an_unknown_routing_id_handed_out_longer_ago_than_the_window_is_a_claim():
+    """A connection speaks within ID_WINDOW of getting its id; an id older than that which is not live belongs
+    to a connection that spoke (and is known or ended) or was closed as silent: whoever sends it claimed it."""
+    counter = Counter(10)
+    check = RoutingIds(first=9, counter=counter, now=0.0)
+    counter.value = 20  # ids 10..19 given out
+    assert check.made_by_libzmq(libzmq_id(12), 1.0)  # reading 20 at t=1
+    counter.value = 40
+    assert check.made_by_libzmq(libzmq_id(30), 5.0)  # reading 40 at t=5
+    assert check.made_by_libzmq(libzmq_id(15), 1.0 + ID_WINDOW - 1), "the reading at t=1 is not old yet"
+    assert not check.made_by_libzmq(libzmq_id(15), 1.0 + ID_WINDOW + 0.5), "before the reading of ID_WINDOW ago"
+    assert check.made_by_libzmq(libzmq_id(25), 1.0 + ID_WINDOW + 0.5), "after it"
+    assert not check.made_by_libzmq(libzmq_id(25), 5.0 + ID_WINDOW + 0.5)
+    assert not check.made_by_libzmq(libzmq_id(20), 1.0 + ID_WINDOW + 0.5), "a probe's"
+
+
+def speakers(cap: int = 2) -> tuple[Speakers, Counter]:
+    counter = Counter(1)
+    return Speakers(RoutingIds(first=0, counter=counter, now=0.0), cap), counter
+
+
+def test_a_routing_id_is_served_only_on_the_connection_it_was_first_seen_on():
+    table, counter = speakers()
+    counter.value = 10
+    one = libzmq_id(3)
+    assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 1.0) is Seen.SERVE
+    assert table.live[one].serial == 101
+    assert table.per_user == {"alice": 1}
+    assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 1.1) is Seen.SERVE, "its descriptor read again"
+    # libzmq took the id in again on another connection: the first has ended, and this one claimed it.
+    assert table.first_frame(one, "10.0.0.2", "bob", 8, 102, 1.2) is Seen.CLAIM
+    assert one not in table.live
+    assert table.per_user == {}
+    assert table.first_frame(one, "10.0.0.2", "bob", 8, 102, 1.3) is Seen.DROP, "its frames queued: dropped"
+
+
+def test_an_ended_connections_id_is_never_served_again_but_its_own_leftovers_are_dropped_quietly():
+    table, counter = speakers()
+    counter.value = 10
+    one = libzmq_id(3)
+    assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 1.0) is Seen.SERVE
+    table.ended_connection(7, 2.0)
+    assert table.live == {}
+    assert table.per_user == {}
+    assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 2.1) is Seen.DROP, "left over from the connection"
+    assert table.first_frame(one, "10.0.0.1", "alice", 7, 103, 2.2) is Seen.CLAIM, "the descriptor reused"
+    table.ended_connection(7, 2.3)
+    # Long after, the id is older than the window: still a claim.
+    assert table.first_frame(one, "10.0.0.1", "alice", 9, 104, 2.3 + ID_WINDOW + 5) is Seen.CLAIM
+
+
+def test_a_user_holds_at_most_so_many_connections():
+    table, counter = speakers(cap=2)
+    counter.value = 10
+    assert table.first_frame(libzmq_id(1), "10.0.0.1", "alice", 5, 1, 1.0) is Seen.SERVE
+    assert table.first_frame(libzmq_id(2), "10.0.0.2", "alice", 6, 2, 1.0) is Seen.SERVE
+    assert table.first_frame(libzmq_id(3), "10.0.0.3", "alice", 7, 3, 1.0) is Seen.FULL
+    assert table.first_frame(libzmq_id(3), "10.0.0.3", "alice", 7, 3, 1.0) is Seen.DROP, "closing already"
+    assert table.first_frame(libzmq_id(4), "10.0.0.3", "bob", 8, 4, 1.0) is Seen.SERVE, "bob has his own"
+    table.ended_connection(7, 1.5)  # the refused one: frees nothing
+    assert table.per_user == {"alice": 2, "bob": 1}
+    table.ended_connection(5, 1.5)
+    assert table.first_frame(libzmq_id(9), "10.0.0.3", "alice", 7, 9, 1.6) is Seen.SERVE
+
+
+def test_a_claim_locks_its_user_out_and_the_refusals_say_try_later(keyring, layout):
+    gate = Admission(
+        Registry(layout), max_connections_per_source=64, handshakes_per_second=1000, routing_id_lockout=300.0
+    )
+    alice = [curve_key(keyring, "alice")]
+    assert gate.lock_out("alice", 100.0), "a lockout starts"
+    assert not gate.lock_out("alice", 150.0), "a second claim meanwhile extends it (and is not logged again)"
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 200.0) == LATER
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 449.0) == LATER
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 451.0) == Verdict(True, "alice", OK)
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "bob")], 200.0) == Verdict(True, "bob", OK)
+    assert gate.authenticate("192.0.2.1", CURVE, [curve_key(keyring, "mallory")], 200.0) == REFUSED
+    assert REFUSED.status == 400
+    assert LATER.status == 300
+
+
+def test_the_users_handshake_rate_is_not_the_strangers_rate_per_address(keyring, layout):
+    gate = Admission(
+        Registry(layout), max_connections_per_source=64, handshakes_per_second=1, handshakes_per_second_per_user=10
+    )
+    alice = [curve_key(keyring, "alice")]
+    assert all(gate.authenticate("192.0.2.1", CURVE, alice, 100.0).allowed for _ in range(20))
+    assert gate.authenticate("192.0.2.1", CURVE, alice, 100.0) == LATER
+
+
+def test_connections_per_second_from_one_address_are_bounded(layout):
+    gate = Admission(
+        Registry(layout), max_connections_per_source=1000, handshakes_per_second=10, connections_per_second_per_source=5
+    )
+    verdicts = [gate.accepted(handle, ("192.0.2.1", 40000 + handle), 100.0) for handle in range(12)]
+    assert verdicts == [True] * 10 + [False] * 2, "bursts of twice the rate"
+    assert gate.accepted(50, ("192.0.2.2", 40050), 100.0), "another address"
+    assert gate.accepted(51, ("192.0.2.1", 40051), 100.2), "one more after 0.2 s"
+    assert not gate.accepted(52, ("192.0.2.1", 40052), 100.2)
 
 
 def test_connections_that_never_speak_are_reported_once_the_limit_has_passed(keyring):
@@ -364,9 +486,38 @@ def test_a_connection_whose_bytes_form_no_message_is_found(layout):
                 time.sleep(0.01)
             assert bytes_received(accepted.fileno(), peer) == 100_000
             assert bytes_received(accepted.fileno(), ("192.0.2.9", 1)) is None, "not that peer's descriptor"
-            gate = admission(layout, per_source=5)
+            gate = Admission(
+                Registry(layout),
+                max_connections_per_source=5,
+                handshakes_per_second=10,
+                unfinished_bytes_per_user=20_000,
+            )
             assert gate.accepted(accepted.fileno(), peer)
             handle = accepted.fileno()
-            assert gate.unread({handle: 90_000}, bytes_received, limit=20_000) == []
-            assert gate.unread({handle: 70_000}, bytes_received, limit=20_000) == [(handle, peer, 30_000)]
-            assert gate.unread({}, bytes_received, limit=20_000) == [(handle, peer, 100_000)]
+            assert gate.unread({handle: 90_000}, bytes_received) == [], "not tied to a user: 64 KiB"
+            assert gate.unread({}, bytes_received) == [(handle, peer, 100_000)]
+            gate.speaking(handle, "alice")
+            assert gate.unread({handle: 90_000}, bytes_received) == []
+            assert gate.unread({handle: 70_000}, bytes_received) == [(handle, peer, 30_000)]
+
+
+def test_a_users_unfinished_bytes_are_summed_over_their_connections(layout):
+    """Over the budget, the connections holding most are closed until the rest fits; a connection not tied
+    to a user may hold UNTIED_ALLOWANCE."""
+    gate = Admission(
+        Registry(layout), max_connections_per_source=64, handshakes_per_second=10, unfinished_bytes_per_user=100
+    )
+    arrived = {1: 60, 2: 50, 3: 30, 4: 90, 5: UNTIED_ALLOWANCE + 1, 6: UNTIED_ALLOWANCE}
+    for handle in arrived:
+        assert gate.accepted(handle, ("192.0.2.1", 40000 + handle))
+    for handle in (1, 2, 3):
+        gate.speaking(handle, "alice")
+    gate.speaking(4, "bob")
+
+    def received(handle: int, peer: tuple[str, int]) -> int:
+        return arrived[handle]
+
+    closing = {handle for handle, _, _ in gate.unread({}, received)}
+    assert closing == {1, 5}, "alice's 140 bytes: the 60 go; bob's 90 fit; one untied connection over 64 KiB"
+    gate.closed(1)
+    assert gate.users == {2: "alice", 3: "alice", 4: "bob"}

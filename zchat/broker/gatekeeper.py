@@ -5,15 +5,23 @@ It owns two sockets in the broker's ZeroMQ context: the ZAP handler
 CurveZMQ handshake, and a monitor of the ROUTER that reports each accepted
 and each closed TCP connection. `zchat.broker.admission` decides; this thread only
 moves the questions and answers, and closes the connections the policy
-refuses: over the per-source cap, silent for too long, claiming a routing id
-(the broker's loop says which), or holding more bytes that form no message
-than the broker allows (what the kernel received, Linux's TCP_INFO, against
-what the loop read: libzmq would keep a never-ending multipart message).
+refuses: over the per-source cap or rate, silent for too long, claiming a
+routing id or over the user's connection cap (the broker's loop says which,
+and a claim locks the user out), or holding more bytes that form no message
+than the user's budget allows (what the kernel received, Linux's TCP_INFO,
+against what the loop read: libzmq would keep a never-ending multipart
+message). It tells the loop (`ended`) which connections have closed.
+
+ZAP status codes (RFC 27): 200 admitted, 300 "try later" (a rate, a
+lockout), 400 a key that is not registered, 500 an internal error. libzmq
+sends 400 and 500 to the client as an ERROR command; on 300 it closes the
+connection without one (RFC 26), and a libzmq client reconnects by itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -25,7 +33,7 @@ import time
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from zchat.broker.admission import Admission, Peer, peer_log
+from zchat.broker.admission import OK, RETRY, Admission, Peer, peer_log
 from zchat.broker.ratelimit import flush_peer_logs
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,10 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 MONITOR_ENDPOINT = "inproc://zchat.broker.monitor"
 ZAP_VERSION = b"1.0"
+ZAP_TEXT = {OK: b"OK", RETRY: b"try later", 400: b"not allowed"}
+# The ZAP answer's metadata: a number for each connection admitted, which libzmq attaches to every frame the
+# connection brings (`Frame.get`), so that the broker's loop tells connections apart (descriptors are reused).
+CONNECTION_PROPERTY = "X-Connection"
 TCP_INFO_BYTES = 256
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in Linux's struct tcp_info
 FRAME_OVERHEAD = 40  # bytes a CurveZMQ MESSAGE adds to each frame on the wire (35 to 38, measured)
@@ -82,20 +94,18 @@ class Gatekeeper:
         context: zmq.Context[zmq.Socket[bytes]],
         router: zmq.Socket[bytes],
         admission: Admission,
-        unread_limit: int,
     ):
-        """Start answering. Call before the ROUTER binds: without a ZAP handler libzmq would admit everyone.
-
-        A connection on which more than `unread_limit` bytes arrived that form no message the broker has read
-        (a multipart message that never ends, which libzmq would keep in memory) is closed.
-        """
+        """Start answering. Call before the ROUTER binds: without a ZAP handler libzmq would admit everyone."""
         self.admission = admission
-        self.unread_limit = unread_limit
         # Bytes of the messages the broker's loop has read, per connection (descriptor), with their framing:
         # the loop adds to it (`count()`), this thread compares it with what the kernel received.
         self.read: dict[int, int] = {}
-        # From the broker's loop through `report()`: ("spoke", descriptor) and ("close", descriptor).
-        self.reports: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        # From the broker's loop through `report()`: (what, descriptor, user, detail).
+        self.reports: queue.SimpleQueue[tuple[str, int, str, str]] = queue.SimpleQueue()
+        # To the broker's loop: descriptors of connections that have closed, in the order libzmq reported them
+        # (before the descriptor can be reused, and before this thread answers any later handshake).
+        self.ended: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.serials = itertools.count(1)  # for CONNECTION_PROPERTY
         self.zap = context.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
@@ -114,10 +124,11 @@ class Gatekeeper:
         """From the broker's loop: it read a message of these frames from this connection."""
         self.read[handle] = self.read.get(handle, 0) + sum(map(len, frames)) + FRAME_OVERHEAD * len(frames)
 
-    def report(self, what: str, handle: int) -> None:
-        """From the broker's loop: a connection spoke ("spoke"), or is to be closed ("close")."""
-        self.reports.put((what, handle))
-        if what == "close":
+    def report(self, what: str, handle: int, user: str = "", detail: str = "") -> None:
+        """From the broker's loop: a connection spoke for `user` ("spoke"), is to be closed ("close"), or claimed
+        a routing id (`detail`): closed, and its user locked out ("claim")."""
+        self.reports.put((what, handle, user, detail))
+        if what != "spoke":
             with contextlib.suppress(zmq.Again):  # wakes queued already: it is on its way
                 self.stopper.send(b"wake", zmq.NOBLOCK)
 
@@ -170,11 +181,21 @@ class Gatekeeper:
     def _from_broker(self) -> None:
         """What the broker's loop reported: connections that spoke, connections to close."""
         while not self.reports.empty():
-            what, handle = self.reports.get_nowait()
+            what, handle, user, detail = self.reports.get_nowait()
             if what == "spoke":
-                self.admission.speaking(handle)
-            else:
-                self._close(handle)
+                self.admission.speaking(handle, user)
+                continue
+            peer = self.admission.peer(handle)
+            self._close(handle)
+            if what == "claim" and self.admission.lock_out(user, time.monotonic()):
+                log.warning(
+                    "closing a connection of %s from %s that claimed routing id %s; %s is locked out for %g s",
+                    user,
+                    peer[0] if peer else "?",
+                    detail,
+                    user,
+                    self.admission.routing_id_lockout,
+                )
 
     def _close_silent(self, now: float) -> None:
         """Close the connections that never sent a frame: a peer must not hold a routing id without using it."""
@@ -185,8 +206,15 @@ class Gatekeeper:
     def _close_unread(self) -> None:
         """Close the connections whose bytes received form no message read: libzmq holds a message until its
         last frame, so a never-ending one would grow the broker's memory without bound."""
-        for handle, peer, unread in self.admission.unread(self.read, bytes_received, self.unread_limit):
-            peer_log.warning(peer[0], "closing a connection from %s: %d bytes that form no message", peer[0], unread)
+        for handle, peer, unread in self.admission.unread(self.read, bytes_received):
+            user = self.admission.user_of(handle)
+            peer_log.warning(
+                user or peer[0],
+                "closing a connection %sfrom %s: %d bytes that form no message",
+                f"of {user} " if user else "",
+                peer[0],
+                unread,
+            )
             self._close(handle)
 
     def _close(self, handle: int) -> None:
@@ -210,6 +238,7 @@ class Gatekeeper:
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self.admission.closed(handle)
             self.read.pop(handle, None)
+            self.ended.put(handle)
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         """RFC 27: version, request id, domain, address, identity, mechanism, credentials -> the reply."""
@@ -219,6 +248,9 @@ class Gatekeeper:
         verdict = self.admission.authenticate(
             address.decode("utf-8", "replace"), mechanism, credentials, time.monotonic()
         )
-        if verdict.allowed:
-            return [ZAP_VERSION, request_id, b"200", b"OK", verdict.user.encode(), b""]
-        return [ZAP_VERSION, request_id, b"400", b"not allowed", b"", b""]
+        if not verdict.allowed:
+            return [ZAP_VERSION, request_id, str(verdict.status).encode(), ZAP_TEXT[verdict.status], b"", b""]
+        serial = str(next(self.serials)).encode()
+        name = CONNECTION_PROPERTY.encode()
+        metadata = bytes([len(name)]) + name + len(serial).to_bytes(4, "big") + serial
+        return [ZAP_VERSION, request_id, b"200", ZAP_TEXT[OK], verdict.user.encode(), metadata]

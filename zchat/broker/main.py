@@ -32,9 +32,9 @@ from types import FrameType
 import zmq
 
 from zchat import crypto
-from zchat.broker.admission import Admission, RoutingIds
+from zchat.broker.admission import Admission, RoutingIds, Seen, Speaker, Speakers
 from zchat.broker.core import BrokerCore
-from zchat.broker.gatekeeper import Gatekeeper
+from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
 from zchat.broker.ratelimit import PeerLog, flush_peer_logs
 from zchat.broker.store import Store, StoreError, backup
 from zchat.broker.work import Outgoing, Work
@@ -50,8 +50,6 @@ peer_log = PeerLog(log)
 FLUSH_LINGER_MS = 3000
 MAX_MESSAGES_PER_TURN = 1000
 MAX_REMEMBERED_UNREACHABLE = 100_000
-UNREAD_LIMIT = 8 * 1024 * 1024  # bytes received on a connection that form no message: more, and it is closed
-MAX_REMEMBERED_IDS = 100_000  # routing ids checked at their first frame (known good, or closed for claiming)
 PROBE_TIMEOUT_MS = 1000
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 HANDSHAKE_TIMEOUT_MS = 5000  # a connection that has not completed its CurveZMQ handshake by then is closed
@@ -120,23 +118,27 @@ class Broker:
             Registry(KeyLayout(config.keys_dir)),
             config.max_connections_per_source,
             config.handshakes_per_second_per_source,
+            connections_per_second_per_source=config.connections_per_second_per_source,
+            handshakes_per_second_per_user=config.handshakes_per_second_per_user,
+            # A user's unfinished bytes: at least a few of the largest messages on their way in.
+            unfinished_bytes_per_user=max(config.unfinished_bytes_per_user, 4 * max_body_bytes(config.max_text_bytes)),
+            routing_id_lockout=config.routing_id_lockout,
         )
         self.gatekeeper: Gatekeeper | None = None
         port = "*" if config.server_port == 0 else str(config.server_port)
         try:
-            unread_limit = max(UNREAD_LIMIT, 4 * max_body_bytes(config.max_text_bytes))
-            self.gatekeeper = Gatekeeper(self.context, self.socket, admission, unread_limit)
+            self.gatekeeper = Gatekeeper(self.context, self.socket, admission)
+            self.ended = self.gatekeeper.ended  # descriptors of connections that closed, for `speakers`
             self.probe_endpoint = f"inproc://zchat-probe-{secrets.token_hex(8)}"
             self.socket.bind(self.probe_endpoint)
             self.early: collections.deque[list[zmq.Frame]] = collections.deque()  # read while probing, not handled
-            self.routing_ids = RoutingIds(self._routing_id_counter(), self._routing_id_counter)
+            routing_ids = RoutingIds(self._routing_id_counter(), self._routing_id_counter, time.monotonic())
+            # Connections that have spoken: routing id -> address, user, descriptor; at most so many per user.
+            self.speakers = Speakers(routing_ids, config.max_connections_per_user)
             self.socket.bind(f"tcp://{config.server_ip}:{port}")
         except zmq.ZMQError:
             self.close(linger=0)
             raise
-        # Routing ids checked at their first frame: the connection's address, user and descriptor.
-        self.known_ids: dict[bytes, tuple[str, str, int]] = {}
-        self.closed_ids: set[bytes] = set()  # routing ids whose connection was closed for claiming them
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.console: queue.Queue[str] = queue.Queue()
         self.stop_reason: str | None = None
@@ -198,49 +200,61 @@ class Broker:
             except zmq.Again:
                 self._handle(self.core.drained(time.monotonic()))
                 return
-            identity, frames = message[0].bytes, [frame.bytes for frame in message[1:]]
-            known = self.known_ids.get(identity)
-            if known is None:
-                known = self._first_frame(identity, message[0])
+            head = message[0]
+            identity, frames = head.bytes, [frame.bytes for frame in message[1:]]
+            known = self.speakers.live.get(identity)
+            # Served only on the connection it was first seen on; connections that ended are forgotten first.
+            if known is None or head.get(zmq.SRCFD) != known.handle or not self.ended.empty():
+                known = self._first_frame(identity, head)
                 if known is None:
                     continue
-            source, user, handle = known
             if self.gatekeeper is not None:
-                self.gatekeeper.count(handle, frames)
+                self.gatekeeper.count(known.handle, frames)
             try:
-                self._handle(self.core.receive(identity, frames, time.monotonic(), source, user))
+                self._handle(self.core.receive(identity, frames, time.monotonic(), known.source, known.user))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
                 log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
 
-    def _first_frame(self, identity: bytes, frame: zmq.Frame) -> tuple[str, str, int] | None:
-        """A connection's first frame: its (address, user, descriptor), or None when it is to be dropped (a
-        connection that claimed its routing id is closed)."""
-        if identity in self.closed_ids or self.gatekeeper is None:
+    def _first_frame(self, identity: bytes, frame: zmq.Frame) -> Speaker | None:
+        """A frame from a routing id not yet live on its connection: the connection's address, user and
+        descriptor, or None when it is to be dropped. A connection that claimed its routing id is closed and
+        its user locked out; one over its user's connection cap is closed."""
+        if self.gatekeeper is None:
             return None
+        now = time.monotonic()
+        while not self.ended.empty():  # the gatekeeper saw these close (before any later handshake was answered)
+            self.speakers.ended_connection(self.ended.get_nowait(), now)
+        known = self.speakers.live.get(identity)
         try:
+            handle = int(frame.get(zmq.SRCFD))  # the TCP connection's descriptor
+            if known is not None and known.handle == handle:
+                return known
             source = str(frame.get("Peer-Address"))
             user = str(frame.get("User-Id"))  # the registered user the gatekeeper let in
-            handle = int(frame.get(zmq.SRCFD))  # the TCP connection's descriptor
-        except zmq.ZMQError:  # no transport metadata: not a connection the gatekeeper admitted
+            serial = int(frame.get(CONNECTION_PROPERTY))  # the connection's number, from the same ZAP answer
+        except (zmq.ZMQError, ValueError):  # no transport metadata: not a connection the gatekeeper admitted
             return None
         try:
-            made_by_libzmq = self.routing_ids.made_by_libzmq(identity)
+            seen = self.speakers.first_frame(identity, source, user, handle, serial, now)
         except RuntimeError:  # the probe failed (a bug): close the connection rather than risk the abort
             log.exception("cannot read the routing-id counter")
-            made_by_libzmq = False
-        if made_by_libzmq:
-            self.gatekeeper.report("spoke", handle)
-            if len(self.known_ids) >= MAX_REMEMBERED_IDS:
-                self.known_ids.clear()
-            self.known_ids[identity] = (source, user, handle)  # a connection's metadata never changes
-            return source, user, handle
-        peer_log.warning(source, "closing a connection from %s that claimed routing id %s", source, identity.hex())
-        self.gatekeeper.report("close", handle)
-        if len(self.closed_ids) >= MAX_REMEMBERED_IDS:
-            self.closed_ids.clear()
-        self.closed_ids.add(identity)  # its frames already queued are dropped without a word
-        return None
+            seen = Seen.CLAIM
+        if seen is Seen.SERVE:
+            self.gatekeeper.report("spoke", handle, user)
+            return self.speakers.live[identity]
+        if seen is Seen.CLAIM:  # the gatekeeper logs it once per lockout
+            self.gatekeeper.report("claim", handle, user, identity.hex())
+        elif seen is Seen.FULL:
+            peer_log.warning(
+                user,
+                "closing a connection of %s from %s: %d connections open already",
+                user,
+                source,
+                self.speakers.per_user.get(user, 0),
+            )
+            self.gatekeeper.report("close", handle, user)
+        return None  # Seen.DROP: frames left over from a connection closed or ended, dropped without a word
 
     def _take_results(self) -> None:
         """Send what the crypto jobs produced; opened envelopes go back to the core, which may make more."""
