@@ -33,7 +33,7 @@ import zmq
 
 from zchat import crypto
 from zchat.broker.admission import Admission, RoutingIds, Seen, Speaker, Speakers
-from zchat.broker.core import BrokerCore
+from zchat.broker.core import BrokerCore, short
 from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
 from zchat.broker.ratelimit import PeerLog, flush_peer_logs
 from zchat.broker.store import Store, StoreError, backup
@@ -214,7 +214,7 @@ class Broker:
                 self._handle(self.core.receive(identity, frames, time.monotonic(), known.source, known.user))
             except Exception:
                 # A bug, not the peer's fault: keep serving everyone else, and say so loudly.
-                log.exception("internal error while handling a frame from %s; frame dropped", identity.hex()[:10])
+                log.exception("internal error while handling a frame from %s; frame dropped", short(identity))
 
     def _first_frame(self, identity: bytes, frame: zmq.Frame) -> Speaker | None:
         """A frame from a routing id not yet live on its connection: the connection's address, user and
@@ -272,9 +272,7 @@ class Broker:
                 try:
                     self._handle(self.core.opened(result, time.monotonic()))
                 except Exception:
-                    log.exception(
-                        "internal error after opening a frame from %s; frame dropped", result.identity.hex()[:10]
-                    )
+                    log.exception("internal error after opening a frame from %s; frame dropped", short(result.identity))
             self._handle(self.core.sendable(sealed, time.monotonic()))
 
     def _console_command(self, line: str) -> None:
