@@ -4,22 +4,38 @@ It imports nothing from the project (only the standard library, pyzmq and PyCryp
 talks to the real broker through it shows that the document is enough to write a compatible client.
 Section numbers in the comments refer to docs/PROTOCOL.md.
 
-Deliberately minimal: one session per `login()` and no automatic reconnect (calling `login()` again starts a new
-session on a new socket), no key pinning (7.7). What outlives a session, as 6.1, 7.6 and 11 ask: the outbox of chat
-messages the broker has not answered (re-sent with their ids after every `welcome`) and the `(from, id)` pairs of
-the messages already shown (a message that comes again is skipped).
+Deliberately minimal: one session per `login()`, no key pinning (7.7). `receive()` never reconnects by itself;
+after a session ends, `reconnect()` logs in again with the rules of 5.6, 8.3 and 9.3 (backoff; a first login
+stops at its first failure; a re-login retries BUSY, a turned-away handshake and timeouts for as long as it takes,
+a refusal up to three times since the last `welcome`, and never a refused key, a broker that fails its proof or an
+unusable `welcome`). What outlives a session, as 6.1, 7.6 and 11 ask: the outbox of chat messages the broker has
+not answered (re-sent with their ids after every `welcome`) and the `(from, id)` pairs of the messages already
+shown (a message that comes again is skipped).
+
+Run as a program (`python tests/independent_client.py --help`) it logs in, prints every event as a JSON line,
+sends every line of its standard input as a chat message, reconnects as 8.3 says, and ends with the exit
+statuses of 8.3: 0 (end of input, SIGINT/SIGTERM, the broker shut down), 1 (an error), 3 (`closed`, or the key
+refused at a re-login).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import json
 import math
+import os
+import queue
+import random
 import re
+import signal
+import sys
+import threading
 import time
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,27 +65,86 @@ MAX_SEQ = 2**53 - 1
 MIN_KEY_BITS = 2048  # (2.1)
 MAX_TIME = 4_102_444_800  # `ts` and `received`: Unix seconds from 0 to 2100-01-01 (6.1, 7.3)
 CURVE_INFO = b"zchat curve25519 secret key v1"  # HKDF info for the transport key pair (2.1)
-CURVE_BLOCK = re.compile(
-    r"-----BEGIN ZCHAT CURVE25519 PUBLIC KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END ZCHAT CURVE25519 PUBLIC KEY-----"
+# The blocks of a public key file, in this order (2.1); a file may stop after the first or the second.
+PUBLIC_KEY_LABEL, CURVE_LABEL, BINDING_LABEL = "PUBLIC KEY", "ZCHAT CURVE25519 PUBLIC KEY", "ZCHAT CURVE25519 BINDING"
+KEY_FILE_LABELS = (PUBLIC_KEY_LABEL, CURVE_LABEL, BINDING_LABEL)
+PEM_LINE = re.compile(r"-----(BEGIN|END) ([^-]*)-----")
+LOGIN_TIMEOUT = 5.0  # the reference client's per-attempt limit (5.6, 8.3)
+MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL = 0.05, 60.0  # what a welcome may say (8.1)
+MIN_HEARTBEAT_TIMEOUT, MAX_HEARTBEAT_TIMEOUT = 0.2, 600.0
+MAX_TEXT_BYTES = 1_048_576
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_JITTER = 0.5, 8.0, 0.2  # 0.5 s doubling up to 8 s, +-20 % (8.3)
+MAX_RELOGIN_REFUSALS = 3  # a re-login retries a refusal up to three times; the fourth stops (5.6, 9.3)
+MAX_STATEMENT_REFUSALS = 3  # a message whose statement is refused three times is given up (6.1, 8.3)
+ZAP_REFUSED = 400  # the CurveZMQ handshake's ZAP status codes, as a client's socket monitor reports them (5.6)
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 )
-RSA_PUBLIC_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.DOTALL)
-LOGIN_TIMEOUT = 5.0  # the reference client's per-attempt limit (5.6)
+EXIT_OK, EXIT_ERROR, EXIT_CLOSED = 0, 1, 3  # (8.3)
 
 
 class ProtocolError(Exception):
     """A message from the peer that breaks the protocol."""
 
 
-class LoginRefused(ProtocolError):
-    """REFUSED, a challenge that does not open, or an unusable welcome: give up (5.6)."""
+class LoginFailed(ProtocolError):
+    """A login attempt that did not reach a usable `welcome` (5.6, 9.3). The subclasses say what to do next."""
 
 
-class NotTheBroker(ProtocolError):
+class LoginRefused(LoginFailed):
+    """A refusal: REFUSED, or a challenge that does not open (5.6). A first login stops; a re-login retries, and
+    the fourth refusal since the last `welcome` stops the client."""
+
+
+class KeyNotAccepted(LoginRefused):
+    """The CurveZMQ handshake was refused with ZAP status 400: the key is not (or no longer) registered. Stop at
+    once, on a first login and on a re-login alike (5.6); at a re-login it ends the client like `closed` (8.3)."""
+
+
+class RefusedTooOften(LoginRefused):
+    """A re-login refused for the fourth time since the last `welcome` (5.6)."""
+
+
+class BrokerLies(LoginFailed):
+    """Give up, never retry (5.6): the peer failed the broker's proof, or sent an unusable `welcome`."""
+
+
+class NotTheBroker(BrokerLies):
     """The challenge opened but did not prove the pinned broker key (5.3)."""
 
 
-class BrokerBusy(ProtocolError):
-    """BUSY: a load limit; retry later with backoff (5.6)."""
+class UnusableWelcome(BrokerLies):
+    """A `welcome` that fails the checks of 7.1 step 6, 8.1 or 9.3."""
+
+
+class NotNow(LoginFailed):
+    """Not a refusal (5.6): a first login stops ("try again later"); a re-login retries with backoff for as long
+    as it takes, and this neither resets nor adds to the count of refusals."""
+
+
+class BrokerBusy(NotNow):
+    """BUSY after HELLO or LOGIN: a load limit (5.6)."""
+
+
+class TurnedAway(NotNow):
+    """The CurveZMQ handshake was refused with ZAP status 500 (or 300, should a monitor ever report it) (5.6)."""
+
+
+class LoginTimeout(NotNow, TimeoutError):
+    """No `welcome` within the attempt's time: the broker is down, unreachable, turning the handshake away (300),
+    or does not hold the pinned key (5.6)."""
+
+
+class LostInTransit(NotNow):
+    """An authentic delivery with a `seq` above the next one during the login: deliveries were lost (7.1 step 4)."""
+
+
+class SessionOver(Exception):
+    """`reconnect()` after `closed` or `shutdown`: the client must not reconnect (7.3, 8.3)."""
 
 
 # --- primitives (sections 2 and 3) -------------------------------------------------------------------------------
@@ -101,7 +176,7 @@ def seal(recipient: RsaKey, plaintext: bytes, command: bytes) -> bytes:
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=16)
     cipher.update(b"\x01" + wrapped + context)
     ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return b"\x01" + wrapped + nonce + tag + ciphertext
+    return b"\x01" + bytes(wrapped) + nonce + bytes(tag) + bytes(ciphertext)
 
 
 def open_envelope(own_key: RsaKey, envelope: bytes, command: bytes) -> bytes:
@@ -152,6 +227,12 @@ def fingerprint(der: bytes) -> str:
     return "SHA256:" + SHA256.new(der).hexdigest()  # (2.2)
 
 
+def public_der(key: RsaKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a key (2.1, 2.2)."""
+    public = key.publickey()  # type: ignore[no-untyped-call]
+    return bytes(public.export_key(format="DER"))
+
+
 def load_private_key(path: str | Path, passphrase: str | None = None) -> RsaKey:
     """PEM PKCS#8, optionally encrypted (2.1)."""
     key = RSA.import_key(Path(path).read_bytes(), passphrase)
@@ -160,30 +241,104 @@ def load_private_key(path: str | Path, passphrase: str | None = None) -> RsaKey:
     return key
 
 
-def load_public_key(path: str | Path) -> RsaKey:
-    """The PEM SubjectPublicKeyInfo block of a public key file (2.1); the pinned broker key."""
-    match = RSA_PUBLIC_BLOCK.search(Path(path).read_text("ascii"))
-    if match is None:
-        raise ValueError(f"{path}: no PUBLIC KEY block")
-    key = RSA.import_key(match.group(0))
+def _key_file_blocks(text: str, source: str) -> dict[str, bytes]:
+    """The blocks of a public key file (2.1), decoded: at most the three known ones, each once, in their order.
+
+    Readers ignore whitespace inside base64 and refuse any other block, a repeated block, or a binding without a
+    Curve block. (Text outside the blocks is ignored, as PEM readers do: the spec does not say.)
+    """
+    blocks: dict[str, bytes] = {}
+    label: str | None = None
+    body: list[str] = []
+    for line in text.split("\n"):
+        marker = PEM_LINE.fullmatch(line.strip())
+        if marker is None:
+            if label is not None:
+                body.append(line)
+            elif line.strip().startswith("-----"):
+                raise ValueError(f"{source}: a line that is not a block's BEGIN or END: {line.strip()!r}")
+            continue
+        kind, name = marker.groups()
+        if kind == "BEGIN":
+            if label is not None:
+                raise ValueError(f"{source}: BEGIN {name} inside the {label} block")
+            if name not in KEY_FILE_LABELS:
+                raise ValueError(f"{source}: a block that a public key file may not hold: {name}")
+            if name in blocks:
+                raise ValueError(f"{source}: the {name} block is repeated")
+            expected = KEY_FILE_LABELS[len(blocks)]
+            if name != expected:
+                raise ValueError(f"{source}: the {name} block where the {expected} block should come")
+            label, body = name, []
+        else:
+            if label is None or name != label:
+                raise ValueError(f"{source}: END {name} without its BEGIN")
+            try:
+                blocks[name] = base64.b64decode("".join("".join(body).split()), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError(f"{source}: the {name} block is not base64") from exc
+            label = None
+    if label is not None:
+        raise ValueError(f"{source}: the {label} block does not end")
+    if PUBLIC_KEY_LABEL not in blocks:
+        raise ValueError(f"{source}: no PUBLIC KEY block")
+    return blocks
+
+
+def curve_binding_input(curve_public: bytes) -> bytes:
+    return PREFIX + b"curve-key|" + curve_public  # what the binding block signs (2.1, 2.3)
+
+
+def load_public_key_file(path: str | Path) -> tuple[RsaKey, bytes]:
+    """A pinned public key file (2.1): its RSA key, and its Curve25519 key, which must be bound to it.
+
+    A client refuses a pinned `broker.pub` whose Curve key is not bound (2.1): one without the binding block, or
+    whose binding does not verify with the file's RSA key. A file without the Curve block (before zchat/2) cannot
+    be used to connect at all.
+    """
+    source = str(path)
+    blocks = _key_file_blocks(Path(path).read_text("ascii"), source)
+    try:
+        key = RSA.import_key(blocks[PUBLIC_KEY_LABEL])
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ValueError(f"{source}: the PUBLIC KEY block is not an RSA public key") from exc
     if key.has_private() or key.size_in_bits() < MIN_KEY_BITS:
-        raise ValueError(f"{path}: not an RSA public key of at least {MIN_KEY_BITS} bits")
-    return key
+        raise ValueError(f"{source}: not an RSA public key of at least {MIN_KEY_BITS} bits")
+    curve = blocks.get(CURVE_LABEL)
+    if curve is None:
+        raise ValueError(f"{source}: no ZCHAT CURVE25519 PUBLIC KEY block (a key file from before zchat/2)")
+    if len(curve) != 32:
+        raise ValueError(f"{source}: the Curve25519 public key is not 32 bytes")
+    binding = blocks.get(BINDING_LABEL)
+    if binding is None:
+        raise ValueError(f"{source}: the Curve25519 key is not bound to the RSA key (no binding block)")
+    if len(binding) != key.size_in_bytes() or not verify(key, curve_binding_input(curve), binding):
+        raise ValueError(f"{source}: the binding of the Curve25519 key does not verify with the file's RSA key")
+    return key, curve
+
+
+def load_public_key(path: str | Path) -> RsaKey:
+    """The RSA key of a public key file whose Curve key is bound to it (2.1); the pinned broker key."""
+    return load_public_key_file(path)[0]
 
 
 def load_curve_public_key(path: str | Path) -> bytes:
-    """The 32-byte Curve25519 public key in the second block of a public key file (2.1); files written before
-    protocol 2 have none, and their owner cannot connect."""
-    match = CURVE_BLOCK.search(Path(path).read_text("ascii"))
-    if match is None:
-        raise ValueError(f"{path}: no ZCHAT CURVE25519 PUBLIC KEY block (a key file from before zchat/2)")
-    try:
-        curve = base64.b64decode("".join(match.group(1).split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{path}: the Curve25519 block is not base64") from exc
-    if len(curve) != 32:
-        raise ValueError(f"{path}: the Curve25519 public key is not 32 bytes")
-    return curve
+    """The bound 32-byte Curve25519 public key of a public key file (2.1)."""
+    return load_public_key_file(path)[1]
+
+
+def public_key_file_text(private_key: RsaKey) -> str:
+    """The public key file of `private_key` (2.1): the three blocks, lines ending in LF, base64 in lines of 64."""
+
+    def block(label: str, data: bytes) -> str:
+        encoded = b64e(data)
+        lines = [encoded[i : i + 64] for i in range(0, len(encoded), 64)]
+        return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----"]) + "\n"
+
+    curve_public, _ = curve_keypair(private_key)
+    der = public_der(private_key)
+    binding = sign(private_key, curve_binding_input(curve_public))
+    return block(PUBLIC_KEY_LABEL, der) + block(CURVE_LABEL, curve_public) + block(BINDING_LABEL, binding)
 
 
 def curve_keypair(own_key: RsaKey) -> tuple[bytes, bytes]:
@@ -314,6 +469,52 @@ def check_user(obj: Any) -> tuple[str, RsaKey, dict[str, Any]]:
     return name, key, {"name": name, "fingerprint": claimed, "bot": bot}
 
 
+def get_finite(doc: dict[str, Any], field: str) -> float:
+    value = get_number(doc, field)
+    if not math.isfinite(value):
+        raise ValueError(f"{field}: not a finite number")
+    return value
+
+
+class Welcome:
+    """A `welcome` that passed the checks of 9.3 (name, the bounds of 8.1, your own entry, every user object)."""
+
+    def __init__(self, event: dict[str, Any], name: str, own_fingerprint: str) -> None:
+        # 1. the name is ours
+        if get_name(event, "name") != name:
+            raise ValueError("a welcome for another name")
+        # 2. the numbers are within what a broker's config.json can say (8.1)
+        interval = get_finite(event, "heartbeat_interval")
+        timeout = get_finite(event, "heartbeat_timeout")
+        max_text = get_int(event, "max_text_bytes")  # an integer (7.3)
+        if not MIN_HEARTBEAT_INTERVAL <= interval <= MAX_HEARTBEAT_INTERVAL:
+            raise ValueError(
+                f"heartbeat_interval {interval:g} s is outside {MIN_HEARTBEAT_INTERVAL:g}-{MAX_HEARTBEAT_INTERVAL:g} s"
+            )
+        if not MIN_HEARTBEAT_TIMEOUT <= timeout <= MAX_HEARTBEAT_TIMEOUT:
+            raise ValueError(
+                f"heartbeat_timeout {timeout:g} s is outside {MIN_HEARTBEAT_TIMEOUT:g}-{MAX_HEARTBEAT_TIMEOUT:g} s"
+            )
+        if timeout < 2 * interval:
+            raise ValueError(f"heartbeat_timeout {timeout:g} s is less than twice heartbeat_interval {interval:g} s")
+        if not 1 <= max_text <= MAX_TEXT_BYTES:
+            raise ValueError(f"max_text_bytes {max_text} is outside 1-{MAX_TEXT_BYTES}")
+        # 4. every user object is well formed and its key has its fingerprint (7.2)
+        users = event.get("users")
+        if not isinstance(users, list):
+            raise ValueError("users: not an array")
+        checked = [check_user(u) for u in users]
+        # 3. it lists us, and every entry with our name carries our own key's fingerprint
+        own = [info for user, _, info in checked if user == name]
+        if not own:
+            raise ValueError("the welcome does not list us")
+        if any(info["fingerprint"] != own_fingerprint for info in own):
+            raise ValueError("the welcome names another key for us")
+        self.heartbeat_interval, self.heartbeat_timeout, self.max_text_bytes = interval, timeout, max_text
+        self.roster = {user: key for user, key, _ in checked}
+        self.users = [info for _, _, info in checked]
+
+
 def _invisible(c: str) -> bool:
     """Category Cf except the zero-width joiner, Zl, Zp, and the tag characters U+E0000-U+E007F (6.4)."""
     category = unicodedata.category(c)
@@ -342,8 +543,13 @@ class IndependentClient:
     `receive()` returns events as plain dicts whose `type` says which: welcome, chat (live or history), mail (a
     private message kept while we were away, opened and verified), accepted, failed, refused, join, leave,
     presence, who, error, closed, shutdown, and the local ones evicted / connection_lost. After refused, closed,
-    shutdown, evicted and connection_lost the session is over (`over`); this minimal client does not reconnect by
-    itself, but `login()` may be called again for a new session, and re-sends what the broker has not answered.
+    shutdown, evicted and connection_lost the session is over (`over`). `receive()` does not reconnect by itself:
+    after refused, evicted or connection_lost call `reconnect()` (the rules of 5.6 and 8.3; never after closed or
+    shutdown), or `login()` for one bare attempt. Either re-sends what the broker has not answered.
+
+    `login()` raises a LoginFailed whose class says what 5.6 asks next: LoginRefused (a refusal; KeyNotAccepted
+    for a ZAP 400), BrokerLies (NotTheBroker, UnusableWelcome: give up) or NotNow (BrokerBusy, TurnedAway,
+    LoginTimeout, LostInTransit: not a refusal). `exit_status()` maps an ending to the exit statuses of 8.3.
     """
 
     def __init__(
@@ -365,8 +571,10 @@ class IndependentClient:
         self.bot = bot
         self.history = history
         self.own_key = load_private_key(key_path, passphrase)
-        self.broker_key = load_public_key(broker_key_path)  # pinned (2.1)
-        self.broker_curve_key = load_curve_public_key(broker_key_path)  # the transport's server key (1.5, 2.1)
+        self.own_fingerprint = fingerprint(public_der(self.own_key))  # checked in 9.3
+        # Pinned (2.1): the broker's RSA key, and its Curve key (the transport's server key, 1.5), which must be
+        # bound to the RSA key by the file's binding block.
+        self.broker_key, self.broker_curve_key = load_public_key_file(broker_key_path)
         self.curve_public, self.curve_secret = curve_keypair(self.own_key)  # our transport pair (2.1)
         self.zmq_context = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
@@ -377,6 +585,15 @@ class IndependentClient:
         self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.duplicates_skipped = 0  # authentic messages not shown again because their (from, id) was seen (7.6)
         self.skipped: list[str] = []  # why authentic, in-order events were unusable (7.1 step 6), for diagnosis
+        self.statement_refusals: dict[str, int] = {}  # message id -> `refused` events naming it (6.1, 8.3)
+        # The login rules (5.6, 8.3, 9.3), across sessions: welcomed at least once since we started (a first login
+        # stops at its first failure), refusals since the last welcome, the backoff, and whether the broker ended
+        # us for good (`closed`, `shutdown`, a key refused at a re-login: never reconnect).
+        self.welcomed = False
+        self.refusals = 0
+        self.backoff = BACKOFF_FIRST
+        self.ended_for_good: str | None = None
+        self.sleep: Callable[[float], None] = time.sleep  # the backoff's wait (a test may replace it)
         self._reset()
 
     def _reset(self) -> None:
@@ -396,6 +613,9 @@ class IndependentClient:
         self.pings_sent = self.pings_received = 0
         self.pending_ack: bytes | None = None  # last 16 bytes of the newest EVENT body read, not yet ACKed (8.4)
         self.acks_sent = 0
+        # What the socket monitor said about this login's CurveZMQ handshake (5.6).
+        self.handshake_connected = self.handshake_succeeded = False
+        self.handshake_broken_off = 0
 
     @property
     def max_body(self) -> int:
@@ -443,11 +663,26 @@ class IndependentClient:
     # --- login (section 5)
 
     def login(self, timeout: float = LOGIN_TIMEOUT, resend: bool = True) -> dict[str, Any]:
-        """HELLO, CHALLENGE, LOGIN, welcome. Returns the welcome event; raises on refusal or timeout.
+        """One login attempt: HELLO, CHALLENGE, LOGIN, welcome. Returns the welcome event, or raises a LoginFailed
+        whose class says what 5.6 asks next (see `reconnect()` for the retries).
 
         After the welcome, every chat message still in the outbox is sent again with its own id, as new
         statements of the new session (6.1, 8.3), unless `resend` is false.
         """
+        if self.ended_for_good is not None:
+            raise SessionOver(f"the broker ended this client for good ({self.ended_for_good}): do not log in again")
+        try:
+            welcome = self._login_attempt(timeout)
+        except KeyNotAccepted:
+            if self.welcomed:  # the key is no longer registered: over for good, like `closed` (5.6, 8.3)
+                self.ended_for_good = "the broker no longer accepts this key"
+            raise
+        self.welcomed, self.refusals, self.backoff = True, 0, BACKOFF_FIRST  # only a welcome resets these (5.6)
+        if resend:
+            self.flush_outbox()
+        return welcome
+
+    def _login_attempt(self, timeout: float) -> dict[str, Any]:
         self.close(say_bye=False, keep_context=True)
         self._reset()
         self.sock = self.zmq_context.socket(zmq.DEALER)  # a new socket for every login; never a ZMQ_ROUTING_ID (1.1)
@@ -459,51 +694,61 @@ class IndependentClient:
         self.sock.setsockopt(zmq.CURVE_SERVERKEY, self.broker_curve_key)
         self.sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve_public)
         self.sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve_secret)
-        # A refused handshake (our Curve key is not registered) shows only on the socket monitor (1.5).
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        # The handshake's outcome shows only on the socket monitor (1.5, 5.6).
+        self.monitor = self.sock.get_monitor_socket(HANDSHAKE_EVENTS)
         self.sock.connect(self.endpoint)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            return self._login_exchange(deadline, timeout)
+        except LoginFailed:
+            self._stop_monitor()
+            self.logged_in, self.over = False, True
+            self.pending_ack = None
+            raise
 
+    def _login_exchange(self, deadline: float, timeout: float) -> dict[str, Any]:
         client_nonce = get_random_bytes(32)
         hello = {"user": self.name, "nonce": b64e(client_nonce), "bot": self.bot, "history": self.history}
         self._send(b"HELLO", seal(self.broker_key, dumps(hello).encode("utf-8"), b"HELLO"))
-        body = self._await_login_answer(b"CHALLENGE", deadline)
+        body = self._await_login_answer(b"CHALLENGE", deadline, timeout)
 
-        try:
-            challenge = parse_object(open_envelope(self.own_key, body, b"CHALLENGE"))
-        except (ProtocolError, ValueError) as exc:  # not registered, or registered with another key
-            raise LoginRefused("the challenge does not open with our key") from exc
-        try:
+        try:  # 5.3 step 1: a challenge that does not open is a refusal
+            plaintext = open_envelope(self.own_key, body, b"CHALLENGE")
+        except ProtocolError as exc:  # not registered, or registered with another key
+            raise LoginRefused("login refused: the challenge does not open with our key") from exc
+        try:  # step 2: it opened with our key, so whatever is wrong now, the peer is not the broker we pinned
+            challenge = parse_object(plaintext)
             user, echoed = get_name(challenge, "user"), get_b64(challenge, "client_nonce", 32)
             server_nonce = get_b64(challenge, "server_nonce", 32)
             delivery_key = get_b64(challenge, "delivery_key", 32)
             broker_sig = get_b64(challenge, "sig")
-        except ValueError as exc:
-            raise NotTheBroker(f"malformed challenge: {exc}") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise NotTheBroker(f"not the pinned broker: a malformed challenge ({exc})") from exc
         if user != self.name or echoed != client_nonce:
-            raise NotTheBroker("the challenge does not echo our name and nonce")
+            raise NotTheBroker("not the pinned broker: the challenge does not echo our name and nonce")
         broker_proof = (
             PREFIX + b"broker|" + self.name.encode("ascii") + b"|" + client_nonce + server_nonce + delivery_key
         )
-        if not verify(self.broker_key, broker_proof, broker_sig):
-            raise NotTheBroker("the challenge is not signed by the pinned broker key")
+        if not verify(self.broker_key, broker_proof, broker_sig):  # step 3
+            raise NotTheBroker("not the pinned broker: the challenge is not signed by the pinned broker key")
         self.session, self.delivery_key = server_nonce.hex(), delivery_key
 
         login_proof = PREFIX + b"login|" + self.name.encode("ascii") + b"|" + client_nonce + server_nonce
         document = {"sig": b64e(sign(self.own_key, login_proof))}
         self._send(b"LOGIN", seal(self.broker_key, dumps(document).encode("utf-8"), b"LOGIN"))
         while True:
-            body = self._await_login_answer(b"EVENT", deadline)
-            event = self._on_event(body)
-            if self.over:  # a gap at seq > 1 during the login
-                raise ProtocolError(event["reason"] if event else "login failed")
+            body = self._await_login_answer(b"EVENT", deadline, timeout)
+            event = self._on_event(body)  # an unusable welcome raises UnusableWelcome
+            if self.over:  # an authentic delivery above seq 1: deliveries were lost (7.1 step 4)
+                raise LostInTransit(
+                    "messages from the broker were lost on the way" + ("" if self.welcomed else "; try again later")
+                )
             if event is not None and event["type"] == "welcome":
                 self.logged_in = True
                 self.last_sent = self.last_heard = time.monotonic()
                 self._stop_monitor()
                 self._flush_ack()  # the welcome is an EVENT like any other (8.4)
-                if resend:
-                    self.flush_outbox()
                 return event
 
     def _stop_monitor(self) -> None:
@@ -513,9 +758,45 @@ class IndependentClient:
             self.monitor.close(linger=0)
             self.monitor = None
 
-    def _await_login_answer(self, wanted: bytes, deadline: float) -> bytes:
-        """Wait for `wanted` during the login; a refused CurveZMQ handshake (1.5), REFUSED and BUSY end the
-        attempt (9.3)."""
+    def _on_handshake_event(self, event: dict[str, Any]) -> None:
+        """What the socket monitor says about the CurveZMQ handshake (5.6, 9.3 "connecting")."""
+        kind, value = event["event"], event.get("value")
+        if kind == zmq.EVENT_CONNECTED:
+            self.handshake_connected = True
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.handshake_succeeded = True
+        elif kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            self.handshake_broken_off += 1  # a wrong broker key, or a 300 broken off (libzmq connects again)
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # libzmq does not connect again after this
+            if value == ZAP_REFUSED:
+                raise KeyNotAccepted("login refused: the broker does not accept this key")
+            # 500 (an error in the broker), or 300 should a monitor ever report it: not a refusal. The spec names
+            # no other status; anything else is taken as not a refusal too.
+            raise TurnedAway(
+                f"the broker at {self.endpoint} turned the connection away for now (handshake status {value}); "
+                "try again later"
+            )
+
+    def _timed_out(self, timeout: float) -> LoginTimeout:
+        """The message of a login that ran out of time (5.6)."""
+        where = f"the broker at {self.endpoint}"
+        if self.handshake_succeeded:
+            return LoginTimeout(f"{where} did not answer within {timeout:g}s; try again later")
+        if self.handshake_broken_off >= 2:
+            return LoginTimeout(
+                f"{where} did not complete the handshake within {timeout:g}s: the pinned broker key is likely not "
+                "this broker's, unless the broker is turning the connection away for now; try again later"
+            )
+        if not self.handshake_connected:
+            return LoginTimeout(f"{where} did not answer within {timeout:g}s (down or unreachable?); try again later")
+        return LoginTimeout(
+            f"{where} did not complete the handshake within {timeout:g}s: it may be turning the connection away "
+            "for now; try again later"
+        )
+
+    def _await_login_answer(self, wanted: bytes, deadline: float, timeout: float) -> bytes:
+        """Wait for `wanted` during the login (9.3): the handshake's outcome on the monitor, REFUSED (a refusal),
+        BUSY (not a refusal) and PING are handled; everything else is dropped."""
         assert self.sock is not None
         assert self.monitor is not None
         poller = zmq.Poller()
@@ -523,10 +804,8 @@ class IndependentClient:
         poller.register(self.monitor, zmq.POLLIN)
         while (remaining := deadline - time.monotonic()) > 0:
             ready = dict(poller.poll(max(1, int(remaining * 1000))))
-            if self.monitor in ready:
-                event = recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)
-                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    raise LoginRefused("login refused: the broker does not accept this key")
+            while self.monitor.poll(0, zmq.POLLIN):
+                self._on_handshake_event(dict(recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)))
             if self.sock not in ready:
                 continue
             message = self._recv(0)
@@ -534,12 +813,53 @@ class IndependentClient:
                 continue
             command, body = message
             if command == b"REFUSED":
-                raise LoginRefused("the broker refused the login")
+                raise LoginRefused("login refused by the broker (REFUSED)")
             if command == b"BUSY":
-                raise BrokerBusy("the broker is busy; try again later")
+                raise BrokerBusy("the broker is busy (too many clients or logins); try again later")
             if command == wanted:
                 return body
-        raise TimeoutError(f"no {wanted.decode()} from the broker within the login timeout")
+        raise self._timed_out(timeout)
+
+    def _wait_backoff(self) -> None:
+        """Exponential backoff between attempts: 0.5 s doubling up to 8 s, +-20 % jitter (8.3)."""
+        self.sleep(self.backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER))
+        self.backoff = min(2 * self.backoff, BACKOFF_MAX)
+
+    def reconnect(self, timeout: float = LOGIN_TIMEOUT) -> dict[str, Any]:
+        """Log in again after a session ended (lost, evicted, refused, 8.3), with the rules of 5.6 and 9.3.
+
+        Before the first welcome this is a first login: one attempt, and any failure is raised. Afterwards,
+        it waits the backoff before every attempt and retries, for as long as it takes, after BUSY, a handshake
+        turned away (ZAP 500, or 300) or a timed-out attempt; it retries a refusal (REFUSED, a challenge that
+        does not open) up to three times since the last welcome and raises RefusedTooOften at the fourth. It
+        raises at once a key refused by the handshake (ZAP 400: the client is then over for good, as after
+        `closed`, 8.3), a challenge that does not prove the pinned key and an unusable welcome.
+        """
+        if self.ended_for_good is not None:
+            raise SessionOver(f"the broker ended this client for good ({self.ended_for_good}): do not reconnect")
+        if not self.welcomed:
+            return self.login(timeout)  # a first login ends at its first failure (5.6)
+        while True:
+            self._wait_backoff()
+            try:
+                return self.login(timeout)
+            except KeyNotAccepted:
+                raise  # at once (5.6); login() has marked the client as ended for good
+            except LoginRefused as exc:
+                self.refusals += 1
+                if self.refusals > MAX_RELOGIN_REFUSALS:
+                    raise RefusedTooOften(f"{exc} (the fourth refusal since the last welcome)") from exc
+            except NotNow:
+                pass  # neither resets nor adds to the refusals (5.6)
+
+    def exit_status(self, error: BaseException | None = None) -> int:
+        """The exit status of 8.3 for a client that ends now, with `error` (None: the user left, or the broker
+        ended the session)."""
+        if self.ended_for_good == "shutdown" and error is None:
+            return EXIT_OK
+        if self.ended_for_good is not None and (error is None or isinstance(error, KeyNotAccepted)):
+            return EXIT_CLOSED  # `closed`, or the key refused at a re-login
+        return EXIT_OK if error is None else EXIT_ERROR
 
     # --- statements (section 6)
 
@@ -547,30 +867,39 @@ class IndependentClient:
         """Number, sign, seal and queue one statement; returns its seq."""
         if not self.logged_in or self.session is None:
             raise ConnectionError("not logged in")
-        self.seq_out += 1  # numbered only when handed to the socket; a failed send spends it (6.1)
+        seq = self.seq_out + 1  # numbered only when handed to the socket; a failed send spends it (6.1)
+        if seq > MAX_SEQ:
+            raise ValueError("no statement numbers left in this session")  # (6.1, 9.1)
         statement = {
             "type": statement_type,
             "from": self.name,
             "session": self.session,
-            "seq": self.seq_out,
+            "seq": seq,
             "ts": time.time(),  # a number from 0 to 4 102 444 800, or a chat is answered `failed` (6.1, 6.4)
             **fields,
         }
         signed = dumps(statement)  # serialised once, signed and sent as is (6.2)
-        if len(signed) > self.max_body:
+        if len(signed) > self.max_body:  # (6.2, 9.1); not sent, so the number is not spent
             raise ValueError("statement longer than max_body")  # cannot happen for a text within max_text_bytes
         sig = sign(self.own_key, PREFIX + b"statement|" + signed.encode("utf-8"))
         document = {"signed": signed, "sig": b64e(sig)}
-        if not self._send(b"SEND", seal(self.broker_key, dumps(document).encode("utf-8"), b"SEND")):
+        body = seal(self.broker_key, dumps(document).encode("utf-8"), b"SEND")
+        if len(body) > self.max_body:  # the broker would drop it silently (1.4 check 4, 9.1)
+            raise ValueError("SEND body longer than max_body")
+        self.seq_out = seq
+        if not self._send(b"SEND", body):
             self.logged_in, self.over = False, True
+            self.pending_ack = None
             raise ConnectionError("the statement could not be queued; its seq is spent, log in again")
-        return self.seq_out
+        return seq
 
     def send(self, text: str, to: str | None = None, action: bool = False, message_id: str | None = None) -> str:
         """A chat message to the room, or privately `to` one user (any registered user, online or not, 6.5).
 
         Returns the message's id: a fresh one, or `message_id` when sending a message again (6.1: a message sent
         again keeps its id). The message stays in the outbox until `accepted` or `failed` names its id (6.4).
+        Between sessions the message only waits in the outbox: it goes out after the next welcome (8.3). Raises
+        ConnectionError when the statement could not be queued (the message stays in the outbox; log in again).
         """
         problem = text_problem(text, self.max_text_bytes)
         if problem:  # checked before a seq is spent
@@ -586,7 +915,8 @@ class IndependentClient:
         if action:
             fields["action"] = True  # written only when true, like the reference client (6.1)
         self.outbox[message_id] = fields  # before sending: a statement that cannot be queued stays here (6.1)
-        self._say("chat", **fields)
+        if self.logged_in:
+            self._say("chat", **fields)
         return message_id
 
     def flush_outbox(self) -> None:
@@ -661,9 +991,10 @@ class IndependentClient:
         try:
             return self._interpret(event_type, event)
         except (ValueError, TypeError) as exc:
-            if event_type == "welcome" and seq == 1:
+            if event_type == "welcome" and seq == 1:  # the login fails at once, and is not retried (7.1, 8.1, 9.3)
                 self.logged_in, self.over = False, True
-                raise LoginRefused(f"unusable welcome: {exc}") from exc
+                self.pending_ack = None
+                raise UnusableWelcome(f"the broker's welcome was unusable ({exc})") from exc
             self.skipped.append(f"seq {seq} {event_type}: {exc}")
             return None  # an unusable event is skipped; the session goes on (step 6)
 
@@ -695,20 +1026,12 @@ class IndependentClient:
         if event_type == "welcome":
             if self.seq_in != 1:
                 return None  # a late welcome is skipped (7.1 step 6)
-            if get_name(event, "name") != self.name:
-                raise ValueError("welcome for another name")
-            users = event.get("users")
-            if not isinstance(users, list):
-                raise ValueError("users: not an array")
-            checked = [check_user(u) for u in users]
-            interval, timeout = get_number(event, "heartbeat_interval"), get_number(event, "heartbeat_timeout")
-            max_text = get_int(event, "max_text_bytes")
-            if interval <= 0 or timeout <= 0 or not 1 <= max_text <= MAX_BROKER_BODY:
-                raise ValueError("unusable limits")
-            self.heartbeat_interval, self.heartbeat_timeout, self.max_text_bytes = interval, timeout, max_text
-            self.roster = {name: key for name, key, _ in checked}
+            welcome = Welcome(event, self.name, self.own_fingerprint)  # checked before anything in it is used (9.3)
+            self.heartbeat_interval, self.heartbeat_timeout = welcome.heartbeat_interval, welcome.heartbeat_timeout
+            self.max_text_bytes = welcome.max_text_bytes
+            self.roster = welcome.roster
             self.history_window = True
-            return {"type": "welcome", "name": self.name, "users": [info for _, _, info in checked]}
+            return {"type": "welcome", "name": self.name, "users": welcome.users}
         if event_type == "chat":
             if get_bool(event, "away", default=False):
                 raise ValueError("a chat event marked away outside a mail")  # kept messages come only as mail (7.4)
@@ -720,15 +1043,22 @@ class IndependentClient:
         if event_type == "accepted":
             return self._accepted(event)
         if event_type == "failed":
-            message_id, reason = get_message_id(event, "id"), get_str(event, "reason")
+            message_id, reason = get_message_id(event, "id"), get_str(event, "reason")  # a reason is for people
             self.outbox.pop(message_id, None)  # not delivered: do not send it again (6.4)
+            self.statement_refusals.pop(message_id, None)
             return {"type": "failed", "id": message_id, "reason": reason}
         if event_type == "refused":
             self.logged_in, self.over = False, True  # the broker has ended the session (6.3), whatever the fields
             self.pending_ack = None
             seq = get_int(event, "seq") if "seq" in event else None
             refused_id = get_message_id(event, "id") if "id" in event else None
-            return {"type": "refused", "seq": seq, "id": refused_id}
+            given_up = False
+            if refused_id is not None and refused_id in self.outbox:  # refused three times: give it up (6.1, 8.3)
+                self.statement_refusals[refused_id] = self.statement_refusals.get(refused_id, 0) + 1
+                if self.statement_refusals[refused_id] >= MAX_STATEMENT_REFUSALS:
+                    del self.outbox[refused_id], self.statement_refusals[refused_id]
+                    given_up = True
+            return {"type": "refused", "seq": seq, "id": refused_id, "given_up": given_up}
         if event_type in ("join", "leave"):
             (change,) = self._presence([event])
             return change
@@ -745,10 +1075,12 @@ class IndependentClient:
         if event_type == "error":
             return {"type": "error", "message": get_str(event, "message")}
         if event_type == "closed":
-            self.logged_in, self.over = False, True  # over for good: do not reconnect
+            self.logged_in, self.over = False, True  # over for good: do not reconnect (7.3, 8.3)
+            self.ended_for_good = "closed"
             return {"type": "closed", "reason": get_str(event, "reason")}
         if event_type == "shutdown":
             self.logged_in, self.over = False, True
+            self.ended_for_good = "shutdown"
             return {"type": "shutdown", "by": get_str(event, "by")}
         raise ValueError(f"unknown event type {event_type!r}")
 
@@ -758,6 +1090,7 @@ class IndependentClient:
         queued = get_bool(event, "queued", default=False)  # written only when true; a boolean if present
         duplicate = get_bool(event, "duplicate", default=False)
         fields = self.outbox.pop(message_id, None)
+        self.statement_refusals.pop(message_id, None)
         if fields is not None and fields.get("to") != self.name:  # a private message to ourselves is still to come
             self._remember((self.name, message_id))  # so a later history replay does not show it again (7.6)
         return {"type": "accepted", "id": message_id, "received": received, "queued": queued, "duplicate": duplicate}
@@ -872,7 +1205,7 @@ class IndependentClient:
             self.sock.close(linger=linger)
             self.sock = None
         self.logged_in = False
-        if not keep_context:
+        if not keep_context and not self.zmq_context.closed:
             self.zmq_context.destroy(linger=0)
 
     def __enter__(self) -> IndependentClient:
@@ -880,3 +1213,131 @@ class IndependentClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# --- as a program: the exit statuses of 8.3 ------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """SIGTERM: leave as after SIGINT (8.3)."""
+
+
+def _emit(event: dict[str, Any]) -> None:
+    print(dumps(event), flush=True)
+
+
+def _complain(message: str) -> None:
+    print(f"independent_client: {message}", file=sys.stderr, flush=True)
+
+
+def _read_lines(lines: queue.Queue[str | None]) -> None:
+    for line in sys.stdin:
+        lines.put(line.rstrip("\r\n"))
+    lines.put(None)  # end of input
+
+
+def _report_unanswered(client: IndependentClient) -> None:
+    """When the client closes for good, each message still waiting is reported as failed (8.3)."""
+    for message_id, fields in client.outbox.items():
+        _complain(f"failed (not confirmed by the broker): {message_id}: {fields['text'][:40]!r}")
+
+
+def run(client: IndependentClient, lines: queue.Queue[str | None] | None) -> int:
+    """Log in, print events, send input lines, reconnect as 8.3 says; returns the exit status of 8.3."""
+    try:
+        _emit(client.login())
+    except LoginFailed as exc:  # a first login stops at its first failure, whatever it is (5.6)
+        _complain(str(exc))
+        client.close(say_bye=False)
+        return client.exit_status(exc)
+    input_ended_at: float | None = None
+    while True:
+        while lines is not None and input_ended_at is None:
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                input_ended_at = time.monotonic()
+            elif line.strip():
+                try:
+                    client.send(line)
+                except ValueError as exc:  # the text rules of 6.4, checked before a number is spent
+                    _complain(f"not sent ({exc}): {line[:40]!r}")
+                except ConnectionError:
+                    pass  # it stays in the outbox; the session is over and is started again below
+        if input_ended_at is not None and (not client.outbox or time.monotonic() - input_ended_at > LOGIN_TIMEOUT):
+            _report_unanswered(client)
+            client.close(say_bye=True)  # end of input: the user left
+            return EXIT_OK
+        event = client.receive(0.1)
+        if event is not None:
+            _emit(event)
+        if not client.over:
+            continue
+        if client.ended_for_good is not None:  # closed or shutdown: never reconnect (7.3, 8.3)
+            if event is not None and event["type"] == "closed":
+                _complain(f"session closed: {event['reason']}")
+            elif event is not None and event["type"] == "shutdown":
+                _complain(f"the broker stopped: {event['by']}")
+            _report_unanswered(client)
+            client.close(say_bye=False)
+            return client.exit_status()
+        try:  # lost, evicted, refused, or a statement that could not be queued: log in again (8.3)
+            _emit(client.reconnect())
+        except LoginFailed as exc:
+            _complain(str(exc))
+            _report_unanswered(client)
+            client.close(say_bye=False)
+            return client.exit_status(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="independent_client.py",
+        description="A zchat/3 client written from docs/PROTOCOL.md alone: prints events as JSON lines, sends each "
+        "input line as a chat message. Exit status (8.3): 0 the user left or the broker shut down, 1 an error, "
+        "3 the broker closed the session for good.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--user", required=True, help="the name to log in as")
+    parser.add_argument("--key", required=True, help="your private key (PEM PKCS#8; passphrase from PASSPHRASE)")
+    parser.add_argument("--broker-key", default="keys/broker.pub", help="the pinned broker public key file")
+    parser.add_argument("--person", action="store_true", help="log in as a person (default: a bot)")
+    parser.add_argument("--history", action="store_true", help="ask for the room's recent messages (7.5)")
+    parser.add_argument("--no-input", action="store_true", help="only listen: do not read standard input")
+    args = parser.parse_args(argv)
+    try:
+        client = IndependentClient(
+            args.host,
+            args.port,
+            args.user,
+            args.key,
+            args.broker_key,
+            bot=not args.person,
+            history=args.history,
+            passphrase=os.environ.get("PASSPHRASE") or None,
+        )
+    except (OSError, ValueError, IndexError, TypeError) as exc:  # a bad key file (8.3: status 1)
+        _complain(f"cannot start: {exc}")
+        return EXIT_ERROR
+    lines: queue.Queue[str | None] | None = None
+    if not args.no_input:
+        lines = queue.Queue()
+        threading.Thread(target=_read_lines, args=(lines,), daemon=True).start()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return run(client, lines)
+    except (KeyboardInterrupt, _Stop):  # SIGINT or SIGTERM: the user left (8.3)
+        welcomed = client.welcomed
+        client.close(say_bye=True)
+        return EXIT_OK if welcomed or client.bot else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,23 +9,47 @@ skips as already shown (7.6).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import selectors
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import TEST_CONFIG, WAIT, BrokerProcess, wait_for
 from tests.independent_client import (
+    EXIT_CLOSED,
+    EXIT_ERROR,
+    EXIT_OK,
     PREFIX,
+    BrokerBusy,
     IndependentClient,
+    KeyNotAccepted,
     LoginRefused,
+    LoginTimeout,
+    NotNow,
+    NotTheBroker,
+    RefusedTooOften,
+    SessionOver,
+    TurnedAway,
+    UnusableWelcome,
+    Welcome,
     b64e,
     dumps,
     fingerprint,
     load_private_key,
     load_public_key,
+    load_public_key_file,
     new_message_id,
+    public_der,
+    public_key_file_text,
     seal,
     sign,
 )
@@ -83,8 +107,10 @@ def test_independent_client_logs_in(broker, independent):
 
 
 def test_unregistered_name_is_refused(broker, independent):
-    with pytest.raises(LoginRefused):  # mallory has a key but is not registered: the challenge does not open
+    # mallory has a key but is not registered: the CurveZMQ handshake is refused with ZAP 400 (1.5, 5.6)
+    with pytest.raises(KeyNotAccepted, match="does not accept this key") as refused:
         independent(broker, "mallory")
+    assert isinstance(refused.value, LoginRefused)
 
 
 def test_message_from_a_normal_client_reaches_the_independent_client(broker, connect, independent):
@@ -385,7 +411,7 @@ def test_a_skipped_sequence_number_is_refused_and_ends_the_session(broker, conne
     carol.seq_out += 1  # a number spent on a statement that never reached the socket (6.1)
     message_id = carol.send("after a lost statement")  # so this one is numbered 2 where the broker expects 1
     refused = wait_event(carol, lambda e: e["type"] == "refused")
-    assert refused == {"type": "refused", "seq": 2, "id": message_id}  # what the statement claimed (6.3)
+    assert refused == {"type": "refused", "seq": 2, "id": message_id, "given_up": False}  # as claimed (6.3)
     assert carol.over
     assert not carol.logged_in
     assert message_id in carol.outbox  # not answered: it is sent again in the next session
@@ -394,10 +420,304 @@ def test_a_skipped_sequence_number_is_refused_and_ends_the_session(broker, conne
     seen_by_bob = reference_events_until(bob, lambda e: isinstance(e, Left))  # "connection lost" (6.3)
     assert [e for e in seen_by_bob if from_carol("after a lost statement")(e)] == []
 
-    carol.login()  # a new socket and session; the outbox is sent again after the welcome (6.3, 8.3)
+    carol.reconnect()  # after the backoff, a new socket and session; the outbox is sent again (6.3, 8.3)
     assert carol.session != first_session
     accepted = wait_event(carol, answer_for(message_id))
     assert accepted["type"] == "accepted"
     assert not accepted["duplicate"]  # the refused statement had not been accepted
     assert message_id not in carol.outbox
     assert wait_for(bob, from_carol("after a lost statement"))
+
+
+def test_a_message_refused_three_times_is_given_up(broker, independent):
+    carol = independent(broker, "carol")
+    message_id = new_message_id()
+    for attempt in range(3):
+        carol.seq_out += 1  # a spent number: the broker refuses the next statement (6.3)
+        carol.send("refused every time", message_id=message_id)
+        refused = wait_event(carol, lambda e: e["type"] == "refused")
+        assert refused["id"] == message_id
+        assert refused["given_up"] is (attempt == 2)  # three times: given up, not re-sent forever (6.1, 8.3)
+        carol.login(resend=False)
+    assert message_id not in carol.outbox
+
+
+# --- the welcome (8.1, 9.3), key files (2.1), the handshake (1.5, 5.6), re-login rules (5.6, 9.3) ----------------
+
+
+def user_object(public_pem_path: Path, name: str) -> Event:
+    der = public_der(load_public_key(public_pem_path))
+    return {"name": name, "key": b64e(der), "fingerprint": fingerprint(der), "bot": False}
+
+
+def test_a_welcome_outside_the_bounds_or_with_another_key_for_us_is_unusable(broker, independent):
+    carol = independent(broker, "carol")
+    me = user_object(broker.keys.client_public("carol"), "carol")
+    bob = user_object(broker.keys.client_public("bob"), "bob")
+    good = {
+        "type": "welcome",
+        "name": "carol",
+        "users": [bob, me],
+        "heartbeat_interval": 1.0,
+        "heartbeat_timeout": 6.0,
+        "max_text_bytes": 65536,
+    }
+    Welcome(good, "carol", carol.own_fingerprint)  # a usable one
+    Welcome(
+        {**good, "heartbeat_interval": 0.05, "heartbeat_timeout": 0.2, "max_text_bytes": 1},
+        "carol",
+        carol.own_fingerprint,
+    )  # the bounds are included
+    Welcome(
+        {**good, "heartbeat_interval": 60, "heartbeat_timeout": 600, "max_text_bytes": 1_048_576},
+        "carol",
+        carol.own_fingerprint,
+    )
+    for changes, problem in [
+        ({"heartbeat_interval": 0}, "heartbeat_interval"),
+        ({"heartbeat_interval": 0.04}, "heartbeat_interval"),
+        ({"heartbeat_interval": 61, "heartbeat_timeout": 600}, "heartbeat_interval"),
+        ({"heartbeat_interval": float("nan")}, "finite"),
+        ({"heartbeat_timeout": 0}, "heartbeat_timeout"),
+        ({"heartbeat_timeout": 601}, "heartbeat_timeout"),
+        ({"heartbeat_timeout": float("inf")}, "finite"),
+        ({"heartbeat_interval": 1.0, "heartbeat_timeout": 1.9}, "twice"),
+        ({"heartbeat_interval": True}, "number"),
+        ({"max_text_bytes": 0}, "max_text_bytes"),
+        ({"max_text_bytes": 1_048_577}, "max_text_bytes"),
+        ({"max_text_bytes": 65536.0}, "integer"),
+        ({"name": "bob"}, "another name"),
+        ({"users": [bob]}, "does not list us"),
+        ({"users": [bob, {**bob, "name": "carol"}]}, "another key for us"),  # bob's key named as ours (9.3)
+        ({"users": [bob, me, {**bob, "name": "carol"}]}, "another key for us"),  # every entry with our name
+        ({"users": [bob, {**me, "fingerprint": bob["fingerprint"]}]}, "fingerprint does not match"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            Welcome({**good, **changes}, "carol", carol.own_fingerprint)
+
+    # Arriving as seq 1 of a login, such a welcome ends the login at once, as a broker that lies (5.6, 7.1 step 6).
+    carol.seq_in = 0
+    delivery = dumps({"session": carol.session, "seq": 1, "event": {**good, "heartbeat_interval": 0}})
+    mac = hmac.new(carol.delivery_key, PREFIX + b"delivery|" + delivery.encode(), hashlib.sha256).digest()
+    body = seal(carol.own_key.publickey(), dumps({"delivery": delivery, "mac": b64e(mac)}).encode(), b"EVENT")
+    with pytest.raises(UnusableWelcome, match=re.escape("heartbeat_interval 0 s is outside 0.05-60 s")):
+        carol._on_event(body)
+    assert carol.exit_status(UnusableWelcome("x")) == EXIT_ERROR
+
+
+def split_blocks(text: str) -> list[str]:
+    """The blocks of a key file written by public_key_file_text, each with its BEGIN and END lines."""
+    blocks, current = [], []
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        if line.startswith("-----END "):
+            blocks.append("".join(current))
+            current = []
+    return blocks
+
+
+def test_a_public_key_file_must_bind_its_curve_key(broker, tmp_path):
+    load_public_key_file(broker.keys.broker_public)  # the broker's own file: bound, and it verifies
+    carol_key = load_private_key(broker.keys.client_private("carol"))
+    bob_key = load_private_key(broker.keys.client_private("bob"))
+    rsa, curve, binding = split_blocks(public_key_file_text(carol_key))
+    _, bob_curve, bob_binding = split_blocks(public_key_file_text(bob_key))
+    spaced = binding.replace("\n", "\n  \n", 2)  # whitespace inside base64 is ignored
+    pem_header = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+
+    def write(text: str) -> Path:
+        path = tmp_path / f"key{len(list(tmp_path.iterdir()))}.pub"
+        path.write_text(text)
+        return path
+
+    key, curve_key = load_public_key_file(write(rsa + curve + spaced))
+    assert public_der(key) == public_der(carol_key)
+    assert len(curve_key) == 32
+    for text, problem in [
+        (rsa + curve, "not bound"),  # written before keys were bound (2.1)
+        (rsa, "no ZCHAT CURVE25519 PUBLIC KEY block"),  # before zchat/2
+        (rsa + curve + bob_binding, "does not verify"),  # another key's binding
+        (rsa + bob_curve + binding, "does not verify"),  # another Curve key under carol's binding
+        (rsa + binding, "where the ZCHAT CURVE25519 PUBLIC KEY block should come"),  # a binding without a Curve key
+        (curve + rsa + binding, "should come"),  # not in the order of 2.1
+        (rsa + rsa + curve + binding, "repeated"),
+        (rsa + curve + binding + binding, "repeated"),
+        (rsa + curve + binding + pem_header, "may not hold"),  # any other block
+        (rsa + curve + binding.replace("-----END ZCHAT CURVE25519 BINDING-----\n", ""), "does not end"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            load_public_key_file(write(text))
+
+    # A client refuses a pinned broker.pub whose Curve key is not bound (2.1).
+    unbound = write("".join(split_blocks(Path(broker.keys.broker_public).read_text())[:2]))
+    with pytest.raises(ValueError, match="not bound"):
+        IndependentClient("127.0.0.1", broker.port, "carol", broker.keys.client_private("carol"), unbound)
+
+
+def test_a_wrong_broker_key_times_out_and_is_named_as_the_likely_cause(broker, tmp_path):
+    # A well-formed, bound key file, but carol's key, not the broker's: the handshake breaks off (5.6).
+    wrong = tmp_path / "not-the-broker.pub"
+    wrong.write_text(public_key_file_text(load_private_key(broker.keys.client_private("bob"))))
+    client = IndependentClient("127.0.0.1", broker.port, "carol", broker.keys.client_private("carol"), wrong)
+    try:
+        with pytest.raises(LoginTimeout, match="pinned broker key is likely not this broker's") as timed_out:
+            client.login(timeout=2.0)
+        assert isinstance(timed_out.value, NotNow)  # not a refusal
+        assert not isinstance(timed_out.value, LoginRefused)
+        assert client.exit_status(timed_out.value) == EXIT_ERROR  # a first login that failed (8.3)
+    finally:
+        client.close(say_bye=False)
+
+
+def scripted(client: IndependentClient, outcomes: list[Any]) -> list[float]:
+    """Replace the client's login attempts by `outcomes` (an exception to raise, or a welcome to return)."""
+    waits: list[float] = []
+
+    def attempt(timeout: float) -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    client._login_attempt = attempt
+    client.sleep = waits.append
+    return waits
+
+
+def test_the_login_rules_of_5_6(broker):
+    welcome = {"type": "welcome", "name": "carol", "users": []}
+
+    def client() -> IndependentClient:
+        return IndependentClient(
+            "127.0.0.1", broker.port, "carol", broker.keys.client_private("carol"), broker.keys.broker_public
+        )
+
+    # A first login stops at its first failure of any kind, refusal or not, without waiting.
+    for failure in [BrokerBusy("busy"), TurnedAway("500"), LoginTimeout("slow"), LoginRefused("no")]:
+        first = client()
+        waits = scripted(first, [failure, welcome])
+        with pytest.raises(type(failure)):
+            first.reconnect()
+        assert waits == []
+        assert first.exit_status(failure) == EXIT_ERROR
+        first.close()
+
+    # A re-login retries BUSY, turned-away handshakes and timeouts for as long as it takes, and refusals up to
+    # three times since the last welcome; the others neither reset nor add to that count.
+    again = client()
+    scripted(again, [welcome])
+    again.login()
+    assert again.welcomed
+    outcomes = [LoginRefused("1"), BrokerBusy("b"), LoginRefused("2"), TurnedAway("t"), LoginTimeout("s")]
+    outcomes += [BrokerBusy("b")] * 3 + [LoginRefused("3"), welcome]
+    waits = scripted(again, outcomes)
+    assert again.reconnect() == welcome
+    assert len(waits) == 10  # a backoff before every attempt
+    for wait, nominal in zip(waits, [0.5, 1, 2, 4, 8, 8, 8, 8, 8, 8], strict=True):
+        assert 0.8 * nominal <= wait <= 1.2 * nominal  # 0.5 s doubling to 8 s, +-20 % (8.3)
+    assert again.refusals == 0  # reset by the welcome, and so is the backoff
+    waits = scripted(again, [LoginRefused(str(n)) for n in range(4)] + [welcome])
+    with pytest.raises(RefusedTooOften):
+        again.reconnect()  # the fourth refusal since the last welcome stops the client
+    assert len(waits) == 4
+    assert 0.4 <= waits[0] <= 0.6
+    assert again.exit_status(RefusedTooOften("4")) == EXIT_ERROR
+
+    # A broker that fails its proof, or sends an unusable welcome, is given up at once (status 1).
+    for lie in [NotTheBroker("proof"), UnusableWelcome("bounds")]:
+        liar = client()
+        scripted(liar, [welcome])
+        liar.login()
+        waits = scripted(liar, [lie, welcome])
+        with pytest.raises(type(lie)):
+            liar.reconnect()
+        assert len(waits) == 1
+        assert liar.exit_status(lie) == EXIT_ERROR
+        liar.close()
+
+    # A key refused by the handshake (ZAP 400) at a re-login ends the client as `closed` does (status 3).
+    revoked = client()
+    scripted(revoked, [welcome])
+    revoked.login()
+    scripted(revoked, [KeyNotAccepted("400"), welcome])
+    with pytest.raises(KeyNotAccepted) as refused:
+        revoked.reconnect()
+    assert revoked.exit_status(refused.value) == EXIT_CLOSED
+    with pytest.raises(SessionOver):
+        revoked.reconnect()
+    for one in (again, revoked):
+        one.close()
+
+
+# --- the client as a program: exit statuses (8.3) ----------------------------------------------------------------
+
+PROGRAM = Path(__file__).resolve().parents[1] / "independent_client.py"
+
+
+def start_program(broker: BrokerProcess, name: str, *extra: str) -> subprocess.Popen[str]:
+    command = [sys.executable, str(PROGRAM), "--host", "127.0.0.1", "--port", str(broker.port), "--user", name]
+    command += ["--key", str(broker.keys.client_private(name)), "--broker-key", str(broker.keys.broker_public)]
+    return subprocess.Popen(
+        [*command, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def read_line_until(proc: subprocess.Popen[str], predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not selector.select(remaining):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if predicate(line):
+                return line
+    raise AssertionError(f"no matching line from the program; got {lines!r}")
+
+
+def finish(proc: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str]:
+    try:
+        _, stderr = proc.communicate(stdin, timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, stderr
+
+
+def test_the_program_exits_1_when_its_first_login_fails(broker):
+    status, stderr = finish(start_program(broker, "mallory", "--no-input"))
+    assert status == EXIT_ERROR
+    assert "login refused: the broker does not accept this key" in stderr
+
+
+def test_the_program_sends_its_input_and_exits_0_at_its_end(broker, connect):
+    bob = connect(broker, "bob")
+    proc = start_program(broker, "carol")
+    read_line_until(proc, lambda line: '"type":"welcome"' in line)
+    status, stderr = finish(proc, "hello from the program\n")
+    assert status == EXIT_OK, stderr
+    assert "failed" not in stderr  # the message was answered before the client left
+    assert wait_for(bob, from_carol("hello from the program"))
+
+
+def test_the_program_exits_3_when_the_broker_closes_its_session(broker, independent):
+    proc = start_program(broker, "carol", "--no-input")
+    read_line_until(proc, lambda line: '"type":"welcome"' in line)
+    independent(broker, "carol")  # the newer login wins: the program's session is closed for good (5.5 step 4)
+    status, stderr = finish(proc)
+    assert status == EXIT_CLOSED
+    assert "session closed: you logged in again elsewhere" in stderr
+
+
+def test_the_program_exits_0_on_sigterm(broker):
+    proc = start_program(broker, "carol", "--no-input")
+    read_line_until(proc, lambda line: '"type":"welcome"' in line)
+    proc.send_signal(signal.SIGTERM)
+    status, stderr = finish(proc)
+    assert status == EXIT_OK, stderr
