@@ -19,11 +19,13 @@ from zchat.broker.admission import (
     CURVE,
     ID_WINDOW,
     LATER,
+    MAX_BLOCKED_SOURCES,
     OK,
     REFUSED,
     SILENT_LIMIT,
     UNTIED_ALLOWANCE,
     Admission,
+    Blocklist,
     RoutingIds,
     Seen,
     Speakers,
@@ -447,6 +449,52 @@ def test_connections_per_second_from_one_address_are_bounded(layout):
     assert gate.accepted(50, ("192.0.2.2", 40050), 100.0), "another address"
     assert gate.accepted(51, ("192.0.2.1", 40051), 100.2), "one more after 0.2 s"
     assert not gate.accepted(52, ("192.0.2.1", 40052), 100.2)
+
+
+def test_an_address_over_the_connection_rate_is_blocked_until_its_budget_is_whole_again(layout):
+    gate = Admission(
+        Registry(layout), max_connections_per_source=1000, handshakes_per_second=10, connections_per_second_per_source=5
+    )
+    assert all(gate.accepted(handle, ("192.0.2.1", 40000 + handle), 100.0) for handle in range(10))
+    version = gate.blocklist.version
+    assert gate.blocklist.sources() == []
+    assert not gate.accepted(10, ("192.0.2.1", 40010), 100.0)
+    assert gate.blocklist.until == {"192.0.2.1": 102.0}, "10 tokens at 5/s: 2 s"
+    assert gate.blocklist.version == version + 1
+    assert not gate.accepted(11, ("192.0.2.1", 40011), 100.1), "accepted before the kernel heard of the block"
+    assert gate.blocklist.until == {"192.0.2.1": pytest.approx(102.0)}, "the bucket is full at the same time"
+    assert gate.blocklist.version == version + 1, "the same addresses"
+    gate.blocklist.expire(101.9)
+    assert gate.blocklist.sources() == ["192.0.2.1"]
+    gate.blocklist.expire(102.01)
+    assert gate.blocklist.sources() == []
+    assert gate.blocklist.version == version + 2
+    assert all(gate.accepted(handle, ("192.0.2.1", 40000 + handle), 102.01) for handle in range(12, 22)), "a burst"
+
+
+def test_connections_refused_for_the_cap_count_against_the_rate(layout):
+    """An address that holds its cap of open connections and floods is blocked all the same."""
+    gate = Admission(
+        Registry(layout), max_connections_per_source=2, handshakes_per_second=10, connections_per_second_per_source=5
+    )
+    verdicts = [gate.accepted(handle, ("192.0.2.1", 40000 + handle), 100.0) for handle in range(11)]
+    assert verdicts == [True] * 2 + [False] * 9
+    assert gate.blocklist.sources() == ["192.0.2.1"], "the 11th is over the rate"
+
+
+def test_the_blocklist_holds_so_many_addresses_at_most():
+    blocklist = Blocklist(capacity=2)
+    assert blocklist.block("192.0.2.1", 10.0)
+    assert blocklist.block("2001:db8::1", 20.0)
+    assert not blocklist.block("192.0.2.3", 30.0), "full: closed once accepted instead"
+    assert blocklist.block("192.0.2.1", 5.0), "already there (the later end stays)"
+    assert blocklist.until == {"192.0.2.1": 10.0, "2001:db8::1": 20.0}
+    assert blocklist.next_expiry() == 10.0
+    blocklist.expire(10.0)
+    assert blocklist.sources() == ["2001:db8::1"]
+    assert blocklist.block("192.0.2.3", 30.0)
+    assert Blocklist().capacity == MAX_BLOCKED_SOURCES
+    assert Blocklist().next_expiry() is None
 
 
 def test_connections_that_never_speak_are_reported_once_the_limit_has_passed(keyring):

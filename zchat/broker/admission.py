@@ -9,7 +9,9 @@ id, and cause no RSA work.
 
 `Admission` (the gatekeeper thread's half) answers the ZAP question and keeps
 the budgets of TCP connections: per source address a cap on open connections
-and a rate of accepted ones, and a handshake rate for strangers; per user a
+and a rate of accepted ones (an address over that rate goes on the
+`Blocklist`, whose connection attempts the kernel drops until its budget
+is whole again), and a handshake rate for strangers; per user a
 handshake rate, a lockout after a routing-id claim, and the bytes received
 that form no message yet, summed over all of the user's connections (a
 connection that has not spoken yet gets only a small allowance of its own).
@@ -40,6 +42,7 @@ peer_log = PeerLog(log)
 CURVE = b"CURVE"
 Peer = tuple[str, int]  # a TCP peer's address and port
 MAX_TRACKED_SOURCES = 100_000
+MAX_BLOCKED_SOURCES = 64  # addresses whose connection attempts the kernel drops at once (more: closed once accepted)
 SILENT_LIMIT = 10.0  # seconds after it was accepted: a connection that has not sent a frame by then is closed
 UNTIED_ALLOWANCE = 64 * 1024  # bytes a connection may hold that form no message before it has spoken (a HELLO < 2 KiB)
 COUNTER = 1 << 32
@@ -207,6 +210,46 @@ class Speakers:
             del self.ended[identity]
 
 
+class Blocklist:
+    """Source addresses over their connection rate, each until its budget is whole again.
+
+    The gatekeeper has the kernel drop their connection attempts (a filter on the listening socket), so that a
+    flood from one address costs the broker no accept, no handshake and no event. At most `capacity` addresses:
+    beyond, an address's connections are accepted and closed at once, as without a blocklist. `version`
+    changes whenever the set of addresses does.
+    """
+
+    def __init__(self, capacity: int = MAX_BLOCKED_SOURCES) -> None:
+        self.capacity = capacity
+        self.until: dict[str, float] = {}
+        self.version = 0
+
+    def block(self, source: str, until: float) -> bool:
+        """Refuse `source` until then (a block under way is extended). False: the list is full."""
+        if source in self.until:
+            self.until[source] = max(self.until[source], until)
+            return True
+        if len(self.until) >= self.capacity:
+            return False
+        self.until[source] = until
+        self.version += 1
+        return True
+
+    def expire(self, now: float) -> None:
+        """Forget the addresses whose time has come."""
+        ended = [source for source, until in self.until.items() if until <= now]
+        for source in ended:
+            del self.until[source]
+        if ended:
+            self.version += 1
+
+    def next_expiry(self) -> float | None:
+        return min(self.until.values(), default=None)
+
+    def sources(self) -> list[str]:
+        return sorted(self.until)
+
+
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
@@ -247,19 +290,34 @@ class Admission:
         # Token buckets: handshakes per source address (strangers) and per user, connections per source address.
         self.buckets: dict[str, TokenBucket] = {}
         self.locked_until: dict[str, float] = {}  # users locked out (claimed a routing id) until then
+        self.blocklist = Blocklist()  # addresses over the connection rate: the kernel drops their connection attempts
 
     def accepted(self, handle: int, peer: Peer, now: float = 0.0) -> bool:
-        """A TCP connection from `peer` (address, port) was accepted. False: its address holds too many, or
-        connects too fast: close it."""
+        """A TCP connection from `peer` (address, port) was accepted. False: its address connects too fast, or
+        holds too many: close it. Every connection accepted counts against the rate, refused ones too; an address
+        over the rate goes on the blocklist until its budget (a burst) is whole again."""
         self.closed(handle)  # a descriptor number is reused once its connection is gone
         source = peer[0]
+        rate = self.connections_per_second_per_source
+        if not self._take("connect " + source, rate, now):
+            bucket = self.buckets["connect " + source]
+            # Until the budget is whole again: each time the kernel lets an address in again, some of its
+            # connections get accepted before this thread blocks it anew; so the longer the block, the fewer.
+            wait = max(0.0, bucket.capacity - bucket.tokens) / bucket.rate
+            blocked = source in self.blocklist.until
+            if self.blocklist.block(source, now + wait) and not blocked:
+                peer_log.warning(
+                    source,
+                    "closing a connection from %s: more than %g/s; refusing its connections for %.0f ms",
+                    source,
+                    rate,
+                    wait * 1000,
+                )
+            else:
+                peer_log.warning(source, "closing a connection from %s: more than %g/s", source, rate)
+            return False
         if self.per_source.get(source, 0) >= self.max_connections_per_source:
             peer_log.warning(source, "closing a connection from %s: %d open already", source, self.per_source[source])
-            return False
-        if not self._take("connect " + source, self.connections_per_second_per_source, now):
-            peer_log.warning(
-                source, "closing a connection from %s: more than %g/s", source, self.connections_per_second_per_source
-            )
             return False
         self.connections[handle] = (peer, now)
         self.per_source[source] = self.per_source.get(source, 0) + 1

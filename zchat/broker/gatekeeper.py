@@ -12,6 +12,16 @@ than the user's budget allows (what the kernel received, Linux's TCP_INFO,
 against what the loop read: libzmq would keep a never-ending multipart
 message). It tells the loop (`ended`) which connections have closed.
 
+An address over its connection rate costs more than its connections are
+worth: libzmq accepts each and often answers its HELLO before this thread
+hears of it. So on Linux the addresses on the policy's `Blocklist` are
+refused in the kernel: a classic BPF filter on the listening socket (which
+the monitor names when the ROUTER binds) drops their SYNs, and the filter is
+replaced as addresses come off the list (an accepted connection keeps the
+filter of its listener's at the time, which never names its own peer). Where
+the kernel refuses the filter, connections over the rate are closed once
+accepted, as always.
+
 ZAP status codes (RFC 27): 200 admitted, 300 "try later" (a rate, a
 lockout), 400 a key that is not registered, 500 an internal error. libzmq
 sends 400 and 500 to the client as an ERROR command; on 300 it closes the
@@ -21,14 +31,19 @@ connection without one (RFC 26), and a libzmq client reconnects by itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ipaddress
 import itertools
 import logging
+import math
 import os
 import queue
 import socket
 import struct
+import sys
 import threading
 import time
+from collections.abc import Iterable
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -49,6 +64,12 @@ TCP_INFO_BYTES = 256
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in Linux's struct tcp_info
 FRAME_OVERHEAD = 40  # bytes a CurveZMQ MESSAGE adds to each frame on the wire (35 to 38, measured)
 UNREAD_CHECK_INTERVAL = 0.25  # seconds between two looks at what each connection received
+# Classic BPF (Linux: linux/filter.h, asm-generic/socket.h) for the filter on the listening socket.
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
+SKF_NET_OFF = -0x100000  # a load at this offset plus n reads byte n of the packet's IP header
+LD_W_ABS, LD_B_ABS, RSH_K, JEQ_K, RET_K = 0x20, 0x30, 0x74, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, ... BPF_RET|BPF_K
+DROP, PASS = 0, 0xFFFFFFFF  # what a filter returns: bytes of the packet to keep
 
 
 def peer_of(handle: int) -> Peer | None:
@@ -88,6 +109,80 @@ def close_connection(handle: int, peer: Peer) -> None:
         pass
 
 
+def _instruction(code: int, jump_true: int, jump_false: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jump_true, jump_false, k & 0xFFFFFFFF)  # struct sock_filter
+
+
+def refusal_filter(sources: Iterable[str]) -> bytes:
+    """A classic BPF program (struct sock_filter[]) that drops every packet from these addresses and passes all
+    others. IPv4 and IPv6 (an IPv4-mapped address is its IPv4 address); one that does not parse is left out.
+    Each address is one test and a drop; at most 126 IPv4 addresses (the jump over them is 8 bits)."""
+    ipv4: list[int] = []
+    ipv6: list[bytes] = []
+    for source in sources:
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.version == 4:
+            ipv4.append(int(address))
+        else:
+            ipv6.append(address.packed)
+    drop, passing = _instruction(RET_K, 0, 0, DROP), _instruction(RET_K, 0, 0, PASS)
+    v4 = [_instruction(LD_W_ABS, 0, 0, SKF_NET_OFF + 12)]  # the IPv4 source address
+    for value in ipv4:
+        v4 += [_instruction(JEQ_K, 0, 1, value), drop]
+    v4.append(passing)
+    if len(v4) > 255:
+        raise ValueError(f"{len(ipv4)} IPv4 addresses are more than one filter can test")
+    v6: list[bytes] = []
+    for packed in ipv6:  # the IPv6 source address, 4 words from byte 8: on the first that differs, the next address
+        for word in range(4):
+            value = int.from_bytes(packed[4 * word : 4 * word + 4], "big")
+            v6.append(_instruction(LD_W_ABS, 0, 0, SKF_NET_OFF + 8 + 4 * word))
+            v6.append(_instruction(JEQ_K, 0, 7 - 2 * word, value))
+        v6.append(drop)
+    v6.append(passing)
+    version = [  # the IP version: the high 4 bits of the header's first byte
+        _instruction(LD_B_ABS, 0, 0, SKF_NET_OFF),
+        _instruction(RSH_K, 0, 0, 4),
+        _instruction(JEQ_K, 0, len(v4), 4),
+    ]
+    return b"".join(version + v4 + v6)
+
+
+def set_refusal_filter(handle: int, name: object, program: bytes | None) -> None:
+    """Attach a classic BPF program to the listening socket with this descriptor (None: detach the one attached),
+    through a duplicate of the descriptor, if it is still that listener bound to `name`. OSError if it is not,
+    or if the kernel refuses."""
+    with socket.socket(fileno=os.dup(handle)) as sock:
+        if sock.getsockname() != name or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise OSError(f"descriptor {handle} is no longer the listening socket bound to {name}")
+        if program is None:
+            with contextlib.suppress(FileNotFoundError):  # none attached
+                sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            return
+        code = ctypes.create_string_buffer(program, len(program))
+        fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(code))  # struct sock_fprog
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def listener_name(handle: int) -> object | None:
+    """The address a listening TCP socket is bound to, or None if this descriptor is not one."""
+    try:
+        with socket.socket(fileno=os.dup(handle)) as sock:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                return None
+            name: object = sock.getsockname()
+            return name
+    except OSError:
+        return None
+
+
 class Gatekeeper:
     def __init__(
         self,
@@ -106,10 +201,15 @@ class Gatekeeper:
         # (before the descriptor can be reused, and before this thread answers any later handshake).
         self.ended: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.serials = itertools.count(1)  # for CONNECTION_PROPERTY
+        # Listening TCP sockets (descriptor -> bound address), whose filter drops the blocklist's connection attempts;
+        # the blocklist's version last given to them (-1: none yet).
+        self.listeners: dict[int, object] = {}
+        self.filtered_version = -1
+        self.filtering = sys.platform.startswith("linux")
         self.zap = context.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
-        router.monitor(MONITOR_ENDPOINT, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        router.monitor(MONITOR_ENDPOINT, zmq.EVENT_LISTENING | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.monitor = context.socket(zmq.PAIR)
         self.monitor.setsockopt(zmq.LINGER, 0)
         self.monitor.connect(MONITOR_ENDPOINT)
@@ -148,13 +248,14 @@ class Gatekeeper:
         last_sweep = last_count = time.monotonic()
         while True:
             try:
-                ready = dict(poller.poll(int(UNREAD_CHECK_INTERVAL * 1000)))
+                ready = dict(poller.poll(self._timeout_ms()))
                 if self.stop_pipe in ready and self.stop_pipe.recv() == b"stop":
                     return
                 # Connections first: an accepted connection is counted before its handshake asks.
                 while self.monitor.poll(0):
                     self._on_monitor(self.monitor.recv_multipart())
                 self._from_broker()
+                self._update_filter(time.monotonic())
                 if self.zap in ready:
                     self._answer_zap()
                 if time.monotonic() - last_sweep >= 1.0:
@@ -168,6 +269,34 @@ class Gatekeeper:
                 return
             except Exception:  # a bug: log it and keep guarding the door (the broker checks that this runs)
                 log.exception("gatekeeper: internal error")
+
+    def _timeout_ms(self) -> int:
+        """Until the next look at the connections, or the next address to come off the blocklist."""
+        timeout = UNREAD_CHECK_INTERVAL
+        expiry = self.admission.blocklist.next_expiry()
+        if expiry is not None and self.filtering:
+            timeout = min(timeout, expiry - time.monotonic())
+        return max(1, math.ceil(timeout * 1000))
+
+    def _update_filter(self, now: float) -> None:
+        """Give the listening sockets a filter that drops the connection attempts of the blocklist's addresses."""
+        blocklist = self.admission.blocklist
+        blocklist.expire(now)
+        if not self.filtering or blocklist.version == self.filtered_version or not self.listeners:
+            return
+        self.filtered_version = blocklist.version
+        sources = blocklist.sources()
+        program = refusal_filter(sources) if sources else None
+        try:
+            for handle, name in self.listeners.items():
+                set_refusal_filter(handle, name, program)
+        except (OSError, ValueError) as error:
+            self.filtering = False
+            log.warning(
+                "connections over the rate cannot be refused before they are accepted (%s): they are closed once "
+                "accepted",
+                error,
+            )
 
     def _answer_zap(self) -> None:
         request = self.zap.recv_multipart()
@@ -230,7 +359,14 @@ class Gatekeeper:
             log.exception("gatekeeper: unreadable monitor event")
             return
         handle = int(event["value"])
-        if event["event"] == zmq.EVENT_ACCEPTED:
+        if event["event"] == zmq.EVENT_LISTENING:
+            name = listener_name(handle)
+            if name is not None:
+                self.listeners[handle] = name
+                self.filtered_version = -1  # give it the filter of the moment
+                if not self.filtering:
+                    log.info("connections over the rate are closed once accepted (no filter on %s)", sys.platform)
+        elif event["event"] == zmq.EVENT_ACCEPTED:
             self.read[handle] = 0
             peer = peer_of(handle)
             if peer is not None and not self.admission.accepted(handle, peer, time.monotonic()):
