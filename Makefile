@@ -173,7 +173,7 @@ fuzz: $(DEV_STAMP)
 soak: $(RUNTIME_STAMP)
 	$(BIN)/python -m soak --duration "$$ZCHAT_DURATION" --kill-broker-every "$$ZCHAT_KILL_EVERY"
 
-attack: $(RUNTIME_STAMP)
+attack: $(DEV_STAMP)
 	$(BIN)/python -m attack --duration "$$ZCHAT_DURATION"
 
 # ARGS is several words (ARGS="--clients 200"), so it is split, unquoted, on spaces; set -f stops any

@@ -18,7 +18,7 @@ up), so the per-source limits it trips are its own and not the honest users'
 
 Issue 18's attacks (one budget per user) live in `attack.insiders` (findings 1, 2, 4 and 5: a registered
 user's mail, sessions, routing-id claims and message rate) and `attack.flood` (finding 7: one address's
-connections, each replaying one captured CurveZMQ HELLO); finding 3 comes with `attack.rawcurve`.
+connections, each replaying one captured CurveZMQ HELLO); finding 3 uses `attack.rawcurve`.
 `ATTACKS` names them all, `PREPARE` the steps some take before the go.
 
 `scale` (1.0, or less for --quick) multiplies every rate and count.
@@ -60,7 +60,15 @@ from attack.common import (
     tcp,
 )
 from attack.flood import hello_flood, prepare_flood
-from attack.insiders import find_leaked_id, mail_away, mail_self, rate_refill, routing_search, session_churn
+from attack.insiders import (
+    find_leaked_id,
+    held_multipart,
+    mail_away,
+    mail_self,
+    rate_refill,
+    routing_search,
+    session_churn,
+)
 from attack.zmtp import ENDLESS_FRAME, NULL_HANDSHAKE, generated_form, greeting, message
 from zchat import crypto
 from zchat import protocol as p
@@ -403,8 +411,7 @@ ATTACKS: dict[str, Callable[[AttackSpec, float], Stats]] = {
     "mail_self": mail_self,  # 1
     "mail_away": mail_away,  # 1
     "session_churn": session_churn,  # 2
-    # 3 (connections holding unfinished multipart messages under CurveZMQ) comes with attack/rawcurve.py,
-    # a hand-written CurveZMQ client: register it here as "held_multipart" and give it a spec in attack.run.
+    "held_multipart": held_multipart,  # 3
     "routing_search": routing_search,  # 4
     "rate_refill": rate_refill,  # 5
     "hello_flood": hello_flood,  # 7
@@ -417,11 +424,19 @@ PREPARE: dict[str, Callable[[AttackSpec], AttackSpec]] = {
 }
 
 
+ATTACKER_NICENESS = 10
+
+
 def attacker_main(spec: AttackSpec, out: Queue[Message], go: EventType) -> None:
     """Entry point of an attacker process: wait for go, attack for spec.duration seconds, report."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops us
+    # Attackers would run on machines of their own: here they share the broker's two cores, and would otherwise
+    # measure how much CPU they take from the honest users' process, not what they cost the broker. At a lower
+    # priority they still use every cycle the broker and the honest users leave, and the broker's limits, not
+    # their CPU, bound what most of them send (the report shows each one's CPU and what it sent).
+    os.nice(ATTACKER_NICENESS)
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:

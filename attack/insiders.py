@@ -1,4 +1,4 @@
-"""Issue 18's insiders: registered users who attack the broker with their own budget (findings 1, 2, 4 and 5).
+"""Issue 18's insiders: registered users who attack the broker with their own budget (findings 1 to 5).
 
 Each is the body of an attacker process (see `attack.attackers`), logs in with
 zchat's own protocol code (`attack.common.Insider`) from its own loopback
@@ -14,6 +14,10 @@ address under its own registered name, and stops by itself at `end`.
                     each costs it an RSA open; their content is junk), then logs in again on a new connection
                     (replacing the session), over and over. Old connections stay open a moment so that what
                     they queued reaches the broker.
+    held_multipart  finding 3: with a hand-written CurveZMQ client (`attack.rawcurve`: libzmq only sends complete
+                    messages), keeps up to HELD_CONNECTIONS connections from two addresses, each sending one
+                    complete message and then a multipart message that never ends, 64 KiB frames with MORE
+                    set, as fast as the broker reads them; a connection the broker closes is opened again.
     routing_search  finding 4: from half-way through the run (so that an abort it causes leaves the first half's
                     figures), claims routing ids of libzmq's form (0x00 + a 32-bit counter) to find the top
                     of the range the broker serves: an exponential search up from an id inside it, then a
@@ -82,6 +86,10 @@ SEARCH_FINAL_AT = 0.75  # of the duration: when it claims the ids just above the
 SEARCH_FINAL_CLAIMS = 3
 LEAK_TIMEOUT = 10.0
 COUNTER = 1 << 32
+
+HELD_CONNECTIONS = 16  # twice the broker's max_connections_per_user
+HELD_FRAME = 64 * 1024
+HELD_CONNECT_RETRY = 0.1  # seconds after a handshake the broker turned away
 
 REFILL_BATCH = 40  # messages per session
 REFILL_LOGIN_RATE = 5.0  # sessions per second at most (at scale 1 the broker's own login limit binds first)
@@ -180,6 +188,51 @@ def session_churn(spec: AttackSpec, end: float) -> Stats:
             sock.close(linger=0)
         insider.close()
         context.term()
+    return stats
+
+
+# ------------------------------------------------------------ finding 3: unfinished messages on many connections
+
+
+def held_multipart(spec: AttackSpec, end: float) -> Stats:
+    from attack.rawcurve import HandshakeFailed, RawCurveClient  # PyNaCl: a development dependency
+
+    stats: Stats = {"connections": 0, "handshakes_refused": 0, "closed_by_broker": 0, "unfinished_bytes": 0}
+    key = insider_key(spec)
+    secret = crypto.curve_secret(key)
+    public = crypto.curve_public(secret)
+    server = broker_keys(spec).curve
+    if server is None:
+        raise RuntimeError("the broker's .pub has no Curve key")
+    wanted = max(2, int(HELD_CONNECTIONS * min(1.0, spec.scale * 4)))
+    held: list[RawCurveClient] = []
+    serial = 0
+    try:
+        while time.monotonic() < end:
+            while len(held) < wanted and time.monotonic() < end:
+                source = spec.sources[serial % len(spec.sources)]
+                serial += 1
+                try:
+                    client = RawCurveClient("127.0.0.1", spec.port, server, public, secret, source=source)
+                    client.handshake(timeout=2.0)
+                    client.send_message(p.encode_frames(p.PING))  # it speaks once: tied to its user
+                except (HandshakeFailed, OSError):
+                    count(stats, "handshakes_refused")
+                    time.sleep(HELD_CONNECT_RETRY)
+                    continue
+                count(stats, "connections")
+                held.append(client)
+            for client in list(held):
+                try:
+                    client.send_raw(client.frame_bytes(bytes(HELD_FRAME), more=True))
+                    count(stats, "unfinished_bytes", HELD_FRAME)
+                except OSError:  # closed by the broker: its unfinished message is gone with it
+                    count(stats, "closed_by_broker")
+                    client.close()
+                    held.remove(client)
+    finally:
+        for client in held:
+            client.close()
     return stats
 
 

@@ -64,7 +64,7 @@ from zchat.keystore import KeyLayout
 from zchat.protocol import max_body_bytes
 
 # Registered users who attack: issue 11's two, then one per attack of issue 18.
-INSIDERS = ("mallory", "eve", "selfmailer", "awaymailer", "churner", "searcher", "refiller")
+INSIDERS = ("mallory", "eve", "selfmailer", "awaymailer", "churner", "holder", "searcher", "refiller")
 ABSENT = "absent"  # registered, never online: the away mailer's recipient
 # Issue 18's attacks that send mail, and the insider who sends it.
 MAILERS = {"mail_self": "selfmailer", "mail_away": "awaymailer", "rate_refill": "refiller"}
@@ -381,7 +381,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     flood_sources = tuple(f"127.0.1.{i + 1}" for i in range(args.flood_sources))
     common = {"port": port, "keys_root": keys_root, "duration": args.duration, "scale": args.scale}
 
-    def issue18(kind: str, source: str, insider: str = "", **extra: Any) -> AttackSpec:
+    def issue18(kind: str, source: str | tuple[str, ...], insider: str = "", **extra: Any) -> AttackSpec:
         """An attack of issue 18: its own address, its own registered user, the broker's limits it paces by."""
         return AttackSpec(
             kind,
@@ -389,7 +389,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
             keys_root,
             args.duration,
             args.scale,
-            (source,),
+            (source,) if isinstance(source, str) else source,
             insider=insider,
             messages_per_second=config.messages_per_second_per_user,
             max_text_bytes=config.max_text_bytes,
@@ -415,7 +415,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         issue18("mail_self", "127.0.2.1", "selfmailer", recipient=recipients["mail_self"]),
         issue18("mail_away", "127.0.2.2", "awaymailer", recipient=recipients["mail_away"]),
         issue18("session_churn", "127.0.2.3", "churner"),
-        # Finding 3 (unfinished multipart messages under CurveZMQ, attack/rawcurve.py) gets its spec here.
+        issue18("held_multipart", ("127.0.2.7", "127.0.2.8"), "holder"),
         issue18("routing_search", "127.0.2.4", "searcher", broker_log=broker.log_path),
         issue18("rate_refill", "127.0.2.5", "refiller", recipient=recipients["rate_refill"]),
         issue18("hello_flood", "127.0.2.6"),
