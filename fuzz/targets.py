@@ -176,6 +176,7 @@ def _tcp_broker() -> _TcpBroker:
         "workers": 0,  # no RSA work should ever happen here; a crypto worker would only cost start-up time
         "max_connections_per_source": 100_000,  # every input reaches libzmq's parser, none is refused for count
         "handshakes_per_second_per_source": 1_000_000,
+        "connections_per_second_per_source": 1_000_000,  # nor for their rate
     }
     (workdir / "config.json").write_text(json.dumps(config))
     log = workdir / "broker.log"

@@ -184,7 +184,8 @@ def test_every_routing_id_claim_is_closed_and_locks_its_user_out(unseeded, keyri
         client.send_message(raw_session(keyring, broker, "alice").hello())
         assert client.closed_by_peer(3), f"claim of {claimed.hex()} was not closed"
     log = broker.log()
-    assert "claimed routing id" in log
+    assert "claimed a routing id" in log
+    assert not any(claimed.hex() in log for claimed, _ in claimers), "the log shows no routing id"
     assert log.count("is locked out for") == 2, "once per lockout (alice's and carol's)"
     for name in ("alice", "carol"):  # locked out: the handshake is refused with "try later" (300, no ERROR)
         with raw_client(broker, keyring, name) as client, pytest.raises(HandshakeFailed) as refused:

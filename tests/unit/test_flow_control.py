@@ -764,10 +764,11 @@ def test_shutdown_sends_what_waits_for_each_session_then_the_notice(keyring):
 
 
 def test_unopened_sends_are_bounded_in_bytes(keyring):
-    world = make_world(keyring, queued_send_bytes_per_user=64 * 1024)
+    # The budget is at least two of the largest SENDs: with 16 KiB texts, 160 KiB.
+    world = make_world(keyring, queued_send_bytes_per_user=64 * 1024, max_text_bytes=16 * 1024)
     world.login("bob")
     alice = world.login("alice").client
-    frames = [alice.say(text(i)) for i in range(10)]  # about 10 KB each: more than 64 KiB in all
+    frames = [alice.say(text(i)) for i in range(20)]  # about 10 KB each: more than 160 KiB in all
     work: list[Work] = []
     for message in frames:  # all arrive before any is opened, as in a flood
         work += world.core.receive(b"alice", message, world.now)

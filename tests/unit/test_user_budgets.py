@@ -107,7 +107,7 @@ def test_ending_a_session_hands_out_a_cancel_for_its_envelopes(make):
     assert Cancel("alice", session_id) in work
 
 
-def test_the_unopened_sends_of_all_of_a_users_sessions_share_one_budget(make):
+def test_a_user_over_its_queue_of_unopened_sends_is_disconnected_as_too_fast(make):
     world = make(queued_sends_per_user=4)
     world.login("bob")
     first = world.login("alice", b"alice-1")
@@ -170,8 +170,19 @@ def test_a_sender_has_a_quota_of_mail_waiting_for_others(make):
     assert isinstance(say(world, b"alice", "to bob once more", to="bob"), Accepted)
 
 
+def test_one_recipient_who_never_reads_holds_only_a_tenth_of_a_senders_quota(make):
+    """Else a user could make a bot, which answers privately, spend its whole quota on her and fall silent."""
+    world = make(sent_mail_messages=20, mailbox_messages=100)
+    world.login("alice")
+    assert [type(say(world, b"alice", f"to bob {i}", to="bob")) for i in range(3)] == [Accepted, Accepted, Failed]
+    failed = say(world, b"alice", "to bob, once more", to="bob")
+    assert isinstance(failed, Failed)
+    assert "you have 2 private messages waiting for bob to read" in failed.reason
+    assert isinstance(say(world, b"alice", "to carol", to="carol"), Accepted), "others still get her mail"
+
+
 def test_a_login_reads_its_kept_mail_a_page_at_a_time(make, monkeypatch):
-    world = make(mailbox_messages=1000, sent_mail_messages=1000, messages_per_second_per_user=1e6)
+    world = make(mailbox_messages=1000, sent_mail_messages=10_000, messages_per_second_per_user=1e6)
     world.login("alice")
     count = 3 * broker_core.MAIL_PAGE + 5
     for i in range(count):

@@ -66,6 +66,7 @@ PRUNE_INTERVAL = 60.0  # seconds between the store's retention passes
 SEEN_DAYS = 30.0  # an accepted message id is recognised this long after (longer while the message is kept)
 DAY = 86_400.0
 MAIL_PAGE = 32  # kept private messages read from the store at a time for one session
+SENT_MAIL_SHARES = 10  # mail waiting for one recipient may use at most this share of its sender's quota
 
 Queued = tuple[dict[str, Any], int | None]  # an event not yet sealed, and the stored mail row it carries (if any)
 
@@ -176,6 +177,8 @@ class BrokerCore:
         self.registry = registry
         self.config = config
         self.max_body = p.max_body_bytes(config.max_text_bytes)
+        # At least two of the largest SENDs, or a long message would end its session as "too fast" every time.
+        self.queued_send_bytes = max(config.queued_send_bytes_per_user, 2 * self.max_body)
         self.pending: dict[bytes, Pending] = {}
         self.sessions: dict[bytes, Session] = {}
         self.by_name: dict[str, bytes] = {}
@@ -220,7 +223,7 @@ class BrokerCore:
             session.last_heard = now
             if command == p.SEND:
                 budget = session.budget
-                too_much = budget.queued_send_bytes + len(body) > self.config.queued_send_bytes_per_user
+                too_much = budget.queued_send_bytes + len(body) > self.queued_send_bytes
                 if budget.queued_sends >= self.config.queued_sends_per_user or too_much:
                     peer_log.warning(
                         session.name, "disconnecting %s: sending faster than the broker can keep up", session.name
@@ -722,7 +725,8 @@ class BrokerCore:
         """Why a private message of `size` sealed bytes from `sender` cannot be kept for `to`, if it cannot.
 
         The limits hold whether `to` is online or away (mail is kept until its recipient reads it) and for mail
-        to oneself: the recipient's mailbox, and what the sender has waiting for others.
+        to oneself: the recipient's mailbox, what the sender has waiting for others, and a tenth of that for any
+        one of them.
         """
         count, waiting = self.store.mailbox_usage(to)
         if count >= self.config.mailbox_messages or waiting + size > self.config.mailbox_bytes:
@@ -732,6 +736,12 @@ class BrokerCore:
         count, waiting = self.store.sent_usage(sender)
         if count >= self.config.sent_mail_messages or waiting + size > self.config.sent_mail_bytes:
             return f"you have {count} private messages waiting to be read; send more once they are read"
+        # One recipient who never reads may hold only a share of a sender's quota: otherwise a user could make a
+        # bot (which answers privately) spend all of its quota on her and fall silent to everyone else.
+        count, waiting = self.store.sent_usage(sender, to)
+        limit = max(1, self.config.sent_mail_messages // SENT_MAIL_SHARES)
+        if count >= limit or waiting + size > self.config.sent_mail_bytes // SENT_MAIL_SHARES:
+            return f"you have {count} private messages waiting for {to} to read; send more once they are read"
         return None
 
     def _space_problem(self) -> str | None:

@@ -318,7 +318,8 @@ class Gatekeeper:
             self._close(handle)
             if what == "claim" and self.admission.lock_out(user, time.monotonic()):
                 log.warning(
-                    "closing a connection of %s from %s that claimed routing id %s; %s is locked out for %g s",
+                    "closing a connection of %s from %s that claimed a routing id (connection %s);"
+                    " %s is locked out for %g s",
                     user,
                     peer[0] if peer else "?",
                     detail,

@@ -244,7 +244,7 @@ class Broker:
             self.gatekeeper.report("spoke", handle, user)
             return self.speakers.live[identity]
         if seen is Seen.CLAIM:  # the gatekeeper logs it once per lockout
-            self.gatekeeper.report("claim", handle, user, identity.hex())
+            self.gatekeeper.report("claim", handle, user, short(identity))  # never the id itself: it shows the counter
         elif seen is Seen.FULL:
             peer_log.warning(
                 user,
@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or a service manager: stop gracefully too
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
     # Where the keys and the data are, resolved: a config file copied elsewhere moves both.
@@ -467,6 +468,11 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         log.error("%s; stopping", exc)
         broker.close()
         return os.EX_SOFTWARE  # a failure after the start, unlike 1: the supervisor starts the broker again
+    except Exception:  # a bug outside the per-frame safety nets: the supervisor starts the broker again
+        log.exception("internal error in the broker's loop; stopping")
+        with contextlib.suppress(Exception):
+            broker.close()
+        return os.EX_SOFTWARE
     return 0
 
 

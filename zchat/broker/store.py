@@ -287,14 +287,15 @@ class Store:
         )
         return int(messages), int(size)
 
-    def sent_usage(self, sender: str) -> tuple[int, int]:
-        """(messages, bytes of their sealed envelopes) that `sender` has waiting for others."""
-        messages, size = self._read(
-            lambda: self._db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM mail WHERE sender = ? AND recipient != ?",
-                (self._sender_tag(sender), self._recipient_tag(sender)),
-            ).fetchone()
+    def sent_usage(self, sender: str, recipient: str | None = None) -> tuple[int, int]:
+        """(messages, bytes of their sealed envelopes) that `sender` has waiting for others, or for `recipient`."""
+        query = (
+            "SELECT count(*), coalesce(sum(size), 0) FROM mail WHERE sender = ? AND recipient != ?"
+            if recipient is None
+            else "SELECT count(*), coalesce(sum(size), 0) FROM mail WHERE sender = ? AND recipient = ?"
         )
+        other = self._recipient_tag(sender if recipient is None else recipient)
+        messages, size = self._read(lambda: self._db.execute(query, (self._sender_tag(sender), other)).fetchone())
         return int(messages), int(size)
 
     def last_mail_row(self) -> int:

@@ -439,11 +439,7 @@ class ClientCore:
                 )
             self._events.append(SessionClosed("the broker no longer accepts your key"))
             return
-        why = (
-            "an error in the broker"
-            if status >= ZAP_ERROR
-            else "too many handshakes or connections for this user or address, or a lockout"
-        )
+        why = "an error in the broker" if status >= ZAP_ERROR else "too many handshakes for this user, or a lockout"
         if not self._logged_in_before:
             error = ConnectError(
                 f"the broker at {self.endpoint} turned the connection away for now ({why}, status {status});"
