@@ -202,3 +202,24 @@ def test_a_broker_killed_with_sigkill_leaves_no_socket_directory_after_the_next_
         broker.terminate()
     assert workers_dirs() == []
     assert os.listdir(private_tmpdir) == []
+
+
+def test_an_unexpected_error_in_the_loop_exits_70_so_the_supervisor_starts_it_again(tmp_path, keyring, monkeypatch):
+    """A bug outside the per-frame safety nets ends the broker with os.EX_SOFTWARE, which its supervisor restarts
+    (status 1 is kept for a broker that refuses to start, and is not restarted)."""
+    from zchat.broker import main as broker_main
+    from zchat.broker.supervisor import crashed
+
+    shutil.copytree(keyring.root, tmp_path / "keys")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TEST_CONFIG, "workers": 0, "keys_dir": "keys"}))
+
+    def boom(self: broker_main.Broker) -> None:
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(broker_main.Broker, "run", boom)
+    monkeypatch.setattr(broker_main.signal, "signal", lambda *args: None)  # leave pytest's own handlers alone
+    monkeypatch.setattr(broker_main.sys, "stdin", None)  # no console thread
+    status = broker_main.main(["--config", str(config), "--no-supervisor"])
+    assert status == os.EX_SOFTWARE
+    assert crashed(status)
