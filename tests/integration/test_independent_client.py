@@ -523,7 +523,7 @@ def test_a_public_key_file_must_bind_its_curve_key(broker, tmp_path):
     rsa, curve, binding = split_blocks(public_key_file_text(carol_key))
     _, bob_curve, bob_binding = split_blocks(public_key_file_text(bob_key))
     spaced = binding.replace("\n", "\n  \n", 2)  # whitespace inside base64 is ignored
-    pem_header = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    foreign_block = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 
     def write(text: str) -> Path:
         path = tmp_path / f"key{len(list(tmp_path.iterdir()))}.pub"
@@ -542,7 +542,7 @@ def test_a_public_key_file_must_bind_its_curve_key(broker, tmp_path):
         (curve + rsa + binding, "should come"),  # not in the order of 2.1
         (rsa + rsa + curve + binding, "repeated"),
         (rsa + curve + binding + binding, "repeated"),
-        (rsa + curve + binding + pem_header, "may not hold"),  # any other block
+        (rsa + curve + binding + foreign_block, "may not hold"),  # any other block
         (rsa + curve + binding.replace("-----END ZCHAT CURVE25519 BINDING-----\n", ""), "does not end"),
     ]:
         with pytest.raises(ValueError, match=problem):
