@@ -11,14 +11,16 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pexpect
 import pytest
 import zmq
 
@@ -148,17 +150,46 @@ class BrokerProcess:
             self.proc.wait(10)
 
 
+B = TypeVar("B", bound=BrokerProcess)
+T = TypeVar("T")
+
+
+def broker_in(workdir: Path, keyring: KeyRing, overrides: dict[str, Any], kind: type[B]) -> B:
+    """A broker (not started) in a new `workdir`, with a private copy of the key ring and TEST_CONFIG plus
+    `overrides`."""
+    workdir.mkdir()
+    shutil.copytree(keyring.root, workdir / "keys")
+    return kind(workdir, {**TEST_CONFIG, **overrides, "keys_dir": "keys"})
+
+
+def broker_config(workdir: Path, keyring: KeyRing, **overrides: Any) -> Path:
+    """`workdir` with a private copy of the key ring and a config.json of TEST_CONFIG plus `overrides`, for a
+    broker a test starts itself: the config file."""
+    shutil.copytree(keyring.root, workdir / "keys")
+    config = workdir / "config.json"
+    config.write_text(json.dumps({**TEST_CONFIG, **overrides, "keys_dir": "keys"}))
+    return config
+
+
+def broker_on_terminal(config: Path, cwd: Path) -> pexpect.spawn:
+    """broker.py on a pseudo-terminal, as an operator runs it (supervised, with its console)."""
+    return pexpect.spawn(
+        sys.executable,
+        [str(ROOT / "broker.py"), "--config", str(config)],
+        cwd=str(cwd),
+        env=run_env(),
+        encoding="utf-8",
+        timeout=WAIT,
+    )
+
+
 @pytest.fixture
 def make_broker(tmp_path: Path, keyring: KeyRing) -> Iterator[Callable[..., BrokerProcess]]:
     """Start brokers with a private copy of the key ring; all are killed at teardown."""
     started: list[BrokerProcess] = []
 
     def factory(**overrides: Any) -> BrokerProcess:
-        workdir = tmp_path / f"broker{len(started)}"
-        workdir.mkdir()
-        shutil.copytree(keyring.root, workdir / "keys")
-        config = {**TEST_CONFIG, **overrides, "keys_dir": "keys"}
-        broker = BrokerProcess(workdir, config)
+        broker = broker_in(tmp_path / f"broker{len(started)}", keyring, overrides, BrokerProcess)
         started.append(broker)
         return broker.start()
 
@@ -204,6 +235,52 @@ def wait_for(client: ChatClient, predicate: Callable[[Event], bool], timeout: fl
             return event
         seen.append(event)
     raise AssertionError(f"{client.name}: no matching event within {timeout}s; got {seen!r}")
+
+
+def pump(clients: list[ChatClient], seconds: float) -> dict[str, list[Event]]:
+    """Poll every client for `seconds`: the events each one got."""
+    got: dict[str, list[Event]] = {client.name: [] for client in clients}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for client in clients:
+            client.poll(0.005)
+            got[client.name] += client.drain()
+    return got
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """The first true value of `condition()` within `timeout`; fails naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The child processes of `pid` (a broker's crypto workers, a supervisor's broker)."""
+    try:
+        return [int(kid) for kid in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (bound and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def collect(client: ChatClient, duration: float) -> list[Event]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_CONFIG, BrokerProcess, KeyRing
+from tests.conftest import BrokerProcess, KeyRing, broker_in
 from tests.e2e.helpers import CLIENT, Proc
 
 
@@ -46,10 +45,7 @@ def console_broker(tmp_path: Path, keyring: KeyRing) -> Iterator[Callable[..., B
     started: list[BrokerProcess] = []
 
     def factory(**overrides: Any) -> BrokerProcess:
-        workdir = tmp_path / f"console-broker{len(started)}"
-        workdir.mkdir()
-        shutil.copytree(keyring.root, workdir / "keys")
-        broker = BrokerProcess(workdir, {**TEST_CONFIG, **overrides, "keys_dir": "keys"})
+        broker = broker_in(tmp_path / f"console-broker{len(started)}", keyring, overrides, BrokerProcess)
         started.append(broker)
         return broker.start(stdin=subprocess.PIPE)
 

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -169,13 +168,6 @@ def run_broker_to_the_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[
         text=True,
         timeout=WAIT,
     )
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on (bound and released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:

@@ -19,7 +19,16 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.conftest import ROOT, TEST_CONFIG, WAIT, BrokerProcess, copy_checkout, run_env
+from tests.conftest import (
+    ROOT,
+    TEST_CONFIG,
+    WAIT,
+    BrokerProcess,
+    broker_config,
+    broker_on_terminal,
+    copy_checkout,
+    run_env,
+)
 from tests.e2e.helpers import BROKER, assert_one_line_error, run_broker_to_the_end
 from zchat.broker.main import CONSOLE_CLOSED
 
@@ -141,17 +150,7 @@ def test_a_fresh_clone_makes_its_key_pair_in_its_own_keys_dir(tmp_path):
 
 
 def test_ctrl_d_at_the_console_says_it_closed_and_the_broker_keeps_running(tmp_path, keyring):
-    shutil.copytree(keyring.root, tmp_path / "keys")
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
-    child = pexpect.spawn(
-        sys.executable,
-        [BROKER, "--config", str(config)],
-        cwd=str(tmp_path),
-        env=run_env(),
-        encoding="utf-8",
-        timeout=WAIT,
-    )
+    child = broker_on_terminal(broker_config(tmp_path, keyring, workers=0), tmp_path)
     try:
         child.expect("listening on")
         child.sendline("/who")
@@ -210,9 +209,7 @@ def test_an_unexpected_error_in_the_loop_exits_70_so_the_supervisor_starts_it_ag
     from zchat.broker import main as broker_main
     from zchat.broker.supervisor import crashed
 
-    shutil.copytree(keyring.root, tmp_path / "keys")
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TEST_CONFIG, "workers": 0, "keys_dir": "keys"}))
+    config = broker_config(tmp_path, keyring, workers=0)
 
     def boom(self: broker_main.Broker) -> None:
         raise RuntimeError("a bug in the loop")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT, run_env
-from tests.e2e.helpers import CLIENT, assert_one_line_error, free_port
+from tests.conftest import WAIT, free_port, run_env
+from tests.e2e.helpers import CLIENT, assert_one_line_error
 from zchat.keystore import create_client_key
 
 

@@ -12,25 +12,13 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, BrokerProcess, wait_for
-from zchat.client.sync_client import ChatClient
+from tests.conftest import ROOT, BrokerProcess, pump, wait_for
 from zchat.events import Accepted, ChatMessage, Event, Failed
 
 pytestmark = pytest.mark.slow
 
 KILLS = 3
 MESSAGES_PER_ROUND = 25
-
-
-def pump(clients: list[ChatClient], seconds: float) -> dict[str, list[Event]]:
-    """Poll every client for `seconds`: the events each one got."""
-    got: dict[str, list[Event]] = {client.name: [] for client in clients}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for client in clients:
-            client.poll(0.005)
-            got[client.name] += client.drain()
-    return got
 
 
 def test_kill_9_during_traffic_loses_and_repeats_nothing_acknowledged(make_broker, connect):

@@ -4,10 +4,8 @@ not restarted; a broker that keeps dying is given up on; a `kill -9` of the supe
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,19 +14,31 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pexpect
 import pytest
 
-from tests.conftest import ROOT, TEST_CONFIG, WAIT, BrokerProcess, KeyRing, run_env
+from tests.conftest import (
+    ROOT,
+    WAIT,
+    BrokerProcess,
+    KeyRing,
+    broker_config,
+    broker_in,
+    broker_on_terminal,
+    child_pids,
+    free_port,
+    pump,
+    run_env,
+    running,
+    wait_until,
+)
 from zchat.broker.supervisor import SUPERVISOR_PID
-from zchat.client.sync_client import ChatClient
 from zchat.events import Accepted, ChatMessage, Event, Failed
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 RESTARTED = re.compile(r"the broker \(pid (\d+)\) (.+); started it again as pid (\d+)")
 
 
@@ -40,43 +50,11 @@ class SupervisedBroker(BrokerProcess):
     def child(self, timeout: float = WAIT) -> int:
         """The broker process under the supervisor (waits until there is exactly one)."""
         assert self.proc is not None
-        return wait_until(lambda: single(children(self.proc.pid)), timeout, "the supervisor's one child")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(kid) for kid in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+        return wait_until(lambda: single(child_pids(self.proc.pid)), timeout, "the supervisor's one child")
 
 
 def single(pids: list[int]) -> int | None:
     return pids[0] if len(pids) == 1 else None
-
-
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -85,33 +63,20 @@ def supervised(tmp_path: Path, keyring: KeyRing) -> Iterator[Callable[..., Super
     started: list[SupervisedBroker] = []
 
     def factory(**overrides: Any) -> SupervisedBroker:
-        workdir = tmp_path / f"supervised{len(started)}"
-        workdir.mkdir()
-        shutil.copytree(keyring.root, workdir / "keys")
-        broker = SupervisedBroker(workdir, {**TEST_CONFIG, **overrides, "keys_dir": "keys"})
+        broker = broker_in(tmp_path / f"supervised{len(started)}", keyring, overrides, SupervisedBroker)
         started.append(broker)
         broker.start(port=free_port())
         return broker
 
     yield factory
     for broker in started:
-        kids = children(broker.proc.pid) if broker.proc is not None else []
+        kids = child_pids(broker.proc.pid) if broker.proc is not None else []
         broker.kill()
         for kid in kids:  # they die with the supervisor; this only stops a leak if that is broken
             if running(kid):
                 os.kill(kid, signal.SIGKILL)
     for broker in started:
         assert "internal error" not in broker.log(), broker.log()
-
-
-def pump(clients: list[ChatClient], seconds: float) -> dict[str, list[Event]]:
-    got: dict[str, list[Event]] = {client.name: [] for client in clients}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for client in clients:
-            client.poll(0.005)
-            got[client.name] += client.drain()
-    return got
 
 
 def test_a_broker_aborted_under_traffic_is_back_and_loses_and_repeats_nothing_accepted(supervised, connect):
@@ -132,7 +97,7 @@ def test_a_broker_aborted_under_traffic_is_back_and_loses_and_repeats_nothing_ac
                     shown[name].append(event)
 
     first = broker.child()
-    workers = children(first)
+    workers = child_pids(first)
     assert workers  # its crypto worker, which must leave when its broker is gone
     offset = len(broker.log_path.read_bytes())
     for i in range(40):
@@ -166,7 +131,7 @@ def test_sigterm_to_the_supervisor_stops_the_broker_gracefully_with_status_0(sup
     broker = supervised()
     connect(broker, "alice")
     child = broker.child()
-    workers = children(child)
+    workers = child_pids(child)
     assert broker.terminate() == 0
     assert not any(running(pid) for pid in [child, *workers])  # it waited for the broker, which stops its workers
     log = broker.log()
@@ -188,17 +153,7 @@ def test_sighup_to_the_supervisor_stops_the_broker_gracefully_with_status_0(supe
 
 
 def test_ctrl_c_on_a_terminal_stops_the_broker_once_with_status_0(tmp_path, keyring):
-    shutil.copytree(keyring.root, tmp_path / "keys")
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TEST_CONFIG, "keys_dir": "keys"}))
-    child = pexpect.spawn(
-        sys.executable,
-        [str(ROOT / "broker.py"), "--config", str(config)],
-        cwd=str(tmp_path),
-        env=run_env(),
-        encoding="utf-8",
-        timeout=WAIT,
-    )
+    child = broker_on_terminal(broker_config(tmp_path, keyring), tmp_path)
     try:
         child.expect("listening on")
         child.expect("crypto: ")
@@ -309,7 +264,7 @@ def test_a_broker_that_keeps_dying_is_given_up_with_one_line(supervised):
 def test_kill_9_of_the_supervisor_leaves_no_broker_and_the_port_free(supervised):
     broker = supervised()
     child = broker.child()
-    workers = children(child)
+    workers = child_pids(child)
     assert broker.proc is not None
     broker.proc.kill()
     broker.proc.wait(WAIT)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from tests.conftest import BrokerProcess, raw_login, wait_for
+from tests.conftest import BrokerProcess, child_pids, raw_login, running, wait_for
 from zchat import protocol as p
 from zchat.client.session import ClientSession
 from zchat.events import ChatMessage, ConnectionLost, Joined
@@ -19,17 +19,7 @@ from zchat.events import ChatMessage, ConnectionLost, Joined
 
 def worker_pids(broker: BrokerProcess) -> list[int]:
     assert broker.proc is not None
-    pid = broker.proc.pid
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    return child_pids(broker.proc.pid)
 
 
 def test_the_broker_runs_the_configured_number_of_workers(make_broker):
