@@ -48,7 +48,7 @@ from collections.abc import Iterable
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from zchat.broker.admission import OK, RETRY, Admission, Peer, peer_log
+from zchat.broker.admission import DENIED, OK, RETRY, Admission, Peer, peer_log
 from zchat.broker.ratelimit import flush_peer_logs
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 MONITOR_ENDPOINT = "inproc://zchat.broker.monitor"
 ZAP_VERSION = b"1.0"
-ZAP_TEXT = {OK: b"OK", RETRY: b"try later", 400: b"not allowed"}
+ZAP_TEXT = {OK: b"OK", RETRY: b"try later", DENIED: b"not allowed"}
 # The ZAP answer's metadata: a number for each connection admitted, which libzmq attaches to every frame the
 # connection brings (`Frame.get`), so that the broker's loop tells connections apart (descriptors are reused).
 CONNECTION_PROPERTY = "X-Connection"
