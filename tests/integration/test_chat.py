@@ -379,3 +379,17 @@ def test_iterating_a_client_ends_with_the_shutdown_event(broker, connect):
     events = list(bob)  # ends by itself once the broker has shut down
     assert isinstance(events[-1], Shutdown)
     assert bob.closed
+
+
+def test_a_last_message_and_goodbye_sent_just_before_closing_still_count(broker, connect):
+    """The broker may hear the connection close before it has read what came on it: those frames are the
+    connection's last words, never dropped (five rounds: the race is lost only now and then)."""
+    bob = connect(broker, "bob")
+    for round_ in range(5):
+        alice = connect(broker, "alice")
+        wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "alice")
+        alice.send(f"last words {round_}")
+        alice.close()
+        assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == f"last words {round_}"
+        left = wait_for(bob, lambda e: isinstance(e, Left))
+        assert (left.name, left.reason) == ("alice", "left")

@@ -28,6 +28,7 @@ from zchat.broker.admission import (
     Blocklist,
     RoutingIds,
     Seen,
+    Speaker,
     Speakers,
     Verdict,
 )
@@ -386,7 +387,7 @@ def test_a_routing_id_is_served_only_on_the_connection_it_was_first_seen_on():
     assert table.first_frame(one, "10.0.0.2", "bob", 8, 102, 1.3) is Seen.DROP, "its frames queued: dropped"
 
 
-def test_an_ended_connections_id_is_never_served_again_but_its_own_leftovers_are_dropped_quietly():
+def test_an_ended_connections_id_is_never_served_again_but_its_own_last_words_are():
     table, counter = speakers()
     counter.value = 10
     one = libzmq_id(3)
@@ -394,7 +395,8 @@ def test_an_ended_connections_id_is_never_served_again_but_its_own_leftovers_are
     table.ended_connection(7, 2.0)
     assert table.live == {}
     assert table.per_user == {}
-    assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 2.1) is Seen.DROP, "left over from the connection"
+    assert table.first_frame(one, "10.0.0.1", "alice", 7, 101, 2.1) is Seen.LAST, "sent before it ended"
+    assert table.last_words(one) == Speaker("10.0.0.1", "alice", 7, 101)
     assert table.first_frame(one, "10.0.0.1", "alice", 7, 103, 2.2) is Seen.CLAIM, "the descriptor reused"
     table.ended_connection(7, 2.3)
     # Long after, the id is older than the window: still a claim.

@@ -114,7 +114,8 @@ class Seen(Enum):
     """What a frame's routing id and connection are to `Speakers`."""
 
     SERVE = "serve"  # a connection of libzmq's making, tied to its user
-    DROP = "drop"  # a connection closed already (or ended): its frames left over are dropped without a word
+    DROP = "drop"  # a connection the broker closed: its frames left over are dropped without a word
+    LAST = "last"  # a connection that ended by itself: its frames still queued are its last words, handled
     CLAIM = "claim"  # a claimed routing id: close the connection and lock its user out
     FULL = "full"  # the user holds `max_connections_per_user` already: close this one
 
@@ -145,7 +146,8 @@ class Speakers:
         self.live: dict[bytes, Speaker] = {}
         self.handles: dict[int, bytes] = {}  # descriptor -> the id last seen on it (live or closing)
         self.closing: dict[bytes, int] = {}  # ids whose connection (serial) the broker is closing
-        self.ended: dict[bytes, tuple[int, float]] = {}  # ids whose connection ended: its serial, when
+        # Ids whose connection ended: its serial, when, and its speaker (None if the broker was closing it).
+        self.ended: dict[bytes, tuple[int, float, Speaker | None]] = {}
         self.per_user: dict[str, int] = {}
 
     def first_frame(self, identity: bytes, source: str, user: str, handle: int, serial: int, now: float) -> Seen:
@@ -162,7 +164,9 @@ class Speakers:
             return Seen.DROP if closing == serial else self._refuse(identity, handle, serial, Seen.CLAIM)
         ended = self.ended.get(identity)
         if ended is not None:
-            return Seen.DROP if ended[0] == serial else self._refuse(identity, handle, serial, Seen.CLAIM)
+            if ended[0] != serial:
+                return self._refuse(identity, handle, serial, Seen.CLAIM)
+            return Seen.DROP if ended[2] is None else Seen.LAST
         if not self.routing_ids.made_by_libzmq(identity, now):
             return self._refuse(identity, handle, serial, Seen.CLAIM)
         if self.per_user.get(user, 0) >= self.max_connections_per_user:
@@ -177,6 +181,11 @@ class Speakers:
         self.handles[handle] = identity
         return seen
 
+    def last_words(self, identity: bytes) -> Speaker | None:
+        """Who a connection that ended by itself was, for its frames still queued."""
+        ended = self.ended.get(identity)
+        return None if ended is None else ended[2]
+
     def ended_connection(self, handle: int, now: float) -> None:
         """The connection with this descriptor has ended (the gatekeeper saw it close)."""
         identity = self.handles.pop(handle, None)
@@ -187,8 +196,9 @@ class Speakers:
     def _forget(self, identity: bytes, handle: int, now: float) -> None:
         serial = self.closing.pop(identity, None)
         known = self.live.get(identity)
+        speaker = None
         if known is not None and known.handle == handle:
-            serial = known.serial
+            serial, speaker = known.serial, known
             del self.live[identity]
             left = self.per_user.get(known.user, 1) - 1
             if left > 0:
@@ -199,12 +209,12 @@ class Speakers:
             del self.handles[handle]
         if serial is not None:
             self.ended.pop(identity, None)
-            self.ended[identity] = (serial, now)  # newest last
+            self.ended[identity] = (serial, now, speaker)  # newest last
 
     def _prune(self, now: float) -> None:
         """Ended ids are remembered for ID_WINDOW: later, `RoutingIds` knows them for old ids anyway."""
         while self.ended:
-            identity, (_, when) = next(iter(self.ended.items()))
+            identity, (_, when, _) = next(iter(self.ended.items()))
             if now - when <= ID_WINDOW and len(self.ended) <= MAX_REMEMBERED_IDS:
                 return
             del self.ended[identity]

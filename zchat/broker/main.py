@@ -208,7 +208,7 @@ class Broker:
                 known = self._first_frame(identity, head)
                 if known is None:
                     continue
-            if self.gatekeeper is not None:
+            if self.gatekeeper is not None and self.speakers.live.get(identity) is known:  # not an ended one's
                 self.gatekeeper.count(known.handle, frames)
             try:
                 self._handle(self.core.receive(identity, frames, time.monotonic(), known.source, known.user))
@@ -243,6 +243,8 @@ class Broker:
         if seen is Seen.SERVE:
             self.gatekeeper.report("spoke", handle, user)
             return self.speakers.live[identity]
+        if seen is Seen.LAST:  # what it sent before it went (a goodbye, a last message) still counts
+            return self.speakers.last_words(identity)
         if seen is Seen.CLAIM:  # the gatekeeper logs it once per lockout
             self.gatekeeper.report("claim", handle, user, short(identity))  # never the id itself: it shows the counter
         elif seen is Seen.FULL:
@@ -254,7 +256,7 @@ class Broker:
                 self.speakers.per_user.get(user, 0),
             )
             self.gatekeeper.report("close", handle, user)
-        return None  # Seen.DROP: frames left over from a connection closed or ended, dropped without a word
+        return None  # Seen.DROP: frames left over from a connection the broker closed, dropped without a word
 
     def _take_results(self) -> None:
         """Send what the crypto jobs produced; opened envelopes go back to the core, which may make more."""
