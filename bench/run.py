@@ -68,7 +68,7 @@ from bench.workspace import (
 )
 from zchat import crypto
 from zchat.broker.main import DATABASE_FILE
-from zchat.broker.store import StoreError
+from zchat.errors import StoreError
 from zchat.events import WhoList
 
 KEY_POOL_MAX = 64  # distinct client keys; more names reuse their RSA halves, each with a Curve pair of its own

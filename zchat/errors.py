@@ -1,12 +1,18 @@
-"""The error tree: whose fault is it?
+"""The error tree, one root for the whole package: whose fault is it?
 
-ChatError
+ChatError                    every error zchat raises on purpose; its message is one line for a person
 ├── ProtocolError
 │   ├── LocalProtocolError   we tried to do something the protocol forbids (our bug or misuse)
 │   └── RemoteProtocolError  the peer sent something malformed, forged, replayed or out of order
+├── CryptoError              something a peer sent did not open or verify (zchat.crypto; deliberately vague)
 ├── ConfigError              a configuration file or value a person wrote is wrong
+│   └── KeyFileError         a key file is missing, unreadable, locked, too small or of the wrong kind
+├── StoreError               the broker's store cannot do what was asked (zchat.broker.store)
+├── WorkerError              the broker's worker processes could not be started or keep dying
 ├── ConnectError             the broker is unreachable, refused us (LoginRefused), or failed to authenticate
 └── StatementRefused         the broker refused a statement of ours and ended the session: log in again
+
+This module imports nothing, so every layer may use it, `zchat.crypto` included.
 """
 
 
@@ -28,6 +34,14 @@ class RemoteProtocolError(ProtocolError):
 
 class ConfigError(ChatError):
     pass
+
+
+class StoreError(ChatError):
+    """The store cannot do what was asked. The message is one line a person can act on."""
+
+
+class WorkerError(ChatError):
+    """The worker processes could not be started or keep dying."""
 
 
 class ConnectError(ChatError):

@@ -18,7 +18,8 @@ from zchat import crypto
 from zchat import protocol as p
 from zchat.broker import workers
 from zchat.broker.work import DeliveryJob, Job, Opened, OpenJob, Outgoing, Result
-from zchat.broker.workers import WorkerError, WorkerPool
+from zchat.broker.workers import WorkerPool
+from zchat.errors import WorkerError
 
 DELIVERY_KEY = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
 SESSION = "s-pool-test"

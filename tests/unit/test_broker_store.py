@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from zchat import crypto
-from zchat.broker.store import DAY, Mail, Store, StoredChat, StoreError, backup
+from zchat.broker.store import DAY, Mail, Store, StoredChat, backup
+from zchat.errors import StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0

@@ -1,6 +1,7 @@
 """The package's layers stay one-way, as its folders show them.
 
-crypto/ (installed as zchat.crypto) imports nothing of zchat but itself; the shared modules at the top of zchat/
+crypto/ (installed as zchat.crypto) imports nothing of zchat but itself and the error root (zchat.errors, which
+imports nothing); the shared modules at the top of zchat/
 import neither side; the broker's side and the client's side never import each other; the package imports none
 of the repository's other top-level names (an installed zchat has none of them); and the sans-I/O modules
 import no zmq. Read from the source with `ast`, so an import inside a function counts too.
@@ -98,12 +99,12 @@ def test_the_shared_modules_import_neither_side():
     assert offending(shared, ("zchat.broker", "zchat.client")) == []
 
 
-def test_crypto_imports_nothing_of_zchat_but_itself():
+def test_crypto_imports_nothing_of_zchat_but_itself_and_the_error_root():
     outside = [
         f"{path.name} imports {name}"
         for path in sources("crypto")
         for name in sorted(imported(path))
-        if name.startswith("zchat") and not name.startswith("zchat.crypto")
+        if name.startswith("zchat") and not name.startswith(("zchat.crypto", "zchat.errors"))
     ]
     assert outside == []
     assert any("zchat.crypto.keys" in imported(path) for path in sources("crypto"))  # its own relative imports
@@ -115,3 +116,7 @@ def test_the_package_imports_nothing_that_is_not_installed():
 
 def test_the_sans_io_modules_import_no_zmq():
     assert offending([ROOT / name for name in SANS_IO], ("zmq",)) == []
+
+
+def test_the_error_root_imports_nothing():
+    assert imported(ROOT / "zchat" / "errors.py") == set()

@@ -48,10 +48,10 @@ from typing import Any
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.ratelimit import PeerLog, TokenBucket
-from zchat.broker.store import Store, StoreError
+from zchat.broker.store import Store
 from zchat.broker.work import Cancel, ChallengeJob, DeliveryJob, JobRunner, Opened, OpenJob, Outgoing, Work
 from zchat.config import Config
-from zchat.errors import RemoteProtocolError
+from zchat.errors import RemoteProtocolError, StoreError
 from zchat.events import UserInfo
 from zchat.keystore import Registry
 

@@ -36,11 +36,11 @@ from zchat.broker.admission import Admission, RoutingIds, Seen, Speaker, Speaker
 from zchat.broker.core import BrokerCore, short
 from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
 from zchat.broker.ratelimit import PeerLog, flush_peer_logs
-from zchat.broker.store import Store, StoreError, backup
+from zchat.broker.store import Store, backup
 from zchat.broker.work import Outgoing, Work
-from zchat.broker.workers import InlineJobs, WorkerError, WorkerPool
+from zchat.broker.workers import InlineJobs, WorkerPool
 from zchat.config import DEFAULT_CONFIG, Config, add_location_arguments, load_config
-from zchat.errors import ConfigError
+from zchat.errors import ConfigError, StoreError, WorkerError
 from zchat.keystore import KeyLayout, Registry, ensure_broker_keys
 from zchat.protocol import max_body_bytes
 

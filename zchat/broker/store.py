@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from zchat import crypto
+from zchat.errors import StoreError
 
 MEMORY = ":memory:"
 DAY = 86_400.0  # seconds
@@ -86,10 +87,6 @@ _MAIL_AAD = b"zchat|store|mail|v1|"
 _DAMAGED_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_FORMAT})
 
 _T = TypeVar("_T")
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked. The message is one line a person can act on."""
 
 
 @dataclass(frozen=True)

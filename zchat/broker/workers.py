@@ -60,7 +60,7 @@ from zchat.broker.work import (
     encode_jobs,
     encode_results,
 )
-from zchat.errors import ChatError
+from zchat.errors import WorkerError
 from zchat.protocol import SEND
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,6 @@ def worker_environment() -> dict[str, str]:
     """The workers import what the broker imported: its sys.path, in its order (the repository first when
     broker.py runs from it, only the installed places for zchat-broker). `-P` keeps the working directory out."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
-
-
-class WorkerError(ChatError):
-    """The worker processes could not be started or keep dying."""
 
 
 def _running(pid: int) -> bool:

@@ -52,7 +52,7 @@ from zchat.client.pins import pins_path_for
 from zchat.client.sync_client import ChatClient
 from zchat.client.transport import broker_curve_key
 from zchat.config import add_location_arguments, client_settings
-from zchat.errors import ConfigError, ConnectError, LocalProtocolError
+from zchat.errors import ChatError, ConnectError
 from zchat.events import Accepted, Event, Failed, KeyChanged, SessionClosed, Shutdown, to_dict
 from zchat.keystore import KeyLayout, create_client_key, lookalike_problem
 from zchat.protocol import NAME_PATTERN
@@ -97,11 +97,11 @@ HELP = "\n".join(
 )
 
 
-class UsageError(Exception):
+class UsageError(ChatError):
     """Something the person typed or configured is wrong; the message says what."""
 
 
-class Cancelled(Exception):
+class Cancelled(ChatError):
     """The person gave up at a prompt (Ctrl-D or Ctrl-C); `status` is the exit status."""
 
     def __init__(self, message: str, status: int) -> None:
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         return exc.status
-    except (UsageError, ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError, FileExistsError) as exc:
+    except (ChatError, FileExistsError) as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
