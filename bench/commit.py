@@ -1,6 +1,6 @@
 """What the broker's group commit costs, and how the running broker groups its commits.
 
-zchat/3 keeps every chat message in SQLite (`zchat.broker.store.Store`: WAL,
+zchat/3 keeps every chat message in SQLite (`zchat.broker.sqlite_store.SQLiteStore`: WAL,
 synchronous=FULL, one fsync of the write-ahead log per commit) and answers the
 sender `accepted` only after the commit that holds the message. The broker
 commits once per turn of its loop: one transaction for everything the core
@@ -49,6 +49,7 @@ from typing import Any
 from bench.stats import message_text, percentile
 from zchat import crypto
 from zchat import protocol as p
+from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.store import Store
 from zchat.events import UserInfo
 
@@ -138,7 +139,7 @@ def measure(
     broker that has run for a while reuses a log file of full size (about 1000 pages), and extending the file
     costs every fsync more than writing over it.
     """
-    store = Store.open(path, key, now=time.time())
+    store = SQLiteStore.open(path, key, now=time.time())
     wal = WalWatcher(path)  # read by hand, after each commit (no thread)
     try:
         documents = Documents(key, message_bytes, authors)

@@ -28,7 +28,7 @@ from attack.zmtp import SIGNATURE, greeting, ready
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.core import BrokerCore, run_inline
-from zchat.broker.store import Store
+from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.work import JobRunner
 from zchat.client.session import ClientSession
 from zchat.config import Config
@@ -53,7 +53,7 @@ def _world() -> tuple[crypto.PrivateKey, crypto.PrivateKey, BrokerCore, Path]:
     write_private_key(layout.broker_private, broker_key)
     write_public_key(layout.broker_public, broker_key)
     write_public_key(layout.client_public("alice"), alice_key)
-    store = Store.open(":memory:", broker_key, now=0.0)
+    store = SQLiteStore.open(":memory:", broker_key, now=0.0)
     core = BrokerCore(broker_key.public_key(), Registry(layout), Config("127.0.0.1", 0, keys_dir=root), store)
     return broker_key, alice_key, core, root
 

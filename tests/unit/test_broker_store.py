@@ -3,6 +3,7 @@ foreign databases, a full disk, secrecy at rest; and the data key that seals it.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sqlite3
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from zchat import crypto
-from zchat.broker.store import DAY, Mail, Store, StoredChat, backup
+from zchat.broker.sqlite_file import backup
+from zchat.broker.sqlite_store import SQLiteStore
+from zchat.broker.store import DAY, Mail, Store, StoredChat
 from zchat.errors import StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +43,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path, broker_key: crypto.PrivateKey) -> Iterator[Store]:
-    opened = Store.open(db_path, broker_key, now=T0)
+def store(db_path: Path, broker_key: crypto.PrivateKey) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore.open(db_path, broker_key, now=T0)
     yield opened
     opened.close()
 
@@ -54,7 +57,7 @@ def texts(history: list[StoredChat]) -> list[str]:
     return [item.document["text"] for item in history]
 
 
-def fill(store: Store, count: int, *, start: float = T0, step: float = 1.0) -> None:
+def fill(store: SQLiteStore, count: int, *, start: float = T0, step: float = 1.0) -> None:
     for i in range(count):
         store.add_chat("alice", f"m{i}", start + i * step, doc(f"message {i}"))
     store.commit()
@@ -64,7 +67,7 @@ def expect_refusal(path: Path, key: crypto.PrivateKey, *words: str) -> str:
     """Opening fails with a one-line StoreError naming the file, and the file is left exactly as it was."""
     before = path.read_bytes()
     with pytest.raises(StoreError) as caught:
-        Store.open(path, key, now=T0)
+        SQLiteStore.open(path, key, now=T0)
     message = str(caught.value)
     assert "\n" not in message
     assert str(path) in message
@@ -74,11 +77,26 @@ def expect_refusal(path: Path, key: crypto.PrivateKey, *words: str) -> str:
     return message
 
 
+# -- the protocol ------------------------------------------------------------------------------------------
+
+
+def test_the_sqlite_store_has_every_method_of_the_store_protocol_with_its_signature() -> None:
+    """Structural, at run time: every method the `Store` protocol names, with the same parameters (names, kinds,
+    defaults, annotations) and return annotation. `runtime_checkable` would check the names only; mypy checks the
+    same where the broker assigns a `SQLiteStore` to a `Store` (zchat/broker/main.py)."""
+    methods = sorted(name for name, value in vars(Store).items() if callable(value) and not name.startswith("_"))
+    reading = ["seen", "history", "mailbox", "mailbox_usage", "sent_usage", "last_mail_row", "space"]
+    writing = ["add_chat", "add_mail", "delete_mail", "prune", "commit", "close"]
+    assert methods == sorted(reading + writing)
+    for name in methods:
+        assert inspect.signature(getattr(SQLiteStore, name)) == inspect.signature(getattr(Store, name)), name
+
+
 # -- round trips -------------------------------------------------------------------------------------------
 
 
 def test_history_mail_and_seen_survive_close_and_reopen(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     store.add_chat("alice", "a1", T0 + 1, doc("hello room"))
     store.add_chat("bob", "b1", T0 + 2, {"type": "chat", "text": "ünïcødé ✓", "nested": {"n": [1, 2.5, None]}})
     row = store.add_mail("carol", "alice", "a2", T0 + 3, b"sealed for carol")
@@ -86,7 +104,7 @@ def test_history_mail_and_seen_survive_close_and_reopen(db_path: Path, broker_ke
     store.commit()
     store.close()
 
-    store = Store.open(db_path, broker_key, now=T0 + 10)
+    store = SQLiteStore.open(db_path, broker_key, now=T0 + 10)
     try:
         assert store.history(10, 0.0) == [
             StoredChat("alice", "a1", T0 + 1, doc("hello room")),
@@ -108,7 +126,7 @@ def test_history_mail_and_seen_survive_close_and_reopen(db_path: Path, broker_ke
     finally:
         store.close()
 
-    store = Store.open(db_path, broker_key, now=T0 + 20)
+    store = SQLiteStore.open(db_path, broker_key, now=T0 + 20)
     try:
         assert [m.sealed for m in store.mailbox("carol")] == [b"second"]
         assert store.seen("alice", "a2") == T0 + 3  # delivered, still remembered
@@ -117,7 +135,7 @@ def test_history_mail_and_seen_survive_close_and_reopen(db_path: Path, broker_ke
 
 
 def test_memory_store_works(broker_key: crypto.PrivateKey) -> None:
-    store = Store.open(":memory:", broker_key, now=T0)
+    store = SQLiteStore.open(":memory:", broker_key, now=T0)
     try:
         store.add_chat("alice", "1", T0, doc("hi"))
         store.commit()
@@ -126,7 +144,7 @@ def test_memory_store_works(broker_key: crypto.PrivateKey) -> None:
         store.close()
 
 
-def test_seen_includes_the_open_transaction(store: Store) -> None:
+def test_seen_includes_the_open_transaction(store: SQLiteStore) -> None:
     store.add_chat("alice", "x", T0, doc("pending"))
     store.add_mail("bob", "carol", "y", T0 + 1, b"pending mail")
     assert store.seen("alice", "x") == T0
@@ -134,7 +152,7 @@ def test_seen_includes_the_open_transaction(store: Store) -> None:
     assert texts(store.history(5, 0.0)) == ["pending"]
 
 
-def test_history_is_the_newest_count_since_oldest_first(store: Store) -> None:
+def test_history_is_the_newest_count_since_oldest_first(store: SQLiteStore) -> None:
     fill(store, 10)
     assert texts(store.history(3, 0.0)) == ["message 7", "message 8", "message 9"]
     assert texts(store.history(100, T0 + 8)) == ["message 8", "message 9"]
@@ -143,7 +161,7 @@ def test_history_is_the_newest_count_since_oldest_first(store: Store) -> None:
     assert store.history(-1, 0.0) == []
 
 
-def test_same_private_message_for_several_recipients(store: Store) -> None:
+def test_same_private_message_for_several_recipients(store: SQLiteStore) -> None:
     store.add_mail("bob", "alice", "p1", T0, b"to bob")
     store.add_mail("carol", "alice", "p1", T0, b"to carol")
     store.commit()
@@ -151,7 +169,7 @@ def test_same_private_message_for_several_recipients(store: Store) -> None:
     assert [m.sealed for m in store.mailbox("carol")] == [b"to carol"]
 
 
-def test_a_room_message_stored_twice_is_refused_and_the_rest_of_the_group_stays(store: Store) -> None:
+def test_a_room_message_stored_twice_is_refused_and_the_rest_of_the_group_stays(store: SQLiteStore) -> None:
     store.add_chat("alice", "dup", T0, doc("first"))
     with pytest.raises(StoreError, match="could not store"):
         store.add_chat("alice", "dup", T0 + 1, doc("again"))
@@ -166,13 +184,13 @@ def test_a_room_message_stored_twice_is_refused_and_the_rest_of_the_group_stays(
 def test_uncommitted_writes_are_invisible_to_another_connection_and_gone_after_close(
     db_path: Path, broker_key: crypto.PrivateKey
 ) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     store.add_chat("alice", "kept", T0, doc("committed"))
     store.commit()
     store.add_chat("alice", "lost", T0 + 1, doc("not committed"))
     store.add_mail("bob", "alice", "lost-mail", T0 + 2, b"not committed")
 
-    other = Store.open(db_path, broker_key, now=T0)
+    other = SQLiteStore.open(db_path, broker_key, now=T0)
     try:
         assert texts(other.history(10, 0.0)) == ["committed"]
         assert other.seen("alice", "lost") is None
@@ -181,7 +199,7 @@ def test_uncommitted_writes_are_invisible_to_another_connection_and_gone_after_c
         other.close()
     store.close()  # without commit
 
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     try:
         assert texts(store.history(10, 0.0)) == ["committed"]
         assert store.seen("alice", "lost") is None
@@ -201,10 +219,10 @@ def test_kill_9_keeps_what_was_committed_and_nothing_else(
         import os, signal, sys
         from pathlib import Path
         from zchat import crypto
-        from zchat.broker.store import Store
+        from zchat.broker.sqlite_store import SQLiteStore
 
         key = crypto.private_key_from_pem(Path(sys.argv[2]).read_bytes())
-        store = Store.open(sys.argv[1], key, now=1.0)
+        store = SQLiteStore.open(sys.argv[1], key, now=1.0)
         store.add_chat("alice", "one", 1.0, {"text": "acknowledged"})
         store.add_mail("bob", "alice", "two", 2.0, b"acknowledged mail")
         store.commit()
@@ -230,7 +248,7 @@ def test_kill_9_keeps_what_was_committed_and_nothing_else(
     expect_refusal(db_path, other_key, "another broker key")
     assert wal.read_bytes() == before
 
-    store = Store.open(db_path, broker_key, now=10.0)
+    store = SQLiteStore.open(db_path, broker_key, now=10.0)
     try:
         assert texts(store.history(10, 0.0)) == ["acknowledged"]
         assert [m.sealed for m in store.mailbox("bob")] == [b"acknowledged mail"]
@@ -244,7 +262,7 @@ def test_kill_9_keeps_what_was_committed_and_nothing_else(
 # -- retention ---------------------------------------------------------------------------------------------
 
 
-def test_prune_keeps_the_newest_history_size(store: Store) -> None:
+def test_prune_keeps_the_newest_history_size(store: SQLiteStore) -> None:
     fill(store, 10)
     store.prune(T0 + 20, history_size=4, history_days=0, mail_days=0, seen_days=0)
     store.commit()
@@ -255,7 +273,7 @@ def test_prune_keeps_the_newest_history_size(store: Store) -> None:
     assert store.history(100, 0.0) == []
 
 
-def test_prune_by_age(store: Store) -> None:
+def test_prune_by_age(store: SQLiteStore) -> None:
     for day in range(5):
         store.add_chat("alice", f"d{day}", T0 + day * DAY, doc(f"day {day}"))
         store.add_mail("bob", "alice", f"p{day}", T0 + day * DAY, f"mail {day}".encode())
@@ -268,7 +286,7 @@ def test_prune_by_age(store: Store) -> None:
     assert store.mailbox_usage("bob") == (3, 18)
 
 
-def test_prune_days_zero_keeps_forever(store: Store) -> None:
+def test_prune_days_zero_keeps_forever(store: SQLiteStore) -> None:
     store.add_chat("alice", "old", T0, doc("old"))
     store.add_mail("bob", "alice", "oldmail", T0, b"old mail")
     store.commit()
@@ -279,7 +297,7 @@ def test_prune_days_zero_keeps_forever(store: Store) -> None:
     assert store.seen("alice", "old") == T0
 
 
-def test_prune_forgets_old_seen_records_but_not_those_of_kept_messages(store: Store) -> None:
+def test_prune_forgets_old_seen_records_but_not_those_of_kept_messages(store: SQLiteStore) -> None:
     store.add_chat("alice", "room-kept", T0, doc("kept"))
     store.add_chat("alice", "room-gone", T0 - 1, doc("gone"))
     store.add_mail("bob", "alice", "mail-kept", T0, b"waiting")
@@ -295,12 +313,12 @@ def test_prune_forgets_old_seen_records_but_not_those_of_kept_messages(store: St
     assert store.seen("alice", "mail-delivered") is None
 
 
-def test_prune_refuses_negative_limits(store: Store) -> None:
+def test_prune_refuses_negative_limits(store: SQLiteStore) -> None:
     with pytest.raises(ValueError, match="negative"):
         store.prune(T0, history_size=-1, history_days=0, mail_days=0, seen_days=0)
 
 
-def test_mail_ids_are_never_reused(store: Store) -> None:
+def test_mail_ids_are_never_reused(store: SQLiteStore) -> None:
     first = store.add_mail("bob", "alice", "1", T0, b"one")
     second = store.add_mail("bob", "alice", "2", T0, b"two")
     store.commit()
@@ -320,7 +338,7 @@ def test_random_bytes_are_refused_untouched(db_path: Path, broker_key: crypto.Pr
 
 
 def test_a_damaged_page_is_refused_untouched(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     fill(store, 200)
     store.close()
     with sqlite3.connect(db_path) as db:
@@ -344,26 +362,26 @@ def test_another_sqlite_database_is_refused_untouched(db_path: Path, broker_key:
 
 
 def test_a_newer_schema_is_refused_untouched(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    Store.open(db_path, broker_key, now=T0).close()
+    SQLiteStore.open(db_path, broker_key, now=T0).close()
     db = sqlite3.connect(db_path)
-    db.execute(f"PRAGMA user_version = {Store.SCHEMA_VERSION + 1}")
+    db.execute(f"PRAGMA user_version = {SQLiteStore.SCHEMA_VERSION + 1}")
     db.close()
     message = expect_refusal(db_path, broker_key)
     assert message == (
-        f"{db_path} was written by a newer zchat (schema {Store.SCHEMA_VERSION + 1}; this broker knows"
-        f" {Store.SCHEMA_VERSION})"
+        f"{db_path} was written by a newer zchat (schema {SQLiteStore.SCHEMA_VERSION + 1}; this broker knows"
+        f" {SQLiteStore.SCHEMA_VERSION})"
     )
 
 
 def test_another_broker_key_is_refused(
     db_path: Path, broker_key: crypto.PrivateKey, other_key: crypto.PrivateKey
 ) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     fill(store, 3)
     store.close()
     message = expect_refusal(db_path, other_key)
     assert message == f"{db_path} was made with another broker key (keys/broker.pem does not open its data key)"
-    store = Store.open(db_path, broker_key, now=T0)  # the right key still opens it
+    store = SQLiteStore.open(db_path, broker_key, now=T0)  # the right key still opens it
     try:
         assert len(store.history(10, 0.0)) == 3
     finally:
@@ -371,7 +389,7 @@ def test_another_broker_key_is_refused(
 
 
 def test_a_swapped_message_body_is_reported_as_damage(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     fill(store, 2)
     store.close()
     db = sqlite3.connect(db_path)
@@ -379,7 +397,7 @@ def test_a_swapped_message_body_is_reported_as_damage(db_path: Path, broker_key:
     db.execute("UPDATE chat SET body = ? WHERE id = (SELECT min(id) FROM chat)", (bodies[1],))
     db.commit()
     db.close()
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     try:
         with pytest.raises(StoreError, match="damaged"):
             store.history(10, 0.0)
@@ -390,7 +408,7 @@ def test_a_swapped_message_body_is_reported_as_damage(db_path: Path, broker_key:
 # -- a full disk -------------------------------------------------------------------------------------------
 
 
-def test_full_disk_refuses_messages_and_the_store_keeps_working(store: Store) -> None:
+def test_full_disk_refuses_messages_and_the_store_keeps_working(store: SQLiteStore) -> None:
     fill(store, 5)
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count = {pages + 4}")
@@ -425,7 +443,7 @@ def test_full_disk_refuses_messages_and_the_store_keeps_working(store: Store) ->
     assert texts(store.history(1, 0.0)) == ["fits again"]
 
 
-def test_a_full_disk_never_loses_a_write_that_commit_then_confirms(store: Store) -> None:
+def test_a_full_disk_never_loses_a_write_that_commit_then_confirms(store: SQLiteStore) -> None:
     fill(store, 3)
     store.add_chat("alice", "small", T0 + 10, doc("small"))
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
@@ -468,7 +486,7 @@ def raw_files(db_path: Path) -> bytes:
 
 
 def test_the_file_reveals_no_text_names_or_ids(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     store.add_chat(
         SECRETS["author"],
         SECRETS["room id"],
@@ -485,7 +503,7 @@ def test_the_file_reveals_no_text_names_or_ids(db_path: Path, broker_key: crypto
         for what, secret in SECRETS.items():
             for encoding in ("utf-8", "utf-16-le", "utf-16-be"):
                 assert secret.encode(encoding) not in raw, f"{what} readable in the database ({encoding})"
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     try:
         assert store.history(1, 0.0)[0].author == SECRETS["author"]
         assert store.mailbox(SECRETS["recipient"])[0].sealed == SECRETS["sealed"].encode()
@@ -494,7 +512,7 @@ def test_the_file_reveals_no_text_names_or_ids(db_path: Path, broker_key: crypto
 
 
 def test_database_and_log_files_are_private(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     try:
         store.add_chat("alice", "1", T0, doc("hi"))
         store.commit()
@@ -509,9 +527,9 @@ def test_database_and_log_files_are_private(db_path: Path, broker_key: crypto.Pr
 
 
 def test_an_existing_database_with_a_loose_mode_is_made_private(db_path: Path, broker_key: crypto.PrivateKey) -> None:
-    Store.open(db_path, broker_key, now=T0).close()
+    SQLiteStore.open(db_path, broker_key, now=T0).close()
     db_path.chmod(0o644)
-    store = Store.open(db_path, broker_key, now=T0)
+    store = SQLiteStore.open(db_path, broker_key, now=T0)
     try:
         store.add_chat("alice", "1", T0, doc("hi"))
         store.commit()
@@ -572,19 +590,21 @@ def test_data_key_tags_are_unambiguous_and_keyed() -> None:
 def test_backup_while_the_store_is_open_copies_what_was_committed(
     db_path: Path, broker_key: crypto.PrivateKey, other_key: crypto.PrivateKey, tmp_path: Path
 ) -> None:
-    live = Store.open(db_path, broker_key, now=T0)
+    live = SQLiteStore.open(db_path, broker_key, now=T0)
     fill(live, 3)
     live.add_chat("alice", "uncommitted", T0 + 10, doc("not yet"))  # a transaction open during the backup
     copy = tmp_path / "copy.db"
     assert backup(db_path, copy) > 0
     live.close()
-    restored = Store.open(copy, broker_key, now=T0)
+    restored = SQLiteStore.open(copy, broker_key, now=T0)
     assert texts(restored.history(10, 0)) == ["message 0", "message 1", "message 2"]
     restored.close()
     expect_refusal(copy, other_key, "another broker key")  # as encrypted as the original
 
 
-def test_backup_never_overwrites_and_names_a_missing_database(store: Store, db_path: Path, tmp_path: Path) -> None:
+def test_backup_never_overwrites_and_names_a_missing_database(
+    store: SQLiteStore, db_path: Path, tmp_path: Path
+) -> None:
     existing = tmp_path / "existing.db"
     existing.write_bytes(b"keep me")
     with pytest.raises(StoreError, match="exists already"):

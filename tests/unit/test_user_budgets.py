@@ -12,7 +12,7 @@ import pytest
 
 from tests.unit.world import WALL0, WallClock, World
 from zchat.broker import core as broker_core
-from zchat.broker.store import Store
+from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.work import Cancel, OpenJob
 from zchat.events import Accepted, ChatMessage, Event, Failed
 
@@ -258,7 +258,7 @@ def test_below_the_free_disk_floor_new_messages_fail(make, monkeypatch):
 
 def test_a_schema_1_database_is_upgraded_and_its_mail_counts_for_no_sender(keyring, tmp_path):
     path = tmp_path / "old.db"
-    store = Store.open(path, keyring.keys["broker"], now=WALL0)
+    store = SQLiteStore.open(path, keyring.keys["broker"], now=WALL0)
     store.add_mail("bob", "alice", "m1", WALL0, b"sealed")
     store.commit()
     store.close()
@@ -268,7 +268,7 @@ def test_a_schema_1_database_is_upgraded_and_its_mail_counts_for_no_sender(keyri
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
-    store = Store.open(path, keyring.keys["broker"], now=WALL0)
+    store = SQLiteStore.open(path, keyring.keys["broker"], now=WALL0)
     try:
         assert [m.sealed for m in store.mailbox("bob")] == [b"sealed"]
         assert store.sent_usage("alice") == (0, 0)
@@ -278,7 +278,7 @@ def test_a_schema_1_database_is_upgraded_and_its_mail_counts_for_no_sender(keyri
     finally:
         store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == Store.SCHEMA_VERSION
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION
     db.close()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.core import BrokerCore, run_inline
-from zchat.broker.store import MEMORY, Store
+from zchat.broker.sqlite_store import MEMORY, SQLiteStore
 from zchat.broker.work import JobRunner, Outgoing, Work
 from zchat.client.session import ClientSession, SeenMessages
 from zchat.config import Config
@@ -67,7 +67,7 @@ class World:
         )
         self.runner = JobRunner(self.keys["broker"])
         self.clients: dict[bytes, ClientSession] = {}
-        self.store = Store.open(MEMORY if self.db_path is None else self.db_path, self.keys["broker"], now=T0)
+        self.store = SQLiteStore.open(MEMORY if self.db_path is None else self.db_path, self.keys["broker"], now=T0)
         self.core = self._new_core()
 
     def _new_core(self) -> BrokerCore:
@@ -79,7 +79,7 @@ class World:
         commit is lost, every session is gone (the client sessions here are stale: log in again)."""
         assert self.db_path is not None, "a restart needs a World with a db_path"
         self.store.close()
-        self.store = Store.open(self.db_path, self.keys["broker"], now=self.now)
+        self.store = SQLiteStore.open(self.db_path, self.keys["broker"], now=self.now)
         self.core = self._new_core()
 
     @property

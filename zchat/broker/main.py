@@ -36,7 +36,9 @@ from zchat.broker.admission import Admission, RoutingIds, Seen, Speaker, Speaker
 from zchat.broker.core import BrokerCore, short
 from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
 from zchat.broker.ratelimit import PeerLog, flush_peer_logs
-from zchat.broker.store import Store, backup
+from zchat.broker.sqlite_file import backup
+from zchat.broker.sqlite_store import SQLiteStore
+from zchat.broker.store import Store
 from zchat.broker.work import Outgoing, Work
 from zchat.broker.workers import InlineJobs, WorkerPool
 from zchat.config import DEFAULT_CONFIG, Config, add_location_arguments, load_config
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
     for problem in Registry(layout).audit():
         log.error("registry: %s", problem)
     try:
-        store = Store.open(config.data_dir / DATABASE_FILE, key, now=time.time())
+        store: Store = SQLiteStore.open(config.data_dir / DATABASE_FILE, key, now=time.time())
     except StoreError as exc:
         print(f"{program()}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,9 @@
 """Where the broker's crypto jobs run: in its own loop, or in worker processes.
 
 `InlineJobs` (config `workers: 0`) does each job the moment it is submitted.
-`WorkerPool` runs `workers` processes (`python -m zchat.broker.workers`) and feeds
-them with the ZeroMQ load-balancing pattern: a ROUTER in the broker on a
+`WorkerPool` runs `workers` processes (`python -m zchat.broker.workers`, which
+runs `zchat.broker.worker_process`) and feeds them with the ZeroMQ
+load-balancing pattern: a ROUTER in the broker on a
 private ipc:// socket (a fresh 0700 directory in the temporary directory,
 named after the broker's pid: a broker killed with SIGKILL cannot remove it,
 so the next one to start removes those whose broker is gone), a DEALER per
@@ -33,7 +34,6 @@ import collections
 import logging
 import os
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -47,19 +47,8 @@ from pathlib import Path
 import zmq
 
 from zchat import crypto
-from zchat.broker.work import (
-    Cancel,
-    DeliveryJob,
-    Job,
-    JobRunner,
-    Opened,
-    OpenJob,
-    Result,
-    decode_jobs,
-    decode_results,
-    encode_jobs,
-    encode_results,
-)
+from zchat.broker.work import Cancel, DeliveryJob, Job, JobRunner, OpenJob, Result, decode_results, encode_jobs
+from zchat.broker.worker_process import READY, main, pack, perform, unpack
 from zchat.errors import WorkerError
 from zchat.protocol import SEND
 
@@ -73,7 +62,6 @@ MAX_RESTARTS = 10  # within RESTART_WINDOW: workers that keep dying stop the bro
 RESTART_WINDOW = 600.0
 BATCH_TIMEOUT = 30.0  # a batch takes milliseconds: a worker that holds one this long is hung, and is restarted
 CHECK_INTERVAL = 0.1  # check() looks at the workers at most this often
-READY = b"ready"
 
 
 DIRECTORY_PREFIX = "zchat-workers-"  # then the broker's pid and a random part, in the temporary directory
@@ -440,78 +428,5 @@ class WorkerPool:
                 self.collect()
 
 
-# ------------------------------------------------------------ batches as one frame
-
-
-def pack(fields: list[bytes]) -> bytes:
-    """Many byte strings as one: a count, each length, then the bytes."""
-    return struct.pack(f">I{len(fields)}I", len(fields), *map(len, fields)) + b"".join(fields)
-
-
-def unpack(data: bytes) -> list[bytes]:
-    (count,) = struct.unpack_from(">I", data)
-    lengths = struct.unpack_from(f">{count}I", data, 4)
-    fields = []
-    offset = 4 + 4 * count
-    for length in lengths:
-        fields.append(data[offset : offset + length])
-        offset += length
-    return fields
-
-
-# ------------------------------------------------------------ the worker process
-
-
-def run_worker(endpoint: str, identity: bytes, broker_key: crypto.PrivateKey, broker_pid: int) -> None:
-    """Do batches of jobs until the broker goes away (it may be gone before we start)."""
-    runner = JobRunner(broker_key)
-    context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.IDENTITY, identity)
-    socket.connect(endpoint)
-    socket.send(READY)
-    try:
-        while os.getppid() == broker_pid:
-            if not socket.poll(1000):
-                continue
-            batch, packed = socket.recv_multipart()
-            try:
-                jobs = decode_jobs(unpack(packed))
-            except Exception:  # a bug: say so, and answer, or the broker waits for this batch for ever
-                log.exception("internal error in a crypto worker: a batch it cannot read; batch dropped")
-                jobs = []
-            results = [perform(runner, job) for job in jobs]
-            socket.send_multipart([batch, pack(encode_results([r for r in results if r is not None]))])
-    finally:
-        socket.close(linger=0)
-        context.term()
-
-
-def perform(runner: JobRunner, job: Job) -> Result | None:
-    """One job. A bug is logged loudly: an envelope then counts as not opening, and a delivery is dropped
-    (its recipient sees a gap in the sequence numbers and logs in afresh)."""
-    try:
-        return runner.perform(job)
-    except Exception:
-        log.exception("internal error while doing a crypto job; job dropped")
-        return Opened(job.identity, job.command, None, job.session) if isinstance(job, OpenJob) else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C, or a service manager's SIGTERM, reaches the whole process group: the broker decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    endpoint, identity, broker_pid = argv if argv is not None else sys.argv[1:]
-    try:
-        key = crypto.private_key_from_pem(sys.stdin.buffer.read(), source="broker key on stdin")
-    except crypto.KeyFileError as exc:
-        log.error("%s", exc)
-        return 1
-    run_worker(endpoint, identity.encode(), key, int(broker_pid))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # how WorkerPool starts a worker process
     sys.exit(main())
