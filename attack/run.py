@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
@@ -53,9 +52,11 @@ from attack.common import AttackSpec, Stats
 from attack.flood import PULSE
 from attack.honest import HonestResult, HonestSpec, honest_main
 from attack.zmtp import predicted_counters
-from bench.workspace import BenchError, cpu_seconds
-from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
-from soak.stats import percentile
+from harness.keys import make_keys
+from harness.process import BrokerProcess, HarnessError
+from harness.procfs import NoSuchReading, cpu_seconds
+from harness.stats import percentile
+from harness.tool import Cleanup, run_tool, say
 from zchat import crypto
 from zchat.broker.main import DATABASE_FILE
 from zchat.client.session import ClientSession
@@ -82,7 +83,7 @@ PULSE_MARGIN = 0.4  # seconds left out at each end of a flood pulse when the bro
 Message = tuple[Any, ...]
 
 
-class AttackError(ToolError):
+class AttackError(HarnessError):
     """The run itself failed: the broker never started, the honest users could not log in, a process died."""
 
 
@@ -134,11 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ---------------------------------------------------------------- keys and config
 
 
-def write_config(workdir: Path) -> Path:
-    """Every limit at its default: the point is what a broker as shipped withstands."""
-    path = workdir / "config.json"
-    path.write_text(json.dumps({"server_ip": "127.0.0.1", "server_port": 0, "keys_dir": "keys"}, indent=2) + "\n")
-    return path
+# Every limit at its default: the point is what a broker as shipped withstands.
+BROKER_CONFIG = {"server_ip": "127.0.0.1", "server_port": 0, "keys_dir": "keys"}
 
 
 # ---------------------------------------------------------------- the broker
@@ -200,7 +198,9 @@ class Children:
             if "honest" in self.errors:
                 raise AttackError(f"the honest users failed:\n{self.errors['honest']}")
             if not broker.alive():
-                raise AttackError(f"the broker exited with status {broker.proc.returncode}:\n{broker.log_tail()}")
+                raise AttackError(
+                    f"the broker exited with status {broker.running_proc.returncode}:\n{broker.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 raise AttackError(f"timed out after {timeout:g}s waiting for {what}")
             self.receive(0.1)
@@ -358,15 +358,14 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     keys_root = workdir / "keys"
     registered = [*names, *INSIDERS, ABSENT]
     log(f"generating {len(registered) + 1} RSA-{args.bits} keys in {workdir}")
-    make_keys(mp, keys_root, registered, args.bits)
-    config_path = write_config(workdir)
-    config = load_config(config_path)
+    make_keys(keys_root, registered, args.bits)
     counters = predicted_counters(8)
 
-    broker = BrokerProcess(workdir, config_path)
+    broker = BrokerProcess(workdir, BROKER_CONFIG)
     cleanup.append(broker.kill)
-    port = broker.wait_for_port(BROKER_START_TIMEOUT)
-    log(f"keys in {time.monotonic() - started:.1f}s; broker pid {broker.proc.pid} on port {port}")
+    port = broker.start(timeout=BROKER_START_TIMEOUT).port
+    config = load_config(broker.config_path)
+    log(f"keys in {time.monotonic() - started:.1f}s; broker pid {broker.pid} on port {port}")
 
     layout = KeyLayout(keys_root)
     broker_rsa = crypto.load_public_key_file(layout.broker_public).rsa
@@ -440,8 +439,8 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         raise AttackError("an attacker failed before the start:\n" + "\n".join(children.errors.values()))
 
     data_dir = config.data_dir
-    baseline = broker.tree_rss_mb()
-    cpu_before = broker.tree_cpu_s()
+    baseline = broker.rss_mb()
+    cpu_before = broker.cpu_seconds()
     store_start = store_bytes(data_dir)
     load_before = os.getloadavg()[0]
     t0 = time.monotonic() + 0.2
@@ -464,12 +463,12 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
             raise AttackError("the honest users' process died without a report")
         if broker_up and not broker.alive():
             broker_up = False
-            log(f"the broker died with status {broker.proc.returncode} at t+{now - t0:.1f}s")
+            log(f"the broker died with status {broker.running_proc.returncode} at t+{now - t0:.1f}s")
         if broker_up and now >= next_sample:
-            peak = max(peak, broker.tree_rss_mb())
+            peak = max(peak, broker.rss_mb())
             store_peak = max(store_peak, store_bytes(data_dir))
-            with contextlib.suppress(OSError, BenchError):
-                pid, when = broker.proc.pid, time.monotonic()
+            with contextlib.suppress(OSError, NoSuchReading):
+                pid, when = broker.pid, time.monotonic()
                 process_cpu, main_cpu = cpu_seconds(pid), cpu_seconds(pid, pid)
                 cpu_samples.append((when, process_cpu))
                 thread_samples.append((when, process_cpu - main_cpu))
@@ -486,13 +485,13 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     while not attackers_done() and time.monotonic() < deadline and not children.dead_without_report():
         children.receive(0.1)
     broker_up = broker_up and broker.alive()
-    end_rss = broker.tree_rss_mb() if broker_up else None
-    broker_cpu = broker.tree_cpu_s() - cpu_before if broker_up else None
+    end_rss = broker.rss_mb() if broker_up else None
+    broker_cpu = broker.cpu_seconds() - cpu_before if broker_up else None
     store_end = store_bytes(data_dir)
     census = mail_census(data_dir)
     for proc in procs.values():
         proc.join(10)
-    exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.proc.returncode
+    exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.running_proc.returncode
     log(f"broker {'stopped' if broker_up else 'was down'}; exit status {exit_status}")
     honest: HonestResult = children.results["honest"]
     memory = Memory(baseline, peak, end_rss, samples)

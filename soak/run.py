@@ -9,8 +9,9 @@ Steps, each bounded by a timeout and all under one hard deadline (`--timeout`):
    a history that keeps and replays the whole run) and keys: the broker's and
    one 2048-bit pair per client, made in parallel;
 2. `broker.py --config DIR/config.json` started as its own process, stdin
-   closed, output to DIR/broker.log, its port read from the "listening on" line
-   and written into config.json (so that a restart listens on the same port);
+   closed, output to DIR/broker.log (`harness.process.BrokerProcess`), its port
+   read from the "listening on" line and kept in config.json (so that a restart
+   listens on the same port);
 3. `--workers` processes (`soak.worker`) log their share of the clients in;
    once every worker reports all of its clients online, they start together;
 4. for `--duration` seconds the clients send `--rate` messages per second in
@@ -76,8 +77,11 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
-from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
-from soak.stats import Tally, percentile, tally
+from harness.keys import make_keys
+from harness.process import BrokerProcess, HarnessError
+from harness.stats import percentile
+from harness.tool import Cleanup, run_tool, say
+from soak.stats import Tally, tally
 from soak.worker import Message, Progress, WorkerResult, WorkerSpec, worker_main
 
 KEY_BITS = 2048
@@ -93,7 +97,7 @@ LOGINS_IN_FLIGHT = 8  # per worker, while everyone logs in for the first time
 START_DELAY = 0.5  # between "go" and the first message, so every worker starts on time
 
 
-class SoakError(ToolError):
+class SoakError(HarnessError):
     """The run itself failed (not the chat): a timeout, a dead worker, a broker that never started."""
 
 
@@ -165,9 +169,10 @@ def heartbeat(kill_every: float) -> tuple[float, float]:
     return min(1.0, timeout / 4), timeout
 
 
-def write_config(workdir: Path, clients: int, kill_every: float = 0.0) -> Path:
+def broker_config(clients: int, kill_every: float = 0.0) -> dict[str, Any]:
+    """The broker's config.json: limits out of the way of 200 clients on one address, heartbeats to suit the kills."""
     interval, timeout = heartbeat(kill_every)
-    config = {
+    return {
         "server_ip": "127.0.0.1",
         "server_port": 0,
         "keys_dir": "keys",
@@ -185,9 +190,6 @@ def write_config(workdir: Path, clients: int, kill_every: float = 0.0) -> Path:
         "heartbeat_interval": interval,
         "heartbeat_timeout": timeout,
     }
-    path = workdir / "config.json"
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------- the broker
@@ -294,15 +296,16 @@ class Kill:
 
 def kill_and_restart(broker: BrokerProcess, t0: float) -> Kill:
     """SIGKILL the broker's whole process tree and start it again on the same port, config and database."""
-    old = broker.proc.pid
+    old = broker.pid
     at = time.time()
     killed = broker.kill_tree()
     log(f"t+{at - t0:.1f}s: killed the broker (pid {old} and {killed - 1} crypto workers) with SIGKILL")
-    port = broker.restart(BROKER_START_TIMEOUT)
-    if port != broker.port or port == 0:
-        raise SoakError(f"the restarted broker listens on port {port}, not on {broker.port}")
+    pinned = broker.port
+    port = broker.start(timeout=BROKER_START_TIMEOUT).port
+    if port != pinned or port == 0:
+        raise SoakError(f"the restarted broker listens on port {port}, not on {pinned}")
     restart_s = time.time() - at
-    log(f"t+{time.time() - t0:.1f}s: restarted the broker as pid {broker.proc.pid} on port {port} in {restart_s:.1f}s")
+    log(f"t+{time.time() - t0:.1f}s: restarted the broker as pid {broker.pid} on port {port} in {restart_s:.1f}s")
     return Kill(at, killed, restart_s)
 
 
@@ -317,16 +320,14 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     names = [f"soak{i:0{width}d}" for i in range(args.clients)]
     stable = set(rng.sample(names, max(2, math.ceil(args.clients / 2))))
 
-    config_path = write_config(workdir, args.clients, args.kill_broker_every)
     log(f"generating {args.clients + 1} RSA-{KEY_BITS} keys on {os.cpu_count()} cores in {workdir}")
-    make_keys(mp, workdir / "keys", names, KEY_BITS)
+    make_keys(workdir / "keys", names, KEY_BITS)
     keygen_s = time.monotonic() - started
 
-    broker = BrokerProcess(workdir, config_path)
+    broker = BrokerProcess(workdir, broker_config(args.clients, args.kill_broker_every))
     cleanup.append(broker.kill)
-    port = broker.wait_for_port(BROKER_START_TIMEOUT)
-    broker.pin_port()
-    log(f"keys in {keygen_s:.1f}s; broker pid {broker.proc.pid} listening on port {port}")
+    port = broker.start(timeout=BROKER_START_TIMEOUT).port
+    log(f"keys in {keygen_s:.1f}s; broker pid {broker.pid} listening on port {port}")
 
     deadline = time.time() + args.timeout + 10
     shares = split(names, stable, args.workers)

@@ -39,7 +39,6 @@ unexpected; those received are counted as `delivered_unanswered`.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -175,12 +174,3 @@ def tally(
         delivered_unanswered=delivered_unanswered,
         missing=missing,
     )
-
-
-def percentile(values: Sequence[float], pct: float) -> float | None:
-    """The nearest-rank percentile of `values` (None when there are none)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
