@@ -45,6 +45,7 @@ from attack.common import (
     GO_TIMEOUT,
     IDLE,
     LOGIN_TIMEOUT,
+    QUEUE,
     AttackSpec,
     Insider,
     Message,
@@ -52,7 +53,6 @@ from attack.common import (
     Stats,
     broker_keys,
     cpu_seconds,
-    curve_dealer,
     drain_replies,
     endpoint,
     insider_key,
@@ -70,6 +70,7 @@ from attack.insiders import (
     session_churn,
 )
 from attack.zmtp import ENDLESS_FRAME, NULL_HANDSHAKE, generated_form, greeting, message
+from harness.dealer import hand_picked_dealer
 from zchat import crypto
 from zchat import protocol as p
 from zchat.client.session import ClientSession
@@ -175,7 +176,14 @@ def routing_claims(spec: AttackSpec, end: float) -> Stats:
                     claimed = bytes([rng.randrange(1, 256)]) + secrets.token_bytes(rng.randrange(0, 32))
                     stats["claims_arbitrary"] += 1
                 made += 1
-                sock = curve_dealer(context, endpoint(spec.sources[0], spec.port), secret, server_key, claimed)
+                sock = hand_picked_dealer(
+                    context,
+                    endpoint(spec.sources[0], spec.port),
+                    secret,
+                    server_key,
+                    routing_id=claimed,
+                    queue_limit=QUEUE,
+                )
                 stats["connections"] += 1
                 for frames in (hellos[made % len(hellos)], [p.MARKER, p.HELLO, secrets.token_bytes(442)]):
                     queued = queue(sock, frames)
@@ -309,7 +317,9 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
     key = insider_key(spec)
     insider_hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(8)]
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    insider = curve_dealer(context, endpoint(insider_source, spec.port), crypto.curve_secret(key), server_key)
+    insider = hand_picked_dealer(
+        context, endpoint(insider_source, spec.port), crypto.curve_secret(key), server_key, queue_limit=QUEUE
+    )
     now = time.monotonic()
     curve_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
     null_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
@@ -319,7 +329,7 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
     raw_held: collections.deque[tuple[socket.socket, float]] = collections.deque()
 
     def stranger(source: str, secret: bytes | None, counter: str, at: float) -> None:
-        sock = curve_dealer(context, endpoint(source, spec.port), secret, server_key)
+        sock = hand_picked_dealer(context, endpoint(source, spec.port), secret, server_key, queue_limit=QUEUE)
         stats[counter] += 1
         for k in range(STRANGER_HELLOS):
             queued = queue(sock, random_hello if k == STRANGER_HELLOS - 1 else captured)

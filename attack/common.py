@@ -2,8 +2,8 @@
 
 `AttackSpec` is what `attack.run` hands an attacker process (picklable: the
 processes are spawned). `Pacer` spaces an action at a rate. `tcp()` opens a
-raw TCP connection from one loopback address; `curve_dealer()` a DEALER with
-hand-picked CurveZMQ credentials. `Insider` is a registered user's bare
+raw TCP connection from one loopback address (a DEALER with hand-picked
+credentials is `harness.dealer.hand_picked_dealer`, with `QUEUE`). `Insider` is a registered user's bare
 DEALER driven by zchat's own `ClientSession`: it logs in on a new connection
 whenever asked, reads what the broker sends, and acknowledges it or not
 (an attacker that never acknowledges keeps its window full on purpose).
@@ -34,6 +34,7 @@ Message = tuple[Any, ...]
 GO_TIMEOUT = 120.0
 IDLE = 0.002
 LOGIN_TIMEOUT = 10.0
+QUEUE = 100  # the high-water marks of an attacker's hand-picked DEALER
 
 
 @dataclass(frozen=True)
@@ -99,28 +100,6 @@ def broker_keys(spec: AttackSpec) -> crypto.PublicKeyFile:
 
 def insider_key(spec: AttackSpec) -> crypto.PrivateKey:
     return crypto.load_private_key(KeyLayout(spec.keys_root).client_private(spec.insider))
-
-
-def curve_dealer(
-    context: zmq.Context[zmq.Socket[bytes]],
-    endpoint: str,
-    curve_secret: bytes | None,
-    server_key: bytes,
-    routing_id: bytes | None = None,
-) -> zmq.Socket[bytes]:
-    """A DEALER with hand-picked credentials: CURVE with `curve_secret`, or NULL when None."""
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 100)
-    sock.setsockopt(zmq.RCVHWM, 100)
-    if routing_id is not None:
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    if curve_secret is not None:
-        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-    sock.connect(endpoint)
-    return sock
 
 
 def queue(sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:

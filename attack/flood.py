@@ -30,8 +30,9 @@ import time
 
 import zmq
 
-from attack.common import AttackSpec, Pacer, Stats, broker_keys, curve_dealer, tcp
+from attack.common import QUEUE, AttackSpec, Pacer, Stats, broker_keys, tcp
 from attack.zmtp import COMMAND
+from harness.dealer import hand_picked_dealer
 
 PULSE = 2.0  # seconds on, then seconds off
 FLOOD_RATE = 2000.0  # new connections per second while on
@@ -74,8 +75,12 @@ def capture_hello(spec: AttackSpec) -> bytes:
         listener.listen(1)
         listener.settimeout(CAPTURE_TIMEOUT)
         relay_port = listener.getsockname()[1]
-        dealer = curve_dealer(
-            context, f"tcp://{source}:{relay_port}", secrets.token_bytes(32), broker_keys(spec).curve or b""
+        dealer = hand_picked_dealer(
+            context,
+            f"tcp://{source}:{relay_port}",
+            secrets.token_bytes(32),
+            broker_keys(spec).curve or b"",
+            queue_limit=QUEUE,
         )
         try:
             client, _ = listener.accept()

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
@@ -53,9 +52,11 @@ from attack.common import AttackSpec, Stats
 from attack.flood import PULSE
 from attack.honest import HonestResult, HonestSpec, honest_main
 from attack.zmtp import predicted_counters
-from bench.workspace import BenchError, cpu_seconds
-from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
-from soak.stats import percentile
+from harness.keys import make_keys
+from harness.process import BrokerProcess, HarnessError
+from harness.procfs import NoSuchReading, cpu_seconds
+from harness.stats import percentile
+from harness.tool import Cleanup, run_tool, say
 from zchat import crypto
 from zchat.broker.main import DATABASE_FILE
 from zchat.client.session import ClientSession
@@ -82,7 +83,7 @@ PULSE_MARGIN = 0.4  # seconds left out at each end of a flood pulse when the bro
 Message = tuple[Any, ...]
 
 
-class AttackError(ToolError):
+class AttackError(HarnessError):
     """The run itself failed: the broker never started, the honest users could not log in, a process died."""
 
 
@@ -134,11 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ---------------------------------------------------------------- keys and config
 
 
-def write_config(workdir: Path) -> Path:
-    """Every limit at its default: the point is what a broker as shipped withstands."""
-    path = workdir / "config.json"
-    path.write_text(json.dumps({"server_ip": "127.0.0.1", "server_port": 0, "keys_dir": "keys"}, indent=2) + "\n")
-    return path
+# Every limit at its default: the point is what a broker as shipped withstands.
+BROKER_CONFIG = {"server_ip": "127.0.0.1", "server_port": 0, "keys_dir": "keys"}
 
 
 # ---------------------------------------------------------------- the broker
@@ -200,7 +198,9 @@ class Children:
             if "honest" in self.errors:
                 raise AttackError(f"the honest users failed:\n{self.errors['honest']}")
             if not broker.alive():
-                raise AttackError(f"the broker exited with status {broker.proc.returncode}:\n{broker.log_tail()}")
+                raise AttackError(
+                    f"the broker exited with status {broker.running_proc.returncode}:\n{broker.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 raise AttackError(f"timed out after {timeout:g}s waiting for {what}")
             self.receive(0.1)
@@ -351,33 +351,16 @@ def flood_share(process: list[Sample], threads: list[Sample], pulse_start: float
 # ---------------------------------------------------------------- the run
 
 
-def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
-    started = time.monotonic()
-    mp = multiprocessing.get_context("spawn")
-    names = [f"honest{i}" for i in range(args.clients)]
-    keys_root = workdir / "keys"
-    registered = [*names, *INSIDERS, ABSENT]
-    log(f"generating {len(registered) + 1} RSA-{args.bits} keys in {workdir}")
-    make_keys(mp, keys_root, registered, args.bits)
-    config_path = write_config(workdir)
-    config = load_config(config_path)
-    counters = predicted_counters(8)
-
-    broker = BrokerProcess(workdir, config_path)
-    cleanup.append(broker.kill)
-    port = broker.wait_for_port(BROKER_START_TIMEOUT)
-    log(f"keys in {time.monotonic() - started:.1f}s; broker pid {broker.proc.pid} on port {port}")
-
-    layout = KeyLayout(keys_root)
-    broker_rsa = crypto.load_public_key_file(layout.broker_public).rsa
-    captured = ClientSession(names[0], crypto.load_private_key(layout.client_private(names[0])), broker_rsa).hello()
-
-    out: Queue[Message] = mp.Queue()
-    honest_control: Queue[Message] = mp.Queue()
-    go = mp.Event()
-    procs: dict[str, multiprocessing.process.BaseProcess] = {}
-    honest_spec = HonestSpec(port, keys_root, tuple(names), args.interval, args.duration, args.drain)
-    procs["honest"] = mp.Process(target=honest_main, args=(honest_spec, out, honest_control), name="attack-honest")
+def attack_specs(
+    args: argparse.Namespace,
+    port: int,
+    keys_root: Path,
+    config: Config,
+    broker: BrokerProcess,
+    captured: list[bytes],
+    counters: list[int],
+) -> tuple[list[AttackSpec], dict[str, str]]:
+    """Every attack's spec (issue 11's, then issue 18's, each from its own addresses) and whom each mailer mails."""
     flood_sources = tuple(f"127.0.1.{i + 1}" for i in range(args.flood_sources))
     common = {"port": port, "keys_root": keys_root, "duration": args.duration, "scale": args.scale}
 
@@ -420,7 +403,59 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         issue18("rate_refill", "127.0.2.5", "refiller", recipient=recipients["rate_refill"]),
         issue18("hello_flood", "127.0.2.6"),
     ]
-    specs = [spec for spec in specs if spec.kind in args.attacks]
+    return specs, recipients
+
+
+@dataclass
+class Watch:
+    """What sampling the broker every SAMPLE_EVERY seconds while the honest users ran found."""
+
+    peak_rss: float
+    samples: int
+    store_peak: int
+    cpu_samples: list[Sample]  # the broker's process
+    thread_samples: list[Sample]  # its threads other than the main loop
+    broker_up: bool
+
+
+def watch_broker(
+    children: Children, broker: BrokerProcess, t0: float, hard_end: float, data_dir: Path, start: Watch
+) -> Watch:
+    """Sample the broker's memory, store and CPU from `start` on until the honest users report (or fail, or
+    `hard_end` passes)."""
+    watch = start
+    next_sample = time.monotonic()
+    while "honest" not in children.results and "honest" not in children.errors:
+        now = time.monotonic()
+        if now > hard_end:
+            raise AttackError("the honest users did not report within a minute after the drain")
+        if children.dead_without_report() == ["honest"]:
+            raise AttackError("the honest users' process died without a report")
+        if watch.broker_up and not broker.alive():
+            watch.broker_up = False
+            log(f"the broker died with status {broker.running_proc.returncode} at t+{now - t0:.1f}s")
+        if watch.broker_up and now >= next_sample:
+            watch.peak_rss = max(watch.peak_rss, broker.rss_mb())
+            watch.store_peak = max(watch.store_peak, store_bytes(data_dir))
+            with contextlib.suppress(OSError, NoSuchReading):
+                pid, when = broker.pid, time.monotonic()
+                process_cpu, main_cpu = cpu_seconds(pid), cpu_seconds(pid, pid)
+                watch.cpu_samples.append((when, process_cpu))
+                watch.thread_samples.append((when, process_cpu - main_cpu))
+            watch.samples += 1
+            next_sample = now + SAMPLE_EVERY
+        children.receive(min(SAMPLE_EVERY, max(0.01, next_sample - time.monotonic())))
+    return watch
+
+
+def start_children(honest_spec: HonestSpec, specs: list[AttackSpec], cleanup: Cleanup) -> Children:
+    """The honest users' process and one process per attack, spawned and started (stopped by `cleanup`)."""
+    mp = multiprocessing.get_context("spawn")
+    out: Queue[Message] = mp.Queue()
+    honest_control: Queue[Message] = mp.Queue()
+    go = mp.Event()
+    procs: dict[str, multiprocessing.process.BaseProcess] = {}
+    procs["honest"] = mp.Process(target=honest_main, args=(honest_spec, out, honest_control), name="attack-honest")
     for spec in specs:
         procs[spec.kind] = mp.Process(target=attacker_main, args=(spec, out, go), name=f"attack-{spec.kind}")
     children = Children(procs, out, honest_control, go)
@@ -428,7 +463,32 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     for proc in procs.values():
         proc.daemon = True
         proc.start()
+    return children
 
+
+def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
+    started = time.monotonic()
+    names = [f"honest{i}" for i in range(args.clients)]
+    keys_root = workdir / "keys"
+    registered = [*names, *INSIDERS, ABSENT]
+    log(f"generating {len(registered) + 1} RSA-{args.bits} keys in {workdir}")
+    make_keys(keys_root, registered, args.bits)
+    counters = predicted_counters(8)
+
+    broker = BrokerProcess(workdir, BROKER_CONFIG)
+    cleanup.append(broker.kill)
+    port = broker.start(timeout=BROKER_START_TIMEOUT).port
+    config = load_config(broker.config_path)
+    log(f"keys in {time.monotonic() - started:.1f}s; broker pid {broker.pid} on port {port}")
+
+    layout = KeyLayout(keys_root)
+    broker_rsa = crypto.load_public_key_file(layout.broker_public).rsa
+    captured = ClientSession(names[0], crypto.load_private_key(layout.client_private(names[0])), broker_rsa).hello()
+
+    honest_spec = HonestSpec(port, keys_root, tuple(names), args.interval, args.duration, args.drain)
+    specs, recipients = attack_specs(args, port, keys_root, config, broker, captured, counters)
+    specs = [spec for spec in specs if spec.kind in args.attacks]
+    children = start_children(honest_spec, specs, cleanup)
     log(f"logging in {len(names)} honest users; arming {len(specs)} attackers")
     children.wait(
         "the honest users to log in and the attackers to arm",
@@ -440,42 +500,16 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         raise AttackError("an attacker failed before the start:\n" + "\n".join(children.errors.values()))
 
     data_dir = config.data_dir
-    baseline = broker.tree_rss_mb()
-    cpu_before = broker.tree_cpu_s()
+    baseline = broker.rss_mb()
+    cpu_before = broker.cpu_seconds()
     store_start = store_bytes(data_dir)
     load_before = os.getloadavg()[0]
     t0 = time.monotonic() + 0.2
-    honest_control.put(("go", t0))
-    go.set()
+    children.honest_control.put(("go", t0))
+    children.go.set()
     log(f"go: {len(names)} users chat every {args.interval:g}s for {args.duration:g}s under {len(specs)} attacks")
-    peak, samples = baseline, 1
-    store_peak = store_start
-    cpu_samples: list[Sample] = []  # the broker's process
-    thread_samples: list[Sample] = []  # its threads other than the main loop
-    attack_end = t0 + args.duration
-    hard_end = attack_end + args.drain + 60
-    next_sample = time.monotonic()
-    broker_up = True
-    while "honest" not in children.results and "honest" not in children.errors:
-        now = time.monotonic()
-        if now > hard_end:
-            raise AttackError("the honest users did not report within a minute after the drain")
-        if children.dead_without_report() == ["honest"]:
-            raise AttackError("the honest users' process died without a report")
-        if broker_up and not broker.alive():
-            broker_up = False
-            log(f"the broker died with status {broker.proc.returncode} at t+{now - t0:.1f}s")
-        if broker_up and now >= next_sample:
-            peak = max(peak, broker.tree_rss_mb())
-            store_peak = max(store_peak, store_bytes(data_dir))
-            with contextlib.suppress(OSError, BenchError):
-                pid, when = broker.proc.pid, time.monotonic()
-                process_cpu, main_cpu = cpu_seconds(pid), cpu_seconds(pid, pid)
-                cpu_samples.append((when, process_cpu))
-                thread_samples.append((when, process_cpu - main_cpu))
-            samples += 1
-            next_sample = now + SAMPLE_EVERY
-        children.receive(min(SAMPLE_EVERY, max(0.01, next_sample - time.monotonic())))
+    hard_end = t0 + args.duration + args.drain + 60
+    watch = watch_broker(children, broker, t0, hard_end, data_dir, Watch(baseline, 1, store_start, [], [], True))
     if "honest" in children.errors:
         raise AttackError(f"the honest users failed:\n{children.errors['honest']}")
 
@@ -485,21 +519,21 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     deadline = time.monotonic() + 30
     while not attackers_done() and time.monotonic() < deadline and not children.dead_without_report():
         children.receive(0.1)
-    broker_up = broker_up and broker.alive()
-    end_rss = broker.tree_rss_mb() if broker_up else None
-    broker_cpu = broker.tree_cpu_s() - cpu_before if broker_up else None
+    broker_up = watch.broker_up and broker.alive()
+    end_rss = broker.rss_mb() if broker_up else None
+    broker_cpu = broker.cpu_seconds() - cpu_before if broker_up else None
     store_end = store_bytes(data_dir)
     census = mail_census(data_dir)
-    for proc in procs.values():
+    for proc in children.procs.values():
         proc.join(10)
-    exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.proc.returncode
+    exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.running_proc.returncode
     log(f"broker {'stopped' if broker_up else 'was down'}; exit status {exit_status}")
     honest: HonestResult = children.results["honest"]
-    memory = Memory(baseline, peak, end_rss, samples)
+    memory = Memory(baseline, watch.peak_rss, end_rss, watch.samples)
     args.load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     store = {
         "start_mb": round(store_start / 1e6, 1),
-        "peak_mb": round(store_peak / 1e6, 1),
+        "peak_mb": round(watch.store_peak / 1e6, 1),
         "end_mb": round(store_end / 1e6, 1),
         "growth_mb": round((store_end - store_start) / 1e6, 1),
         "growth_bytes": store_end - store_start,
@@ -508,9 +542,10 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     bound = StoreBound.of(config, [spec.kind for spec in specs], recipients)
     flood = children.results.get("hello_flood")
     share = None
-    if isinstance(flood, dict) and "pulse_start" in flood and cpu_samples:
+    if isinstance(flood, dict) and "pulse_start" in flood and watch.cpu_samples:
         pulse_start = float(flood.pop("pulse_start"))
-        share = flood_share(cpu_samples, thread_samples, pulse_start, min(attack_end, cpu_samples[-1][0]))
+        attack_end = min(t0 + args.duration, watch.cpu_samples[-1][0])
+        share = flood_share(watch.cpu_samples, watch.thread_samples, pulse_start, attack_end)
     return report(
         args, broker, broker_up, exit_status, broker_cpu, memory, honest, children, specs, config, store, bound, share
     )

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.stats import message_text, percentile
+from bench.stats import message_text
+from harness.stats import interpolated_percentile
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.sqlite_store import SQLiteStore
@@ -166,11 +167,11 @@ def measure(
                 GroupCommit(
                     messages=size,
                     rounds=len(whole),
-                    ms_p50=percentile(whole, 50) * 1000,
-                    ms_p99=percentile(whole, 99) * 1000,
+                    ms_p50=interpolated_percentile(whole, 50) * 1000,
+                    ms_p99=interpolated_percentile(whole, 99) * 1000,
                     ms_max=max(whole) * 1000,
-                    commit_only_ms_p50=percentile(alone, 50) * 1000,
-                    commit_only_ms_p99=percentile(alone, 99) * 1000,
+                    commit_only_ms_p50=interpolated_percentile(alone, 50) * 1000,
+                    commit_only_ms_p99=interpolated_percentile(alone, 99) * 1000,
                     messages_per_s=size * len(whole) / sum(whole),
                     wal_frames_per_commit=(last.frames - first.frames) / commits if commits else math.nan,
                     wal_restarts=last.restarts - first.restarts,

@@ -2,7 +2,7 @@
 
 A `Fleet` holds DEALER sockets, one per client, all polled by one loop:
 
-- chat clients (`ChatPeer`) connect over CurveZMQ (`zchat.client.transport.connect_dealer`,
+- chat clients (`ChatPeer`) connect over CurveZMQ (`harness.dealer.client_dealer`, the product's socket,
   zchat/3) and log in with `zchat.client.session.ClientSession`, the sans-I/O session
   every real client uses (HELLO, CHALLENGE, LOGIN, welcome). Their SEND frames
   are made before a timed window with `session.say()` for consecutive sequence
@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 import zmq
 
 from bench.stats import message_text
-from bench.workspace import BenchError, ServerProcess, cpu_seconds, system_busy_seconds
+from bench.workspace import BenchError
+from harness.dealer import client_dealer
+from harness.process import ServerProcess
+from harness.procfs import cpu_seconds, system_busy_seconds
 from zchat import crypto
 from zchat import protocol as p
 from zchat.client.session import ClientSession
-from zchat.client.transport import connect_dealer, curve_dealer
 from zchat.errors import ChatError
 from zchat.events import Welcome
 
@@ -87,25 +89,6 @@ class Peer:
     @property
     def failed(self) -> str | None:
         return None
-
-
-def chat_dealer(
-    context: zmq.Context[zmq.Socket[bytes]],
-    endpoint: str,
-    key: crypto.PrivateKey,
-    broker_curve: bytes,
-    curve_secret: bytes | None = None,
-) -> zmq.Socket[bytes]:
-    """A client's CurveZMQ DEALER to the broker: `zchat.client.transport.connect_dealer`, with no queue limit.
-
-    `curve_secret` is for a benchmark name that reuses another name's RSA key: it has a Curve pair of
-    its own (`Workspace.register`), and the socket is made the same way with that pair.
-    """
-    if curve_secret is None:
-        return connect_dealer(context, endpoint, key, broker_curve, queue_limit=0)
-    sock = curve_dealer(context, curve_secret, broker_curve, queue_limit=0)
-    sock.connect(endpoint)
-    return sock
 
 
 class ChatPeer(Peer):
@@ -308,9 +291,9 @@ class Fleet:
         Closing the clients first would make the broker announce every departure to
         everyone left (a seal per remaining client, per departure) before it stops.
         """
-        server.terminate()
+        server.ask_to_stop()
         deadline = time.monotonic() + timeout
-        while server.proc.poll() is None and time.monotonic() < deadline:
+        while server.alive() and time.monotonic() < deadline:
             self.pump(20)
 
     # ------------------------------------------------------------ sockets
@@ -319,7 +302,9 @@ class Fleet:
         if peer.socket is not None:
             self.disconnect(peer)
         if isinstance(peer, ChatPeer):
-            sock = chat_dealer(self.context, self.endpoint, peer.key, peer.broker_curve, peer.curve_secret)
+            # A name that reuses another name's RSA key has a Curve pair of its own (`Workspace.register`).
+            secret = peer.curve_secret or crypto.curve_secret(peer.key)
+            sock = client_dealer(self.context, self.endpoint, secret, peer.broker_curve, queue_limit=0)
         else:
             sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)

@@ -6,7 +6,8 @@ CurveZMQ handshake (Curve25519 in libzmq's I/O threads) and the broker's ZAP
 handler (`zchat.broker.gatekeeper`, Python) looks the client's key up in the registry.
 
 `measure()` makes `count` such connections to a running broker, one after the
-other: a CURVE DEALER made as `zchat.client.transport.connect_dealer` makes it, with a
+other: a CURVE DEALER made as `zchat.client.transport.curve_dealer` makes it
+(`harness.dealer.client_dealer`), with a
 socket monitor attached before it connects; the time from `connect()` to
 ZMQ_EVENT_HANDSHAKE_SUCCEEDED is one handshake's wall time on loopback; then
 the socket is closed (no HELLO is sent). The broker's CPU time over the whole
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 
 import zmq
 
-from bench.workspace import BenchError, ServerProcess
+from bench.workspace import BenchError
+from harness.dealer import client_dealer
+from harness.process import ServerProcess
 from zchat import protocol as p
-from zchat.client.transport import HandshakeState, curve_dealer, read_monitor, stop_watching, watch_handshake
+from zchat.client.transport import HandshakeState, read_monitor, stop_watching, watch_handshake
 
 HANDSHAKE_TIMEOUT_S = 5.0  # the broker closes a connection whose handshake took longer
 IDLE_S = 1.0  # the broker's idle CPU is measured for this long first
@@ -38,14 +41,6 @@ class HandshakeCost:
     broker_cpu_ms: float  # the broker's CPU per handshake (idle use subtracted)
     broker_idle_cores_busy: float
     client_cpu_ms: float  # this process (the client side, its libzmq I/O thread included) per handshake
-
-
-def _dealer(
-    context: zmq.Context[zmq.Socket[bytes]], secret: bytes, broker_curve: bytes
-) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-    """A client's DEALER (`zchat.client.transport.curve_dealer`), watched, not yet connected."""
-    sock = curve_dealer(context, secret, broker_curve)
-    return sock, watch_handshake(sock)
 
 
 def _cpu_self() -> float:
@@ -66,7 +61,8 @@ def measure(
         walls: list[float] = []
         cpu0, own0, t0 = server.cpu_seconds(), _cpu_self(), time.monotonic()
         for i in range(count):
-            sock, monitor = _dealer(context, secrets[i % len(secrets)], broker_curve)
+            sock = client_dealer(context, None, secrets[i % len(secrets)], broker_curve)  # watched before it connects
+            monitor = watch_handshake(sock)
             state = HandshakeState()
             started = time.perf_counter()
             sock.connect(endpoint)

@@ -55,17 +55,12 @@ import zmq.auth
 from bench import commit, cryptobound, handshake
 from bench.fleet import ChatPeer, CurveKeys, Fleet, Frames, LoginReport, Peer, RelayPeer, self_cpu_seconds
 from bench.report import render_table
-from bench.stats import message_text, percentile
+from bench.stats import message_text
 from bench.verifier import verifier_main
-from bench.workspace import (
-    BenchError,
-    ServerProcess,
-    Workspace,
-    cores,
-    cpu_seconds,
-    progress,
-    system_busy_seconds,
-)
+from bench.workspace import BenchError, Workspace, cores, log_problems, progress
+from harness.process import HarnessError, ServerProcess
+from harness.procfs import cpu_seconds, system_busy_seconds
+from harness.stats import interpolated_percentile
 from zchat import crypto
 from zchat.broker.main import DATABASE_FILE
 from zchat.errors import StoreError
@@ -191,7 +186,7 @@ class Run:
         self.details.setdefault("exit_status", {})[server.label] = status
         if status != 0:
             self.problems.append(f"{server.label} exited with status {status}")
-        self.problems += [f"{server.label} log: {line}" for line in server.problems()]
+        self.problems += [f"{server.label} log: {line}" for line in log_problems(server)]
 
 
 # ---------------------------------------------------------------- phases
@@ -384,8 +379,8 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
                 verifier_problems[what] = verifier_problems.get(what, 0) + n
         fleet.stop_server(server)
         expected = count * verifiers
-        run.numbers["latency_ms_p50"] = percentile(latencies, 50)
-        run.numbers["latency_ms_p99"] = percentile(latencies, 99)
+        run.numbers["latency_ms_p50"] = interpolated_percentile(latencies, 50)
+        run.numbers["latency_ms_p99"] = interpolated_percentile(latencies, 99)
         run.details["latency"] = {
             "offered_messages_per_s": rate,
             "offered_deliveries_per_s": rate * (s.clients - 1),
@@ -393,7 +388,7 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
             "verifying_receivers": verifiers,
             "samples": len(latencies),
             "missing": expected - len(latencies),
-            "ms_p90": percentile(latencies, 90),
+            "ms_p90": interpolated_percentile(latencies, 90),
             "ms_max": max(latencies) if latencies else math.nan,
             "sender_lag_ms_max": lag * 1000,
             **busy,
@@ -539,7 +534,7 @@ def login_storm(ws: Workspace, run: Run) -> None:
     run.details["curve_handshake"] = asdict(cost)
     run.details["login_storm"] = {
         "clients": s.storm_clients,
-        "per_client_s_p50": percentile(report.per_client_s, 50),
+        "per_client_s_p50": interpolated_percentile(report.per_client_s, 50),
         "per_client_s_max": max(report.per_client_s),
         "attempts": report.attempts,
         "turned_away": report.turned_away,
@@ -849,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
             idle_memory(ws, run)
             standard_notes(run, ws)
             interference_notes(run)
-    except BenchError as exc:
+    except HarnessError as exc:
         print(f"bench: failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

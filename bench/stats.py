@@ -1,9 +1,6 @@
-"""Small shared pieces: the benchmark's message texts and percentiles."""
+"""The benchmark's message texts (percentiles are `harness.stats`)."""
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 
 def message_text(sender: int, number: int, size: int) -> str:
@@ -21,14 +18,3 @@ def parse_text(text: str) -> tuple[int, int] | None:
         return int(parts[1]), int(parts[2])
     except ValueError:
         return None
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between the closest ranks; NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)

@@ -1,6 +1,6 @@
 """A verifying receiver for the latency measurement: its own process, a real client session.
 
-It connects over CurveZMQ (`zchat.client.transport.connect_dealer`, zchat/3), logs in
+It connects over CurveZMQ (`harness.dealer.client_dealer`, zchat/3), logs in
 with `zchat.client.session.ClientSession` and runs every frame through
 `ClientSession.receive()`: the envelope is opened, the
 delivery MAC and sequence number checked and the author's signature verified,
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import zmq
 
-from bench.fleet import chat_dealer
 from bench.stats import parse_text
+from harness.dealer import client_dealer
 from zchat import crypto
 from zchat.client.session import ClientSession, State
 from zchat.errors import ConnectError, RemoteProtocolError
@@ -57,7 +57,7 @@ def _run(
         raise ValueError(f"{broker_public_path} holds no Curve25519 key")
     session = ClientSession(name, key, broker.rsa)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = chat_dealer(context, endpoint, key, broker.curve, curve_secret)
+    sock = client_dealer(context, endpoint, curve_secret or crypto.curve_secret(key), broker.curve, queue_limit=0)
     sock.send_multipart(session.hello())
     last_sent = time.monotonic()
     poller = zmq.Poller()

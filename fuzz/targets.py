@@ -12,19 +12,18 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import json
 import re
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from attack.zmtp import SIGNATURE, greeting, ready
+from harness.process import BrokerProcess
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.core import BrokerCore, run_inline
@@ -36,7 +35,6 @@ from zchat.errors import ConnectError, RemoteProtocolError
 from zchat.keystore import KeyLayout, Registry, write_private_key, write_public_key
 
 EXPECTED = (RemoteProtocolError, crypto.CryptoError)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def split_frames(data: bytes) -> list[bytes]:
@@ -117,18 +115,34 @@ TCP_PREFIXES = (b"", greeting(b"NULL") + ready(), greeting(b"CURVE"), SIGNATURE 
 _BAD_LOG_LINES = re.compile(r"Traceback|internal error|Assertion failed")
 
 
+class WatchedBroker(BrokerProcess):
+    """broker.py under `_WATCHDOG`, which stops it when the fuzzer goes away: libFuzzer ends the process without
+    running Python's atexit handlers. `proc` is the watchdog; its exit status is the broker's (128 + N for
+    signal N)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _WATCHDOG, *super().command()]
+
+
 @dataclass
 class _TcpBroker:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+    broker: WatchedBroker
     log_offset: int = 0
     recent: collections.deque[bytes] = field(default_factory=lambda: collections.deque(maxlen=3))
 
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The watchdog (`_stop` it to stop the broker)."""
+        return self.broker.running_proc
+
     def check(self) -> None:
         """Raise BrokerDied if the broker stopped or logged something it never should."""
-        status = self.process.poll()
-        with self.log.open("rb") as log:
+        status = self.broker.running_proc.poll()
+        with self.broker.log_path.open("rb") as log:
             log.seek(self.log_offset)
             added = log.read().decode("utf-8", "replace")
         self.log_offset += len(added.encode())
@@ -141,8 +155,6 @@ class _TcpBroker:
         raise BrokerDied(f"the broker {why}; last inputs (hex): {inputs}\n--- broker log:\n{added[-4000:]}")
 
 
-# The broker runs under this watchdog, which stops it when the fuzzer goes away: libFuzzer ends the process
-# without running Python's atexit handlers. Its exit status is the broker's (128 + N for signal N).
 _WATCHDOG = """
 import os, signal, subprocess, sys, time
 parent = os.getppid()
@@ -168,44 +180,21 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _tcp_broker() -> _TcpBroker:
     """broker.py in its own process on a free loopback port, with the fuzz world's keys (alice registered)."""
     _, _, _, root = _world()
-    workdir = Path(tempfile.mkdtemp(prefix="zchat-fuzz-tcp-"))
     config = {
         "server_ip": "127.0.0.1",
-        "server_port": 0,
         "keys_dir": str(root),
         "workers": 0,  # no RSA work should ever happen here; a crypto worker would only cost start-up time
         "max_connections_per_source": 100_000,  # every input reaches libzmq's parser, none is refused for count
         "handshakes_per_second_per_source": 1_000_000,
         "connections_per_second_per_source": 1_000_000,  # nor for their rate
     }
-    (workdir / "config.json").write_text(json.dumps(config))
-    log = workdir / "broker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _WATCHDOG,
-                sys.executable,
-                str(PROJECT_ROOT / "broker.py"),
-                "--config",
-                str(workdir / "config.json"),
-                "--no-supervisor",
-            ],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
-    atexit.register(_stop, process)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        match = re.search(r"listening on tcp://[\d.]+:(\d+)", log.read_text("utf-8", "replace"))
-        if match:
-            return _TcpBroker(process, int(match.group(1)), log)
-        time.sleep(0.02)
-    _stop(process)
-    raise RuntimeError(f"the fuzz broker did not start:\n{log.read_text('utf-8', 'replace')}")
+    broker = WatchedBroker(Path(tempfile.mkdtemp(prefix="zchat-fuzz-tcp-")), config, "the fuzz broker")
+    try:
+        broker.start()
+    finally:
+        if broker.proc is not None:
+            atexit.register(_stop, broker.proc)
+    return _TcpBroker(broker)
 
 
 def _connect(port: int) -> socket.socket:

@@ -9,8 +9,9 @@ Steps, each bounded by a timeout and all under one hard deadline (`--timeout`):
    a history that keeps and replays the whole run) and keys: the broker's and
    one 2048-bit pair per client, made in parallel;
 2. `broker.py --config DIR/config.json` started as its own process, stdin
-   closed, output to DIR/broker.log, its port read from the "listening on" line
-   and written into config.json (so that a restart listens on the same port);
+   closed, output to DIR/broker.log (`harness.process.BrokerProcess`), its port
+   read from the "listening on" line and kept in config.json (so that a restart
+   listens on the same port);
 3. `--workers` processes (`soak.worker`) log their share of the clients in;
    once every worker reports all of its clients online, they start together;
 4. for `--duration` seconds the clients send `--rate` messages per second in
@@ -76,8 +77,11 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
-from soak.harness import BrokerProcess, Cleanup, ToolError, make_keys, run_tool, say
-from soak.stats import Tally, percentile, tally
+from harness.keys import make_keys
+from harness.process import BrokerProcess, HarnessError
+from harness.stats import percentile
+from harness.tool import Cleanup, run_tool, say
+from soak.stats import Tally, tally
 from soak.worker import Message, Progress, WorkerResult, WorkerSpec, worker_main
 
 KEY_BITS = 2048
@@ -93,7 +97,7 @@ LOGINS_IN_FLIGHT = 8  # per worker, while everyone logs in for the first time
 START_DELAY = 0.5  # between "go" and the first message, so every worker starts on time
 
 
-class SoakError(ToolError):
+class SoakError(HarnessError):
     """The run itself failed (not the chat): a timeout, a dead worker, a broker that never started."""
 
 
@@ -165,9 +169,10 @@ def heartbeat(kill_every: float) -> tuple[float, float]:
     return min(1.0, timeout / 4), timeout
 
 
-def write_config(workdir: Path, clients: int, kill_every: float = 0.0) -> Path:
+def broker_config(clients: int, kill_every: float = 0.0) -> dict[str, Any]:
+    """The broker's config.json: limits out of the way of 200 clients on one address, heartbeats to suit the kills."""
     interval, timeout = heartbeat(kill_every)
-    config = {
+    return {
         "server_ip": "127.0.0.1",
         "server_port": 0,
         "keys_dir": "keys",
@@ -185,9 +190,6 @@ def write_config(workdir: Path, clients: int, kill_every: float = 0.0) -> Path:
         "heartbeat_interval": interval,
         "heartbeat_timeout": timeout,
     }
-    path = workdir / "config.json"
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------- the broker
@@ -294,40 +296,27 @@ class Kill:
 
 def kill_and_restart(broker: BrokerProcess, t0: float) -> Kill:
     """SIGKILL the broker's whole process tree and start it again on the same port, config and database."""
-    old = broker.proc.pid
+    old = broker.pid
     at = time.time()
     killed = broker.kill_tree()
     log(f"t+{at - t0:.1f}s: killed the broker (pid {old} and {killed - 1} crypto workers) with SIGKILL")
-    port = broker.restart(BROKER_START_TIMEOUT)
-    if port != broker.port or port == 0:
-        raise SoakError(f"the restarted broker listens on port {port}, not on {broker.port}")
+    pinned = broker.port
+    port = broker.start(timeout=BROKER_START_TIMEOUT).port
+    if port != pinned or port == 0:
+        raise SoakError(f"the restarted broker listens on port {port}, not on {pinned}")
     restart_s = time.time() - at
-    log(f"t+{time.time() - t0:.1f}s: restarted the broker as pid {broker.proc.pid} on port {port} in {restart_s:.1f}s")
+    log(f"t+{time.time() - t0:.1f}s: restarted the broker as pid {broker.pid} on port {port} in {restart_s:.1f}s")
     return Kill(at, killed, restart_s)
 
 
 # ---------------------------------------------------------------- the run
 
 
-def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
-    started = time.monotonic()
+def start_workers(
+    args: argparse.Namespace, port: int, keys_root: Path, names: list[str], stable: set[str], cleanup: Cleanup
+) -> Workers:
+    """`args.workers` spawned processes (`soak.worker`), each logging its share of the clients in."""
     mp = multiprocessing.get_context("spawn")
-    rng = random.Random(args.seed)  # noqa: S311 - load pattern, not a secret
-    width = len(str(args.clients - 1))
-    names = [f"soak{i:0{width}d}" for i in range(args.clients)]
-    stable = set(rng.sample(names, max(2, math.ceil(args.clients / 2))))
-
-    config_path = write_config(workdir, args.clients, args.kill_broker_every)
-    log(f"generating {args.clients + 1} RSA-{KEY_BITS} keys on {os.cpu_count()} cores in {workdir}")
-    make_keys(mp, workdir / "keys", names, KEY_BITS)
-    keygen_s = time.monotonic() - started
-
-    broker = BrokerProcess(workdir, config_path)
-    cleanup.append(broker.kill)
-    port = broker.wait_for_port(BROKER_START_TIMEOUT)
-    broker.pin_port()
-    log(f"keys in {keygen_s:.1f}s; broker pid {broker.proc.pid} listening on port {port}")
-
     deadline = time.time() + args.timeout + 10
     shares = split(names, stable, args.workers)
     out: Queue[Message] = mp.Queue()
@@ -337,7 +326,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         spec = WorkerSpec(
             wid=wid,
             port=port,
-            keys_root=workdir / "keys",
+            keys_root=keys_root,
             names=share,
             stable=frozenset(stable & set(share)),
             rate=args.rate * len(share) / args.clients,
@@ -354,17 +343,14 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     for proc in procs:
         proc.daemon = True
         proc.start()
+    return workers
 
-    login_started = time.monotonic()
-    log(f"logging in {args.clients} clients from {args.workers} workers")
-    workers.wait("every client to log in", lambda: len(workers.ready) == len(procs), 60 + 0.5 * args.clients, broker)
-    login_s = time.monotonic() - login_started
+
+def traffic(args: argparse.Namespace, workers: Workers, broker: BrokerProcess) -> tuple[float, list[Kill]]:
+    """The go, `args.duration` seconds of traffic (the broker killed and restarted as asked), every sender's
+    count: when the traffic ended (time.time()) and the kills."""
     t0 = time.time() + START_DELAY
     workers.tell("go", t0)
-    log(
-        f"all logged in after {login_s:.1f}s; sending {args.rate:g} msg/s for {args.duration:g}s"
-        f" with churn {args.churn:g}/s on {args.clients - len(stable)} clients"
-    )
     end = t0 + args.duration
     kills: list[Kill] = []
     next_kill = t0 + args.kill_broker_every if args.kill_broker_every > 0 else math.inf
@@ -374,7 +360,15 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
             next_kill += args.kill_broker_every
             continue
         workers.receive(min(0.5, max(0.01, min(end, next_kill) - now)), broker)
-    workers.wait("the senders' counts", lambda: len(workers.sent) == len(procs), 60, broker)
+    workers.wait("the senders' counts", lambda: len(workers.sent) == len(workers.procs), 60, broker)
+    return end, kills
+
+
+def drain(
+    workers: Workers, stable: set[str], broker: BrokerProcess, end: float, kills: list[Kill]
+) -> tuple[bool, float]:
+    """Wait until every message has its answer and every stable receiver everything (`drained`), or give up:
+    whether it drained, and how long it took."""
     log("sending done; draining")
     drain_deadline = end + (DRAIN_TIMEOUT_WITH_KILLS if kills else DRAIN_TIMEOUT)
     complete = False
@@ -385,17 +379,47 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
         workers.receive(min(0.2, max(0.01, drain_deadline - time.time())), broker)
     drain_s = time.time() - end
     log(f"drained in {drain_s:.1f}s" if complete else f"gave up draining after {drain_s:.1f}s")
+    return complete, drain_s
+
+
+def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
+    started = time.monotonic()
+    rng = random.Random(args.seed)  # noqa: S311 - load pattern, not a secret
+    width = len(str(args.clients - 1))
+    names = [f"soak{i:0{width}d}" for i in range(args.clients)]
+    stable = set(rng.sample(names, max(2, math.ceil(args.clients / 2))))
+
+    log(f"generating {args.clients + 1} RSA-{KEY_BITS} keys on {os.cpu_count()} cores in {workdir}")
+    make_keys(workdir / "keys", names, KEY_BITS)
+    keygen_s = time.monotonic() - started
+
+    broker = BrokerProcess(workdir, broker_config(args.clients, args.kill_broker_every))
+    cleanup.append(broker.kill)
+    port = broker.start(timeout=BROKER_START_TIMEOUT).port
+    log(f"keys in {keygen_s:.1f}s; broker pid {broker.pid} listening on port {port}")
+
+    workers = start_workers(args, port, workdir / "keys", names, stable, cleanup)
+    login_started = time.monotonic()
+    log(f"logging in {args.clients} clients from {args.workers} workers")
+    every_one = len(workers.procs)
+    workers.wait("every client to log in", lambda: len(workers.ready) == every_one, 60 + 0.5 * args.clients, broker)
+    login_s = time.monotonic() - login_started
+    log(
+        f"all logged in after {login_s:.1f}s; sending {args.rate:g} msg/s for {args.duration:g}s"
+        f" with churn {args.churn:g}/s on {args.clients - len(stable)} clients"
+    )
+    end, kills = traffic(args, workers, broker)
+    complete, drain_s = drain(workers, stable, broker, end, kills)
 
     workers.tell("finish")
-    workers.wait("the workers' results", lambda: len(workers.results) == len(procs), 60, broker)
-    for proc in procs:
+    workers.wait("the workers' results", lambda: len(workers.results) == every_one, 60, broker)
+    for proc in workers.procs:
         proc.join(15)
     peak_rss = broker.peak_rss_mb()
     broker_exit = broker.stop(BROKER_STOP_TIMEOUT)
     log(f"broker stopped with status {broker_exit}")
-    numbers = report(
-        args, workers, stable, broker, kills, keygen_s, login_s, drain_s, complete, broker_exit, peak_rss, started
-    )
+    timings = Timings(keygen_s, login_s, drain_s, started)
+    numbers = report(args, workers, stable, broker, kills, timings, complete, broker_exit, peak_rss)
     if args.keep or not numbers["ok"]:
         dump(workdir / "results.json", workers, stable, kills)
     return numbers
@@ -422,48 +446,105 @@ def dump(path: Path, workers: Workers, stable: set[str], kills: list[Kill]) -> N
     log(f"wrote what each client sent and showed to {path}")
 
 
+@dataclass(frozen=True)
+class Timings:
+    keygen_s: float
+    login_s: float
+    drain_s: float
+    started: float  # time.monotonic() at the start of the run
+
+
+# What each worker counts, summed over the workers under the same name.
+CLIENT_SUMS = (
+    "reconnects",
+    "churn_leaves",
+    "connection_losses",
+    "login_failures",
+    "relogins",
+    "relogins_refused",
+    "closed_by_broker",
+    "history_replayed",
+    "history_then_live",
+    "own_history",
+    "own_history_pending",
+    "own_repeated",
+    "skipped_sends",
+    "send_errors",
+)
+
+
+def rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def message_numbers(results: list[WorkerResult], counts: Tally, kills: list[Kill]) -> dict[str, Any]:
+    """What became of the messages: sent, answered, delivered, lost (`soak.stats`)."""
+    accepted = [at for r in results for answers in r.accepted.values() for at in answers.values()]
+    last_kill = kills[-1].at if kills else None
+    before_leave = {pair for r in results for pair in r.last_before_leave}
+    return {
+        "sent": counts.sent,
+        "accepted": counts.accepted,
+        "refused": counts.refused,
+        "unanswered": counts.unanswered,
+        "unanswered_given_up": sum(len(seqs) for r in results for seqs in r.abandoned.values()),
+        "refused_by_client": sum(r.refused_by_client for r in results),
+        "delivered": counts.delivered,
+        "expected": counts.expected,
+        "lost": counts.lost,
+        "duplicated": counts.duplicated + sum(r.own_repeated for r in results),
+        "out_of_order": counts.out_of_order,
+        "unexpected": counts.unexpected,
+        "delivered_unanswered": counts.delivered_unanswered,
+        "duplicate_answers": sum(r.duplicate_answers for r in results),
+        "accepted_after_last_kill": None if last_kill is None else sum(1 for at in accepted if at >= last_kill),
+        "broker_restart_s_max": rounded(max((k.restart_s for k in kills), default=None), 2),
+        "lost_messages": len(counts.missing),
+        "lost_last_before_leave": len(before_leave & set(counts.missing)),
+        "lost_examples": [f"{sender}|{seq} x{n}" for (sender, seq), n in counts.missing.most_common(5)],
+    }
+
+
+def client_numbers(results: list[WorkerResult]) -> dict[str, Any]:
+    """What the clients saw: latency, reconnections, history, their own troubles."""
+    latencies = [ms for r in results for ms in r.latencies_ms]
+    return {
+        "latency_ms_p50": rounded(percentile(latencies, 50)),
+        "latency_ms_p99": rounded(percentile(latencies, 99)),
+        "latency_ms_max": rounded(max(latencies, default=None)),
+        **{key: sum(getattr(r, key) for r in results) for key in CLIENT_SUMS},
+        "worker_max_turn_s": rounded(max(r.max_turn_s for r in results), 2),
+    }
+
+
 def report(
     args: argparse.Namespace,
     workers: Workers,
     stable: set[str],
     broker: BrokerProcess,
     kills: list[Kill],
-    keygen_s: float,
-    login_s: float,
-    drain_s: float,
+    timings: Timings,
     complete: bool,
     broker_exit: int | None,
     peak_rss: float | None,
-    started: float,
 ) -> dict[str, Any]:
     results = list(workers.results.values())
-    sent = {name: n for r in results for name, n in r.sent.items()}
-    accepted = {name: answers for r in results for name, answers in r.accepted.items()}
-    refused = {name: seqs for r in results for name, seqs in r.refused.items()}
-    abandoned = sum(len(seqs) for r in results for seqs in r.abandoned.values())
-    sessions = {name: logs for r in results for name, logs in r.sessions.items()}
-    latencies = [ms for r in results for ms in r.latencies_ms]
-    unparsed = sum(r.unparsed for r in results)
-    counts: Tally = tally(sent, accepted, refused, stable, sessions, unparsed=unparsed)
-    own_repeated = sum(r.own_repeated for r in results)
-    duplicated = counts.duplicated + own_repeated
-    last_kill = kills[-1].at if kills else None
-    accepted_after_last_kill = (
-        None if last_kill is None else sum(1 for a in accepted.values() for at in a.values() if at >= last_kill)
+    counts: Tally = tally(
+        {name: n for r in results for name, n in r.sent.items()},
+        {name: answers for r in results for name, answers in r.accepted.items()},
+        {name: seqs for r in results for name, seqs in r.refused.items()},
+        stable,
+        {name: logs for r in results for name, logs in r.sessions.items()},
+        unparsed=sum(r.unparsed for r in results),
     )
-    before_leave = {pair for r in results for pair in r.last_before_leave}
-    lost_examples = [f"{sender}|{seq} x{n}" for (sender, seq), n in counts.missing.most_common(5)]
+    messages = message_numbers(results, counts, kills)
     notices: Counter[str] = Counter()
     for r in results:
         notices.update(r.notices)
     broker_log = log_counts(broker.log())
-
-    def rounded(value: float | None, digits: int = 1) -> float | None:
-        return None if value is None else round(value, digits)
-
     ok = (
         counts.lost == 0
-        and duplicated == 0
+        and messages["duplicated"] == 0
         and counts.out_of_order == 0
         and counts.unexpected == 0
         and counts.unanswered == 0
@@ -482,51 +563,16 @@ def report(
         "seed": args.seed,
         "kill_broker_every_s": args.kill_broker_every,
         "kills": len(kills),
-        "sent": counts.sent,
-        "accepted": counts.accepted,
-        "refused": counts.refused,
-        "unanswered": counts.unanswered,
-        "unanswered_given_up": abandoned,
-        "refused_by_client": sum(r.refused_by_client for r in results),
-        "delivered": counts.delivered,
-        "expected": counts.expected,
-        "lost": counts.lost,
-        "duplicated": duplicated,
-        "out_of_order": counts.out_of_order,
-        "unexpected": counts.unexpected,
-        "delivered_unanswered": counts.delivered_unanswered,
-        "duplicate_answers": sum(r.duplicate_answers for r in results),
-        "accepted_after_last_kill": accepted_after_last_kill,
-        "broker_restart_s_max": rounded(max((k.restart_s for k in kills), default=None), 2),
-        "lost_messages": len(counts.missing),
-        "lost_last_before_leave": len(before_leave & set(counts.missing)),
-        "lost_examples": lost_examples,
-        "latency_ms_p50": rounded(percentile(latencies, 50)),
-        "latency_ms_p99": rounded(percentile(latencies, 99)),
-        "latency_ms_max": rounded(max(latencies, default=None)),
-        "reconnects": sum(r.reconnects for r in results),
-        "churn_leaves": sum(r.churn_leaves for r in results),
-        "connection_losses": sum(r.connection_losses for r in results),
-        "login_failures": sum(r.login_failures for r in results),
-        "relogins": sum(r.relogins for r in results),
-        "relogins_refused": sum(r.relogins_refused for r in results),
-        "closed_by_broker": sum(r.closed_by_broker for r in results),
-        "history_replayed": sum(r.history_replayed for r in results),
-        "history_then_live": sum(r.history_then_live for r in results),
-        "own_history": sum(r.own_history for r in results),
-        "own_history_pending": sum(r.own_history_pending for r in results),
-        "own_repeated": own_repeated,
-        "skipped_sends": sum(r.skipped_sends for r in results),
-        "send_errors": sum(r.send_errors for r in results),
-        "worker_max_turn_s": rounded(max(r.max_turn_s for r in results), 2),
+        **messages,
+        **client_numbers(results),
         "broker_peak_rss_mb": rounded(peak_rss),
         "broker_exit": broker_exit,
         **broker_log,
         "drained": complete,
-        "keygen_s": round(keygen_s, 1),
-        "login_s": round(login_s, 1),
-        "drain_s": round(drain_s, 1),
-        "wall_s": round(time.monotonic() - started, 1),
+        "keygen_s": round(timings.keygen_s, 1),
+        "login_s": round(timings.login_s, 1),
+        "drain_s": round(timings.drain_s, 1),
+        "wall_s": round(time.monotonic() - timings.started, 1),
         "notices": dict(notices.most_common(10)),
     }
 

@@ -39,7 +39,6 @@ unexpected; those received are counted as `delivered_unanswered`.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -88,6 +87,83 @@ class Tally:
     missing: Counter[tuple[str, int]]  # (sender, seq) -> how many receivers that should have it did not
 
 
+@dataclass
+class _Answers:
+    """What the broker answered, by sender: the seqs accepted and refused (of those sent)."""
+
+    sent: Mapping[str, int]
+    accepted: dict[str, set[int]]
+    refused: dict[str, set[int]]
+
+    def is_accepted(self, sender: str, seq: int) -> bool:
+        return seq in self.accepted.get(sender, ())
+
+    def is_unanswered(self, sender: str, seq: int) -> bool:
+        return (
+            1 <= seq <= self.sent.get(sender, 0)
+            and not self.is_accepted(sender, seq)
+            and seq not in self.refused.get(sender, ())
+        )
+
+
+def _session_counts(
+    receiver: str, log: ReceiverSession, before: set[tuple[str, int]], answers: _Answers, churning: bool
+) -> tuple[Counter[str], Counter[tuple[str, int]]]:
+    """One receiver session's counts (delivered, out_of_order, delivered_unanswered, unexpected and, for a churning
+    receiver, expected and lost) and the (sender, seq) pairs it lacks; `before`: what its client showed earlier."""
+    counts: Counter[str] = Counter()
+    missing: Counter[tuple[str, int]] = Counter()
+    for sender, seqs in log.got.items():
+        counts["delivered"] += len(seqs)
+        counts["out_of_order"] += sum(1 for first, then in itertools.pairwise(seqs) if then < first)
+        own = sender == receiver
+        counts["delivered_unanswered"] += sum(1 for seq in seqs if not own and answers.is_unanswered(sender, seq))
+        counts["unexpected"] += sum(
+            1 for seq in seqs if own or not (answers.is_accepted(sender, seq) or answers.is_unanswered(sender, seq))
+        )
+        valid = {seq for seq in seqs if not own and answers.is_accepted(sender, seq)}
+        if not churning or not valid:
+            continue
+        window = [seq for seq in range(min(valid), max(valid) + 1) if answers.is_accepted(sender, seq)]
+        absent = [seq for seq in window if seq not in valid and (sender, seq) not in before]
+        counts["expected"] += len(window)
+        counts["lost"] += len(absent)
+        missing.update((sender, seq) for seq in absent)
+    return counts, missing
+
+
+def _receiver_counts(
+    receiver: str, logs: Sequence[ReceiverSession], answers: _Answers, stable: Collection[str]
+) -> tuple[Counter[str], Counter[tuple[str, int]]]:
+    """All the sessions of one receiver: its counts (duplicated too) and what it lacks."""
+    counts: Counter[str] = Counter()
+    missing: Counter[tuple[str, int]] = Counter()
+    shown: dict[int, Counter[tuple[str, int]]] = {}  # per client of this receiver
+    for log in logs:
+        by_client = shown.setdefault(log.client, Counter())
+        before = set(by_client)  # shown by this client in its earlier sessions: it skips them now
+        for sender, seqs in log.got.items():
+            by_client.update((sender, seq) for seq in seqs)
+        session, lacking = _session_counts(receiver, log, before, answers, receiver not in stable)
+        counts.update(session)
+        missing.update(lacking)
+    counts["duplicated"] += sum(count - 1 for counts in shown.values() for count in counts.values())
+    if receiver in stable:
+        seen = {pair for counts in shown.values() for pair in counts}
+        not_shown = [
+            (sender, seq)
+            for sender, seqs in answers.accepted.items()
+            if sender != receiver
+            for seq in seqs
+            if (sender, seq) not in seen
+        ]
+        total_accepted = sum(len(seqs) for seqs in answers.accepted.values())
+        counts["expected"] += total_accepted - len(answers.accepted.get(receiver, ()))
+        counts["lost"] += len(not_shown)
+        missing.update(not_shown)
+    return counts, missing
+
+
 def tally(
     sent: Mapping[str, int],
     accepted: Mapping[str, Collection[int]],
@@ -109,78 +185,26 @@ def tally(
         name: {s for s in seqs if 1 <= s <= sent.get(name, 0)} - accepted_sets.get(name, set())
         for name, seqs in refused.items()
     }
-
-    def is_accepted(sender: str, seq: int) -> bool:
-        return seq in accepted_sets.get(sender, ())
-
-    def is_unanswered(sender: str, seq: int) -> bool:
-        return (
-            1 <= seq <= sent.get(sender, 0) and not is_accepted(sender, seq) and seq not in refused_sets.get(sender, ())
-        )
-
-    accepted_by = {name: len(seqs) for name, seqs in accepted_sets.items()}
-    total_accepted = sum(accepted_by.values())
+    answers = _Answers(sent, accepted_sets, refused_sets)
+    total_accepted = sum(len(seqs) for seqs in accepted_sets.values())
     total_refused = sum(len(seqs) for seqs in refused_sets.values())
-    delivered = unparsed
-    expected = lost = duplicated = out_of_order = delivered_unanswered = 0
-    unexpected = unparsed
+    counts: Counter[str] = Counter(delivered=unparsed, unexpected=unparsed)
     missing: Counter[tuple[str, int]] = Counter()
     for receiver, logs in sessions.items():
-        shown: dict[int, Counter[tuple[str, int]]] = {}  # per client of this receiver
-        for log in logs:
-            by_client = shown.setdefault(log.client, Counter())
-            before = set(by_client)  # shown by this client in its earlier sessions: it skips them now
-            for sender, seqs in log.got.items():
-                delivered += len(seqs)
-                by_client.update((sender, seq) for seq in seqs)
-                out_of_order += sum(1 for first, then in itertools.pairwise(seqs) if then < first)
-                own = sender == receiver
-                delivered_unanswered += sum(1 for seq in seqs if not own and is_unanswered(sender, seq))
-                unexpected += sum(
-                    1 for seq in seqs if own or not (is_accepted(sender, seq) or is_unanswered(sender, seq))
-                )
-                valid = {seq for seq in seqs if not own and is_accepted(sender, seq)}
-                if receiver in stable or not valid:
-                    continue
-                window = [seq for seq in range(min(valid), max(valid) + 1) if is_accepted(sender, seq)]
-                absent = [seq for seq in window if seq not in valid and (sender, seq) not in before]
-                expected += len(window)
-                lost += len(absent)
-                missing.update((sender, seq) for seq in absent)
-        duplicated += sum(count - 1 for counts in shown.values() for count in counts.values())
-        if receiver in stable:
-            seen = {pair for counts in shown.values() for pair in counts}
-            want = total_accepted - accepted_by.get(receiver, 0)
-            not_shown = [
-                (sender, seq)
-                for sender, seqs in accepted_sets.items()
-                if sender != receiver
-                for seq in seqs
-                if (sender, seq) not in seen
-            ]
-            expected += want
-            lost += len(not_shown)
-            missing.update(not_shown)
+        one, lacking = _receiver_counts(receiver, logs, answers, stable)
+        counts.update(one)
+        missing.update(lacking)
     return Tally(
         sent=sum(sent.values()),
         accepted=total_accepted,
         refused=total_refused,
         unanswered=sum(sent.values()) - total_accepted - total_refused,
-        delivered=delivered,
-        expected=expected,
-        lost=lost,
-        duplicated=duplicated,
-        out_of_order=out_of_order,
-        unexpected=unexpected,
-        delivered_unanswered=delivered_unanswered,
+        delivered=counts["delivered"],
+        expected=counts["expected"],
+        lost=counts["lost"],
+        duplicated=counts["duplicated"],
+        out_of_order=counts["out_of_order"],
+        unexpected=counts["unexpected"],
+        delivered_unanswered=counts["delivered_unanswered"],
         missing=missing,
     )
-
-
-def percentile(values: Sequence[float], pct: float) -> float | None:
-    """The nearest-rank percentile of `values` (None when there are none)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +21,15 @@ import pexpect
 import pytest
 import zmq
 
+from harness.dealer import client_dealer
+from harness.keys import make_key
+from harness.process import ROOT, BrokerProcess
 from zchat import crypto
 from zchat.client.session import ClientSession
 from zchat.client.sync_client import ChatClient
-from zchat.client.transport import connect_dealer
 from zchat.events import Event, Welcome
-from zchat.keystore import KeyLayout, write_private_key, write_public_key
+from zchat.keystore import KeyLayout
 
-ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY_BITS = 2048
 REGISTERED = ("alice", "bob", "carol", "admin")
 # Fast heartbeats so liveness tests finish quickly.
@@ -65,89 +63,11 @@ class KeyRing:
 @pytest.fixture(scope="session")
 def keyring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
     ring = KeyRing(tmp_path_factory.mktemp("keyring"))
-    layout = ring.layout
-    broker_key = crypto.generate_private_key(TEST_KEY_BITS)
-    write_private_key(layout.broker_private, broker_key)
-    write_public_key(layout.broker_public, broker_key)
-    ring.keys["broker"] = broker_key
-    for name in (*REGISTERED, "mallory"):
-        key = crypto.generate_private_key(TEST_KEY_BITS)
-        ring.keys[name] = key
-        write_private_key(layout.client_private(name), key)
-        if name != "mallory":  # mallory has a key but is not registered
-            write_public_key(layout.client_public(name), key)
-    (layout.clients_dir).mkdir(exist_ok=True)
+    ring.keys["broker"] = make_key(ring.layout, None, TEST_KEY_BITS)
+    for name in (*REGISTERED, "mallory"):  # mallory has a key but is not registered
+        ring.keys[name] = make_key(ring.layout, name, TEST_KEY_BITS, registered=name != "mallory")
+    ring.layout.clients_dir.mkdir(exist_ok=True)
     return ring
-
-
-class BrokerProcess:
-    """broker.py as its own process on a free loopback port, logging to a file; `proc` is the broker itself
-    (`options`: without its supervisor)."""
-
-    options: tuple[str, ...] = ("--no-supervisor",)
-
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "config.json"
-        self.log_path = workdir / "broker.log"
-        self.config = dict(config)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def keys(self) -> KeyLayout:
-        return KeyLayout(self.workdir / "keys")
-
-    @property
-    def curve_key(self) -> bytes:
-        """The broker's Curve25519 public key, from the broker.pub it wrote."""
-        curve = crypto.load_public_key_file(self.keys.broker_public).curve
-        assert curve is not None
-        return curve
-
-    def start(self, port: int | None = None, stdin: int | None = subprocess.DEVNULL) -> BrokerProcess:
-        self.config["server_port"] = self.port if port is None else port
-        self.config_path.write_text(json.dumps(self.config))
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "broker.py"), "--config", str(self.config_path), *self.options],
-                cwd=self.workdir,
-                stdin=stdin,
-                stdout=log,
-                stderr=log,
-            )
-        match = self.wait_for_log(r"listening on tcp://[\d.]+:(\d+)", since=offset)
-        self.port = int(match.group(1))
-        return self
-
-    def log(self, since: int = 0) -> str:
-        return self.log_path.read_bytes()[since:].decode("utf-8", errors="replace")
-
-    def wait_for_log(self, pattern: str, timeout: float = 15.0, since: int = 0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.log(since))
-            if match:
-                return match
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"broker log never matched {pattern!r}:\n{self.log(since)}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 B = TypeVar("B", bound=BrokerProcess)
@@ -259,23 +179,6 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-def child_pids(pid: int) -> list[int]:
-    """The child processes of `pid` (a broker's crypto workers, a supervisor's broker)."""
-    try:
-        return [int(kid) for kid in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def free_port() -> int:
     """A loopback TCP port nobody listens on (bound and released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -310,9 +213,9 @@ def raw_dealer(
     sockets: list[zmq.Socket[bytes]] = []
 
     def factory(broker: BrokerProcess, name: str = "alice") -> zmq.Socket[bytes]:
-        sock = connect_dealer(zmq_context, f"tcp://127.0.0.1:{broker.port}", keyring.keys[name], broker.curve_key)
+        secret = crypto.curve_secret(keyring.keys[name])
+        sock = client_dealer(zmq_context, broker.endpoint, secret, broker.curve_key, receive_timeout_ms=3000)
         sockets.append(sock)
-        sock.setsockopt(zmq.RCVTIMEO, 3000)
         return sock
 
     yield factory

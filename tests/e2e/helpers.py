@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from harness.process import run_to_the_end
 from tests.conftest import ROOT, WAIT, run_env
 
 CLIENT = str(ROOT / "chat_client.py")
@@ -158,16 +159,9 @@ class Proc:
 
 
 def run_broker_to_the_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """broker.py with `args`, stdin closed, waited for: for the ways it refuses to start."""
-    return subprocess.run(
-        [sys.executable, BROKER, *args],
-        cwd=cwd,
-        env=run_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-    )
+    """broker.py with `args` (`harness.process.run_to_the_end`) in the tests' environment: for the ways it refuses
+    to start."""
+    return run_to_the_end(cwd, *args, env=run_env(), timeout=WAIT)
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,51 +18,40 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from harness.process import BROKER, LISTENING, BrokerProcess, ServerProcess
 from tests.conftest import (
     ROOT,
     TEST_CONFIG,
     WAIT,
-    BrokerProcess,
     broker_config,
     broker_on_terminal,
     copy_checkout,
     run_env,
 )
-from tests.e2e.helpers import BROKER, assert_one_line_error, run_broker_to_the_end
+from tests.e2e.helpers import assert_one_line_error, run_broker_to_the_end
 from zchat.broker.main import CONSOLE_CLOSED
 
 START_WAIT = 30.0  # a broker that makes a 3072-bit key pair first
 
 
-def run_broker(config: Path, *args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, BROKER, "--config", str(config), *args],
-        cwd=cwd,
-        env=run_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def run_broker(
+    log: Path, config: Path | None, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """broker.py (`cwd`'s own with no config, or this checkout's with `config`), its output appended to `log`."""
+    command = [str(BROKER), "--config", str(config)] if config is not None else ["broker.py"]
+    broker = ServerProcess(log, cwd, "the broker")
+    return broker.launch([sys.executable, *command, *args], env=run_env() if env is None else env)
 
 
-def wait_until_listening(proc: subprocess.Popen[str]) -> str:
+def wait_until_listening(broker: ServerProcess) -> str:
     """The broker's output up to its "listening on" line (it must get there within START_WAIT)."""
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "listening on" in line:
-            return "".join(seen)
-    proc.wait(START_WAIT)
-    raise AssertionError("the broker stopped before listening:\n" + "".join(seen))
+    match = broker.wait_for_log(LISTENING.pattern, START_WAIT, since=broker.log_offset)
+    return broker.log(broker.log_offset)[: match.end()]
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 0, rest
-    return rest
+def stop(broker: ServerProcess) -> None:
+    status = broker.terminate(WAIT)
+    assert status == 0, broker.log()
 
 
 def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
@@ -80,7 +68,7 @@ def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
     assert not (elsewhere / "data").exists()
 
     # Asked for: a new key pair there, and the start-up log says where the keys and the data are.
-    proc = run_broker(config, "--create-keys", cwd=ROOT)
+    proc = run_broker(tmp_path / "broker.log", config, "--create-keys", cwd=ROOT)
     try:
         started = wait_until_listening(proc)
         assert f"created a new broker key pair {elsewhere / 'keys' / 'broker.pem'}" in started
@@ -89,11 +77,10 @@ def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
         stop(proc)
     finally:
         proc.kill()
-        proc.wait(WAIT)
     assert (elsewhere / "keys" / "broker.pem").is_file()
 
     # Once there, the key pair is used without being asked again.
-    proc = run_broker(config, cwd=ROOT)
+    proc = run_broker(tmp_path / "broker.log", config, cwd=ROOT)
     try:
         started = wait_until_listening(proc)
         assert "created" not in started
@@ -102,14 +89,13 @@ def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
         stop(proc)
     finally:
         proc.kill()
-        proc.wait(WAIT)
 
 
 def test_keys_dir_on_the_command_line_wins_over_the_config(tmp_path, keyring):
     shutil.copytree(keyring.root, tmp_path / "keyring")
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TEST_CONFIG, "workers": 0, "keys_dir": "nowhere"}))
-    proc = run_broker(config, "--keys-dir", str(tmp_path / "keyring"), cwd=tmp_path)
+    proc = run_broker(tmp_path / "broker.log", config, "--keys-dir", str(tmp_path / "keyring"), cwd=tmp_path)
     try:
         started = wait_until_listening(proc)
         assert f"keys: {tmp_path / 'keyring'} (config {config})" in started
@@ -117,7 +103,6 @@ def test_keys_dir_on_the_command_line_wins_over_the_config(tmp_path, keyring):
         stop(proc)
     finally:
         proc.kill()
-        proc.wait(WAIT)
     assert not (tmp_path / "nowhere").exists()
 
     refused = run_broker_to_the_end(tmp_path, "--config", str(config), "--keys-dir", str(tmp_path / "empty"))
@@ -129,15 +114,8 @@ def test_a_fresh_clone_makes_its_key_pair_in_its_own_keys_dir(tmp_path):
     clone = copy_checkout(tmp_path / "clone", venv=False)
     (clone / "config.json").write_text(json.dumps({**TEST_CONFIG, "workers": 0}))
     env = {**run_env(), "PYTHONPATH": str(clone)}
-    proc = subprocess.Popen(  # `make broker` on a fresh clone: the default config, next to broker.py
-        [sys.executable, "broker.py"],
-        cwd=clone,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # `make broker` on a fresh clone: the default config, next to broker.py
+    proc = run_broker(tmp_path / "broker.log", None, cwd=clone, env=env)
     try:
         started = wait_until_listening(proc)
         assert "created a new broker key pair keys/broker.pem" in started
@@ -145,7 +123,6 @@ def test_a_fresh_clone_makes_its_key_pair_in_its_own_keys_dir(tmp_path):
         stop(proc)
     finally:
         proc.kill()
-        proc.wait(WAIT)
     assert (clone / "keys" / "broker.pub").is_file()
 
 

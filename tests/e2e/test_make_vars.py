@@ -50,7 +50,7 @@ TARGETS = [
 
 
 def copy_repo(dest: Path, *, with_venv: bool = True) -> Path:
-    return copy_checkout(dest, packages=("bots", "bench", "soak", "fuzz"), venv=with_venv)
+    return copy_checkout(dest, packages=("bots", "bench", "soak", "fuzz", "harness"), venv=with_venv)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,12 @@ and a database the broker must refuse to open."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, BrokerProcess, pump, wait_for
+from tests.conftest import pump, wait_for
 from zchat.events import Accepted, ChatMessage, Event, Failed
 
 pytestmark = pytest.mark.slow
@@ -93,17 +91,6 @@ def test_a_refused_statement_makes_the_client_log_in_again_and_resend(make_broke
     assert "refused a SEND from alice" in broker.log()
 
 
-def start_failure(broker: BrokerProcess) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "broker.py"), "--config", str(broker.config_path)],
-        cwd=broker.workdir,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 @pytest.mark.parametrize("damage", ["random bytes", "newer schema"])
 def test_a_damaged_or_newer_database_stops_the_broker_with_one_line(make_broker, damage):
     broker = make_broker()
@@ -115,7 +102,7 @@ def test_a_damaged_or_newer_database_stops_the_broker_with_one_line(make_broker,
         with sqlite3.connect(database) as db:
             db.execute("PRAGMA user_version = 99")
     before = database.read_bytes()
-    result = start_failure(broker)
+    result = broker.run_to_the_end()
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

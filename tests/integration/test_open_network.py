@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from attack.zmtp import SIGNATURE, frame, greeting, message, ready, zmtp_command
 from fuzz import targets as fuzz_targets
+from harness.dealer import hand_picked_dealer
 from tests.conftest import TEST_CONFIG, BrokerProcess, KeyRing, raw_login, run_env, wait_for
 from tests.unit.test_fuzz_targets import frame_like
 from zchat import crypto
@@ -212,16 +213,8 @@ def dealer(
     With `watch`, a monitor of its handshake is attached before it connects (an event before that is lost)
     and the pair goes into `watch`, for `wait_handshakes()`.
     """
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.setsockopt(zmq.SNDTIMEO, 3000)
-    if routing_id is not None:
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    if curve_secret is not None:
-        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, crypto.curve_public(curve_secret))
-        sock.setsockopt(zmq.CURVE_SERVERKEY, broker.curve_key)
+    server_key = broker.curve_key if curve_secret is not None else b""
+    sock = hand_picked_dealer(context, None, curve_secret, server_key, routing_id=routing_id, timeout_ms=3000)
     if watch is not None:
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         monitor.setsockopt(zmq.LINGER, 0)

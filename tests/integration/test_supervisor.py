@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -19,19 +18,17 @@ from typing import Any
 import pexpect
 import pytest
 
+from harness.procfs import child_pids, running
 from tests.conftest import (
-    ROOT,
     WAIT,
     BrokerProcess,
     KeyRing,
     broker_config,
     broker_in,
     broker_on_terminal,
-    child_pids,
     free_port,
     pump,
     run_env,
-    running,
     wait_until,
 )
 from zchat.broker.supervisor import SUPERVISOR_PID
@@ -209,30 +206,18 @@ def test_the_broker_gets_one_sigint_whoever_sends_it(source):
             child.terminate(force=True)
 
 
-def run_to_the_end(broker: BrokerProcess, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "broker.py"), "--config", str(broker.config_path)],
-        cwd=broker.workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 @pytest.mark.parametrize("failure", ["bad config", "port taken"])
 def test_a_broker_that_cannot_start_is_not_restarted(supervised, failure):
     broker = supervised()
     assert broker.terminate() == 0
     if failure == "bad config":
         broker.config_path.write_text('{"server_ip": "127.0.0.1", "server_port": "five"}')
-        result = run_to_the_end(broker)
+        result = broker.run_to_the_end()
     else:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
             taken.bind(("127.0.0.1", broker.port))
             taken.listen()
-            result = run_to_the_end(broker)
+            result = broker.run_to_the_end()
     assert result.returncode == 1
     # One line from the broker (a later one may first clean up what other tests' aborted brokers left in /tmp).
     errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
@@ -279,6 +264,6 @@ def test_a_broker_whose_supervisor_is_already_gone_does_not_start(supervised):
     broker = supervised()
     assert broker.terminate() == 0
     not_our_parent = str(os.getpid() + 1)  # the broker's parent is this process
-    result = run_to_the_end(broker, env={**run_env(), SUPERVISOR_PID: not_our_parent})
+    result = broker.run_to_the_end(env={**run_env(), SUPERVISOR_PID: not_our_parent})
     assert result.returncode == 1
     assert result.stderr.strip() == f"broker: error: its supervisor (pid {not_our_parent}) is gone; not starting"

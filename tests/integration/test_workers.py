@@ -11,7 +11,8 @@ from pathlib import Path
 
 import zmq
 
-from tests.conftest import BrokerProcess, child_pids, raw_login, running, wait_for
+from harness.procfs import child_pids, running
+from tests.conftest import BrokerProcess, raw_login, wait_for
 from zchat import protocol as p
 from zchat.client.session import ClientSession
 from zchat.events import ChatMessage, ConnectionLost, Joined

@@ -25,7 +25,19 @@ SANS_IO = (
     "zchat/client/session.py",
 )
 # Top-level names in the repository that are not installed: importing one works here and fails installed.
-REPOSITORY_ONLY = ("crypto", "chat", "bots", "bench", "soak", "attack", "fuzz", "tests", "broker", "chat_client")
+REPOSITORY_ONLY = (
+    "crypto",
+    "chat",
+    "bots",
+    "bench",
+    "soak",
+    "attack",
+    "fuzz",
+    "harness",
+    "tests",
+    "broker",
+    "chat_client",
+)
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from soak.stats import ReceiverSession, message_text, parse_text, percentile, tally
+from harness.stats import percentile
+from soak.stats import ReceiverSession, message_text, parse_text, tally
 
 
 def session(client: int = 0, **got: list[int]) -> ReceiverSession:
