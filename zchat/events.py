@@ -48,9 +48,14 @@ def json_field(key: str | None, *, time: bool = False) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class Event:
-    """Base class of everything `ChatClient.receive()` returns. `KIND` is its "type" in the --json record."""
+    """Base class of everything `ChatClient.receive()` returns. `KIND` is its "type" in the --json record,
+    named once in its class statement (`class Notice(Event, kind="notice")`)."""
 
     KIND: ClassVar[str]
+
+    def __init_subclass__(cls, *, kind: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.KIND = kind
 
     def record(self) -> dict[str, object]:
         """The --json record after its "type": every field, in order, under its name or as `json_field` says."""
@@ -64,14 +69,12 @@ class Event:
 
 
 @dataclass(frozen=True)
-class ChatMessage(Event):
+class ChatMessage(Event, kind="chat"):
     """A message, its author verified. `private`: sent to us alone; `action`: a /me line;
     `history`: from before we logged in, replayed by the broker; `away`: a private message kept for us
     while we were offline; `bot`: its author logs in as a bot (as /who shows). `timestamp` is the author's
     claim; `received` the broker's receive time (Unix seconds), which is what clients show. `message_id`
     is the author's id for the message."""
-
-    KIND: ClassVar[str] = "chat"
 
     sender: str
     text: str
@@ -99,11 +102,9 @@ class ChatMessage(Event):
 
 
 @dataclass(frozen=True)
-class Accepted(Event):
+class Accepted(Event, kind="acked"):
     """The broker stored our message `message_id` and sent it on. `queued`: a private message for someone
     offline, delivered when they log in. `duplicate`: it had it already (we sent it again after a reconnect)."""
-
-    KIND: ClassVar[str] = "acked"
 
     message_id: str = field(metadata=json_field("id"))
     received: float = field(metadata=json_field("ts", time=True))
@@ -115,10 +116,8 @@ class Accepted(Event):
 
 
 @dataclass(frozen=True)
-class Failed(Event):
+class Failed(Event, kind="failed"):
     """The broker did not deliver or keep our message `message_id`; `reason` says why. It will not be re-sent."""
-
-    KIND: ClassVar[str] = "failed"
 
     message_id: str = field(metadata=json_field("id"))
     reason: str
@@ -128,10 +127,8 @@ class Failed(Event):
 
 
 @dataclass(frozen=True)
-class KeyChanged(Event):
+class KeyChanged(Event, kind="key_changed"):
     """Someone showed up with a key other than the one we pinned on first sight. Loud on purpose."""
-
-    KIND: ClassVar[str] = "key_changed"
 
     name: str
     pinned: str
@@ -139,19 +136,15 @@ class KeyChanged(Event):
 
 
 @dataclass(frozen=True)
-class Welcome(Event):
+class Welcome(Event, kind="welcome"):
     """Login succeeded; `users` is everyone online, ourselves included."""
-
-    KIND: ClassVar[str] = "welcome"
 
     name: str
     users: tuple[UserInfo, ...]
 
 
 @dataclass(frozen=True)
-class Joined(Event):
-    KIND: ClassVar[str] = "join"
-
+class Joined(Event, kind="join"):
     user: UserInfo
 
     def record(self) -> dict[str, object]:
@@ -159,52 +152,40 @@ class Joined(Event):
 
 
 @dataclass(frozen=True)
-class Left(Event):
-    KIND: ClassVar[str] = "leave"
-
+class Left(Event, kind="leave"):
     name: str
     reason: str
 
 
 @dataclass(frozen=True)
-class WhoList(Event):
-    KIND: ClassVar[str] = "who"
-
+class WhoList(Event, kind="who"):
     users: tuple[UserInfo, ...]
 
 
 @dataclass(frozen=True)
-class Notice(Event):
+class Notice(Event, kind="notice"):
     """A message from the broker to us alone, e.g. a refused command."""
-
-    KIND: ClassVar[str] = "notice"
 
     message: str
 
 
 @dataclass(frozen=True)
-class Shutdown(Event):
+class Shutdown(Event, kind="shutdown"):
     """The broker is stopping on purpose; the session is over and will not reconnect."""
-
-    KIND: ClassVar[str] = "shutdown"
 
     by: str
 
 
 @dataclass(frozen=True)
-class SessionClosed(Event):
+class SessionClosed(Event, kind="closed"):
     """The broker ended our session for good (we logged in elsewhere, or our key was revoked); no reconnect."""
-
-    KIND: ClassVar[str] = "closed"
 
     reason: str
 
 
 @dataclass(frozen=True)
-class ConnectionLost(Event):
+class ConnectionLost(Event, kind="connection_lost"):
     """The broker went silent or dropped us; the client retries after `retry_in` seconds."""
-
-    KIND: ClassVar[str] = "connection_lost"
 
     reason: str
     retry_in: float

@@ -123,10 +123,15 @@ def _read_sealed(doc: dict[str, Any], key: str) -> bytes:
 
 @dataclass(frozen=True)
 class WireEvent:
-    """Base of the broker's events. `TYPE` is the event's tag; by default every field is written and read as its
-    metadata (`wire()`) says, in the order of the fields. An event with optional keys writes its own."""
+    """Base of the broker's events. `TYPE` is the event's "type" tag, named once in its class statement
+    (`class LeaveEvent(WireEvent, tag="leave")`). By default every field is written and read as its metadata
+    (`wire()`) says, in the order of the fields; an event with optional keys writes and reads its own."""
 
     TYPE: ClassVar[str]
+
+    def __init_subclass__(cls, *, tag: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TYPE = tag
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": self.TYPE}
@@ -148,9 +153,7 @@ class WireEvent:
 
 
 @dataclass(frozen=True)
-class WelcomeEvent(WireEvent):
-    TYPE: ClassVar[str] = "welcome"
-
+class WelcomeEvent(WireEvent, tag="welcome"):
     name: str = field(metadata=wire(get_name))
     users: tuple[UserInfo, ...] = field(metadata=wire(parse_user_list, _users_doc))
     heartbeat_interval: float = field(metadata=wire(get_float))
@@ -159,14 +162,12 @@ class WelcomeEvent(WireEvent):
 
 
 @dataclass(frozen=True)
-class ChatEvent(WireEvent):
+class ChatEvent(WireEvent, tag="chat"):
     """A chat statement relayed with its author's signature, stamped with the broker's `received` time.
 
     `history`: replayed from the room's history after the welcome; `away`: a private message kept while its
     recipient was offline. Both come with `author`, the author's user object (the author may be offline).
     """
-
-    TYPE: ClassVar[str] = "chat"
 
     statement: SignedStatement
     received: float
@@ -193,11 +194,9 @@ class ChatEvent(WireEvent):
 
 
 @dataclass(frozen=True)
-class MailEvent(WireEvent):
+class MailEvent(WireEvent, tag="mail"):
     """A private message kept for us while we were away: a `chat` event (with `away` and `author`) sealed to our
     own key when the broker stored it, so that only we can read it (context MAIL_CONTEXT)."""
-
-    TYPE: ClassVar[str] = "mail"
 
     sealed: bytes = field(metadata=wire(_read_sealed, b64))
 
@@ -206,16 +205,12 @@ MAIL_CONTEXT = MARKER + b"|MAIL"
 
 
 @dataclass(frozen=True)
-class JoinEvent(WireEvent):
-    TYPE: ClassVar[str] = "join"
-
+class JoinEvent(WireEvent, tag="join"):
     user: UserInfo = field(metadata=wire(_read_user, user_info_doc))
 
 
 @dataclass(frozen=True)
-class LeaveEvent(WireEvent):
-    TYPE: ClassVar[str] = "leave"
-
+class LeaveEvent(WireEvent, tag="leave"):
     name: str = field(metadata=wire(get_name))
     reason: str = field(metadata=wire(get_str))
 
@@ -224,10 +219,8 @@ _PRESENCE_CHANGES: dict[str, type[JoinEvent | LeaveEvent]] = {kind.TYPE: kind fo
 
 
 @dataclass(frozen=True)
-class PresenceEvent(WireEvent):
+class PresenceEvent(WireEvent, tag="presence"):
     """Several joins and leaves for one member, in the order they happened."""
-
-    TYPE: ClassVar[str] = "presence"
 
     changes: tuple[JoinEvent | LeaveEvent, ...]
 
@@ -250,21 +243,17 @@ class PresenceEvent(WireEvent):
 
 
 @dataclass(frozen=True)
-class WhoEvent(WireEvent):
-    TYPE: ClassVar[str] = "who"
-
+class WhoEvent(WireEvent, tag="who"):
     users: tuple[UserInfo, ...] = field(metadata=wire(parse_user_list, _users_doc))
 
 
 @dataclass(frozen=True)
-class AcceptedEvent(WireEvent):
+class AcceptedEvent(WireEvent, tag="accepted"):
     """Our chat statement `id` is kept by the broker (committed to its database) and on its way.
 
     `queued`: a private message whose recipient is offline, stored until they log in. `duplicate`: the broker had
     already accepted a statement with this id (a re-send); nothing was delivered again.
     """
-
-    TYPE: ClassVar[str] = "accepted"
 
     message_id: str
     received: float
@@ -290,23 +279,19 @@ class AcceptedEvent(WireEvent):
 
 
 @dataclass(frozen=True)
-class FailedEvent(WireEvent):
+class FailedEvent(WireEvent, tag="failed"):
     """Our chat statement `id` was not delivered and not kept; `reason` is for a person to read."""
-
-    TYPE: ClassVar[str] = "failed"
 
     message_id: str = field(metadata=wire(get_message_id, key="id"))
     reason: str = field(metadata=wire(get_str))
 
 
 @dataclass(frozen=True)
-class RefusedEvent(WireEvent):
+class RefusedEvent(WireEvent, tag="refused"):
     """A SEND of ours failed the broker's checks; the session is over, log in again and re-send.
 
     `seq` and `message_id` name the statement when the broker could read them (None and "" otherwise).
     """
-
-    TYPE: ClassVar[str] = "refused"
 
     seq: int | None
     message_id: str
@@ -326,23 +311,17 @@ class RefusedEvent(WireEvent):
 
 
 @dataclass(frozen=True)
-class ErrorEvent(WireEvent):
-    TYPE: ClassVar[str] = "error"
-
+class ErrorEvent(WireEvent, tag="error"):
     message: str = field(metadata=wire(get_str))
 
 
 @dataclass(frozen=True)
-class ClosedEvent(WireEvent):
-    TYPE: ClassVar[str] = "closed"
-
+class ClosedEvent(WireEvent, tag="closed"):
     reason: str = field(metadata=wire(get_str))
 
 
 @dataclass(frozen=True)
-class ShutdownEvent(WireEvent):
-    TYPE: ClassVar[str] = "shutdown"
-
+class ShutdownEvent(WireEvent, tag="shutdown"):
     by: str = field(metadata=wire(get_str))
 
 
