@@ -432,42 +432,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bind_old_public_file(layout: KeyLayout, name: str) -> None:
-    """--if-missing and NAME has a private key: nothing to do, unless its .pub is from before keys were bound."""
-    if not public_file_needs_binding(layout.client_public(name)):
-        return
-    # A .pub from before keys were bound: bind it now (a bot's key has no passphrase unless PASSPHRASE).
-    fp, _ = register_existing_key(layout, name, os.environ.get("PASSPHRASE") or None)
-    print(f"{layout.client_private(name)} exists; its Curve25519 key is now bound to its RSA key")
-    print(public_file_note(layout, name))
-    print(f"fingerprint {fp}")
-
-
-def _register_own_key(layout: KeyLayout, name: str) -> None:
-    """NAME has a private key here: register its public half (asking its passphrase on a terminal)."""
-    passphrase = os.environ.get("PASSPHRASE") or None
-    if passphrase is None and sys.stdin.isatty() and b"ENCRYPTED" in layout.client_private(name).read_bytes():
-        passphrase = getpass.getpass(f"Passphrase for {layout.client_private(name)}: ")
-    fp, written = register_existing_key(layout, name, passphrase)
-    state = public_file_note(layout, name) if written else f"already there: {layout.client_public(name)}"
-    print(f"{layout.client_private(name)} exists; {state}")
-    print(f"fingerprint {fp}")
-
-
 def _make_key(layout: KeyLayout, args: argparse.Namespace) -> str | None:
     """The fingerprint of NAME's new key pair; None when NAME had one already (then what became of it is said)."""
-    check_name(args.name)
-    if args.if_missing and layout.client_private(args.name).exists():
-        _bind_old_public_file(layout, args.name)
+    name = check_name(args.name)
+    private = layout.client_private(name)
+    if args.if_missing and private.exists():
+        if public_file_needs_binding(layout.client_public(name)):
+            # A .pub from before keys were bound: bind it now (a bot's key has no passphrase unless PASSPHRASE).
+            fp, _ = register_existing_key(layout, name, os.environ.get("PASSPHRASE") or None)
+            print(f"{private} exists; its Curve25519 key is now bound to its RSA key")
+            print(public_file_note(layout, name))
+            print(f"fingerprint {fp}")
         return None
     if args.bits < crypto.MIN_KEY_BITS:
         raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")
     # Never the broker's keys: only the broker makes its own (at its first start), and on a client machine
     # keys/broker.pub is the copy the user trusts.
-    if layout.client_private(args.name).exists():
-        _register_own_key(layout, args.name)
-        return None
-    return create_client_key(layout, args.name, read_new_passphrase(), args.bits)
+    if not private.exists():
+        return create_client_key(layout, name, read_new_passphrase(), args.bits)
+    passphrase = os.environ.get("PASSPHRASE") or None
+    if passphrase is None and sys.stdin.isatty() and b"ENCRYPTED" in private.read_bytes():
+        passphrase = getpass.getpass(f"Passphrase for {private}: ")
+    fp, written = register_existing_key(layout, name, passphrase)
+    state = public_file_note(layout, name) if written else f"already there: {layout.client_public(name)}"
+    print(f"{private} exists; {state}")
+    print(f"fingerprint {fp}")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
