@@ -10,7 +10,7 @@ import argparse
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,44 +71,44 @@ class Config:
     source: Path = field(default=DEFAULT_CONFIG, compare=False)
 
 
-_KNOWN_KEYS = {
-    "server_ip",
-    "server_port",
-    "admins",
-    "keys_dir",
-    "data_dir",
-    "max_text_bytes",
-    "heartbeat_interval",
-    "heartbeat_timeout",
-    "send_queue_limit",
-    "max_pending_logins",
-    "max_clients",
-    "logins_per_second_per_user",
-    "max_connections_per_source",
-    "handshakes_per_second_per_source",
-    "messages_per_second_per_user",
-    "history_size",
-    "history_days",
-    "mailbox_messages",
-    "mailbox_bytes",
-    "mailbox_days",
-    "history_replay_bytes",
-    "send_window_bytes",
-    "send_queue_bytes",
-    "presence_interval",
-    "workers",
-    "max_connections_per_user",
-    "handshakes_per_second_per_user",
-    "unfinished_bytes_per_user",
-    "queued_sends_per_user",
-    "queued_send_bytes_per_user",
-    "sent_mail_messages",
-    "sent_mail_bytes",
-    "routing_id_lockout",
-    "connections_per_second_per_source",
-    "min_free_disk_bytes",
-    "max_store_bytes",
-}
+_KNOWN_KEYS = frozenset(item.name for item in fields(Config)) - {"source"}
+_DEFAULTS: dict[str, Any] = {item.name: item.default for item in fields(Config)}
+_INTEGERS = frozenset(item.name for item in fields(Config) if item.type in ("int", int))
+
+# Each number a config may set, checked in this order: (key, lowest, highest). Its default is Config's; it is an
+# integer where Config's field is an int, else any number (kept as a float).
+_HEARTBEAT_RANGES = (("heartbeat_interval", 0.05, 60), ("heartbeat_timeout", 0.2, 600))
+_LIMIT_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("history_size", 0, 10_000),
+    ("send_queue_limit", 10, 1_000_000),
+    ("history_replay_bytes", 0, 1 << 30),
+    ("send_window_bytes", 64 * 1024, 1 << 30),
+    ("send_queue_bytes", 64 * 1024, 1 << 32),
+    ("max_text_bytes", 1, 1024 * 1024),
+    ("max_pending_logins", 1, 1_000_000),
+    ("max_clients", 1, 1_000_000),
+    ("logins_per_second_per_user", 0.01, 1e6),
+    ("max_connections_per_source", 1, 1_000_000),
+    ("handshakes_per_second_per_source", 0.01, 1e6),
+    ("messages_per_second_per_user", 0.01, 1e6),
+    ("history_days", 0, 100_000),
+    ("mailbox_messages", 0, 100_000),
+    ("mailbox_bytes", 0, 1 << 30),
+    ("mailbox_days", 0.001, 100_000),
+    ("presence_interval", 0, 60),
+    ("workers", 0, MAX_WORKERS),
+    ("max_connections_per_user", 1, 1_000_000),
+    ("handshakes_per_second_per_user", 0.01, 1e6),
+    ("unfinished_bytes_per_user", 64 * 1024, 1 << 32),
+    ("queued_sends_per_user", 1, 1_000_000),
+    ("queued_send_bytes_per_user", 64 * 1024, 1 << 32),
+    ("sent_mail_messages", 0, 100_000),
+    ("sent_mail_bytes", 0, 1 << 30),
+    ("routing_id_lockout", 0, 86_400),
+    ("connections_per_second_per_source", 0.01, 1e6),
+    ("min_free_disk_bytes", 0, 1 << 50),
+    ("max_store_bytes", 0, 1 << 50),
+)
 
 
 def _number(raw: dict[str, Any], key: str, default: float, low: float, high: float, integer: bool) -> Any:
@@ -120,13 +120,17 @@ def _number(raw: dict[str, Any], key: str, default: float, low: float, high: flo
     return value
 
 
-def parse_config(raw: Any, source: Path) -> Config:
-    """Validate a decoded config document; ConfigError names the bad key."""
-    if not isinstance(raw, dict):
-        raise ConfigError("the file must hold a JSON object")
-    unknown = sorted(set(raw) - _KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(unknown)}")
+def _numbers(raw: dict[str, Any], ranges: tuple[tuple[str, float, float], ...]) -> dict[str, Any]:
+    """The numbers `ranges` names, each checked against its range, by key."""
+    numbers: dict[str, Any] = {}
+    for key, low, high in ranges:
+        integer = key in _INTEGERS
+        value = _number(raw, key, _DEFAULTS[key], low, high, integer)
+        numbers[key] = value if integer else float(value)
+    return numbers
+
+
+def _server_ip(raw: dict[str, Any]) -> str:
     ip = raw.get("server_ip")
     if not isinstance(ip, str):
         raise ConfigError("'server_ip' must be a string such as \"127.0.0.1\"")
@@ -136,74 +140,38 @@ def parse_config(raw: Any, source: Path) -> Config:
         if ":" in ip:
             raise ConfigError(f"'server_ip' {ip!r}: IPv6 addresses are not supported; give an IPv4 address") from None
         raise ConfigError(f"'server_ip' is not an IP address: {ip!r}") from None
+    return ip
+
+
+def _path(raw: dict[str, Any], key: str, default: str, source: Path) -> Path:
+    """A directory the config names, relative to the config file's own directory."""
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"'{key}' must be a path")
+    return source.parent / value
+
+
+def parse_config(raw: Any, source: Path) -> Config:
+    """Validate a decoded config document; ConfigError names the bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the file must hold a JSON object")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(unknown)}")
+    ip = _server_ip(raw)
     if "server_port" not in raw:
         raise ConfigError("'server_port' is missing")
     port = _number(raw, "server_port", 0, 0, 65535, integer=True)
     admins = raw.get("admins", [])
     if not isinstance(admins, list) or not all(isinstance(a, str) and NAME_PATTERN.fullmatch(a) for a in admins):
         raise ConfigError("'admins' must be a list of user names")
-    keys_dir = raw.get("keys_dir", "keys")
-    if not isinstance(keys_dir, str) or not keys_dir:
-        raise ConfigError("'keys_dir' must be a path")
-    data_dir = raw.get("data_dir", "data")
-    if not isinstance(data_dir, str) or not data_dir:
-        raise ConfigError("'data_dir' must be a path")
-    interval = _number(raw, "heartbeat_interval", 1.0, 0.05, 60, integer=False)
-    timeout = _number(raw, "heartbeat_timeout", 6.0, 0.2, 600, integer=False)
-    if timeout < 2 * interval:
+    keys_dir = _path(raw, "keys_dir", "keys", source)
+    data_dir = _path(raw, "data_dir", "data", source)
+    heartbeat = _numbers(raw, _HEARTBEAT_RANGES)
+    if heartbeat["heartbeat_timeout"] < 2 * heartbeat["heartbeat_interval"]:
         raise ConfigError("'heartbeat_timeout' must be at least twice 'heartbeat_interval'")
-    history_size = _number(raw, "history_size", 100, 0, 10_000, integer=True)
-    send_queue_limit = _number(raw, "send_queue_limit", 1000, 10, 1_000_000, integer=True)
-    history_replay_bytes = _number(raw, "history_replay_bytes", 1024 * 1024, 0, 1 << 30, integer=True)
-    send_window_bytes = _number(raw, "send_window_bytes", 1024 * 1024, 64 * 1024, 1 << 30, integer=True)
-    send_queue_bytes = _number(raw, "send_queue_bytes", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True)
-    return Config(
-        server_ip=ip,
-        server_port=port,
-        admins=frozenset(admins),
-        keys_dir=(source.parent / keys_dir),
-        data_dir=(source.parent / data_dir),
-        max_text_bytes=_number(raw, "max_text_bytes", DEFAULT_MAX_TEXT_BYTES, 1, 1024 * 1024, integer=True),
-        heartbeat_interval=float(interval),
-        heartbeat_timeout=float(timeout),
-        send_queue_limit=send_queue_limit,
-        max_pending_logins=_number(raw, "max_pending_logins", 1000, 1, 1_000_000, integer=True),
-        max_clients=_number(raw, "max_clients", 1000, 1, 1_000_000, integer=True),
-        logins_per_second_per_user=float(_number(raw, "logins_per_second_per_user", 5.0, 0.01, 1e6, False)),
-        max_connections_per_source=_number(raw, "max_connections_per_source", 64, 1, 1_000_000, integer=True),
-        handshakes_per_second_per_source=float(
-            _number(raw, "handshakes_per_second_per_source", 20.0, 0.01, 1e6, False)
-        ),
-        messages_per_second_per_user=float(_number(raw, "messages_per_second_per_user", 20.0, 0.01, 1e6, False)),
-        history_size=history_size,
-        history_days=float(_number(raw, "history_days", 30.0, 0, 100_000, integer=False)),
-        mailbox_messages=_number(raw, "mailbox_messages", 500, 0, 100_000, integer=True),
-        mailbox_bytes=_number(raw, "mailbox_bytes", 4 * 1024 * 1024, 0, 1 << 30, integer=True),
-        mailbox_days=float(_number(raw, "mailbox_days", 30.0, 0.001, 100_000, integer=False)),
-        history_replay_bytes=history_replay_bytes,
-        send_window_bytes=send_window_bytes,
-        send_queue_bytes=send_queue_bytes,
-        presence_interval=float(_number(raw, "presence_interval", 0.5, 0, 60, integer=False)),
-        workers=_number(raw, "workers", DEFAULT_WORKERS, 0, MAX_WORKERS, integer=True),
-        max_connections_per_user=_number(raw, "max_connections_per_user", 8, 1, 1_000_000, integer=True),
-        handshakes_per_second_per_user=float(_number(raw, "handshakes_per_second_per_user", 10.0, 0.01, 1e6, False)),
-        unfinished_bytes_per_user=_number(
-            raw, "unfinished_bytes_per_user", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True
-        ),
-        queued_sends_per_user=_number(raw, "queued_sends_per_user", 1000, 1, 1_000_000, integer=True),
-        queued_send_bytes_per_user=_number(
-            raw, "queued_send_bytes_per_user", 8 * 1024 * 1024, 64 * 1024, 1 << 32, integer=True
-        ),
-        sent_mail_messages=_number(raw, "sent_mail_messages", 500, 0, 100_000, integer=True),
-        sent_mail_bytes=_number(raw, "sent_mail_bytes", 4 * 1024 * 1024, 0, 1 << 30, integer=True),
-        routing_id_lockout=float(_number(raw, "routing_id_lockout", 300.0, 0, 86_400, integer=False)),
-        connections_per_second_per_source=float(
-            _number(raw, "connections_per_second_per_source", 20.0, 0.01, 1e6, False)
-        ),
-        min_free_disk_bytes=_number(raw, "min_free_disk_bytes", 64 * 1024 * 1024, 0, 1 << 50, integer=True),
-        max_store_bytes=_number(raw, "max_store_bytes", 0, 0, 1 << 50, integer=True),
-        source=source,
-    )
+    limits = _numbers(raw, _LIMIT_RANGES)
+    return Config(ip, port, frozenset(admins), keys_dir, data_dir, **heartbeat, **limits, source=source)
 
 
 def add_location_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zchat import crypto
 from zchat.config import add_location_arguments, client_settings
-from zchat.errors import ConfigError, LocalProtocolError
+from zchat.errors import ChatError, ConfigError, LocalProtocolError
 from zchat.names import clashing_name, name_skeleton
 from zchat.protocol import NAME_PATTERN, check_name
 
@@ -396,7 +396,7 @@ def print_fingerprint(layout: KeyLayout, name: str) -> int:
     """`make fingerprint NAME=...`: the registered key's fingerprint, or a one-line error."""
     try:
         print(f"{name} {crypto.fingerprint(crypto.load_public_key(layout.client_public(name)))}")
-    except (LocalProtocolError, crypto.KeyFileError) as exc:
+    except ChatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -410,7 +410,7 @@ def public_file_note(layout: KeyLayout, name: str) -> str:
     return f"wrote {path}: give it to the broker's operator, for the broker's keys/clients/"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zchat-keys", description="Create and register a user's key pair, or show a registered key's fingerprint."
     )
@@ -429,7 +429,39 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only print the registered key's fingerprint (to compare out of band)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _make_key(layout: KeyLayout, args: argparse.Namespace) -> str | None:
+    """The fingerprint of NAME's new key pair; None when NAME had one already (then what became of it is said)."""
+    name = check_name(args.name)
+    private = layout.client_private(name)
+    if args.if_missing and private.exists():
+        if public_file_needs_binding(layout.client_public(name)):
+            # A .pub from before keys were bound: bind it now (a bot's key has no passphrase unless PASSPHRASE).
+            fp, _ = register_existing_key(layout, name, os.environ.get("PASSPHRASE") or None)
+            print(f"{private} exists; its Curve25519 key is now bound to its RSA key")
+            print(public_file_note(layout, name))
+            print(f"fingerprint {fp}")
+        return None
+    if args.bits < crypto.MIN_KEY_BITS:
+        raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")
+    # Never the broker's keys: only the broker makes its own (at its first start), and on a client machine
+    # keys/broker.pub is the copy the user trusts.
+    if not private.exists():
+        return create_client_key(layout, name, read_new_passphrase(), args.bits)
+    passphrase = os.environ.get("PASSPHRASE") or None
+    if passphrase is None and sys.stdin.isatty() and b"ENCRYPTED" in private.read_bytes():
+        passphrase = getpass.getpass(f"Passphrase for {private}: ")
+    fp, written = register_existing_key(layout, name, passphrase)
+    state = public_file_note(layout, name) if written else f"already there: {layout.client_public(name)}"
+    print(f"{private} exists; {state}")
+    print(f"fingerprint {fp}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         layout = KeyLayout(client_settings(args.config, args.keys_dir).keys_dir)
     except ConfigError as exc:
@@ -438,37 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fingerprint:
         return print_fingerprint(layout, args.name)
     try:
-        check_name(args.name)
-        if args.if_missing and layout.client_private(args.name).exists():
-            if not public_file_needs_binding(layout.client_public(args.name)):
-                return 0
-            # A .pub from before keys were bound: bind it now (a bot's key has no passphrase unless PASSPHRASE).
-            fp, _ = register_existing_key(layout, args.name, os.environ.get("PASSPHRASE") or None)
-            print(f"{layout.client_private(args.name)} exists; its Curve25519 key is now bound to its RSA key")
-            print(public_file_note(layout, args.name))
-            print(f"fingerprint {fp}")
-            return 0
-        if args.bits < crypto.MIN_KEY_BITS:
-            raise ValueError(f"--bits must be at least {crypto.MIN_KEY_BITS}")
-        # Never the broker's keys: only the broker makes its own (at its first start), and on a client machine
-        # keys/broker.pub is the copy the user trusts.
-        if layout.client_private(args.name).exists():
-            passphrase = os.environ.get("PASSPHRASE") or None
-            if (
-                passphrase is None
-                and sys.stdin.isatty()
-                and b"ENCRYPTED" in layout.client_private(args.name).read_bytes()
-            ):
-                passphrase = getpass.getpass(f"Passphrase for {layout.client_private(args.name)}: ")
-            fp, written = register_existing_key(layout, args.name, passphrase)
-            state = (
-                public_file_note(layout, args.name) if written else f"already there: {layout.client_public(args.name)}"
-            )
-            print(f"{layout.client_private(args.name)} exists; {state}")
-            print(f"fingerprint {fp}")
-            return 0
-        fp = create_client_key(layout, args.name, read_new_passphrase(), args.bits)
-    except (LocalProtocolError, ValueError, FileExistsError, crypto.KeyFileError, OSError) as exc:
+        fp = _make_key(layout, args)
+    except (ChatError, ValueError, OSError) as exc:  # OSError: FileExistsError too
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except EOFError:  # Ctrl-D at a passphrase prompt
@@ -480,9 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C, at a prompt or while the key is made
         print(f"\nerror: cancelled (Ctrl-C); no key written for {args.name}", file=sys.stderr)
         return 130
-    print(f"wrote {layout.client_private(args.name)} (mode 0600, keep it secret)")
-    print(public_file_note(layout, args.name))
-    print(f"fingerprint {fp}")
+    if fp is not None:
+        print(f"wrote {layout.client_private(args.name)} (mode 0600, keep it secret)")
+        print(public_file_note(layout, args.name))
+        print(f"fingerprint {fp}")
     return 0
 
 

@@ -1,8 +1,9 @@
-"""zchat/protocol.py: frame checks, document codecs, statements, text and name rules."""
+"""zchat/protocol/: frame checks, document codecs, statements, events, text and name rules."""
 
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 
@@ -10,6 +11,7 @@ from zchat import crypto
 from zchat import protocol as p
 from zchat.errors import LocalProtocolError, RemoteProtocolError
 from zchat.events import UserInfo
+from zchat.protocol import events as wire
 
 MAX_BODY = p.max_body_bytes(p.DEFAULT_MAX_TEXT_BYTES)
 NONCE = bytes(range(32))
@@ -124,12 +126,12 @@ def test_max_body_covers_a_send_of_a_doubly_escaped_full_text():
 
 def test_broker_body_limit_covers_a_chat_delivery_of_a_full_text():
     author = UserInfo("a" * 32, "SHA256:" + "0" * 64, False, b"k" * 600)  # a 4096-bit key's DER is about 550 bytes
-    event = p.ChatEvent(worst_case_chat(), p.MAX_TIMESTAMP, author, away=True).to_doc()
-    plaintext = p.seal_delivery(DELIVERY_KEY, "ab" * 32, p.MAX_SEQ, event)
+    event = wire.ChatEvent(worst_case_chat(), p.MAX_TIMESTAMP, author, away=True).to_doc()
+    plaintext = wire.seal_delivery(DELIVERY_KEY, "ab" * 32, p.MAX_SEQ, event)
     assert len(plaintext) + 1 + 512 + 12 + 16 <= p.MAX_BROKER_BODY
     # The same message kept for an offline recipient: the chat event sealed to them, inside a mail event.
     sealed = b"s" * (len(p.dump_doc(event)) + 1 + 512 + 12 + 16)
-    mail = p.seal_delivery(DELIVERY_KEY, "ab" * 32, p.MAX_SEQ, p.MailEvent(sealed).to_doc())
+    mail = wire.seal_delivery(DELIVERY_KEY, "ab" * 32, p.MAX_SEQ, wire.MailEvent(sealed).to_doc())
     assert len(mail) + 1 + 512 + 12 + 16 <= p.MAX_BROKER_BODY
 
 
@@ -186,7 +188,7 @@ MALFORMED_JSON = {
 @pytest.mark.parametrize("data", MALFORMED_JSON.values(), ids=MALFORMED_JSON.keys())
 @pytest.mark.parametrize(
     "decode",
-    [p.Hello.decode, p.Challenge.decode, p.Login.decode, lambda data: p.Delivery.open(data, DELIVERY_KEY)],
+    [p.Hello.decode, p.Challenge.decode, p.Login.decode, lambda data: wire.Delivery.open(data, DELIVERY_KEY)],
     ids=["hello", "challenge", "login", "delivery"],
 )
 def test_documents_reject_malformed_or_non_object_json(decode, data):
@@ -297,31 +299,31 @@ def macced(inner: str, key: bytes = DELIVERY_KEY) -> bytes:
 
 
 def test_delivery_round_trip():
-    data = p.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "leave", "name": "bøb", "reason": "left"})
-    delivery = p.Delivery.open(data, DELIVERY_KEY)
+    data = wire.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "leave", "name": "bøb", "reason": "left"})
+    delivery = wire.Delivery.open(data, DELIVERY_KEY)
     assert (delivery.session, delivery.seq, delivery.kind) == ("ab12", 7, "leave")
     assert delivery.event == {"type": "leave", "name": "bøb", "reason": "left"}
 
 
 def test_delivery_under_another_key_is_rejected():
-    data = p.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "who", "users": []})
-    error = remote_error(lambda: p.Delivery.open(data, bytes(32)))
+    data = wire.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "who", "users": []})
+    error = remote_error(lambda: wire.Delivery.open(data, bytes(32)))
     assert "MAC" in str(error)
 
 
 def test_tampered_delivery_is_rejected():
-    outer = json.loads(p.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "who", "users": []}))
+    outer = json.loads(wire.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "who", "users": []}))
     tampered = {**outer, "delivery": outer["delivery"].replace('"seq":7', '"seq":8')}
     assert tampered != outer
-    remote_error(lambda: p.Delivery.open(p.dump_doc(tampered), DELIVERY_KEY))
+    remote_error(lambda: wire.Delivery.open(p.dump_doc(tampered), DELIVERY_KEY))
 
 
 @pytest.mark.parametrize(
     "mac", [None, "", "not base64", p.b64(bytes(31)), p.b64(bytes(33)), p.b64(bytes(32)), 5], ids=repr
 )
 def test_delivery_with_a_bad_mac_field_is_rejected(mac):
-    outer = json.loads(p.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "who", "users": []}))
-    remote_error(lambda: p.Delivery.open(p.dump_doc({**outer, "mac": mac}), DELIVERY_KEY))
+    outer = json.loads(wire.seal_delivery(DELIVERY_KEY, "ab12", 7, {"type": "who", "users": []}))
+    remote_error(lambda: wire.Delivery.open(p.dump_doc({**outer, "mac": mac}), DELIVERY_KEY))
 
 
 @pytest.mark.parametrize(
@@ -339,31 +341,31 @@ def test_delivery_with_a_bad_mac_field_is_rejected(mac):
 )
 def test_delivery_rejects_wrong_fields(fields):
     good = {"session": "s", "seq": 1, "event": {"type": "who"}}
-    assert p.Delivery.open(macced(json.dumps(good)), DELIVERY_KEY).kind == "who"
-    remote_error(lambda: p.Delivery.open(macced(json.dumps(fields)), DELIVERY_KEY))
+    assert wire.Delivery.open(macced(json.dumps(good)), DELIVERY_KEY).kind == "who"
+    remote_error(lambda: wire.Delivery.open(macced(json.dumps(fields)), DELIVERY_KEY))
 
 
 @pytest.mark.parametrize("inner", ["", "[]", "not json", '"string"', "{}"], ids=repr)
 def test_delivery_with_a_valid_mac_over_garbage_is_rejected(inner):
-    remote_error(lambda: p.Delivery.open(macced(inner), DELIVERY_KEY))
+    remote_error(lambda: wire.Delivery.open(macced(inner), DELIVERY_KEY))
 
 
 def test_delivery_smuggling_a_lone_surrogate_is_rejected():
     data = b'{"delivery": "\\ud800", "mac": "' + p.b64(bytes(32)).encode() + b'"}'
     assert json.loads(data)["delivery"] == "\ud800"
-    error = remote_error(lambda: p.Delivery.open(data, DELIVERY_KEY))
+    error = remote_error(lambda: wire.Delivery.open(data, DELIVERY_KEY))
     assert "Unicode" in str(error)
 
 
 def test_user_info_round_trip_and_rejections():
     user = UserInfo("carol", "SHA256:" + "0" * 64, True, b"\x30\x82der")
-    assert p.parse_user_info(p.user_info_doc(user)) == user
-    assert p.parse_user_list({"users": [p.user_info_doc(user)]}, "users") == (user,)
-    remote_error(lambda: p.parse_user_info("carol"))
-    remote_error(lambda: p.parse_user_info({**p.user_info_doc(user), "name": "c a r o l"}))
-    remote_error(lambda: p.parse_user_info({**p.user_info_doc(user), "bot": "yes"}))
-    remote_error(lambda: p.parse_user_list({"users": {"carol": 1}}, "users"))
-    remote_error(lambda: p.parse_user_list({}, "users"))
+    assert wire.parse_user_info(wire.user_info_doc(user)) == user
+    assert wire.parse_user_list({"users": [wire.user_info_doc(user)]}, "users") == (user,)
+    remote_error(lambda: wire.parse_user_info("carol"))
+    remote_error(lambda: wire.parse_user_info({**wire.user_info_doc(user), "name": "c a r o l"}))
+    remote_error(lambda: wire.parse_user_info({**wire.user_info_doc(user), "bot": "yes"}))
+    remote_error(lambda: wire.parse_user_list({"users": {"carol": 1}}, "users"))
+    remote_error(lambda: wire.parse_user_list({}, "users"))
 
 
 # ---------------------------------------------------------------- the answers to a chat statement
@@ -372,23 +374,23 @@ def test_user_info_round_trip_and_rejections():
 @pytest.mark.parametrize(
     ("event", "document"),
     [
-        (p.AcceptedEvent("m1", 1.5), {"type": "accepted", "id": "m1", "received": 1.5}),
-        (p.AcceptedEvent("m1", 2.0, queued=True), {"type": "accepted", "id": "m1", "received": 2.0, "queued": True}),
+        (wire.AcceptedEvent("m1", 1.5), {"type": "accepted", "id": "m1", "received": 1.5}),
+        (wire.AcceptedEvent("m1", 2.0, queued=True), {"type": "accepted", "id": "m1", "received": 2.0, "queued": True}),
         (
-            p.AcceptedEvent("m1", 2.0, duplicate=True),
+            wire.AcceptedEvent("m1", 2.0, duplicate=True),
             {"type": "accepted", "id": "m1", "received": 2.0, "duplicate": True},
         ),
-        (p.FailedEvent("m-2", "mailbox full"), {"type": "failed", "id": "m-2", "reason": "mailbox full"}),
-        (p.RefusedEvent(7, "m_3"), {"type": "refused", "seq": 7, "id": "m_3"}),
-        (p.RefusedEvent(7, ""), {"type": "refused", "seq": 7}),
-        (p.RefusedEvent(None, ""), {"type": "refused"}),
-        (p.MailEvent(b"\x00sealed\xff"), {"type": "mail", "sealed": p.b64(b"\x00sealed\xff")}),
+        (wire.FailedEvent("m-2", "mailbox full"), {"type": "failed", "id": "m-2", "reason": "mailbox full"}),
+        (wire.RefusedEvent(7, "m_3"), {"type": "refused", "seq": 7, "id": "m_3"}),
+        (wire.RefusedEvent(7, ""), {"type": "refused", "seq": 7}),
+        (wire.RefusedEvent(None, ""), {"type": "refused"}),
+        (wire.MailEvent(b"\x00sealed\xff"), {"type": "mail", "sealed": p.b64(b"\x00sealed\xff")}),
     ],
     ids=["accepted", "queued", "duplicate", "failed", "refused", "refused-no-id", "refused-unread", "mail"],
 )
 def test_answer_events_round_trip(event, document):
     assert event.to_doc() == document
-    assert p.decode_event(json.loads(json.dumps(document))) == event
+    assert wire.decode_event(json.loads(json.dumps(document))) == event
 
 
 @pytest.mark.parametrize(
@@ -410,12 +412,12 @@ def test_answer_events_round_trip(event, document):
     ids=repr,
 )
 def test_answer_events_with_bad_fields_are_rejected(document):
-    remote_error(lambda: p.decode_event(document))
+    remote_error(lambda: wire.decode_event(document))
 
 
 def test_queued_and_duplicate_are_true_only_when_true():
     document = {"type": "accepted", "id": "m1", "received": 1.0, "queued": "yes", "duplicate": 1}
-    assert p.decode_event(document) == p.AcceptedEvent("m1", 1.0)
+    assert wire.decode_event(document) == wire.AcceptedEvent("m1", 1.0)
 
 
 # ---------------------------------------------------------------- statements
@@ -625,3 +627,19 @@ def test_signing_inputs_are_distinct_per_purpose():
     assert p.delivery_mac_input("x") != p.statement_signing_input("x")
     assert p.login_proof_input("alice", NONCE, OTHER_NONCE) != p.login_proof_input("alice", OTHER_NONCE, NONCE)
     assert p.session_id(OTHER_NONCE) == OTHER_NONCE.hex()
+
+
+def decoded_or_problem(document):
+    try:
+        return wire.decode_event(document)
+    except RemoteProtocolError as exc:
+        return str(exc)
+
+
+def test_every_broker_event_names_its_own_tag_and_is_decoded_by_it():
+    kinds = typing.get_args(wire.BrokerEvent)
+    assert len({kind.TYPE for kind in kinds}) == len(kinds) == 13
+    for kind in kinds:  # a known tag with its fields missing: the event's own checks answer
+        outcome = decoded_or_problem({"type": kind.TYPE})
+        assert isinstance(outcome, kind) or "unknown event type" not in outcome
+    assert "unknown event type" in str(remote_error(lambda: wire.decode_event({"type": "room"})))

@@ -1,11 +1,12 @@
-"""Wire protocol zchat/3, without I/O: frames, documents, signing inputs, limits.
+"""Wire protocol zchat/3, without I/O: frames, documents, signing inputs, limits, handshake and statements.
 
 Every ZeroMQ message between a client (DEALER) and the broker (ROUTER) has
 exactly three frames: the marker b"zchat/3", a command name, and a body. A
 body is either empty (PING, REFUSED, EVICTED, BUSY), the 16 bytes of an ACK,
 or a hybrid envelope (see `crypto.envelope`) whose plaintext is a UTF-8 JSON
 object. The transport under it is CurveZMQ (`zchat.client.transport`, `zchat.broker.admission`). docs/PROTOCOL.md is
-the normative description; this module is its one implementation.
+the normative description; this package is its one implementation: this module what a client sends (and the
+fields and limits both sides check), `zchat.protocol.events` what the broker sends (deliveries and their events).
 
 Decoding functions raise RemoteProtocolError for anything a peer could get
 wrong; building functions raise LocalProtocolError for our own misuse.
@@ -23,11 +24,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from zchat import crypto
 from zchat.errors import LocalProtocolError, RemoteProtocolError
-from zchat.events import UserInfo
 
-MARKER = b"zchat/3"
+MARKER: bytes = b"zchat/3"
 
 # Commands a client sends.
 HELLO = b"HELLO"
@@ -452,354 +451,27 @@ class SignedStatement:
         return cls(statement, get_b64(doc, "sig"))
 
 
-# ---------------------------------------------------------------- deliveries (broker -> client)
-
-
-def user_info_doc(user: UserInfo) -> dict[str, Any]:
-    return {"name": user.name, "key": b64(user.key_der), "fingerprint": user.fingerprint, "bot": user.bot}
-
-
-def parse_user_info(doc: Any) -> UserInfo:
-    if not isinstance(doc, dict):
-        raise RemoteProtocolError("user entry is not an object")
-    return UserInfo(get_name(doc, "name"), get_str(doc, "fingerprint"), get_bool(doc, "bot"), get_b64(doc, "key"))
-
-
-def parse_user_list(doc: dict[str, Any], key: str) -> tuple[UserInfo, ...]:
-    users = doc.get(key)
-    if not isinstance(users, list):
-        raise RemoteProtocolError(f"field {key!r} is not a list")
-    return tuple(parse_user_info(entry) for entry in users)
-
-
-def seal_delivery(delivery_key: bytes, session: str, seq: int, event: dict[str, Any] | str) -> bytes:
-    """The EVENT plaintext: the delivery JSON and its HMAC under the session's delivery key.
-
-    `event` may come as its JSON text already (`dump_doc(event)` decoded), so a broadcast serialises it once.
-    """
-    event_json = event if isinstance(event, str) else dump_doc(event).decode("utf-8")
-    delivery = '{"session":' + json.dumps(session) + ',"seq":' + str(int(seq)) + ',"event":' + event_json + "}"
-    tag = crypto.mac(delivery_key, delivery_mac_input(delivery))
-    return dump_doc({"delivery": delivery, "mac": b64(tag)})
-
-
-@dataclass(frozen=True)
-class Delivery:
-    session: str
-    seq: int
-    event: dict[str, Any]
-    kind: str
-
-    @classmethod
-    def open(cls, data: bytes, delivery_key: bytes) -> Delivery:
-        """Check the MAC, then parse; anything wrong raises RemoteProtocolError."""
-        outer = load_doc(data)
-        delivery = get_str(outer, "delivery")
-        try:
-            crypto.verify_mac(delivery_key, delivery_mac_input(delivery), get_b64(outer, "mac", 32))
-        except crypto.CryptoError:
-            raise RemoteProtocolError("delivery MAC does not verify") from None
-        doc = load_doc(delivery)
-        event = doc.get("event")
-        if not isinstance(event, dict):
-            raise RemoteProtocolError("delivery without event object")
-        return cls(get_str(doc, "session"), get_int(doc, "seq", 1), event, get_str(event, "type"))
-
-
-# ---------------------------------------------------------------- events (what a delivery carries)
-#
-# One typed class per event type, encoded by the broker (`to_doc()`) and decoded by the client (`decode_event()`)
-# through the same code. Decoding checks types and ranges; what a field means (is a key real, does a signature
-# verify) is the client session's business.
-
-
-@dataclass(frozen=True)
-class WelcomeEvent:
-    name: str
-    users: tuple[UserInfo, ...]
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    max_text_bytes: int
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "type": "welcome",
-            "name": self.name,
-            "users": [user_info_doc(u) for u in self.users],
-            "heartbeat_interval": self.heartbeat_interval,
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "max_text_bytes": self.max_text_bytes,
-        }
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> WelcomeEvent:
-        return cls(
-            get_name(doc, "name"),
-            parse_user_list(doc, "users"),
-            get_float(doc, "heartbeat_interval"),
-            get_float(doc, "heartbeat_timeout"),
-            get_int(doc, "max_text_bytes", 1, 1 << 24),
-        )
-
-
-@dataclass(frozen=True)
-class ChatEvent:
-    """A chat statement relayed with its author's signature, stamped with the broker's `received` time.
-
-    `history`: replayed from the room's history after the welcome; `away`: a private message kept while its
-    recipient was offline. Both come with `author`, the author's user object (the author may be offline).
-    """
-
-    statement: SignedStatement
-    received: float
-    author: UserInfo | None = None
-    history: bool = False
-    away: bool = False
-
-    def to_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": "chat", **self.statement.to_doc(), "received": self.received}
-        if self.history:
-            doc["history"] = True
-        if self.away:
-            doc["away"] = True
-        if self.author is not None:
-            doc["author"] = user_info_doc(self.author)
-        return doc
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any], max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> ChatEvent:
-        history, away = doc.get("history") is True, doc.get("away") is True
-        author = parse_user_info(doc.get("author")) if history or away else None
-        statement = SignedStatement.from_doc(doc, max_text_bytes)
-        return cls(statement, get_timestamp(doc, "received"), author, history, away)
-
-
-@dataclass(frozen=True)
-class MailEvent:
-    """A private message kept for us while we were away: a `chat` event (with `away` and `author`) sealed to our
-    own key when the broker stored it, so that only we can read it (context MAIL_CONTEXT)."""
-
-    sealed: bytes
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "mail", "sealed": b64(self.sealed)}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> MailEvent:
-        return cls(get_b64(doc, "sealed", max_length=MAX_BROKER_BODY))
-
-
-MAIL_CONTEXT = MARKER + b"|MAIL"
-
-
-@dataclass(frozen=True)
-class JoinEvent:
-    user: UserInfo
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "join", "user": user_info_doc(self.user)}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> JoinEvent:
-        return cls(parse_user_info(doc.get("user")))
-
-
-@dataclass(frozen=True)
-class LeaveEvent:
-    name: str
-    reason: str
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "leave", "name": self.name, "reason": self.reason}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> LeaveEvent:
-        return cls(get_name(doc, "name"), get_str(doc, "reason"))
-
-
-@dataclass(frozen=True)
-class PresenceEvent:
-    """Several joins and leaves for one member, in the order they happened."""
-
-    changes: tuple[JoinEvent | LeaveEvent, ...]
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "presence", "changes": [change.to_doc() for change in self.changes]}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> PresenceEvent:
-        changes = doc.get("changes")
-        if not isinstance(changes, list) or not changes:
-            raise RemoteProtocolError("presence without changes")
-        parsed: list[JoinEvent | LeaveEvent] = []
-        for change in changes:
-            kind = change.get("type") if isinstance(change, dict) else None
-            if kind == "join":
-                parsed.append(JoinEvent.from_doc(change))
-            elif kind == "leave":
-                parsed.append(LeaveEvent.from_doc(change))
-            else:
-                raise RemoteProtocolError(f"a presence change of type {kind!r}")
-        return cls(tuple(parsed))
-
-
-@dataclass(frozen=True)
-class WhoEvent:
-    users: tuple[UserInfo, ...]
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "who", "users": [user_info_doc(u) for u in self.users]}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> WhoEvent:
-        return cls(parse_user_list(doc, "users"))
-
-
-@dataclass(frozen=True)
-class AcceptedEvent:
-    """Our chat statement `id` is kept by the broker (committed to its database) and on its way.
-
-    `queued`: a private message whose recipient is offline, stored until they log in. `duplicate`: the broker had
-    already accepted a statement with this id (a re-send); nothing was delivered again.
-    """
-
-    message_id: str
-    received: float
-    queued: bool = False
-    duplicate: bool = False
-
-    def to_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": "accepted", "id": self.message_id, "received": self.received}
-        if self.queued:
-            doc["queued"] = True
-        if self.duplicate:
-            doc["duplicate"] = True
-        return doc
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> AcceptedEvent:
-        return cls(
-            get_message_id(doc, "id"),
-            get_timestamp(doc, "received"),
-            doc.get("queued") is True,
-            doc.get("duplicate") is True,
-        )
-
-
-@dataclass(frozen=True)
-class FailedEvent:
-    """Our chat statement `id` was not delivered and not kept; `reason` is for a person to read."""
-
-    message_id: str
-    reason: str
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "failed", "id": self.message_id, "reason": self.reason}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> FailedEvent:
-        return cls(get_message_id(doc, "id"), get_str(doc, "reason"))
-
-
-@dataclass(frozen=True)
-class RefusedEvent:
-    """A SEND of ours failed the broker's checks; the session is over, log in again and re-send.
-
-    `seq` and `message_id` name the statement when the broker could read them (None and "" otherwise).
-    """
-
-    seq: int | None
-    message_id: str
-
-    def to_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": "refused"}
-        if self.seq is not None:
-            doc["seq"] = self.seq
-        if self.message_id:
-            doc["id"] = self.message_id
-        return doc
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> RefusedEvent:
-        seq = get_int(doc, "seq", 1) if "seq" in doc else None
-        return cls(seq, get_message_id(doc, "id") if "id" in doc else "")
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    message: str
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "error", "message": self.message}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ErrorEvent:
-        return cls(get_str(doc, "message"))
-
-
-@dataclass(frozen=True)
-class ClosedEvent:
-    reason: str
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "closed", "reason": self.reason}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ClosedEvent:
-        return cls(get_str(doc, "reason"))
-
-
-@dataclass(frozen=True)
-class ShutdownEvent:
-    by: str
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": "shutdown", "by": self.by}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ShutdownEvent:
-        return cls(get_str(doc, "by"))
-
-
-BrokerEvent = (
-    WelcomeEvent
-    | ChatEvent
-    | MailEvent
-    | JoinEvent
-    | LeaveEvent
-    | PresenceEvent
-    | WhoEvent
-    | AcceptedEvent
-    | FailedEvent
-    | RefusedEvent
-    | ErrorEvent
-    | ClosedEvent
-    | ShutdownEvent
+# For now every event name is still reachable as zchat.protocol.<name>; it lives in zchat.protocol.events.
+from zchat.protocol.events import (  # noqa: E402, I001
+    MAIL_CONTEXT as MAIL_CONTEXT,
+    AcceptedEvent as AcceptedEvent,
+    BrokerEvent as BrokerEvent,
+    ChatEvent as ChatEvent,
+    ClosedEvent as ClosedEvent,
+    Delivery as Delivery,
+    ErrorEvent as ErrorEvent,
+    FailedEvent as FailedEvent,
+    JoinEvent as JoinEvent,
+    LeaveEvent as LeaveEvent,
+    MailEvent as MailEvent,
+    PresenceEvent as PresenceEvent,
+    RefusedEvent as RefusedEvent,
+    ShutdownEvent as ShutdownEvent,
+    WelcomeEvent as WelcomeEvent,
+    WhoEvent as WhoEvent,
+    decode_event as decode_event,
+    parse_user_info as parse_user_info,
+    parse_user_list as parse_user_list,
+    seal_delivery as seal_delivery,
+    user_info_doc as user_info_doc,
 )
-
-_EVENT_CLASSES: dict[str, Any] = {
-    "welcome": WelcomeEvent,
-    "mail": MailEvent,
-    "join": JoinEvent,
-    "leave": LeaveEvent,
-    "presence": PresenceEvent,
-    "who": WhoEvent,
-    "accepted": AcceptedEvent,
-    "failed": FailedEvent,
-    "refused": RefusedEvent,
-    "error": ErrorEvent,
-    "closed": ClosedEvent,
-    "shutdown": ShutdownEvent,
-}
-
-
-def decode_event(doc: dict[str, Any], max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> BrokerEvent:
-    """The typed event for a delivery's `event` object; RemoteProtocolError for an unknown type or a bad field."""
-    kind = get_str(doc, "type")
-    if kind == "chat":
-        return ChatEvent.from_doc(doc, max_text_bytes)
-    cls = _EVENT_CLASSES.get(kind)
-    if cls is None:
-        raise RemoteProtocolError(f"unknown event type {kind!r}")
-    event: BrokerEvent = cls.from_doc(doc)
-    return event
