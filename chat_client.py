@@ -1,11 +1,11 @@
 """The terminal client, as `make client` runs it from the repository: `python chat_client.py [--config FILE]`.
 
-The client itself is `zchat.client.main` (installed, the `zchat` command).
+The client itself is `zchat.client.terminal` (installed, the `zchat` command).
 """
 
 import sys
 
-from zchat.client.main import main
+from zchat.client.terminal.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

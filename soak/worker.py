@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-import zchat.client.sync_client
+import zchat.client.driver
 from soak.stats import ReceiverSession, message_text, parse_text
 from zchat import crypto
 from zchat.client.sync_client import ChatClient
@@ -68,7 +68,7 @@ PROGRESS_EVERY = 0.2
 RETRY_AFTER_FAILED_LOGIN = 1.0
 REJOIN_DELAY = (0.5, 3.0)
 MAX_NOTICES_KEPT = 20
-# Frames one client reads per poll. A ChatClient reads up to 100 (zchat.client.sync_client.MAX_FRAMES_PER_POLL),
+# Frames one client reads per poll. A ChatClient reads up to 100 (zchat.client.driver.MAX_FRAMES_PER_POLL),
 # which suits a process with one client; here ~100 share one loop, and after a broker restart each has a whole
 # history replay to read (an RSA decryption per message): 100 frames each would make one turn of the loop last
 # many seconds, so no client would send its heartbeat in time. Fewer per turn keep every client's heartbeats and
@@ -174,7 +174,7 @@ class Slot:
 
 class Worker:
     def __init__(self, spec: WorkerSpec, out: Queue[Message]) -> None:
-        zchat.client.sync_client.MAX_FRAMES_PER_POLL = FRAMES_PER_POLL  # in this worker process only
+        zchat.client.driver.MAX_FRAMES_PER_POLL = FRAMES_PER_POLL  # in this worker process only
         self.spec = spec
         self.out = out
         self.rng = random.Random(spec.seed)  # noqa: S311 - load pattern, not a secret

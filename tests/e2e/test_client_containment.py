@@ -24,17 +24,17 @@ from zchat.events import Joined
 # chat_client.main() with Display.format failing on one message.
 LAUNCH = """
 import sys
-import zchat.client.display
+import zchat.client.terminal.display
 
-original = zchat.client.display.Display.format
+original = zchat.client.terminal.display.Display.format
 
 def format(self, event):
     if getattr(event, "text", None) == "boom":
         raise RuntimeError("the display failed on purpose")
     return original(self, event)
 
-zchat.client.display.Display.format = format
-import zchat.client.main as chat_client
+zchat.client.terminal.display.Display.format = format
+import zchat.client.terminal.app as chat_client
 sys.exit(chat_client.main(sys.argv[1:]))
 """
 

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, collect, raw_login, run_env, wait_for
 from zchat import crypto
 from zchat import protocol as p
 from zchat.client.sync_client import ChatClient
-from zchat.errors import ConnectError
+from zchat.errors import ConnectError, LocalProtocolError
 from zchat.events import ChatMessage, ConnectionLost, Joined, Left, Notice, SessionClosed, Shutdown, Welcome, WhoList
 
 
@@ -54,9 +54,9 @@ def test_unicode_and_long_messages_arrive_intact(broker, connect, text):
 
 def test_messages_over_the_cap_or_with_control_characters_are_refused_locally(broker, connect):
     alice = connect(broker, "alice")
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(LocalProtocolError, match="limit"):
         alice.send("x" * (64 * 1024 + 1))
-    with pytest.raises(ValueError, match="control"):
+    with pytest.raises(LocalProtocolError, match="control"):
         alice.send("evil \x1b[2J terminal escape")
 
 

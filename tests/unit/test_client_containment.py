@@ -5,6 +5,7 @@ No sockets: a stand-in client hands the real loops their events.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -15,10 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-import zchat.client.main as chat_client
+import zchat.client.terminal.app as chat_client
 from bots.archive import Archive
 from zchat.client import bot
-from zchat.client.display import Display
+from zchat.client.terminal import output
+from zchat.client.terminal.display import Display
 from zchat.events import ChatMessage, Event, Notice, Shutdown
 
 
@@ -56,17 +58,24 @@ class FakeClient:
     def close(self, say_bye: bool = True) -> None:
         self.closed = True
 
-    # the piped client's side: one step per poll
-    def poll(self, timeout: float, also: object = ()) -> list[object]:
-        if self.steps and isinstance(self.steps[0], Exception):
-            raise self.steps.popleft()
-        return []
-
     def drain(self) -> list[Event]:
         events: list[Event] = []
         while self.steps and not isinstance(self.steps[0], Exception):
             events.append(self.steps.popleft())  # type: ignore[arg-type]
         return events
+
+
+class AsyncFakeClient(FakeClient):
+    """The piped client's side: what it uses of AsyncChatClient, over the same script."""
+
+    async def receive(self, timeout: float | None = None) -> Event | None:  # type: ignore[override]
+        return FakeClient.receive(self, timeout)
+
+    async def flush(self, timeout: float) -> bool:  # type: ignore[override]
+        return True
+
+    async def close(self, say_bye: bool = True) -> None:  # type: ignore[override]
+        self.closed = True
 
 
 @pytest.fixture
@@ -146,16 +155,15 @@ def test_piped_client_skips_an_event_it_cannot_show_and_shows_the_next(monkeypat
         return original(self, event)
 
     monkeypatch.setattr(Display, "format", failing_format)
-    real_to_dict = chat_client.to_dict
+    real_to_dict = output.to_dict
 
     def failing_to_dict(event: Event) -> dict[str, object]:
         if isinstance(event, ChatMessage) and event.text == "boom":
             raise RuntimeError("the JSON encoding failed on purpose")
         return real_to_dict(event)
 
-    monkeypatch.setattr(chat_client, "to_dict", failing_to_dict)
-    monkeypatch.setattr("sys.stdin", io.StringIO())  # the stand-in's poll never reports the keyboard anyway
-    client = FakeClient(
+    monkeypatch.setattr(output, "to_dict", failing_to_dict)
+    client = AsyncFakeClient(
         message("before"),
         message("far future", timestamp=1e300),
         message("boom"),
@@ -164,12 +172,13 @@ def test_piped_client_skips_an_event_it_cannot_show_and_shows_the_next(monkeypat
         message("later"),
         Shutdown("admin"),
     )
-    with caplog.at_level(logging.WARNING, logger="zchat.client.main"):
-        assert chat_client.run(client, as_json=as_json) == 0  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="zchat.client.terminal.app"):
+        nothing_typed: asyncio.Queue[str | None] = asyncio.Queue()
+        assert asyncio.run(chat_client.run_piped(client, as_json=as_json, lines=nothing_typed)) == 0  # type: ignore[arg-type]
     out = capsys.readouterr().out.splitlines()
     texts = [line for line in out if "alice" in line]
     assert len(texts) == 4, out
     assert "boom" not in "".join(out)
     for expected, line in zip(("before", "far future", "after", "later"), texts, strict=True):
         assert expected in line
-    assert len([r for r in caplog.records if r.name == "zchat.client.main"]) == 2
+    assert len([r for r in caplog.records if r.name == "zchat.client.terminal.app"]) == 2

@@ -14,22 +14,11 @@ import pytest
 
 from zchat import crypto
 from zchat import protocol as p
-from zchat.client.core import (
-    FIRST_RETRY_DELAY,
-    MAX_REFUSALS,
-    MAX_REFUSED_RELOGINS,
-    MAX_RETRY_DELAY,
-    ZAP_ERROR,
-    ZAP_REFUSED,
-    ZAP_TEMPORARY,
-    Backoff,
-    ClientCore,
-    Connect,
-    Disconnect,
-    Send,
-)
+from zchat.client.attempt import FIRST_RETRY_DELAY, MAX_RETRY_DELAY, ZAP_ERROR, ZAP_REFUSED, ZAP_TEMPORARY, Backoff
+from zchat.client.core import MAX_REFUSED_RELOGINS, ClientCore, Connect, Disconnect, Send
+from zchat.client.outbox import MAX_REFUSALS
 from zchat.client.pins import PinStore
-from zchat.errors import ConnectError
+from zchat.errors import ConnectError, LocalProtocolError
 from zchat.events import (
     Accepted,
     ChatMessage,
@@ -663,9 +652,9 @@ def test_the_outbox_is_bounded(keyring):
 
 
 def test_text_and_names_are_checked_when_sent(h):
-    with pytest.raises(ValueError, match="control"):
+    with pytest.raises(LocalProtocolError, match="control"):
         h.say("a\nb")
-    with pytest.raises(ValueError, match="invalid user name"):
+    with pytest.raises(LocalProtocolError, match="invalid user name"):
         h.say("hi", to="no such name!")
 
 

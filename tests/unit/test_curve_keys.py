@@ -429,7 +429,7 @@ def test_ensure_broker_keys_binds_an_unbound_broker_pub(keyring, broker_layout):
 @pytest.mark.parametrize("damage", ["unbound", "tampered"])
 def test_a_client_refuses_a_pinned_broker_pub_whose_curve_key_is_not_bound(keyring, tmp_path, damage):
     """The client pins broker.pub; a Curve key that its RSA key did not sign is refused, in one line."""
-    from zchat.client.sync_client import load_keys
+    from zchat.client.driver import load_keys
 
     data = crypto.export_public_file(keyring.keys["broker"])
     rsa, curve_block, _ = split_file(data)

@@ -1,4 +1,4 @@
-"""zchat/client/display.py: times that never raise, wrapping by display width, peer strings shown escaped."""
+"""zchat/client/terminal/display.py: times that never raise, wrapping by display width, peer strings shown escaped."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import wcwidth
 
 from zchat import protocol as p
-from zchat.client.display import NO_TIME, Display, clock, printable
+from zchat.client.terminal.display import NO_TIME, Display, clock, printable
 from zchat.events import (
     ChatMessage,
     ConnectionLost,

@@ -640,5 +640,5 @@ def test_local_misuse_is_a_local_error(pair):
 
 @pytest.mark.parametrize("text", ["", "   ", "bell\x07", "x" * (p.DEFAULT_MAX_TEXT_BYTES + 1)])
 def test_say_refuses_text_it_cannot_send(pair, text):
-    with pytest.raises(ValueError):  # noqa: PT011 - the message is the user-facing reason, checked in protocol tests
+    with pytest.raises(LocalProtocolError):  # the message is the user-facing reason, checked in protocol tests
         pair.clients[b"alice"].say(text)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from zchat.client.display import Display, for_me, mentions
-from zchat.client.main import completions, host_problem, port_problem
+from zchat.client.terminal.commands import completions
+from zchat.client.terminal.display import Display, for_me, mentions
+from zchat.client.terminal.prompts import host_problem, port_problem
 from zchat.events import ChatMessage, Left, Welcome
 
 ONLINE = ["alice", "bob", "Bobby", "carol"]

@@ -9,7 +9,7 @@
                 await client.send(f"echo: {event.text}")
 
 The same client as `zchat.client.ChatClient` (the policy is `zchat.client.core.ClientCore`, the socket
-work `zchat.client.sync_client.SocketDriver`); only the waiting differs. One background task owns the sockets: it
+work `zchat.client.driver.SocketDriver`); only the waiting differs. One background task owns the sockets: it
 waits on them with a `zmq.asyncio.Poller` (or until the core's next deadline, or until a method here
 wakes it), then hands what arrived to the core and carries out what the core decided. So heartbeats
 and reconnecting go on while your code awaits something else. The methods here only tell the core
@@ -27,18 +27,17 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
+from typing import Unpack
 
 import zmq
 import zmq.asyncio
 
-from zchat.client.core import DEFAULT_CONNECT_TIMEOUT
-from zchat.client.sync_client import ClientBase
+from zchat.client.driver import IDLE_WAIT, ClientBase, FileOptions
 from zchat.errors import ConnectError
 from zchat.events import Event
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT = 0.5  # the longest the task sleeps when the core names no deadline
 _wake_endpoints = itertools.count(1)
 
 
@@ -69,42 +68,30 @@ class AsyncChatClient(ClientBase):
         name: str,
         key_path: str | Path,
         broker_key_path: str | Path = "keys/broker.pub",
-        *,
-        passphrase: str | None = None,
-        bot: bool = False,
-        history: bool = True,
-        reconnect: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **options: Unpack[FileOptions],
     ) -> AsyncChatClient:
-        """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message."""
-        client = cls.from_files(
-            host,
-            port,
-            name,
-            key_path,
-            broker_key_path,
-            passphrase=passphrase,
-            bot=bot,
-            history=history,
-            reconnect=reconnect,
-            connect_timeout=connect_timeout,
-        )
-        try:
-            await client.login()
-        except BaseException:
-            await client.close(say_bye=False)
-            raise
+        """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message.
+
+        Options as `from_files` (`passphrase`, `bot`, `history`, `reconnect`, `connect_timeout`).
+        """
+        client = cls.from_files(host, port, name, key_path, broker_key_path, **options)
+        await client.login()
         return client
 
     async def login(self) -> None:
-        """Connect and log in; returns once the broker welcomed us (ConnectError if the first login fails)."""
-        self.start_login()
-        while not self.online:
-            self._raise_error()
-            if self.closed:
-                raise ConnectError("the client was closed while logging in")
-            self._news.clear()
-            await self._news.wait()
+        """Connect and log in; returns once the broker welcomed us (ConnectError if the first login fails: the
+        client is closed then)."""
+        try:
+            self.start_login()
+            while not self.online:
+                self._raise_error()
+                if self.closed:
+                    raise ConnectError("the client was closed while logging in")
+                self._news.clear()
+                await self._news.wait()
+        except BaseException:
+            await self.close(say_bye=False)
+            raise
 
     def start_login(self) -> None:
         """Connect and start the task that logs in and keeps the session; a `Welcome` event says it is done."""
@@ -118,7 +105,7 @@ class AsyncChatClient(ClientBase):
     async def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         """Send a chat message to everyone else, or only to `to`; returns its message id.
 
-        As `ChatClient.send`: ValueError if the text cannot be sent; the broker's `Accepted` or `Failed`
+        As `ChatClient.send`: LocalProtocolError if the text cannot be sent; the broker's `Accepted` or `Failed`
         event names the id; the message waits in the outbox until then, across reconnects.
         """
         message_id = self.core.say(text, time.monotonic(), to=to, action=action)

@@ -39,18 +39,23 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from zchat import crypto
-from zchat.client.core import EXIT_CLOSED, EXIT_ERROR, EXIT_OK
+from zchat.client.running import (
+    EXIT_ERROR,
+    EXIT_OK,
+    LEAVE_WAIT,
+    end_status,
+    leave,
+    skipping_bad_frames,
+)
 from zchat.client.sync_client import ChatClient
 from zchat.config import add_location_arguments, client_settings
-from zchat.errors import ConfigError, ConnectError, LocalProtocolError
+from zchat.errors import ChatError, ConnectError, LocalProtocolError
 from zchat.events import Accepted, ChatMessage, Event, Failed, KeyChanged, SessionClosed, Shutdown
 from zchat.keystore import KeyLayout
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], str | None]
-LEAVE_WAIT = 3.0  # seconds a stopping bot waits for the broker to answer its last replies
 
 
 def bot_arguments(name: str, description: str = "") -> argparse.ArgumentParser:
@@ -101,66 +106,72 @@ def run_bot(args: argparse.Namespace, handle: Handler) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         client = connect_bot(args)
-    except (ConfigError, ConnectError, crypto.KeyFileError, LocalProtocolError) as exc:
+    except ChatError as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     log.info("%s is online", args.name)
-    status = EXIT_OK
     try:
-        while not stopping:  # until a signal, or the last event of a client that closed (shutdown, closed)
-            try:
-                event = client.receive(timeout=0.5)
-            except ConnectError:
-                raise
-            except Exception:  # a frame the client could not take in: drop it, keep listening
-                log.exception("could not take in a message from the broker; skipped it")
-                continue
-            if event is None:
-                if client.closed:
-                    break
-                continue
-            if isinstance(event, Shutdown):
-                log.info("the broker is shutting down (%s)", event.by)
-                break
-            if isinstance(event, SessionClosed):
-                log.warning("the broker ended the session: %s", event.reason)
-                status = EXIT_CLOSED
-                break
-            if isinstance(event, ChatMessage) and event.sender == args.name:
-                continue
-            if isinstance(event, KeyChanged):
-                log.warning(
-                    "%s's key is not the one pinned in %s (pinned %s, now %s): check it out of band; the bot goes"
-                    " on answering, and the pin stays until it is replaced in that file",
-                    event.name,
-                    client.pins.path or "memory",
-                    event.pinned,
-                    event.seen,
-                )
-            elif isinstance(event, Failed):
-                log.warning("a reply was not delivered: %s", event.reason)
-            elif isinstance(event, Accepted) and event.queued:
-                log.info("a reply is kept for its offline recipient (message %s)", event.message_id)
-            try:
-                reply = handle(event)
-            except Exception:  # the handler failed on this one event; the next one may be fine
-                log.exception("the handler failed on a %s event; skipped it", type(event).__name__)
-                continue
-            if reply and isinstance(event, ChatMessage) and event.bot:
-                log.info("not answering %s, a bot (bots never answer bots)", event.sender)
-            elif reply and not client.closed:
-                to = event.sender if isinstance(event, ChatMessage) and event.private else None
-                try:
-                    client.send(reply, to=to)  # a private question gets a private answer
-                except ValueError as exc:
-                    log.warning("reply not sent: %s", exc)
-        client.flush(LEAVE_WAIT)
+        status = _listen(client, args.name, handle, stopping)
+        last = leave(client, LEAVE_WAIT)
     except ConnectError as exc:
         print(f"bot {args.name}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        status, last = EXIT_ERROR, leave(client, 0.0)
     finally:
         client.close()
-        for event in client.drain():
-            if isinstance(event, Failed):
-                log.warning("a reply was not delivered: %s", event.reason)
+    for event in last:
+        if isinstance(event, Failed):
+            log.warning("a reply was not delivered: %s", event.reason)
     return status
+
+
+def _listen(client: ChatClient, name: str, handle: Handler, stopping: list[str]) -> int:
+    """Hand `handle` every event and send its replies, until a signal or the last event of a closed client."""
+    while not stopping:
+        event = None
+        with skipping_bad_frames(log):  # a frame the client could not take in: drop it, keep listening
+            event = client.receive(timeout=0.5)
+        if event is None:
+            if client.closed:
+                break
+            continue
+        status = end_status(event)
+        if status is not None:
+            if isinstance(event, Shutdown):
+                log.info("the broker is shutting down (%s)", event.by)
+            elif isinstance(event, SessionClosed):
+                log.warning("the broker ended the session: %s", event.reason)
+            return status
+        if isinstance(event, ChatMessage) and event.sender == name:
+            continue
+        _note(client, event)
+        try:
+            reply = handle(event)
+        except Exception:  # the handler failed on this one event; the next one may be fine
+            log.exception("the handler failed on a %s event; skipped it", type(event).__name__)
+            continue
+        if reply and isinstance(event, ChatMessage) and event.bot:
+            log.info("not answering %s, a bot (bots never answer bots)", event.sender)
+        elif reply and not client.closed:
+            to = event.sender if isinstance(event, ChatMessage) and event.private else None
+            try:
+                client.send(reply, to=to)  # a private question gets a private answer
+            except LocalProtocolError as exc:
+                log.warning("reply not sent: %s", exc)
+    return EXIT_OK
+
+
+def _note(client: ChatClient, event: Event) -> None:
+    """Log what a bot's keeper should know: a changed key, a reply not delivered or kept for later."""
+    if isinstance(event, KeyChanged):
+        log.warning(
+            "%s's key is not the one pinned in %s (pinned %s, now %s): check it out of band; the bot goes"
+            " on answering, and the pin stays until it is replaced in that file",
+            event.name,
+            client.pins.path or "memory",
+            event.pinned,
+            event.seen,
+        )
+    elif isinstance(event, Failed):
+        log.warning("a reply was not delivered: %s", event.reason)
+    elif isinstance(event, Accepted) and event.queued:
+        log.info("a reply is kept for its offline recipient (message %s)", event.message_id)

@@ -9,18 +9,19 @@ It owns everything a client decides, and nothing it does with a socket:
   `heartbeat_timeout` of silence), flow-control ACKs after each batch of frames read;
 - reconnecting after a lost connection, an EVICTED, a delivery gap, a BUSY, timed-out or turned-away
   (transport status 300 or 500) re-login, a refused statement, or a statement the socket could not queue: a
-  new socket and a new session, after a backoff of 0.5 s doubling to 8 s, +-20 % jitter; a REFUSED re-login
+  new socket and a new session, after a backoff of 0.5 s doubling to 8 s, +-20 % jitter
+  (`zchat.client.attempt`); a REFUSED re-login
   too, up to MAX_REFUSED_RELOGINS since the last welcome; never after a shutdown, a `closed` event, a key the
   transport refuses (status 400), or a broker that fails its proof or sends an unusable welcome;
 - key pins (`zchat.client.pins.PinStore`: `KeyChanged` events);
-- the acknowledged outbox: every chat message gets its id when the user sends it and stays in the outbox
-  until the broker answers it (`Accepted` or `Failed`); after every welcome, what is still there is sent
-  again, in order, with the same ids (the broker keeps each id once). Closing for good answers every
-  message still waiting with a `Failed` event.
+- the acknowledged outbox (`zchat.client.outbox`): every chat message gets its id when the user sends it
+  and stays in the outbox until the broker answers it (`Accepted` or `Failed`); after every welcome, what
+  is still there is sent again, in order, with the same ids (the broker keeps each id once). Closing for
+  good answers every message still waiting with a `Failed` event.
 
 Like h11's `Connection`, it imports no socket library and never reads the clock: every input takes `now`
 (`time.monotonic()` in a driver) and `next_deadline()` says when to call `tick()` at the latest. A driver
-runs this loop (`zchat.client.sync_client.SocketDriver` does it for the zmq drivers):
+runs this loop (`zchat.client.driver.SocketDriver` does it for the zmq drivers):
 
     core.start(now)
     while not core.closed:
@@ -49,12 +50,15 @@ from dataclasses import dataclass, replace
 
 from zchat import crypto
 from zchat import protocol as p
+from zchat.client.attempt import ZAP_ERROR, ZAP_REFUSED, ZAP_TEMPORARY, Backoff, Handshake
+from zchat.client.outbox import MAX_OUTBOX, Outbox, Outgoing
 from zchat.client.pins import PinStore
-from zchat.client.session import ClientSession, SeenMessages, State
+from zchat.client.session import ClientSession, SeenMessages, State, check_chat
 from zchat.errors import (
     BrokerBusy,
     ConnectError,
     DeliveryGap,
+    LocalProtocolError,
     LoginRefused,
     RemoteProtocolError,
     StatementRefused,
@@ -77,32 +81,11 @@ from zchat.events import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
-FIRST_RETRY_DELAY = 0.5
-MAX_RETRY_DELAY = 8.0
-RETRY_JITTER = 0.2
-MAX_OUTBOX = 1000
-MAX_REFUSALS = 3  # a message the broker refuses this many times is given up (Failed), so a reconnect loop ends
 # A login refused after we were logged in before is tried again this many times: a broker restarted between
 # our HELLO and LOGIN refuses a LOGIN it never challenged. A key that is really refused fails every time. Only a
 # welcome resets the count: a BUSY or a timed-out attempt between two refusals proves nothing about our key.
 MAX_REFUSED_RELOGINS = 3
-# RFC 27 status codes a broker's ZAP handler answers a CurveZMQ handshake with. libzmq reports 400 and 500 on
-# the socket monitor; a 300 sends the client no status at all (zchat.client.transport), but is handled like a
-# 500 should a transport ever report it.
-ZAP_TEMPORARY, ZAP_REFUSED, ZAP_ERROR = 300, 400, 500
-# A handshake broken off before it completed this many times in one attempt: most likely the broker cannot read
-# our CurveZMQ hello, so the pinned broker key is not its key (libzmq connects again by itself, see
-# zchat.client.transport). A status 300 leaves the handshake unanswered until the broker's handshake timeout,
-# or (it depends on a race inside libzmq) breaks it off at once just the same: the message says both.
-BROKEN_HANDSHAKES_WRONG_KEY = 2
 BYE_LINGER = 1.0  # seconds a closing socket may take to hand the broker our goodbye
-# How a program running a client (the terminal client, the bot runner) ends, as its exit status:
-EXIT_OK = 0  # the user left (/exit, end of input, a signal), or the broker shut down (`shutdown`)
-EXIT_ERROR = 1  # an error: no login (unreachable, refused, busy, a bad broker), or the connection lost for good
-# The broker ended the session for good (`closed`: the same name logged in elsewhere, or the key is no longer
-# registered). Not 1, so a supervisor can be told not to start the program again (systemd:
-# RestartPreventExitStatus=3): a copy started again would only close the session that replaced it.
-EXIT_CLOSED = 3
 REQUESTS = ("who", "shutdown")
 
 _LOGGING_IN = (State.HELLO_SENT, State.LOGIN_SENT)
@@ -131,46 +114,6 @@ class Disconnect:
 
 
 Action = Connect | Send | Disconnect
-
-
-# ------------------------------------------------------------ parts
-
-
-class Backoff:
-    """Delays between reconnection attempts: `first`, doubling up to `cap`, each multiplied by a jitter factor."""
-
-    def __init__(
-        self,
-        first: float = FIRST_RETRY_DELAY,
-        cap: float = MAX_RETRY_DELAY,
-        jitter: float = RETRY_JITTER,
-        uniform: Callable[[float, float], float] = random.uniform,
-    ) -> None:
-        self.first, self.cap, self.jitter, self.uniform = first, cap, jitter, uniform
-        self._next = first
-
-    def delay(self) -> float:
-        """The next delay (and double the one after it, up to the cap)."""
-        delay = self._next * self.uniform(1 - self.jitter, 1 + self.jitter)
-        self._next = min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-@dataclass
-class Outgoing:
-    """A chat message in the outbox: the user's words, its id, and the connection it was last sent on."""
-
-    message_id: str
-    text: str
-    to: str | None = None
-    action: bool = False
-    sent_on: int = 0  # the connection (ClientCore.connection) it was last sent on; 0: never sent
-
-    def failed(self, reason: str) -> Failed:
-        return Failed(self.message_id, reason, self.text, self.to)
 
 
 def _users_in(event: Event) -> tuple[UserInfo, ...]:
@@ -214,14 +157,12 @@ class ClientCore:
         self.connect_timeout = connect_timeout
         self.pins = PinStore(None) if pins is None else pins
         self.seen = SeenMessages() if seen is None else seen  # one for every session: nothing is shown twice
-        self.outbox_limit = outbox_limit
         self.session = self._new_session()
         self.connection = 0  # counts Connect actions: which socket the current session lives on
         self._backoff = Backoff(uniform=uniform)
         self._actions: collections.deque[Action] = collections.deque()
         self._events: collections.deque[Event] = collections.deque()
-        self._outbox: dict[str, Outgoing] = {}  # in the order the user sent them
-        self._refusals: collections.Counter[str] = collections.Counter()
+        self._outbox = Outbox(outbox_limit)
         self._logged_in_before = False
         self._refused_relogins = 0  # logins refused in a row since the last welcome
         self._closed = False
@@ -229,9 +170,7 @@ class ClientCore:
         self._retry_at: float | None = None
         self._last_heard = 0.0
         self._last_sent = 0.0
-        self._connected = False  # the transport as the driver reports it, for the first login's error message
-        self._secured = False
-        self._broken = 0  # handshakes broken off without a status in this attempt
+        self._handshake = Handshake()  # the transport as the driver reports it, for the first login's error message
 
     # ------------------------------------------------------------ state
 
@@ -261,7 +200,7 @@ class ClientCore:
     @property
     def pending(self) -> tuple[str, ...]:
         """The ids of the messages the broker has not answered yet, oldest first."""
-        return tuple(self._outbox)
+        return self._outbox.ids
 
     def next_deadline(self) -> float | None:
         """The latest time to call `tick()`: a retry, a login timeout, a heartbeat to send or to miss."""
@@ -308,32 +247,26 @@ class ClientCore:
     def say(self, text: str, now: float, *, to: str | None = None, action: bool = False) -> str:
         """Put a chat message in the outbox (and send it when logged in); returns its id.
 
-        ValueError if the text or name cannot be sent; ConnectError when the client is closed or
+        LocalProtocolError if the text or name cannot be sent; ConnectError when the client is closed or
         `outbox_limit` messages already wait for the broker's answer.
         """
-        problem = p.text_problem(text, self.session.max_text_bytes)
-        if problem:
-            raise ValueError(problem)
-        if to is not None and not p.NAME_PATTERN.fullmatch(to):
-            raise ValueError(f"invalid user name {to!r}")
+        check_chat(text, to, self.session.max_text_bytes)
         if self._closed:
             raise ConnectError("the client is closed")
-        if len(self._outbox) >= self.outbox_limit:
-            where = "the broker's answer" if self.online else "the connection"
-            raise ConnectError(f"not sent: {self.outbox_limit} messages are already waiting for {where}")
+        self._outbox.check_room("the broker's answer" if self.online else "the connection")
         message_id = p.new_message_id()
         if to != self.name:
             # Our own line, shown by whoever drives us as we send it: a history replay after a reconnect (even
             # before the broker's answer) does not show it again. A private message to ourselves comes back.
             self.seen.first_time(self.name, message_id)
-        self._outbox[message_id] = Outgoing(message_id, text, to, action)
+        self._outbox.add(Outgoing(message_id, text, to, action))
         self._flush_outbox(now)
         return message_id
 
     def request(self, kind: str, now: float) -> None:
         """Send a "who" or "shutdown" request; ConnectError when not logged in. Not kept for a later session."""
         if kind not in REQUESTS:
-            raise ValueError(f"not a request: {kind!r}")
+            raise LocalProtocolError(f"not a request: {kind!r}")
         if not self.online:
             raise ConnectError("not connected to the broker right now")
         self._send(self.session.request(kind), now)
@@ -417,9 +350,7 @@ class ClientCore:
     def handshake(self, *, connected: bool = False, secured: bool = False, broken: int = 0) -> None:
         """What the socket monitor said: TCP reached the broker, the CurveZMQ handshake completed, or it was
         broken off `broken` times without a status (the broker could not read it, or closed it unanswered)."""
-        self._connected = self._connected or connected
-        self._secured = self._secured or secured
-        self._broken = max(self._broken, broken)
+        self._handshake.report(connected=connected, secured=secured, broken=broken)
 
     def handshake_refused(self, status: int, now: float) -> None:
         """The broker's ZAP handler answered our CurveZMQ handshake with this RFC 27 status (not 200).
@@ -464,7 +395,7 @@ class ClientCore:
         if state in _LOGGING_IN:
             if now >= self._attempt_deadline:
                 if not self._logged_in_before:
-                    error = self._first_login_timed_out()
+                    error = self._handshake.timed_out(self.endpoint, self.connect_timeout)
                     self._close_for_good(str(error))
                     raise error
                 self._connection_lost("login attempt timed out", now)
@@ -483,8 +414,7 @@ class ClientCore:
         self._retry_at = None
         self.connection += 1
         self.session = self._new_session()
-        self._connected = self._secured = False
-        self._broken = 0
+        self._handshake = Handshake()
         self._last_heard = now
         self._attempt_deadline = now + self.connect_timeout
         self._actions.append(Connect())
@@ -493,24 +423,6 @@ class ClientCore:
     def _send(self, frames: list[bytes], now: float) -> None:
         self._actions.append(Send(frames))
         self._last_sent = now
-
-    def _first_login_timed_out(self) -> ConnectError:
-        if self._connected and not self._secured:
-            if self._broken >= BROKEN_HANDSHAKES_WRONG_KEY:
-                return ConnectError(
-                    f"the broker at {self.endpoint} did not complete the encrypted handshake: the pinned"
-                    " broker key is not this broker's key (copy its keys/broker.pub again), unless the broker"
-                    " is turning the connection away for now"
-                )
-            return ConnectError(
-                f"the broker at {self.endpoint} did not complete the encrypted handshake within"
-                f" {self.connect_timeout:g}s: it may be turning the connection away for now (too many handshakes"
-                " or connections for this user or address, or a lockout), or be overloaded; try again later"
-            )
-        return ConnectError(
-            f"the broker at {self.endpoint} did not answer within {self.connect_timeout:g}s"
-            " (is it running, and is this its key?)"
-        )
 
     def _on_event(self, event: Event, now: float) -> None:
         for user in _users_in(event):
@@ -526,7 +438,7 @@ class ClientCore:
             self._events.append(event)
             self._flush_outbox(now)
         elif isinstance(event, Accepted | Failed):
-            message = self._answered(event.message_id)
+            message = self._outbox.answered(event.message_id)
             self._events.append(event if message is None else replace(event, text=message.text, to=message.to))
         elif isinstance(event, Shutdown):
             self._close_for_good("the broker shut down")
@@ -539,26 +451,17 @@ class ClientCore:
             if isinstance(event, Notice) and self.session.state is State.CLOSED:  # EVICTED
                 self._connection_lost("evicted by the broker", now)
 
-    def _answered(self, message_id: str) -> Outgoing | None:
-        self._refusals.pop(message_id, None)
-        message = self._outbox.pop(message_id, None)
-        if message is None:
-            log.debug("the broker answered message %s, which is not waiting for an answer", message_id)
-        return message
-
     def _flush_outbox(self, now: float) -> None:
         """Send every message not yet sent on this connection, in order (all of them after a welcome)."""
-        for message in list(self._outbox.values()):
+        for message in self._outbox.unsent(self.connection):
             if not self.online:
                 return
-            if message.sent_on == self.connection:
-                continue
             try:
                 frames = self.session.say(
                     message.text, to=message.to, action=message.action, message_id=message.message_id
                 )
-            except ValueError as exc:  # this broker allows less than the one it was written for
-                del self._outbox[message.message_id]
+            except LocalProtocolError as exc:  # this broker allows less than the one it was written for
+                self._outbox.answered(message.message_id)
                 self._events.append(message.failed(f"not sent: {exc}"))
                 continue
             message.sent_on = self.connection
@@ -566,13 +469,9 @@ class ClientCore:
 
     def _statement_refused(self, exc: StatementRefused, now: float) -> None:
         log.warning("%s; logging in again", exc)
-        message_id = exc.message_id
-        if message_id in self._outbox:
-            self._refusals[message_id] += 1
-            if self._refusals[message_id] >= MAX_REFUSALS:
-                message = self._outbox[message_id]
-                self._answered(message_id)
-                self._events.append(message.failed(f"not sent: the broker refused it {MAX_REFUSALS} times"))
+        failed = self._outbox.refused(exc.message_id)
+        if failed is not None:
+            self._events.append(failed)
         self._connection_lost("the broker refused a statement", now)
 
     def _connection_lost(self, reason: str, now: float) -> None:
@@ -595,8 +494,4 @@ class ClientCore:
         self.session.state = State.CLOSED
         self._actions.clear()
         self._actions.append(Disconnect())
-        for message in self._outbox.values():
-            status = "not confirmed" if message.sent_on else "not sent"
-            self._events.append(message.failed(f"{status}: {why}"))
-        self._outbox.clear()
-        self._refusals.clear()
+        self._events.extend(self._outbox.fail_all(why))

@@ -97,6 +97,15 @@ class _Peer:
     last_statement: tuple[str, int] = ("", 0)
 
 
+def check_chat(text: str, to: str | None, max_text_bytes: int) -> None:
+    """LocalProtocolError says why `text` (to the user `to`, when given) cannot be sent as a chat message."""
+    problem = p.text_problem(text, max_text_bytes)
+    if problem:
+        raise LocalProtocolError(problem)
+    if to is not None and not p.NAME_PATTERN.fullmatch(to):
+        raise LocalProtocolError(f"invalid user name {to!r}")
+
+
 class ClientSession:
     def __init__(
         self,
@@ -139,20 +148,16 @@ class ClientSession:
         return p.encode_frames(p.HELLO, crypto.seal(self.broker_key, doc, p.context(p.HELLO)))
 
     def say(self, text: str, *, to: str | None = None, action: bool = False, message_id: str = "") -> list[bytes]:
-        """Frames for a chat message (private when `to` is given); ValueError says why it cannot be sent.
+        """Frames for a chat message (private when `to` is given); LocalProtocolError says why it cannot be sent.
 
         `message_id` (`p.new_message_id()`, a fresh one when not given) names the message: the broker answers
         it with an Accepted or Failed event, and a re-send in a later session keeps the same id so it is
         delivered once.
         """
         message_id = message_id or p.new_message_id()
-        problem = p.text_problem(text, self.max_text_bytes)
-        if problem:
-            raise ValueError(problem)
-        if to is not None and not p.NAME_PATTERN.fullmatch(to):
-            raise ValueError(f"invalid user name {to!r}")
+        check_chat(text, to, self.max_text_bytes)
         if not p.MESSAGE_ID_PATTERN.fullmatch(message_id):
-            raise ValueError(f"invalid message id {message_id!r}")
+            raise LocalProtocolError(f"invalid message id {message_id!r}")
         return self._statement("chat", text, to=to, action=action, message_id=message_id)
 
     def request(self, kind: str) -> list[bytes]:

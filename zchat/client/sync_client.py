@@ -7,10 +7,9 @@
             ...
 
 The policy (login, heartbeats, reconnecting, the acknowledged outbox, key pins) is
-`zchat.client.core.ClientCore`; the protocol is `zchat.client.session`. This module owns
-the sockets: `SocketDriver` carries out a core's actions on a CurveZMQ DEALER
-and its handshake monitor and feeds it what they report (the asyncio driver,
-`zchat.client.async_client`, uses it too), and `ChatClient` is the blocking loop around it.
+`zchat.client.core.ClientCore`; the protocol is `zchat.client.session`; the sockets are
+`zchat.client.driver` (`SocketDriver`, shared with the asyncio client). This module is only the
+blocking loop around them: the socket work happens while `ChatClient` is called.
 """
 
 from __future__ import annotations
@@ -18,255 +17,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Unpack
 
 import zmq
 
-from zchat import crypto
-from zchat.client.core import DEFAULT_CONNECT_TIMEOUT, ClientCore, Connect, Disconnect, Send
-from zchat.client.pins import PinStore, pins_path_for
-from zchat.client.session import ClientSession, SeenMessages
-from zchat.client.transport import (
-    HandshakeState,
-    broker_curve_key,
-    curve_dealer,
-    read_monitor,
-    stop_watching,
-    watch_handshake,
-)
+from zchat.client.driver import IDLE_WAIT, ClientBase, FileOptions
 from zchat.errors import ConnectError
-from zchat.events import Event, UserInfo
+from zchat.events import Event
 
 log = logging.getLogger(__name__)
-
-MAX_FRAMES_PER_POLL = 100  # under a flood of deliveries the loop still gets round to heartbeats
-IDLE_WAIT = 0.5  # the longest a wait lasts when the core names no deadline
-
-
-def load_keys(
-    key_path: str | Path, broker_key_path: str | Path, passphrase: str | None = None
-) -> tuple[crypto.PrivateKey, crypto.PublicKeyFile]:
-    """Load the user's private key and the pinned broker key file (crypto.KeyFileError says what is wrong)."""
-    broker = crypto.load_public_key_file(Path(broker_key_path))
-    broker_curve_key(broker, str(broker_key_path))
-    return crypto.load_private_key(Path(key_path), passphrase), broker
-
-
-def endpoint_for(host: str, port: int) -> str:
-    if not 0 < port < 65536:
-        raise ConnectError(f"port must be from 1 to 65535, not {port}")
-    return f"tcp://{host}:{port}"
-
-
-class SocketDriver:
-    """A `ClientCore`'s hands: one CurveZMQ DEALER at a time (and its handshake monitor), no waiting.
-
-    A loop waits on `sockets()` (or `core.next_deadline()`, see `wait_time()`) in its own way, blocking
-    or asyncio, then calls `handle()` with the sockets that are readable.
-    """
-
-    def __init__(
-        self,
-        core: ClientCore,
-        context: zmq.Context[zmq.Socket[bytes]],
-        endpoint: str,
-        curve_secret: bytes,
-        broker_curve: bytes,
-    ) -> None:
-        self.core = core
-        self.context = context
-        self.endpoint = endpoint
-        self.curve_secret = curve_secret  # the transport's key, derived from the RSA key once
-        self.broker_curve = broker_curve
-        self.socket: zmq.Socket[bytes] | None = None
-        self.monitor: zmq.Socket[bytes] | None = None
-        self._transport = HandshakeState()
-
-    def sockets(self) -> list[zmq.Socket[bytes]]:
-        """What to wait on for reading: the DEALER and its monitor, while there is one."""
-        return [sock for sock in (self.socket, self.monitor) if sock is not None]
-
-    def wait_time(self, now: float, limit: float) -> float:
-        """Seconds to wait at most: `limit`, or less when the core has something to do earlier."""
-        deadline = self.core.next_deadline()
-        wait = limit if deadline is None else min(limit, deadline - now)
-        return max(0.0, wait)
-
-    def handle(self, ready: Collection[zmq.Socket[bytes]], now: float) -> None:
-        """Feed the core what the ready sockets hold, let time pass, and carry out what it decided.
-
-        Raises ConnectError when the core closed for good during a first login (the socket is closed then).
-        """
-        try:
-            if self.monitor is not None and self.monitor in ready:
-                read_monitor(self.monitor, self._transport)
-                transport = self._transport
-                self.core.handshake(connected=transport.connected, secured=transport.secured, broken=transport.broken)
-                if transport.status is not None:
-                    self.core.handshake_refused(transport.status, now)
-            if self.socket is not None and self.socket in ready:
-                self.core.frames_received(self._read(), now)
-            self.core.tick(now)
-        finally:
-            self.perform()
-
-    def perform(self) -> bool:
-        """Carry out the core's actions; False if a Send would have blocked (the core then reconnects)."""
-        all_sent = True
-        while (action := self.core.next_action()) is not None:
-            if isinstance(action, Send):
-                if not self._queue(action.frames):
-                    all_sent = False
-                    try:
-                        self.core.send_blocked(time.monotonic())
-                    except ConnectError:
-                        self.perform()  # closed for good: close the socket before telling the caller
-                        raise
-            elif isinstance(action, Connect):
-                self._open()
-            elif isinstance(action, Disconnect):
-                self._close(action.linger)
-        return all_sent
-
-    def close(self) -> None:
-        """Close the socket now, whatever the core thinks (the core should be closed already)."""
-        self._close(0.0)
-
-    def _read(self) -> list[list[bytes]]:
-        batch: list[list[bytes]] = []
-        while self.socket is not None and len(batch) < MAX_FRAMES_PER_POLL:
-            try:
-                batch.append(self.socket.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        return batch
-
-    def _queue(self, frames: list[bytes]) -> bool:
-        if self.socket is None:
-            return False
-        try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
-
-    def _open(self) -> None:
-        self._close(0.0)
-        self.socket = curve_dealer(self.context, self.curve_secret, self.broker_curve)
-        self.monitor = watch_handshake(self.socket)  # before connecting: its first event is not missed
-        self._transport = HandshakeState()
-        self.socket.connect(self.endpoint)
-
-    def _close(self, linger: float) -> None:
-        if self.socket is not None and self.monitor is not None:
-            stop_watching(self.socket, self.monitor)
-        if self.socket is not None:
-            self.socket.close(linger=int(linger * 1000))
-        self.socket, self.monitor = None, None
-
-
-class ClientBase:
-    """What the blocking and the asyncio clients share: the core, the driver of its sockets, and what a user reads."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        name: str,
-        key: crypto.PrivateKey,
-        broker_key: crypto.PublicKeyFile,
-        *,
-        bot: bool = False,
-        history: bool = True,
-        reconnect: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        pins_path: Path | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    ) -> None:
-        self.endpoint = endpoint_for(host, port)
-        self.name = name
-        self.pins = PinStore(pins_path)
-        self.core = ClientCore(
-            name,
-            key,
-            broker_key.rsa,
-            endpoint=self.endpoint,
-            bot=bot,
-            history=history,
-            reconnect=reconnect,
-            connect_timeout=connect_timeout,
-            pins=self.pins,
-            seen=SeenMessages(),
-        )
-        self._own_context = context is None
-        self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
-        curve = broker_curve_key(broker_key, "the broker's public key")
-        self._driver = SocketDriver(self.core, self._context, self.endpoint, crypto.curve_secret(key), curve)
-        self._set_up()
-
-    def _set_up(self) -> None:
-        """What a driver adds once the core and its sockets exist (the blocking client: nothing)."""
-
-    @classmethod
-    def from_files(
-        cls,
-        host: str,
-        port: int,
-        name: str,
-        key_path: str | Path,
-        broker_key_path: str | Path = "keys/broker.pub",
-        *,
-        passphrase: str | None = None,
-        bot: bool = False,
-        history: bool = True,
-        reconnect: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    ) -> Self:
-        """A client with the keys in these files (crypto.KeyFileError says what is wrong), not yet connected.
-
-        Other users' key fingerprints are pinned on first sight in a file next to the key (`KeyChanged` events).
-        """
-        key, broker_key = load_keys(key_path, broker_key_path, passphrase)
-        return cls(
-            host,
-            port,
-            name,
-            key,
-            broker_key,
-            bot=bot,
-            history=history,
-            reconnect=reconnect,
-            connect_timeout=connect_timeout,
-            pins_path=pins_path_for(Path(key_path)),
-        )
-
-    @property
-    def online(self) -> bool:
-        """Logged in right now."""
-        return self.core.online
-
-    @property
-    def roster(self) -> dict[str, UserInfo]:
-        """Who is online, as the broker last told us (name -> UserInfo)."""
-        return self.core.roster
-
-    @property
-    def closed(self) -> bool:
-        """Closed for good: by close(), the broker's shutdown, or the broker ending the session."""
-        return self.core.closed
-
-    @property
-    def session(self) -> ClientSession:
-        """The protocol session of the current connection (a new one after each reconnect)."""
-        return self.core.session
-
-    @property
-    def pending(self) -> tuple[str, ...]:
-        """Ids of the messages sent and not yet answered by the broker (Accepted or Failed), oldest first."""
-        return self.core.pending
 
 
 class ChatClient(ClientBase):
@@ -282,43 +44,28 @@ class ChatClient(ClientBase):
         name: str,
         key_path: str | Path,
         broker_key_path: str | Path = "keys/broker.pub",
-        *,
-        passphrase: str | None = None,
-        bot: bool = False,
-        history: bool = True,
-        reconnect: bool = True,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **options: Unpack[FileOptions],
     ) -> ChatClient:
         """Load keys, connect and log in; raises ConnectError or crypto.KeyFileError with a clear message.
 
-        Other users' key fingerprints are pinned on first sight in a file next to the key (`KeyChanged` events).
+        Options as `from_files` (`passphrase`, `bot`, `history`, `reconnect`, `connect_timeout`). Other
+        users' key fingerprints are pinned on first sight in a file next to the key (`KeyChanged` events).
         """
-        client = cls.from_files(
-            host,
-            port,
-            name,
-            key_path,
-            broker_key_path,
-            passphrase=passphrase,
-            bot=bot,
-            history=history,
-            reconnect=reconnect,
-            connect_timeout=connect_timeout,
-        )
-        try:
-            client.login()
-        except BaseException:
-            client.close(say_bye=False)
-            raise
+        client = cls.from_files(host, port, name, key_path, broker_key_path, **options)
+        client.login()
         return client
 
     def login(self) -> None:
-        """Connect and log in, blocking until the broker welcomed us (or ConnectError)."""
-        self.start_login()
-        while not self.online:
-            if self.closed:
-                raise ConnectError("the client was closed while logging in")
-            self.poll(0.1)
+        """Connect and log in, blocking until the broker welcomed us (or ConnectError: the client is closed)."""
+        try:
+            self.start_login()
+            while not self.online:
+                if self.closed:
+                    raise ConnectError("the client was closed while logging in")
+                self.poll(0.1)
+        except BaseException:
+            self.close(say_bye=False)
+            raise
 
     def start_login(self) -> None:
         """Connect and send the first login message without waiting: `poll()` carries the login on.
@@ -334,7 +81,7 @@ class ChatClient(ClientBase):
     def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         """Send a chat message to everyone else, or only to `to`; returns its message id.
 
-        `action` marks a /me line. ValueError if the text cannot be sent. The broker answers every
+        `action` marks a /me line. LocalProtocolError if the text cannot be sent. The broker answers every
         message with an `Accepted` event (`queued`: a private message kept for someone offline) or a
         `Failed` event naming this id. Until then the message waits in the outbox, and is sent again
         after a reconnect (up to 1000 waiting messages; more raise ConnectError).
