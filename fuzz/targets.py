@@ -28,6 +28,7 @@ from attack.zmtp import SIGNATURE, greeting, ready
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.core import BrokerCore
+from zchat.broker.registered import read_keys
 from zchat.broker.store import Store
 from zchat.broker.work import JobRunner, run_inline
 from zchat.client.session import ClientSession
@@ -55,7 +56,7 @@ def _world() -> tuple[crypto.PrivateKey, crypto.PrivateKey, BrokerCore, Path]:
     write_public_key(layout.client_public("alice"), alice_key)
     store = Store.open(":memory:", broker_key, now=0.0)
     config = Config("127.0.0.1", 0, keys_dir=root)
-    core = BrokerCore(broker_key.public_key(), Registry(layout).snapshot(), config, store, wall=0.0)
+    core = BrokerCore(broker_key.public_key(), read_keys(Registry(layout)), config, store, wall=0.0)
     return broker_key, alice_key, core, root
 
 

@@ -16,8 +16,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from zchat import crypto
@@ -176,24 +176,6 @@ class Registered:
 Stamp = tuple[int, int, int]  # a file version: (st_mtime_ns, st_size, st_ino)
 
 
-@dataclass(frozen=True)
-class RegisteredKeys:
-    """The registry as read at one moment (`Registry.snapshot()`), for code that reads no files itself.
-
-    `keys`: each registered name whose file loads, and its key. `look_alikes`: each registered name that looks
-    like another registered name (zchat.names), and that other name.
-    """
-
-    keys: Mapping[str, Registered] = field(default_factory=dict)
-    look_alikes: Mapping[str, str] = field(default_factory=dict)
-
-    def registered(self, name: str) -> Registered | None:
-        return self.keys.get(name)
-
-    def look_alike(self, name: str) -> str | None:
-        return self.look_alikes.get(name)
-
-
 class _SaidOnce:
     """The registry problems already logged, per file version, shared by every Registry of the process (the
     broker's loop and its gatekeeper thread each have one, and the start-up audit a third), so that each
@@ -249,8 +231,7 @@ class Registry:
 
     Files are checked at each lookup (and re-read when they change), so keys
     registered, replaced or removed while the broker runs take effect without
-    a restart. `snapshot()` reads them all at once, for the broker's core,
-    which reads no files itself: its I/O loop hands it the snapshot.
+    a restart.
 
     A file is refused (as if its name were not registered) when it fails to
     load, a Curve25519 binding that does not verify included: the file was
@@ -272,23 +253,22 @@ class Registry:
         self._by_curve: dict[bytes, str] = {}
         self._listed: tuple[int, int] | None = None
         self._listed_at = float("-inf")
+        self._names: tuple[tuple[int, int] | None, dict[str, list[str]]] = (None, {})  # skeleton -> names
 
-    def snapshot(self) -> RegisteredKeys:
-        """Every registered name's key, and the look-alikes among the names, as the files are now (each file
-        stat'ed, read again only when it changed). A directory that cannot be listed registers nobody."""
+    def look_alike(self, name: str) -> str | None:
+        """Another registered name that looks like `name` (zchat.names), or None; listed again when the directory
+        changes. Look-alikes are refused when keys are made, but a registry may have been filled by hand."""
         try:
-            names = registered_names(self.layout)
-        except crypto.KeyFileError as exc:
-            self._say(("unlisted", str(exc)), f"{exc}; nobody can log in")
-            return RegisteredKeys()
-        keys = {name: registered for name in names if (registered := self.registered(name)) is not None}
-        by_skeleton: dict[str, list[str]] = {}
-        for name in names:
-            by_skeleton.setdefault(name_skeleton(name), []).append(name)
-        look_alikes = {
-            name: twin for name in names if (twin := clashing_name(name, by_skeleton[name_skeleton(name)])) is not None
-        }
-        return RegisteredKeys(keys, look_alikes)
+            info = self.layout.clients_dir.stat()
+        except OSError:
+            return None
+        stamp = (info.st_mtime_ns, info.st_ino)
+        if self._names[0] != stamp:
+            by_skeleton: dict[str, list[str]] = {}
+            for registered in registered_names(self.layout):
+                by_skeleton.setdefault(name_skeleton(registered), []).append(registered)
+            self._names = (stamp, by_skeleton)
+        return clashing_name(name, self._names[1].get(name_skeleton(name), []))
 
     def name_for_curve_key(self, curve: bytes, now: float) -> str | None:
         """The registered user whose Curve25519 key `curve` is, or None.

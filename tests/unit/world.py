@@ -11,6 +11,7 @@ from typing import Any
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.core import BrokerCore
+from zchat.broker.registered import read_keys
 from zchat.broker.store import MEMORY, Store
 from zchat.broker.work import JobRunner, Outgoing, Work, run_inline
 from zchat.client.session import ClientSession, SeenMessages
@@ -72,7 +73,7 @@ class World:
 
     def _new_core(self) -> BrokerCore:
         self.registry = Registry(self.layout)
-        return BrokerCore(self.broker_public, self.registry.snapshot(), self.config, self.store, self.wall_clock())
+        return BrokerCore(self.broker_public, read_keys(self.registry), self.config, self.store, self.wall_clock())
 
     def restart(self) -> None:
         """The broker stops and starts again on the same database file, as after a crash: what the store did not
@@ -114,7 +115,7 @@ class World:
     def read_keys(self) -> list[Outgoing]:
         """The key files read again, as the broker's I/O loop does at every heartbeat (and when a connection
         names a user whose file changed): the frames that sends (to sessions whose key is gone)."""
-        return self.run(self.core.keys_read(self.registry.snapshot(), self.now))
+        return self.run(self.core.keys_read(read_keys(self.registry), self.now))
 
     def deliver(self, out: list[Outgoing]) -> dict[bytes, list[Event]]:
         """Feed each outgoing message to its client session; the events each identity saw, in order."""

@@ -34,13 +34,13 @@ from zchat.broker.archive import Archive
 from zchat.broker.login import Logins, Pending, busy, welcome
 from zchat.broker.presence import Presence
 from zchat.broker.ratelimit import PeerLog, TokenBucket, short
+from zchat.broker.registered import RegisteredKeys
 from zchat.broker.sessions import BadStatement, Session, UserBudget
 from zchat.broker.store import Store
 from zchat.broker.work import Opened, OpenJob, Outgoing, Work
 from zchat.config import Config
 from zchat.errors import RemoteProtocolError, StoreError
 from zchat.events import UserInfo
-from zchat.keystore import RegisteredKeys
 
 log = logging.getLogger(__name__)
 peer_log = PeerLog(log)  # lines a peer's frames cause: rate-limited per source

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.ratelimit import PeerLog, TokenBucket, short
+from zchat.broker.registered import RegisteredKeys
 from zchat.broker.work import ChallengeJob, OpenJob, Outgoing, Work, require_plaintext
 from zchat.config import Config
 from zchat.errors import RemoteProtocolError
 from zchat.events import UserInfo
-from zchat.keystore import RegisteredKeys
 
 log = logging.getLogger(__name__)
 peer_log = PeerLog(log)  # lines a peer's frames cause: rate-limited per source

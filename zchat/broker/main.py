@@ -35,6 +35,7 @@ from zchat.broker.core import BrokerCore
 from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
 from zchat.broker.process import raise_open_file_limit, seed_routing_ids
 from zchat.broker.ratelimit import PeerLog, flush_peer_logs, short
+from zchat.broker.registered import read_keys
 from zchat.broker.store import Store, backup
 from zchat.broker.work import Outgoing, Work
 from zchat.broker.workers import InlineJobs, WorkerPool
@@ -69,7 +70,7 @@ class Broker:
         self.store = store
         self.registry = Registry(KeyLayout(config.keys_dir))  # the loop's own: the gatekeeper's thread has one
         self.keys_read_at = time.monotonic()
-        self.core = BrokerCore(key.public_key(), self.registry.snapshot(), config, store, wall=time.time())
+        self.core = BrokerCore(key.public_key(), read_keys(self.registry), config, store, wall=time.time())
         self.context = zmq.Context()
         self.unreachable_ids: set[bytes] = set()  # a send to them failed: their deliveries need no sealing
         self.jobs: InlineJobs | WorkerPool = InlineJobs(key, self._deliverable)
@@ -264,7 +265,7 @@ class Broker:
         """Read the key files again for the core: at every heartbeat, and when a connection names a user whose
         file changed since."""
         self.keys_read_at = time.monotonic()
-        self._handle(self.core.keys_read(self.registry.snapshot(), self.keys_read_at))
+        self._handle(self.core.keys_read(read_keys(self.registry), self.keys_read_at))
 
     def _console_command(self, line: str) -> None:
         line = line.strip()
