@@ -429,7 +429,7 @@ def _log_start(broker: Broker, config_path: Path, created: bool, new_database: b
     log.info("crypto: %s", f"{config.workers} worker processes" if config.workers else "in the broker's own loop")
 
 
-def _serve(broker: Broker) -> int:
+def _serve(broker: Broker, config_path: Path, created: bool, new_database: bool) -> int:
     """Run until stopped: 0, or EX_SOFTWARE after a failure (the supervisor starts the broker again)."""
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -440,6 +440,7 @@ def _serve(broker: Broker) -> int:
     signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or a service manager: stop gracefully too
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
+    _log_start(broker, config_path, created, new_database)  # "listening on": it answers signals from now on
     try:
         broker.run()
     except WorkerError as exc:
@@ -482,8 +483,7 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
     except zmq.ZMQError as exc:
         print(f"{program()}: error: cannot listen on {config.server_ip}:{config.server_port}: {exc}", file=sys.stderr)
         return 1
-    _log_start(broker, args.config, created, new_database)
-    return _serve(broker)
+    return _serve(broker, args.config, created, new_database)
 
 
 if __name__ == "__main__":
