@@ -26,9 +26,10 @@ from attack.zmtp import SIGNATURE, greeting, ready
 from harness.process import BrokerProcess
 from zchat import crypto
 from zchat import protocol as p
-from zchat.broker.core import BrokerCore, run_inline
+from zchat.broker.core import BrokerCore
+from zchat.broker.registered import read_keys
 from zchat.broker.sqlite_store import SQLiteStore
-from zchat.broker.work import JobRunner
+from zchat.broker.work import JobRunner, run_inline
 from zchat.client.session import ClientSession
 from zchat.config import Config
 from zchat.errors import ConnectError, RemoteProtocolError
@@ -52,7 +53,8 @@ def _world() -> tuple[crypto.PrivateKey, crypto.PrivateKey, BrokerCore, Path]:
     write_public_key(layout.broker_public, broker_key)
     write_public_key(layout.client_public("alice"), alice_key)
     store = SQLiteStore.open(":memory:", broker_key, now=0.0)
-    core = BrokerCore(broker_key.public_key(), Registry(layout), Config("127.0.0.1", 0, keys_dir=root), store)
+    config = Config("127.0.0.1", 0, keys_dir=root)
+    core = BrokerCore(broker_key.public_key(), read_keys(Registry(layout)), config, store, wall=0.0)
     return broker_key, alice_key, core, root
 
 

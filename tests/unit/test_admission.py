@@ -7,14 +7,12 @@ import logging
 import shutil
 import socket
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zchat import crypto
-from zchat.broker import ratelimit
 from zchat.broker.admission import (
     CURVE,
     ID_WINDOW,
@@ -237,17 +235,17 @@ class FakeMonotonic:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
-    """zchat.broker.ratelimit's time.monotonic, by hand (only that module's view of `time` changes)."""
-    fake = FakeMonotonic()
-    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=fake))
-    return fake
+def clock() -> FakeMonotonic:
+    """The monotonic time a PeerLog's flushes are given, by hand."""
+    return FakeMonotonic()
 
 
 @pytest.fixture
 def peer_log(clock: FakeMonotonic, caplog: pytest.LogCaptureFixture) -> PeerLog:
     caplog.set_level(logging.INFO, logger="tests.peerlog")
-    return PeerLog(logging.getLogger("tests.peerlog"))
+    log = PeerLog(logging.getLogger("tests.peerlog"))
+    log.flush(clock())  # its first window starts now
+    return log
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -261,20 +259,20 @@ def test_one_source_gets_a_few_lines_then_one_summary(peer_log, clock, caplog):
     assert written == [f"bad frame {i} from 198.51.100.7" for i in range(LOG_LINES_PER_SOURCE)]
 
     clock.now += LOG_WINDOW - 0.5
-    peer_log.flush()
+    peer_log.flush(clock())
     assert lines(caplog) == written, "no summary before the window ends"
 
     clock.now += 1.0
-    peer_log.flush()
+    peer_log.flush(clock())
     *_, summary = lines(caplog)
     assert len(lines(caplog)) == LOG_LINES_PER_SOURCE + 1
     assert summary.startswith(f"suppressed {1000 - LOG_LINES_PER_SOURCE} log lines about peers")
     assert f"198.51.100.7 {1000 - LOG_LINES_PER_SOURCE}" in summary
     assert caplog.records[-1].levelno == logging.WARNING
 
-    peer_log.flush()
+    peer_log.flush(clock())
     clock.now += 2 * LOG_WINDOW
-    peer_log.flush()
+    peer_log.flush(clock())
     assert len(lines(caplog)) == LOG_LINES_PER_SOURCE + 1, "one summary per window with suppressed lines"
 
     peer_log.warning("198.51.100.7", "a new window")
@@ -285,6 +283,7 @@ def test_the_summary_comes_with_the_next_line_too(peer_log, clock, caplog):
     for _ in range(LOG_LINES_PER_SOURCE + 5):
         peer_log.info("198.51.100.7", "noise")
     clock.now += LOG_WINDOW
+    peer_log.flush(clock())  # the I/O loop flushes every turn: the window ends there
     peer_log.info("203.0.113.9", "first of a new window")
     *_, summary, line = lines(caplog)
     assert summary.startswith("suppressed 5 log lines about peers")
@@ -297,7 +296,7 @@ def test_all_sources_together_are_capped(peer_log, clock, caplog):
         peer_log.info(source, "hello from %s", source)
     assert lines(caplog) == [f"hello from {source}" for source in sources[:LOG_LINES_IN_ALL]]
     clock.now += LOG_WINDOW
-    peer_log.flush()
+    peer_log.flush(clock())
     summary = lines(caplog)[-1]
     assert summary.startswith("suppressed 100 log lines about peers")
     assert len(lines(caplog)) == LOG_LINES_IN_ALL + 1
@@ -306,11 +305,12 @@ def test_all_sources_together_are_capped(peer_log, clock, caplog):
 def test_lines_below_the_loggers_level_cost_nothing(clock, caplog):
     caplog.set_level(logging.WARNING, logger="tests.peerlog")
     log = PeerLog(logging.getLogger("tests.peerlog"))
+    log.flush(clock())
     for _ in range(1000):
         log.info("198.51.100.7", "debugging noise")
     log.warning("198.51.100.7", "a warning")
     clock.now += LOG_WINDOW
-    log.flush()
+    log.flush(clock())
     assert lines(caplog) == ["a warning"], "no summary: nothing was held back"
 
 

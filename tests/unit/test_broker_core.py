@@ -11,7 +11,8 @@ import pytest
 from tests.unit.world import PING_FRAMES, REFUSED_FRAMES, T0, World
 from zchat import crypto
 from zchat import protocol as p
-from zchat.broker.core import HANDSHAKE_TIMEOUT, Outgoing
+from zchat.broker.login import HANDSHAKE_TIMEOUT
+from zchat.broker.work import Outgoing
 from zchat.client.session import State
 from zchat.errors import BrokerBusy, ConnectError, StatementRefused
 from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, Shutdown, WhoList
@@ -34,7 +35,7 @@ def forged_login(world: World, identity: bytes, name: str, signer: crypto.Privat
     attacker = world.client(name, identity, key=signer)
     (challenge,) = world.send(identity, attacker.hello())
     assert challenge.frames[1] == p.CHALLENGE
-    pending = world.core.pending[identity]
+    pending = world.core.logins.pending[identity]
     proof = crypto.sign(signer, p.login_proof_input(name, pending.client_nonce, pending.server_nonce))
     body = crypto.seal(world.broker_public, p.Login(proof).encode(), p.context(p.LOGIN))
     return world.send(identity, p.encode_frames(p.LOGIN, body))
@@ -57,7 +58,7 @@ def test_two_users_log_in_and_see_each_other(world, keyring):
     assert joined.user.fingerprint == crypto.fingerprint(keyring.keys["bob"])
     assert joined.user.bot is False
     assert names(world.core.online()) == ["alice", "bob"]
-    assert world.core.pending == {}
+    assert world.core.logins.pending == {}
 
 
 def test_session_ids_are_fresh_per_login(world):
@@ -82,7 +83,7 @@ def test_unknown_user_is_refused_at_login(world, keyring, signer):
     # Even a LOGIN signed with the key the decoy challenge was sealed to (here the broker's own) is refused.
     out = forged_login(world, b"mallory", "mallory", keyring.keys[signer])
     assert out == [Outgoing(b"mallory", REFUSED_FRAMES)]
-    assert world.core.pending == {}
+    assert world.core.logins.pending == {}
     assert world.core.sessions == {}
 
 
@@ -90,7 +91,7 @@ def test_registered_name_with_the_wrong_key_is_refused(world, keyring):
     out = forged_login(world, b"mallory", "alice", keyring.keys["mallory"])
     assert out == [Outgoing(b"mallory", REFUSED_FRAMES)]
     assert world.core.sessions == {}
-    assert world.core.pending == {}
+    assert world.core.logins.pending == {}
 
 
 def test_forged_login_helper_succeeds_with_the_right_key(world, keyring):
@@ -265,7 +266,7 @@ def test_send_that_skips_a_sequence_number_is_refused(world, keyring):
     ended(world, out, "alice", b"alice")
     # Its session is over: even the statement that was due is dropped.
     assert world.send(b"alice", world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 1)) == []
-    assert world.core.history == collections.deque()
+    assert world.core.archive.history == collections.deque()
 
 
 def test_send_from_an_unauthenticated_identity_is_dropped(world):
@@ -348,7 +349,7 @@ def test_unacceptable_text_is_refused_to_its_sender_only(world, keyring):
     frames = world.signed_send(b"alice", keyring.keys["alice"], "alice", session, 1, "evil \x1b[2J", "evil")
     seen = world.deliver(world.send(b"alice", frames))
     assert seen == {b"alice": [Failed("evil", "message contains control characters: 'evil \\x1b[2J'")]}
-    assert world.core.history == collections.deque()
+    assert world.core.archive.history == collections.deque()
     assert world.core.sessions[b"alice"].seq_in == 1  # authentic and in order: the session goes on
 
 
@@ -543,7 +544,8 @@ def test_session_ends_when_its_key_is_unregistered(keyring, tmp_path):
     world.login("bob")
     world.layout.client_public("bob").unlink()
     world.now += world.config.heartbeat_interval
-    seen = world.deliver(world.run(world.core.tick(world.now)))
+    out = world.read_keys()  # as the broker's I/O loop does at every heartbeat
+    seen = world.deliver(out + world.run(world.core.tick(world.now)))
     assert seen[b"bob"] == [SessionClosed("your key is no longer registered with this broker")]
     assert Left("bob", "key no longer registered") in seen[b"alice"]
     assert names(world.core.online()) == ["alice"]

@@ -175,7 +175,7 @@ def test_jobs_shipped_to_a_worker_deliver_the_same_messages(world, keyring):
 def test_a_send_is_one_open_job_and_opening_it_gives_one_delivery_per_member(world, monkeypatch):
     for name in ("alice", "bob", "carol"):
         world.login(name)
-    before = {identity: session.seq_out for identity, session in world.core.sessions.items()}
+    before = {identity: session.outbound.seq_out for identity, session in world.core.sessions.items()}
     frames = [world.clients[b"alice"].say(text) for text in ("one", "two")]  # the client signs and seals
     with monkeypatch.context() as patched:
         no_crypto(patched)
@@ -196,7 +196,7 @@ def test_a_send_is_one_open_job_and_opening_it_gives_one_delivery_per_member(wor
         mine = [job for job in deliveries if job.identity == identity]
         assert [job.seq for job in mine] == [before[identity] + 1, before[identity] + 2]
         assert {(job.session_id, job.delivery_key) for job in mine} == {(session.session_id, session.delivery_key)}
-    assert world.core.sessions[b"alice"].seq_out == before[b"alice"]
+    assert world.core.sessions[b"alice"].outbound.seq_out == before[b"alice"]
 
     seen = world.deliver(world.run(deliveries))
     assert [type(e) for e in seen.pop(b"alice")] == [Accepted, Accepted]  # at the commit that ends the turn
@@ -274,12 +274,12 @@ def test_hellos_being_opened_count_towards_max_pending_logins(keyring):
     (bob,) = hello("bob")  # one HELLO in flight: still room
     assert isinstance(bob, OpenJob)
     assert bob.command == p.HELLO
-    assert world.core.pending == {}
+    assert world.core.logins.pending == {}
 
     out = hello("carol")
     assert out == [Outgoing(b"carol", BUSY_FRAMES)]
     assert out[0].frames[1] == p.BUSY
-    assert world.core.hellos_opening == 2
+    assert world.core.logins.hellos_opening == 2
 
     # Once opened, the two logins are pending: still two in progress.
     (challenge,) = open_it(world, alice)
@@ -308,8 +308,8 @@ def test_a_hello_that_did_not_open_is_refused_like_any_other(world):
     (job,) = world.core.receive(b"alice", session.hello(), world.now, source="x")
     assert job.command == p.HELLO
     assert world.core.opened(Opened(b"alice", p.HELLO, None), world.now) == [Outgoing(b"alice", REFUSED_FRAMES)]
-    assert world.core.hellos_opening == 0
-    assert world.core.pending == {}
+    assert world.core.logins.hellos_opening == 0
+    assert world.core.logins.pending == {}
     assert world.core.sessions == {}
 
 
@@ -327,7 +327,7 @@ def test_a_login_that_did_not_open_is_refused_like_any_other(world):
     (job,) = world.core.receive(b"alice", login, world.now)
     assert job == OpenJob(b"alice", p.LOGIN, login[2])
     assert world.core.opened(Opened(b"alice", p.LOGIN, None), world.now) == [Outgoing(b"alice", REFUSED_FRAMES)]
-    assert world.core.pending == {}
+    assert world.core.logins.pending == {}
     assert world.core.sessions == {}
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from tests.unit.world import WALL0, WallClock, World
 from zchat import protocol as p
-from zchat.broker.core import DAY, PRUNE_INTERVAL, run_inline
+from zchat.broker.archive import DAY, PRUNE_INTERVAL
+from zchat.broker.work import run_inline
 from zchat.client.session import SeenMessages, State
 from zchat.errors import StatementRefused
 from zchat.events import Accepted, ChatMessage, Event, Failed, Left
@@ -84,7 +85,7 @@ def stored_texts(world: World) -> list[str]:
 
 
 def core_texts(world: World) -> list[str]:
-    return [p.Statement.parse(entry["signed"]).body for entry in world.core.history]
+    return [p.Statement.parse(entry["signed"]).body for entry in world.core.archive.history]
 
 
 def committed_rows(db_path: Path, table: str) -> int:
@@ -115,7 +116,7 @@ def test_accepted_comes_with_the_commit_once_per_message(world, db_path):
     alice = world.clients[b"alice"]
     work = world.core.receive(b"alice", alice.say("one", message_id="one"), world.now)
     work += world.core.receive(b"alice", alice.say("two", message_id="two"), world.now)
-    out = run_inline(world.core, world.runner, work, world.now)
+    out = run_inline(world.core, world.runner, work, world.now, world.wall_clock())
     # Delivered at once; the sender hears nothing yet, and nothing is durable.
     assert [m.identity for m in out] == [b"bob", b"bob"]
     delivered = chats(world.deliver(out)[b"bob"])
@@ -143,10 +144,10 @@ def test_a_message_the_broker_crashed_before_committing_is_new_after_the_restart
     world.login("alice")
     alice = world.clients[b"alice"]
     work = world.core.receive(b"alice", alice.say("lost?", message_id="m1"), world.now)
-    out = run_inline(world.core, world.runner, work, world.now)
+    out = run_inline(world.core, world.runner, work, world.now, world.wall_clock())
     assert out == []  # alone in the room: nothing goes out before the commit
     world.restart()  # no commit: the broker died with the message in its open transaction
-    assert world.core.history == type(world.core.history)()
+    assert world.core.archive.history == type(world.core.archive.history)()
     assert committed_rows(db_path, "seen") == 0
     world.login("alice")
     world.login("bob")
@@ -198,9 +199,9 @@ def test_a_resend_of_a_kept_private_message_is_not_kept_twice(world):
 def test_history_survives_a_restart(world):
     world.login("alice")
     answers = [accepted(say(world, b"alice", f"message {i}", f"m{i}"), b"alice") for i in range(3)]
-    kept = list(world.core.history)
+    kept = list(world.core.archive.history)
     world.restart()
-    assert list(world.core.history) == kept, "loaded from the store at start"
+    assert list(world.core.archive.history) == kept, "loaded from the store at start"
     bob = world.login("bob")
     replay = chats(bob.replay)
     assert [(m.sender, m.text, m.message_id, m.history) for m in replay] == [
@@ -399,7 +400,7 @@ def test_a_full_disk_that_takes_the_whole_turn_fails_every_message_of_it(world):
     ]
     # bob saw "small" before the commit failed (deliveries do not wait for it); the history has lost it.
     assert texts(seen[b"bob"]) == ["small"]
-    assert world.core.history == type(world.core.history)()
+    assert world.core.archive.history == type(world.core.archive.history)()
     free_the_disk(world)
     seen = say(world, b"alice", "small", "small")  # it was not kept: the same id is new to the broker
     received = world.store.seen("alice", "small")
@@ -468,15 +469,15 @@ def test_tick_prunes_the_history_to_history_size_at_most_once_a_minute(make):
     assert core_texts(world) == ["m2", "m3", "m4"]
     assert stored_texts(world) == [f"m{i}" for i in range(5)], "the store keeps them until the next prune"
     world.now = start = 2000.0  # a whole number: start + PRUNE_INTERVAL - start is exactly PRUNE_INTERVAL
-    world.run(world.core.tick(start))
+    world.run(world.core.tick(start, world.wall_clock()))
     assert stored_texts(world) == ["m2", "m3", "m4"]
     assert world.core.by_name == {}, "alice timed out meanwhile"
     world.login("alice")
     for i in (5, 6):
         accepted(say(world, b"alice", f"m{i}", f"m{i}"), b"alice")
-    world.run(world.core.tick(start + PRUNE_INTERVAL / 2))
+    world.run(world.core.tick(start + PRUNE_INTERVAL / 2, world.wall_clock()))
     assert len(stored_texts(world)) == 5, "not a minute since the last prune"
-    world.run(world.core.tick(start + PRUNE_INTERVAL))
+    world.run(world.core.tick(start + PRUNE_INTERVAL, world.wall_clock()))
     assert stored_texts(world) == ["m4", "m5", "m6"]
     world.restart()
     assert texts(world.login("bob").replay) == ["m4", "m5", "m6"]
@@ -489,13 +490,13 @@ def test_tick_prunes_history_older_than_history_days(make, clock):
     clock.value += DAY / 2
     accepted(say(world, b"alice", "new", "new"), b"alice")
     world.now = start = 2000.0  # a whole number: start + PRUNE_INTERVAL - start is exactly PRUNE_INTERVAL
-    world.run(world.core.tick(start))
+    world.run(world.core.tick(start, world.wall_clock()))
     assert stored_texts(world) == ["old", "new"]
     clock.value += DAY * 0.6  # "old" is now 1.1 days old, "new" 0.6
-    world.run(world.core.tick(start + PRUNE_INTERVAL / 2))
+    world.run(world.core.tick(start + PRUNE_INTERVAL / 2, world.wall_clock()))
     assert stored_texts(world) == ["old", "new"], "not a minute since the last prune"
     assert core_texts(world) == ["old", "new"]
-    world.run(world.core.tick(start + PRUNE_INTERVAL))
+    world.run(world.core.tick(start + PRUNE_INTERVAL, world.wall_clock()))
     assert stored_texts(world) == ["new"]
     assert core_texts(world) == ["new"]
     assert texts(world.login("bob").replay) == ["new"]
@@ -514,7 +515,7 @@ def test_tick_prunes_mail_older_than_mailbox_days(make, clock):
     clock.value += DAY / 2
     accepted(say(world, b"alice", "fresh", "fresh", to="carol"), b"alice")
     clock.value += DAY * 0.6
-    world.run(world.core.tick(world.now))
+    world.run(world.core.tick(world.now, world.wall_clock()))
     assert world.store.mailbox_usage("carol")[0] == 1
     assert texts(world.login("carol").replay) == ["fresh"]
 
@@ -524,7 +525,7 @@ def test_history_size_zero_keeps_nothing(make):
     world.login("alice")
     answer = accepted(say(world, b"alice", "fleeting", "f1"), b"alice")
     assert answer == Accepted("f1", answer.received)
-    world.run(world.core.tick(world.now))
+    world.run(world.core.tick(world.now, world.wall_clock()))
     assert stored_texts(world) == []
     assert world.login("bob").replay == []
     # Its id is still remembered: a re-send is a duplicate, not a new message.

@@ -22,7 +22,7 @@ from zchat.broker.workers import HANDSHAKE_TURN, INLINE_OPENS_PER_TURN, InlineJo
 from zchat.client.session import ClientSession
 from zchat.errors import ConnectError, RemoteProtocolError, StatementRefused
 from zchat.events import Accepted, ChatMessage, Event, Failed, Left, SessionClosed, Shutdown, Welcome
-from zchat.keystore import KeyLayout, Registry
+from zchat.keystore import KeyLayout
 
 WINDOW = 64 * 1024
 TEXT_BYTES = 10_000  # one chat EVENT with such a text is about 11 KB: five fit in WINDOW, six do not
@@ -30,7 +30,9 @@ BUSY_FRAMES = [p.MARKER, p.BUSY, b""]
 EVICTED_FRAMES = [p.MARKER, p.EVICTED, b""]
 
 
-def run_in_order(core: BrokerCore, runner: JobRunner, work: list[Work], now: float) -> list[Outgoing]:
+def run_in_order(
+    core: BrokerCore, runner: JobRunner, work: list[Work], now: float, wall: float | None = None
+) -> list[Outgoing]:
     """Do the core's jobs as broker.py does with `workers: 0` (zchat.broker.workers.InlineJobs): frames go out at once,
     jobs are done first in, first out (so each session's deliveries in the order the core made them)."""
     out: list[Outgoing] = []
@@ -46,7 +48,7 @@ def run_in_order(core: BrokerCore, runner: JobRunner, work: list[Work], now: flo
     handle(work)
     while jobs:
         result = runner.perform(jobs.popleft())
-        handle(core.opened(result, now) if isinstance(result, Opened) else core.sendable([result], now))
+        handle(core.opened(result, now, wall) if isinstance(result, Opened) else core.sendable([result], now))
     return out
 
 
@@ -55,9 +57,10 @@ class InOrderWorld(World):
     test_run_inline_keeps_each_sessions_deliveries_in_order)."""
 
     def run(self, work: list[Work]) -> list[Outgoing]:
-        out = run_in_order(self.core, self.runner, work, self.now)
-        out += run_in_order(self.core, self.runner, self.core.commit(self.now), self.now)
-        return out + run_in_order(self.core, self.runner, self.core.flush_presence(self.now), self.now)
+        wall = self.wall_clock()
+        out = run_in_order(self.core, self.runner, work, self.now, wall)
+        out += run_in_order(self.core, self.runner, self.core.commit(self.now, wall), self.now, wall)
+        return out + run_in_order(self.core, self.runner, self.core.flush_presence(self.now), self.now, wall)
 
 
 def make_world(keyring: Any, layout: KeyLayout | None = None, **overrides: Any) -> World:
@@ -125,7 +128,7 @@ def test_events_beyond_the_window_wait_for_the_ack_in_order(keyring):
     world.login("bob")
     world.login("alice")
     ack(world, b"bob")  # bob has read his welcome and alice's join: nothing of his is in flight
-    bob = world.core.sessions[b"bob"]
+    bob = world.core.sessions[b"bob"].outbound
     assert bob.in_flight_bytes == 0
 
     sent = [text(i) for i in range(12)]
@@ -168,8 +171,8 @@ def test_the_window_holds_at_most_half_of_send_queue_limit_events(keyring):
     for i in range(12):
         received += chats(world.deliver(say(world, b"alice", f"short {i}")).get(b"bob", []))
     assert [m.text for m in received] == [f"short {i}" for i in range(5)]
-    assert len(world.core.sessions[b"bob"].in_flight) == 5
-    assert len(world.core.sessions[b"bob"].held) == 7
+    assert len(world.core.sessions[b"bob"].outbound.in_flight) == 5
+    assert len(world.core.sessions[b"bob"].outbound.held) == 7
 
     received += chats(world.deliver(ack(world, b"bob")).get(b"bob", []))
     assert [m.text for m in received] == [f"short {i}" for i in range(10)]
@@ -182,7 +185,7 @@ def test_acks_for_unknown_or_already_acknowledged_events_change_nothing(keyring)
     world.login("bob")
     world.login("alice")
     ack(world, b"bob")
-    bob = world.core.sessions[b"bob"]
+    bob = world.core.sessions[b"bob"].outbound
     delivered: list[Outgoing] = []
     for i in range(8):
         delivered += say(world, b"alice", text(i))
@@ -216,7 +219,7 @@ def test_an_ack_body_of_the_wrong_size_is_dropped(keyring, size):
     for i in range(7):
         delivered += say(world, b"alice", text(i))
     world.deliver(delivered)
-    assert bob.held
+    assert bob.outbound.held
     real = world.clients[b"bob"].ack()
     assert real is not None
     tag = real[2]
@@ -224,10 +227,12 @@ def test_an_ack_body_of_the_wrong_size_is_dropped(keyring, size):
     frames = [p.MARKER, p.ACK, body]
     with pytest.raises(RemoteProtocolError, match="16 bytes"):
         p.decode_frames(frames, p.CLIENT_COMMANDS, world.core.max_body)
-    state = (list(bob.in_flight), list(bob.held), bob.last_heard)
+    state = (list(bob.outbound.in_flight), list(bob.outbound.held), bob.last_heard)
     world.now += 1.0
     assert world.send(b"bob", frames) == []
-    assert (list(bob.in_flight), list(bob.held), bob.last_heard) == state, "dropped before anything looks at it"
+    assert (list(bob.outbound.in_flight), list(bob.outbound.held), bob.last_heard) == state, (
+        "dropped before anything looks at it"
+    )
     assert event_bytes(world.send(b"bob", real), b"bob"), "the right ACK still works"
 
 
@@ -244,7 +249,7 @@ def test_a_session_that_never_acks_is_ended_as_too_slow(keyring):
     evicted_at = None
     for i in range(20):
         bob = world.core.sessions.get(b"bob")
-        held_before = bob.held_bytes if bob is not None else 0
+        held_before = bob.outbound.held_bytes if bob is not None else 0
         sent.append(text(i))
         out = say(world, b"alice", sent[-1])
         bob_bytes += sum(event_bytes(out, b"bob"))
@@ -257,7 +262,7 @@ def test_a_session_that_never_acks_is_ended_as_too_slow(keyring):
             to_carol = event_bytes(out, b"carol")[0]  # the chat (her notice of bob's leave comes after it)
             assert held_before <= WINDOW < held_before + to_carol + 8, "ended once more than send_queue_bytes wait"
         elif b"bob" in world.core.sessions:
-            assert world.core.sessions[b"bob"].held_bytes <= WINDOW
+            assert world.core.sessions[b"bob"].outbound.held_bytes <= WINDOW
     assert evicted_at is not None, "bob was never ended"
     assert bob_bytes <= WINDOW, "bob got no more than his window"
     assert Left("bob", "too slow to keep up") in carol_got
@@ -303,16 +308,16 @@ def test_history_replay_is_paced_by_the_window(keyring):
     assert not everything[-1].history
     assert all(m.sender == "alice" for m in everything)
     session = world.core.sessions[b"bob"]
-    assert not session.backlog
-    assert not session.held
+    assert not session.outbound.backlog
+    assert not session.outbound.held
 
 
 def test_history_replay_sends_the_newest_entries_that_fit(keyring):
     world, sent = history_world(keyring, 12)
-    signed = [entry["signed"] for entry in world.core.history]
+    signed = [entry["signed"] for entry in world.core.archive.history]
     budget = sum(len(s) for s in signed[-3:])
     replay_world = make_world(keyring, send_window_bytes=WINDOW, history_replay_bytes=budget)
-    replay_world.core.history.extend(world.core.history)
+    replay_world.core.archive.history.extend(world.core.archive.history)
     _, out = login_with_history(replay_world, "bob")
     replayed = chats(replay_world.deliver(out)[b"bob"]) + chats(drain(replay_world, b"bob"))
     texts = [m.text for m in replayed]
@@ -324,10 +329,10 @@ def test_history_replay_sends_the_newest_entries_that_fit(keyring):
 
 def test_history_replay_budget_counts_each_entry_as_1_kib_and_twice_its_statement(keyring):
     world, sent = history_world(keyring, 6)
-    signed = [entry["signed"] for entry in world.core.history]
+    signed = [entry["signed"] for entry in world.core.archive.history]
     budget = sum(1024 + 2 * len(s) for s in signed[-3:])  # PROTOCOL.md 7.5
     replay_world = make_world(keyring, send_window_bytes=WINDOW, history_replay_bytes=budget)
-    replay_world.core.history.extend(world.core.history)
+    replay_world.core.archive.history.extend(world.core.archive.history)
     _, out = login_with_history(replay_world, "bob")
     replayed = chats(replay_world.deliver(out)[b"bob"]) + chats(drain(replay_world, b"bob"))
     assert [m.text for m in replayed] == sent[-3:]
@@ -365,14 +370,13 @@ class Clock:
 
 def test_chat_events_carry_the_brokers_wall_clock(keyring):
     world = make_world(keyring)
-    clock = Clock(1_700_000_000.1234)
-    world.core = BrokerCore(world.broker_public, Registry(world.layout), world.config, world.store, wall_clock=clock)
+    world.wall_clock = clock = Clock(1_700_000_000.1234)  # the time the world gives the core
     world.login("bob")
     world.login("alice")
     out = say(world, b"alice", "what time is it")
     (message,) = chats(world.deliver(out)[b"bob"])
     assert message.received == 1_700_000_000.123
-    stamped, *_ = world.core.history
+    stamped, *_ = world.core.archive.history
     assert stamped["received"] == 1_700_000_000.123
     # The history keeps the event a replay sends: the signed statement, the time, and its author's user object.
     assert set(stamped) == {"type", "signed", "sig", "received", "history", "author"}
@@ -445,7 +449,7 @@ def test_statements_with_a_bad_time_stamp_are_not_delivered(keyring, raw, caplog
     world.now += 0.1
     out = world.send(b"alice", statement_frames(world, keyring.keys["alice"], alice.session_id, raw))
     assert world.deliver(out) == {b"alice": [BAD_TIME_STAMP]}, "nothing for bob; alice hears it failed"
-    assert not world.core.history
+    assert not world.core.archive.history
     assert world.store.seen("alice", STATEMENT_ID) is None, "not kept"
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], "no traceback"
     assert set(world.core.by_name) == {"alice", "bob"}, "the session goes on"
@@ -507,9 +511,9 @@ def test_hello_for_another_user_than_the_connection_is_refused(world):
     bob = world.client("bob", b"conn-1")
     work = world.core.receive(b"conn-1", bob.hello(), world.now, source="10.0.0.1", user="alice")
     assert world.run(work) == [Outgoing(b"conn-1", REFUSED_FRAMES)]
-    assert world.core.pending == {}
-    assert world.core.hellos_opening == 0
-    assert world.core.hello_users == {}
+    assert world.core.logins.pending == {}
+    assert world.core.logins.hellos_opening == 0
+    assert world.core.logins.hello_users == {}
 
     alice = world.client("alice", b"conn-2")
     work = world.core.receive(b"conn-2", alice.hello(), world.now, source="10.0.0.1", user="alice")
@@ -560,7 +564,7 @@ def forged_login(world: World, identity: bytes, name: str, signer: crypto.Privat
     client = world.client(name, identity, key=signer)
     (challenge,) = world.send(identity, client.hello())
     assert challenge.frames[1] == p.CHALLENGE
-    pending = world.core.pending[identity]
+    pending = world.core.logins.pending[identity]
     proof = crypto.sign(signer, p.login_proof_input(name, pending.client_nonce, pending.server_nonce))
     body = crypto.seal(world.broker_public, p.Login(proof).encode(), p.context(p.LOGIN))
     return world.send(identity, p.encode_frames(p.LOGIN, body))
@@ -593,7 +597,7 @@ def test_a_name_with_a_registered_look_alike_is_refused(keyring, keys_copy, sign
         out = forged_login(world, identity, name, keyring.keys[signer])
         assert out == [Outgoing(identity, REFUSED_FRAMES)]
     assert world.core.sessions == {}
-    assert world.core.pending == {b"real-alice": world.core.pending[b"real-alice"]}
+    assert world.core.logins.pending == {b"real-alice": world.core.logins.pending[b"real-alice"]}
 
     world.login("bob")  # others are not affected
     assert [u.name for u in world.core.online()] == ["bob"]
@@ -722,14 +726,14 @@ def replay_cut_short(keyring: Any, identity: bytes) -> tuple[World, list[str], l
     _, out = login_with_history(world, "bob", identity)
     seen = world.deliver(out)[identity]
     session = world.core.sessions[identity]
-    assert session.replay, "part of the replay still waits"
+    assert session.outbound.replay, "part of the replay still waits"
     got = len(chats(seen))
     assert [m.text for m in chats(seen)] == sent[:got]
     live = world.deliver(say(world, b"alice", "live while replaying", "live"))
     assert [type(e) for e in live.pop(b"alice")] == [Accepted]
     assert live == {}, "it waits behind bob's replay"
-    assert len(session.backlog) == 1
-    sealed = len(session.held)
+    assert len(session.outbound.backlog) == 1
+    sealed = len(session.outbound.held)
     assert got + sealed < len(sent), "some of the replay is not sealed yet"
     return world, sent, [*sent[got : got + sealed], "live while replaying"]
 
@@ -794,5 +798,6 @@ def test_a_hello_from_a_user_no_longer_registered_costs_no_rsa_work(keyring, tmp
     shutil.copytree(keyring.root, root)
     world = make_world(keyring, KeyLayout(root))
     (root / "clients" / "carol.pub").unlink()  # revoked after its connection was admitted
+    world.read_keys()  # as the I/O loop does when a connection speaks whose user's key file changed
     work = world.core.receive(b"conn", world.client("carol", b"conn").hello(), world.now, user="carol")
     assert work == [Outgoing(b"conn", REFUSED_FRAMES)]

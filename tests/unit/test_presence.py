@@ -15,8 +15,7 @@ from tests.unit.test_session import broker_event
 from tests.unit.world import World
 from zchat import crypto
 from zchat import protocol as p
-from zchat.broker.core import run_inline
-from zchat.broker.work import DeliveryJob, Outgoing, Work
+from zchat.broker.work import DeliveryJob, Outgoing, Work, run_inline
 from zchat.events import Accepted, ChatMessage, Joined, Left, UserInfo, Welcome
 
 

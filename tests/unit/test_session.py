@@ -42,8 +42,8 @@ def broker_event(
     """
     session = world.core.sessions[identity]
     if seq is None:
-        session.seq_out += 1
-        seq = session.seq_out
+        session.outbound.seq_out += 1
+        seq = session.outbound.seq_out
     key = session.delivery_key if delivery_key is None else delivery_key
     plaintext = p.seal_delivery(key, session.session_id, seq, event)
     return p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
@@ -133,13 +133,13 @@ def test_event_without_the_session_delivery_key_is_rejected(pair):
     frames = broker_event(pair, b"bob", {"type": "shutdown", "by": "a forger"}, delivery_key=bytes(32))
     remote_error(pair.clients[b"bob"], frames, "MAC")
     assert pair.clients[b"bob"].state is State.READY
-    pair.core.sessions[b"bob"].seq_out -= 1  # the forgery used up no genuine number
+    pair.core.sessions[b"bob"].outbound.seq_out -= 1  # the forgery used up no genuine number
     still_in_step(pair, b"bob")
 
 
 def test_event_naming_another_session_is_rejected(pair):
     session = pair.core.sessions[b"bob"]
-    plaintext = p.seal_delivery(session.delivery_key, "ab" * 32, session.seq_out + 1, LEAVE)
+    plaintext = p.seal_delivery(session.delivery_key, "ab" * 32, session.outbound.seq_out + 1, LEAVE)
     frames = p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
     remote_error(pair.clients[b"bob"], frames, "another session")
 
@@ -147,7 +147,7 @@ def test_event_naming_another_session_is_rejected(pair):
 @pytest.mark.parametrize("offset", [0, 2, -1], ids=["repeat", "gap", "back"])
 def test_event_out_of_sequence_is_rejected(pair, offset):
     still_in_step(pair, b"bob")  # bob is at delivery 2, so "back" is a valid number
-    seq = pair.core.sessions[b"bob"].seq_out + offset
+    seq = pair.core.sessions[b"bob"].outbound.seq_out + offset
     remote_error(pair.clients[b"bob"], broker_event(pair, b"bob", LEAVE, seq=seq), "seq")
     still_in_step(pair, b"bob")
 

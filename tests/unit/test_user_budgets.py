@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.unit.world import WALL0, WallClock, World
-from zchat.broker import core as broker_core
+from zchat.broker import outbound
 from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.work import Cancel, OpenJob
 from zchat.events import Accepted, ChatMessage, Event, Failed
@@ -184,7 +184,7 @@ def test_one_recipient_who_never_reads_holds_only_a_tenth_of_a_senders_quota(mak
 def test_a_login_reads_its_kept_mail_a_page_at_a_time(make, monkeypatch):
     world = make(mailbox_messages=1000, sent_mail_messages=10_000, messages_per_second_per_user=1e6)
     world.login("alice")
-    count = 3 * broker_core.MAIL_PAGE + 5
+    count = 3 * outbound.MAIL_PAGE + 5
     for i in range(count):
         assert isinstance(say(world, b"alice", f"mail {i}", to="carol"), Accepted)
     pages: list[int] = []
@@ -198,21 +198,21 @@ def test_a_login_reads_its_kept_mail_a_page_at_a_time(make, monkeypatch):
     monkeypatch.setattr(world.store, "mailbox", counting)
     carol = world.login("carol")
     assert pages
-    assert max(pages) <= broker_core.MAIL_PAGE
+    assert max(pages) <= outbound.MAIL_PAGE
     got = [m.text for m in carol.replay if isinstance(m, ChatMessage)]
     while len(got) < count:
         released = world.ack(b"carol").get(b"carol", [])
         assert released, "each acknowledgement lets more of the mailbox out"
         got += [m.text for m in released if isinstance(m, ChatMessage)]
     assert got == [f"mail {i}" for i in range(count)]
-    assert max(pages) <= broker_core.MAIL_PAGE
-    assert len(pages) >= count // broker_core.MAIL_PAGE
+    assert max(pages) <= outbound.MAIL_PAGE
+    assert len(pages) >= count // outbound.MAIL_PAGE
 
 
 def test_mail_kept_after_the_login_comes_live_once_and_not_again_from_the_pages(make):
     world = make(mailbox_messages=1000, sent_mail_messages=1000, messages_per_second_per_user=1e6)
     world.login("alice")
-    for i in range(broker_core.MAIL_PAGE + 3):
+    for i in range(outbound.MAIL_PAGE + 3):
         say(world, b"alice", f"before {i}", to="carol")
     carol = world.login("carol")
     got = [m.text for m in carol.replay if isinstance(m, ChatMessage)]
@@ -221,7 +221,7 @@ def test_mail_kept_after_the_login_comes_live_once_and_not_again_from_the_pages(
         got += [m.text for m in world.ack(b"carol").get(b"carol", []) if isinstance(m, ChatMessage)]
         if "after" in got:
             break
-    assert got == [*(f"before {i}" for i in range(broker_core.MAIL_PAGE + 3)), "after"]
+    assert got == [*(f"before {i}" for i in range(outbound.MAIL_PAGE + 3)), "after"]
 
 
 # ---------------------------------------------------------------- the disk
@@ -233,14 +233,18 @@ def test_past_the_store_limit_new_messages_fail_and_storing_resumes_when_there_i
     world.login("bob")
     assert isinstance(say(world, b"alice", "fits"), Accepted)
     in_use, _ = world.store.space()
-    world.core.config = world.config = type(world.config)(**{**world.config.__dict__, "max_store_bytes": in_use})
+    world.core.config = world.core.archive.config = world.config = type(world.config)(
+        **{**world.config.__dict__, "max_store_bytes": in_use}
+    )
     failed = say(world, b"alice", "no room")
     assert isinstance(failed, Failed)
     assert "the broker's store is full" in failed.reason
     assert isinstance(say(world, b"alice", "private: no room either", to="bob"), Failed)
     # Live chat goes on: who is online still answers; and room comes back by itself.
     assert world.request(b"alice", "who")
-    world.core.config = world.config = type(world.config)(**{**world.config.__dict__, "max_store_bytes": 10**9})
+    world.core.config = world.core.archive.config = world.config = type(world.config)(
+        **{**world.config.__dict__, "max_store_bytes": 10**9}
+    )
     assert isinstance(say(world, b"alice", "stored again"), Accepted)
 
 

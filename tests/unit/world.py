@@ -10,9 +10,10 @@ from typing import Any
 
 from zchat import crypto
 from zchat import protocol as p
-from zchat.broker.core import BrokerCore, run_inline
+from zchat.broker.core import BrokerCore
+from zchat.broker.registered import read_keys
 from zchat.broker.sqlite_store import MEMORY, SQLiteStore
-from zchat.broker.work import JobRunner, Outgoing, Work
+from zchat.broker.work import JobRunner, Outgoing, Work, run_inline
 from zchat.client.session import ClientSession, SeenMessages
 from zchat.config import Config
 from zchat.events import Event, Welcome
@@ -55,7 +56,7 @@ class World:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     now: float = T0
     db_path: Path | None = None  # the broker's database file (it survives restart()); None: in memory
-    wall_clock: Callable[[], float] = time.time
+    wall_clock: Callable[[], float] = time.time  # read by the world, never by the core: it is given the time
 
     def __post_init__(self) -> None:
         self.config = Config(
@@ -71,8 +72,8 @@ class World:
         self.core = self._new_core()
 
     def _new_core(self) -> BrokerCore:
-        registry = Registry(self.layout)
-        return BrokerCore(self.broker_public, registry, self.config, self.store, wall_clock=self.wall_clock)
+        self.registry = Registry(self.layout)
+        return BrokerCore(self.broker_public, read_keys(self.registry), self.config, self.store, self.wall_clock())
 
     def restart(self) -> None:
         """The broker stops and starts again on the same database file, as after a crash: what the store did not
@@ -106,9 +107,15 @@ class World:
     def run(self, work: list[Work]) -> list[Outgoing]:
         """Do the core's crypto jobs, as the broker does without workers, then commit what the store took and
         send the joins and leaves that wait, as the broker does every turn: the frames it sends."""
-        out = run_inline(self.core, self.runner, work, self.now)
-        out += run_inline(self.core, self.runner, self.core.commit(self.now), self.now)
-        return out + run_inline(self.core, self.runner, self.core.flush_presence(self.now), self.now)
+        wall = self.wall_clock()
+        out = run_inline(self.core, self.runner, work, self.now, wall)
+        out += run_inline(self.core, self.runner, self.core.commit(self.now, wall), self.now, wall)
+        return out + run_inline(self.core, self.runner, self.core.flush_presence(self.now), self.now, wall)
+
+    def read_keys(self) -> list[Outgoing]:
+        """The key files read again, as the broker's I/O loop does at every heartbeat (and when a connection
+        names a user whose file changed): the frames that sends (to sessions whose key is gone)."""
+        return self.run(self.core.keys_read(read_keys(self.registry), self.now))
 
     def deliver(self, out: list[Outgoing]) -> dict[bytes, list[Event]]:
         """Feed each outgoing message to its client session; the events each identity saw, in order."""

@@ -260,7 +260,7 @@ class Gatekeeper:
                     self._answer_zap()
                 if time.monotonic() - last_sweep >= 1.0:
                     last_sweep = time.monotonic()
-                    flush_peer_logs()
+                    flush_peer_logs(last_sweep)
                     self._close_silent(last_sweep)
                 if time.monotonic() - last_count >= UNREAD_CHECK_INTERVAL:
                     last_count = time.monotonic()

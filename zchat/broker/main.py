@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import ctypes
 import errno
 import logging
 import math
 import os
 import queue
-import resource
 import secrets
 import signal
 import sys
@@ -33,16 +31,18 @@ import zmq
 
 from zchat import crypto
 from zchat.broker.admission import Admission, RoutingIds, Seen, Speaker, Speakers
-from zchat.broker.core import BrokerCore, short
+from zchat.broker.core import BrokerCore
 from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
-from zchat.broker.ratelimit import PeerLog, flush_peer_logs
+from zchat.broker.process import raise_open_file_limit, seed_routing_ids
+from zchat.broker.ratelimit import PeerLog, flush_peer_logs, short
+from zchat.broker.registered import read_keys
 from zchat.broker.sqlite_file import backup
 from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.store import Store
 from zchat.broker.work import Outgoing, Work
 from zchat.broker.workers import InlineJobs, WorkerPool
 from zchat.config import DEFAULT_CONFIG, Config, add_location_arguments, load_config
-from zchat.errors import ConfigError, StoreError, WorkerError
+from zchat.errors import ChatError, ConfigError, StoreError, WorkerError
 from zchat.keystore import KeyLayout, Registry, ensure_broker_keys
 from zchat.protocol import max_body_bytes
 
@@ -65,34 +65,14 @@ def program() -> str:
     return Path(sys.argv[0]).name.removesuffix(".py")
 
 
-def seed_routing_ids() -> None:
-    """Start libzmq's routing-id counter at a secret random place.
-
-    libzmq numbers connections from C `rand()`, which nothing seeds, so the ids of
-    an unseeded broker are the same after every start. A peer that claims the id
-    libzmq will give the next connection makes libzmq abort the whole process
-    (socket_base.cpp, add_out_pipe). With the counter's start secret, a peer has
-    to guess 32 bits, with no answer to learn from: the broker never shows a
-    routing id to anyone.
-    """
-    try:
-        ctypes.CDLL(None).srand(ctypes.c_uint(secrets.randbits(32)))
-    except (OSError, AttributeError):
-        log.warning("cannot seed the C library's rand(): routing ids are predictable")
-
-
-def raise_open_file_limit() -> None:
-    """Allow as many open files as the system lets this process have: each connection holds one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 class Broker:
     def __init__(self, config: Config, key: crypto.PrivateKey, store: Store) -> None:
         self.config = config
-        self.core = BrokerCore(key.public_key(), Registry(KeyLayout(config.keys_dir)), config, store)
+        self.key = key
+        self.store = store
+        self.registry = Registry(KeyLayout(config.keys_dir))  # the loop's own: the gatekeeper's thread has one
+        self.keys_read_at = time.monotonic()
+        self.core = BrokerCore(key.public_key(), read_keys(self.registry), config, store, wall=time.time())
         self.context = zmq.Context()
         self.unreachable_ids: set[bytes] = set()  # a send to them failed: their deliveries need no sealing
         self.jobs: InlineJobs | WorkerPool = InlineJobs(key, self._deliverable)
@@ -182,15 +162,17 @@ class Broker:
             if self.socket in ready or self.core.gone or self.early:
                 self._read_clients()
             self._take_results()
-            self._handle(self.core.commit(time.monotonic()))  # group commit: one transaction per turn
+            self._handle(self.core.commit(time.monotonic(), time.time()))  # group commit: one transaction per turn
             self._handle(self.core.flush_presence(time.monotonic()))
             while not self.console.empty():
                 self._console_command(self.console.get_nowait())
             self.jobs.check()
             if self.gatekeeper is not None and not self.gatekeeper.thread.is_alive():
                 raise WorkerError("the gatekeeper thread stopped: nobody could connect any more")
-            self._handle(self.core.tick(time.monotonic()))
-            flush_peer_logs()
+            if time.monotonic() - self.keys_read_at >= self.config.heartbeat_interval:
+                self._read_keys()  # a key removed or replaced ends its sessions within a heartbeat
+            self._handle(self.core.tick(time.monotonic(), time.time()))
+            flush_peer_logs(time.monotonic())
             if self.core.shutdown_requested_by:
                 self.request_stop(f"/shutdown by {self.core.shutdown_requested_by}")
         self._shutdown()
@@ -244,6 +226,8 @@ class Broker:
             seen = Seen.CLAIM
         if seen is Seen.SERVE:
             self.gatekeeper.report("spoke", handle, user)
+            if self.registry.registered(user) is not self.core.logins.keys.registered(user):
+                self._read_keys()  # registered (or replaced, or removed) since the keys were read: it counts at once
             return self.speakers.live[identity]
         if seen is Seen.LAST:  # what it sent before it went (a goodbye, a last message) still counts
             return self.speakers.last_words(identity)
@@ -274,10 +258,16 @@ class Broker:
                 self._handle(self.core.sendable(sealed, time.monotonic()))
                 sealed = []
                 try:
-                    self._handle(self.core.opened(result, time.monotonic()))
+                    self._handle(self.core.opened(result, time.monotonic(), time.time()))
                 except Exception:
                     log.exception("internal error after opening a frame from %s; frame dropped", short(result.identity))
             self._handle(self.core.sendable(sealed, time.monotonic()))
+
+    def _read_keys(self) -> None:
+        """Read the key files again for the core: at every heartbeat, and when a connection names a user whose
+        file changed since."""
+        self.keys_read_at = time.monotonic()
+        self._handle(self.core.keys_read(read_keys(self.registry), self.keys_read_at))
 
     def _console_command(self, line: str) -> None:
         line = line.strip()
@@ -319,7 +309,7 @@ class Broker:
     def _shutdown(self) -> None:
         log.info("shutting down: %s", self.stop_reason)
         self.jobs.discard_opens()
-        self._handle(self.core.shutdown(self.stop_reason or "broker", time.monotonic()))
+        self._handle(self.core.shutdown(self.stop_reason or "broker", time.monotonic(), time.time()))
         deadline = time.monotonic() + FLUSH_LINGER_MS / 1000
         while not self.jobs.idle() and time.monotonic() < deadline:
             self.jobs.check()
@@ -332,7 +322,7 @@ class Broker:
         log.info("broker stopped")
 
     def close(self, linger: int = 0) -> None:
-        self.core.store.close()
+        self.store.close()
         self.jobs.close()
         if self.gatekeeper is not None:
             self.socket.disable_monitor()
@@ -370,10 +360,7 @@ def _backup(config_path: Path, target: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int:
-    """The broker's command line. It makes its own key pair unasked only in `own_keys_dir`: the repository's
-    keys/, which broker.py names, so that a fresh clone's `make broker` just starts. Elsewhere it takes
-    --create-keys, so that a config file copied away never silently makes a second broker identity."""
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Encrypted chat broker (ZeroMQ ROUTER).")
     add_location_arguments(parser)
     parser.add_argument(
@@ -393,7 +380,88 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         help="run the broker in this process, without the supervisor that starts it again after a crash"
         " (for systemd or another service manager that restarts it)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _config_and_key(args: argparse.Namespace, own_keys_dir: Path | None) -> tuple[Config, crypto.PrivateKey, bool]:
+    """The config and the broker's key pair (made if allowed: True when it was); ChatError or OSError when not."""
+    config = load_config(args.config, args.keys_dir)
+    layout = KeyLayout(config.keys_dir)
+    keys_dir = config.keys_dir.resolve()
+    if not (layout.broker_private.exists() or args.create_keys or keys_dir == own_keys_dir):
+        # A config file copied elsewhere moves keys_dir with it: a new key pair there would lock every
+        # client that pinned the real broker.pub out, so it is made only when asked for.
+        where = "--keys-dir" if args.keys_dir is not None else f"keys_dir of {args.config}"
+        raise ConfigError(
+            f"no broker key in {keys_dir} ({where}): point keys_dir or --keys-dir at the"
+            f" directory holding broker.pem{f' (e.g. {str(own_keys_dir)!r})' if own_keys_dir else ''},"
+            " or start once with --create-keys"
+            " to make a new key pair there (every client must then be given the new broker.pub)"
+        )
+    key, created = ensure_broker_keys(layout)
+    return config, key, created
+
+
+def _start(config: Config, key: crypto.PrivateKey) -> Broker:
+    """Open the database and bind the socket; ChatError or zmq.ZMQError when either fails."""
+    for problem in Registry(KeyLayout(config.keys_dir)).audit():
+        log.error("registry: %s", problem)
+    store: Store = SQLiteStore.open(config.data_dir / DATABASE_FILE, key, now=time.time())
+    raise_open_file_limit()
+    try:
+        return Broker(config, key, store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _log_start(broker: Broker, config_path: Path, created: bool, new_database: bool) -> None:
+    """Where the keys and the data are, resolved (a config file copied elsewhere moves both), and what runs."""
+    config, layout = broker.config, KeyLayout(broker.config.keys_dir)
+    database = config.data_dir.resolve() / DATABASE_FILE
+    if created:
+        log.info("created a new broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public)
+    log.info("keys: %s (config %s)", config.keys_dir.resolve(), config_path.resolve())
+    if new_database:  # expected at a first start; later, the history is gone (a moved data_dir?)
+        (log.info if created else log.warning)("data: %s did not exist: a new database, with no history", database)
+    else:
+        log.info("data: %s", database)
+    log.info("listening on %s (broker key %s)", broker.endpoint, crypto.fingerprint(broker.key))
+    log.info("admins: %s", ", ".join(sorted(config.admins)) or "none")
+    log.info("crypto: %s", f"{config.workers} worker processes" if config.workers else "in the broker's own loop")
+
+
+def _serve(broker: Broker, config_path: Path, created: bool, new_database: bool) -> int:
+    """Run until stopped: 0, or EX_SOFTWARE after a failure (the supervisor starts the broker again)."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        broker.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or a service manager: stop gracefully too
+    if sys.stdin is not None and not sys.stdin.closed:
+        threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
+    _log_start(broker, config_path, created, new_database)  # "listening on": it answers signals from now on
+    try:
+        broker.run()
+    except WorkerError as exc:
+        log.error("%s; stopping", exc)
+        broker.close()
+        return os.EX_SOFTWARE  # a failure after the start, unlike 1: the supervisor starts the broker again
+    except Exception:  # a bug outside the per-frame safety nets: the supervisor starts the broker again
+        log.exception("internal error in the broker's loop; stopping")
+        with contextlib.suppress(Exception):
+            broker.close()
+        return os.EX_SOFTWARE
+    return 0
+
+
+def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int:
+    """The broker's command line. It makes its own key pair unasked only in `own_keys_dir`: the repository's
+    keys/, which broker.py names, so that a fresh clone's `make broker` just starts. Elsewhere it takes
+    --create-keys, so that a config file copied away never silently makes a second broker identity."""
+    args = _arguments(argv)
     if args.config is None and not DEFAULT_CONFIG.exists():
         print(
             f"{program()}: error: no {DEFAULT_CONFIG} in {Path.cwd()}: give the broker's config file with --config FILE"
@@ -408,76 +476,16 @@ def main(argv: list[str] | None = None, own_keys_dir: Path | None = None) -> int
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        config = load_config(args.config, args.keys_dir)
-        layout = KeyLayout(config.keys_dir)
-        keys_dir = config.keys_dir.resolve()
-        if not (layout.broker_private.exists() or args.create_keys or keys_dir == own_keys_dir):
-            # A config file copied elsewhere moves keys_dir with it: a new key pair there would lock every
-            # client that pinned the real broker.pub out, so it is made only when asked for.
-            where = "--keys-dir" if args.keys_dir is not None else f"keys_dir of {args.config}"
-            print(
-                f"{program()}: error: no broker key in {keys_dir} ({where}): point keys_dir or --keys-dir at the"
-                f" directory holding broker.pem{f' (e.g. {str(own_keys_dir)!r})' if own_keys_dir else ''},"
-                " or start once with --create-keys"
-                " to make a new key pair there (every client must then be given the new broker.pub)",
-                file=sys.stderr,
-            )
-            return 1
-        key, created = ensure_broker_keys(layout)
-    except (ConfigError, crypto.KeyFileError, OSError) as exc:
+        config, key, created = _config_and_key(args, own_keys_dir)
+        new_database = not (config.data_dir.resolve() / DATABASE_FILE).exists()
+        broker = _start(config, key)
+    except (ChatError, OSError) as exc:
         print(f"{program()}: error: {exc}", file=sys.stderr)
         return 1
-    database = config.data_dir.resolve() / DATABASE_FILE
-    new_database = not database.exists()
-    for problem in Registry(layout).audit():
-        log.error("registry: %s", problem)
-    try:
-        store: Store = SQLiteStore.open(config.data_dir / DATABASE_FILE, key, now=time.time())
-    except StoreError as exc:
-        print(f"{program()}: error: {exc}", file=sys.stderr)
+    except zmq.ZMQError as exc:
+        print(f"{program()}: error: cannot listen on {config.server_ip}:{config.server_port}: {exc}", file=sys.stderr)
         return 1
-    raise_open_file_limit()
-    try:
-        broker = Broker(config, key, store)
-    except (zmq.ZMQError, WorkerError) as exc:
-        store.close()
-        reason = (
-            f"cannot listen on {config.server_ip}:{config.server_port}: {exc}" if isinstance(exc, zmq.ZMQError) else exc
-        )
-        print(f"{program()}: error: {reason}", file=sys.stderr)
-        return 1
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        broker.request_stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or a service manager: stop gracefully too
-    if sys.stdin is not None and not sys.stdin.closed:
-        threading.Thread(target=_console_reader, args=(broker.console,), daemon=True).start()
-    # Where the keys and the data are, resolved: a config file copied elsewhere moves both.
-    if created:
-        log.info("created a new broker key pair %s (give %s to clients)", layout.broker_private, layout.broker_public)
-    log.info("keys: %s (config %s)", keys_dir, args.config.resolve())
-    if new_database:  # expected at a first start; later, the history is gone (a moved data_dir?)
-        (log.info if created else log.warning)("data: %s did not exist: a new database, with no history", database)
-    else:
-        log.info("data: %s", database)
-    log.info("listening on %s (broker key %s)", broker.endpoint, crypto.fingerprint(key))
-    log.info("admins: %s", ", ".join(sorted(config.admins)) or "none")
-    log.info("crypto: %s", f"{config.workers} worker processes" if config.workers else "in the broker's own loop")
-    try:
-        broker.run()
-    except WorkerError as exc:
-        log.error("%s; stopping", exc)
-        broker.close()
-        return os.EX_SOFTWARE  # a failure after the start, unlike 1: the supervisor starts the broker again
-    except Exception:  # a bug outside the per-frame safety nets: the supervisor starts the broker again
-        log.exception("internal error in the broker's loop; stopping")
-        with contextlib.suppress(Exception):
-            broker.close()
-        return os.EX_SOFTWARE
-    return 0
+    return _serve(broker, args.config, created, new_database)
 
 
 if __name__ == "__main__":

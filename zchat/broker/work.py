@@ -12,8 +12,9 @@ broker and its own workers, over a private ipc:// socket.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from zchat import crypto
 from zchat import protocol as p
@@ -50,6 +51,13 @@ class Opened:
     command: bytes
     plaintext: bytes | None
     session: str = ""  # the OpenJob's session, as it came
+
+
+def require_plaintext(plaintext: bytes | None) -> bytes:
+    """An `Opened` result's plaintext; CryptoError when the envelope did not open."""
+    if plaintext is None:
+        raise crypto.CryptoError()
+    return plaintext
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,39 @@ Work = Outgoing | Job | Cancel
 Result = Outgoing | Opened
 
 KEY_CACHE_LIMIT = 10_000
+
+
+class Core(Protocol):
+    """What `run_inline` hands results back to (zchat.broker.core.BrokerCore)."""
+
+    def opened(self, result: Opened, now: float, wall: float | None = None) -> list[Work]: ...
+
+    def sendable(self, items: list[Outgoing], now: float) -> list[Work]: ...
+
+
+def run_inline(
+    core: Core, runner: JobRunner, work: list[Work], now: float, wall: float | None = None
+) -> list[Outgoing]:
+    """Do every job in `work` now, in order, feeding opened envelopes back to `core`: the frames to send."""
+    out: list[Outgoing] = []
+    queue = collections.deque(work)
+    while queue:
+        item = queue.popleft()
+        if isinstance(item, Outgoing):
+            out.append(item)
+            continue
+        if isinstance(item, Cancel):  # nothing waits here: every job runs at once
+            continue
+        result = runner.perform(item)
+        if isinstance(result, Opened):
+            queue.extendleft(reversed(core.opened(result, now, wall)))
+        else:  # sealed frames go out now; what sendable() makes (more backlog to seal) waits its turn
+            for made in core.sendable([result], now):
+                if isinstance(made, Outgoing):
+                    out.append(made)
+                else:
+                    queue.append(made)
+    return out
 
 
 class JobRunner:
