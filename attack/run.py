@@ -263,6 +263,17 @@ class StoreBound:
             max_message_bytes=max_body_bytes(config.max_text_bytes),
         )
 
+    def numbers(self) -> dict[str, Any]:
+        """The bound's terms, for the report."""
+        return {
+            "mailboxes": list(self.mailboxes),
+            "mailbox_bytes": self.mailbox_bytes,
+            "senders": list(self.senders),
+            "sent_mail_bytes": self.sent_mail_bytes,
+            "history_size": self.history_size,
+            "max_message_bytes": self.max_message_bytes,
+        }
+
     @property
     def total(self) -> int:
         return (
@@ -466,7 +477,43 @@ def start_children(honest_spec: HonestSpec, specs: list[AttackSpec], cleanup: Cl
     return children
 
 
-def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
+@dataclass
+class Arena:
+    """The broker under attack, the honest users' and the attackers' processes, armed and waiting for the go."""
+
+    broker: BrokerProcess
+    config: Config
+    names: list[str]  # the honest users
+    specs: list[AttackSpec]
+    recipients: dict[str, str]  # whom each mailing attack mails
+    children: Children
+
+
+@dataclass(frozen=True)
+class Before:
+    """The broker just before the go, and the go itself."""
+
+    t0: float  # the go, time.monotonic()
+    rss: float
+    cpu: float
+    store: int
+    load: float
+
+
+@dataclass(frozen=True)
+class After:
+    """The broker once the honest users and the attackers reported, and how it stopped."""
+
+    up: bool
+    rss: float | None
+    cpu: float | None
+    store: int
+    census: dict[str, Any]
+    exit_status: int | None
+
+
+def prepare(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> Arena:
+    """Keys, the broker, the honest users logged in and every attacker armed."""
     started = time.monotonic()
     names = [f"honest{i}" for i in range(args.clients)]
     keys_root = workdir / "keys"
@@ -498,8 +545,12 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     )
     if children.errors:
         raise AttackError("an attacker failed before the start:\n" + "\n".join(children.errors.values()))
+    return Arena(broker, config, names, specs, recipients, children)
 
-    data_dir = config.data_dir
+
+def go(args: argparse.Namespace, arena: Arena) -> tuple[Before, Watch]:
+    """The go: honest users chat under every attack while the broker is watched, until they report."""
+    broker, children, data_dir = arena.broker, arena.children, arena.config.data_dir
     baseline = broker.rss_mb()
     cpu_before = broker.cpu_seconds()
     store_start = store_bytes(data_dir)
@@ -507,48 +558,80 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     t0 = time.monotonic() + 0.2
     children.honest_control.put(("go", t0))
     children.go.set()
-    log(f"go: {len(names)} users chat every {args.interval:g}s for {args.duration:g}s under {len(specs)} attacks")
+    log(
+        f"go: {len(arena.names)} users chat every {args.interval:g}s for {args.duration:g}s"
+        f" under {len(arena.specs)} attacks"
+    )
     hard_end = t0 + args.duration + args.drain + 60
     watch = watch_broker(children, broker, t0, hard_end, data_dir, Watch(baseline, 1, store_start, [], [], True))
     if "honest" in children.errors:
         raise AttackError(f"the honest users failed:\n{children.errors['honest']}")
+    return Before(t0, baseline, cpu_before, store_start, load_before), watch
+
+
+def wind_down(arena: Arena, before: Before, watch: Watch) -> After:
+    """Wait for the attackers' reports (30 s at most), read the broker's last numbers and store, stop it."""
+    broker, children, data_dir = arena.broker, arena.children, arena.config.data_dir
 
     def attackers_done() -> bool:
-        return all(s.kind in children.results or s.kind in children.errors for s in specs)
+        return all(s.kind in children.results or s.kind in children.errors for s in arena.specs)
 
     deadline = time.monotonic() + 30
     while not attackers_done() and time.monotonic() < deadline and not children.dead_without_report():
         children.receive(0.1)
     broker_up = watch.broker_up and broker.alive()
     end_rss = broker.rss_mb() if broker_up else None
-    broker_cpu = broker.cpu_seconds() - cpu_before if broker_up else None
+    broker_cpu = broker.cpu_seconds() - before.cpu if broker_up else None
     store_end = store_bytes(data_dir)
     census = mail_census(data_dir)
     for proc in children.procs.values():
         proc.join(10)
     exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.running_proc.returncode
     log(f"broker {'stopped' if broker_up else 'was down'}; exit status {exit_status}")
-    honest: HonestResult = children.results["honest"]
-    memory = Memory(baseline, watch.peak_rss, end_rss, watch.samples)
-    args.load = (round(load_before, 2), round(os.getloadavg()[0], 2))
+    return After(broker_up, end_rss, broker_cpu, store_end, census, exit_status)
+
+
+def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
+    arena = prepare(args, workdir, cleanup)
+    before, watch = go(args, arena)
+    after = wind_down(arena, before, watch)
+    honest: HonestResult = arena.children.results["honest"]
+    memory = Memory(before.rss, watch.peak_rss, after.rss, watch.samples)
+    args.load = (round(before.load, 2), round(os.getloadavg()[0], 2))
     store = {
-        "start_mb": round(store_start / 1e6, 1),
+        "start_mb": round(before.store / 1e6, 1),
         "peak_mb": round(watch.store_peak / 1e6, 1),
-        "end_mb": round(store_end / 1e6, 1),
-        "growth_mb": round((store_end - store_start) / 1e6, 1),
-        "growth_bytes": store_end - store_start,
-        **census,
+        "end_mb": round(after.store / 1e6, 1),
+        "growth_mb": round((after.store - before.store) / 1e6, 1),
+        "growth_bytes": after.store - before.store,
+        **after.census,
     }
-    bound = StoreBound.of(config, [spec.kind for spec in specs], recipients)
-    flood = children.results.get("hello_flood")
+    bound = StoreBound.of(arena.config, [spec.kind for spec in arena.specs], arena.recipients)
+    flood = arena.children.results.get("hello_flood")
     share = None
     if isinstance(flood, dict) and "pulse_start" in flood and watch.cpu_samples:
         pulse_start = float(flood.pop("pulse_start"))
-        attack_end = min(t0 + args.duration, watch.cpu_samples[-1][0])
+        attack_end = min(before.t0 + args.duration, watch.cpu_samples[-1][0])
         share = flood_share(watch.cpu_samples, watch.thread_samples, pulse_start, attack_end)
     return report(
-        args, broker, broker_up, exit_status, broker_cpu, memory, honest, children, specs, config, store, bound, share
+        args,
+        arena.broker,
+        after.up,
+        after.exit_status,
+        after.cpu,
+        memory,
+        honest,
+        arena.children,
+        arena.specs,
+        arena.config,
+        store,
+        bound,
+        share,
     )
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def report(
@@ -566,38 +649,16 @@ def report(
     bound: StoreBound,
     share: dict[str, float] | None,
 ) -> dict[str, Any]:
-    p50 = percentile(honest.latencies_ms, 50)
-    p99 = percentile(honest.latencies_ms, 99)
-    growth = memory.peak - memory.baseline
-    lost = honest.lost()
-    attacks: dict[str, Stats | str] = {}
-    for spec in specs:
-        if spec.kind in children.results:
-            attacks[spec.kind] = children.results[spec.kind]
-        else:
-            attacks[spec.kind] = children.errors.get(spec.kind, "no report").strip().splitlines()[-1]
+    """The run's numbers, one section each, and the targets met or missed."""
+    attacks = attack_results(children, specs)
     attacker_cpu = sum(float(s.get("cpu_s", 0)) for s in attacks.values() if isinstance(s, dict))
     targets = {
         "broker_up": broker_up,
-        "memory_growth_le_100mb": growth <= MAX_MEMORY_GROWTH_MB,
+        "memory_growth_le_100mb": memory.peak - memory.baseline <= MAX_MEMORY_GROWTH_MB,
         "store_growth_le_quotas": store["growth_bytes"] <= bound.total,
-        "p99_le_1s": p99 is not None and p99 <= MAX_P99_MS,
-        "nothing_lost": lost == 0 and honest.expected() > 0,
-        "nothing_duplicated": honest.duplicated == 0,
+        **honest_targets(honest),
+        **attack_targets(args, config, attacks, share),
     }
-    refill = attacks.get("rate_refill")
-    if refill is not None:
-        # The broker's bucket: `rate` per second, bursts of twice that.
-        rate = config.messages_per_second_per_user
-        targets["refill_within_rate"] = isinstance(refill, dict) and refill.get("accepted_seen", 0) <= rate * (
-            args.duration + 2
-        )
-    if "hello_flood" in attacks:
-        targets["flood_le_quarter_core"] = share is not None and share.get("share", 1.0) <= MAX_FLOOD_SHARE
-
-    def r(value: float | None, digits: int = 1) -> float | None:
-        return None if value is None else round(value, digits)
-
     return {
         "ok": all(targets.values()),
         "targets": targets,
@@ -609,54 +670,84 @@ def report(
         "broker": {
             "up": broker_up,
             "exit_status": exit_status,
-            "cpu_s": r(broker_cpu),
+            "cpu_s": _round(broker_cpu),
             **log_numbers(broker.log_path.read_bytes()),
             **({} if broker_up else {"log_tail": broker.log_tail()}),
         },
         "memory": {
-            "baseline_mb": r(memory.baseline),
-            "peak_mb": r(memory.peak),
-            "end_mb": r(memory.end),
-            "growth_mb": r(growth),
+            "baseline_mb": _round(memory.baseline),
+            "peak_mb": _round(memory.peak),
+            "end_mb": _round(memory.end),
+            "growth_mb": _round(memory.peak - memory.baseline),
             "samples": memory.samples,
         },
-        "store": {
-            **store,
-            "bound_mb": round(bound.total / 1e6, 1),
-            "bound": {
-                "mailboxes": list(bound.mailboxes),
-                "mailbox_bytes": bound.mailbox_bytes,
-                "senders": list(bound.senders),
-                "sent_mail_bytes": bound.sent_mail_bytes,
-                "history_size": bound.history_size,
-                "max_message_bytes": bound.max_message_bytes,
-            },
-        },
+        "store": {**store, "bound_mb": round(bound.total / 1e6, 1), "bound": bound.numbers()},
         "flood_cpu": share,
-        "honest": {
-            "clients": len(honest.sent),
-            "interval_s": args.interval,
-            "sent": sum(honest.sent.values()),
-            "expected_deliveries": honest.expected(),
-            "delivered": len(honest.latencies_ms),
-            "lost": lost,
-            "duplicated": honest.duplicated,
-            "unexpected": honest.unexpected,
-            "latency_ms_p50": r(p50),
-            "latency_ms_p99": r(p99),
-            "latency_ms_max": r(max(honest.latencies_ms, default=None)),
-            "connection_losses": honest.connection_losses,
-            "sessions_closed": honest.sessions_closed,
-            "send_errors": honest.send_errors,
-            "drained": honest.drained,
-            "drain_s": honest.drain_s,
-            "login_s": honest.login_s,
-            "max_turn_s": r(honest.max_turn_s, 3),
-            "cpu_s": honest.cpu_s,
-            "notices": dict(honest.notices.most_common(10)),
-        },
+        "honest": honest_numbers(args, honest),
         "attacks": attacks,
         "attackers_cpu_s": round(attacker_cpu, 1),
+    }
+
+
+def attack_results(children: Children, specs: list[AttackSpec]) -> dict[str, Stats | str]:
+    """Each attacker's stats, or the last line of its error (or "no report")."""
+    attacks: dict[str, Stats | str] = {}
+    for spec in specs:
+        if spec.kind in children.results:
+            attacks[spec.kind] = children.results[spec.kind]
+        else:
+            attacks[spec.kind] = children.errors.get(spec.kind, "no report").strip().splitlines()[-1]
+    return attacks
+
+
+def honest_targets(honest: HonestResult) -> dict[str, bool]:
+    p99 = percentile(honest.latencies_ms, 99)
+    return {
+        "p99_le_1s": p99 is not None and p99 <= MAX_P99_MS,
+        "nothing_lost": honest.lost() == 0 and honest.expected() > 0,
+        "nothing_duplicated": honest.duplicated == 0,
+    }
+
+
+def attack_targets(
+    args: argparse.Namespace, config: Config, attacks: dict[str, Stats | str], share: dict[str, float] | None
+) -> dict[str, bool]:
+    """The targets of the attacks that ran: the refilling user held to its rate, the flood's cost."""
+    targets: dict[str, bool] = {}
+    refill = attacks.get("rate_refill")
+    if refill is not None:
+        # The broker's bucket: `rate` per second, bursts of twice that.
+        rate = config.messages_per_second_per_user
+        targets["refill_within_rate"] = isinstance(refill, dict) and refill.get("accepted_seen", 0) <= rate * (
+            args.duration + 2
+        )
+    if "hello_flood" in attacks:
+        targets["flood_le_quarter_core"] = share is not None and share.get("share", 1.0) <= MAX_FLOOD_SHARE
+    return targets
+
+
+def honest_numbers(args: argparse.Namespace, honest: HonestResult) -> dict[str, Any]:
+    return {
+        "clients": len(honest.sent),
+        "interval_s": args.interval,
+        "sent": sum(honest.sent.values()),
+        "expected_deliveries": honest.expected(),
+        "delivered": len(honest.latencies_ms),
+        "lost": honest.lost(),
+        "duplicated": honest.duplicated,
+        "unexpected": honest.unexpected,
+        "latency_ms_p50": _round(percentile(honest.latencies_ms, 50)),
+        "latency_ms_p99": _round(percentile(honest.latencies_ms, 99)),
+        "latency_ms_max": _round(max(honest.latencies_ms, default=None)),
+        "connection_losses": honest.connection_losses,
+        "sessions_closed": honest.sessions_closed,
+        "send_errors": honest.send_errors,
+        "drained": honest.drained,
+        "drain_s": honest.drain_s,
+        "login_s": honest.login_s,
+        "max_turn_s": _round(honest.max_turn_s, 3),
+        "cpu_s": honest.cpu_s,
+        "notices": dict(honest.notices.most_common(10)),
     }
 
 
@@ -665,7 +756,20 @@ def _number(value: float) -> str:
 
 
 def print_report(numbers: dict[str, Any]) -> None:
-    b, m, h, st = numbers["broker"], numbers["memory"], numbers["honest"], numbers["store"]
+    _print_broker(numbers["broker"], numbers["memory"], numbers["store"])
+    _print_honest(numbers["honest"])
+    _print_attacks(numbers)
+    print("targets:")
+    for name, met in numbers["targets"].items():
+        print(f"  {name + ':':<24} {'met' if met else 'MISSED'}")
+    load = numbers["load_avg_1min_before_after"]
+    busy = " (already busy before the start: other work competed for the CPU)" if load[0] > 1.0 else ""
+    print(f"machine:            {numbers['cores']} cores, 1-min load average {load[0]} before, {load[1]} after{busy}")
+    print(f"verdict:            {'PASS' if numbers['ok'] else 'FAIL'}")
+
+
+def _print_broker(b: dict[str, Any], m: dict[str, Any], st: dict[str, Any]) -> None:
+    """The broker's lines: up, memory, store (and what it holds), log."""
     print(
         f"broker up:          {b['up']} (exit status after SIGTERM: {b['exit_status']};"
         f" {b['cpu_s']} CPU seconds during the run, workers included)"
@@ -694,6 +798,9 @@ def print_report(numbers: dict[str, Any]) -> None:
         f" {b['assertion_failures']} assertion failures, {b['internal_errors']} internal errors,"
         f" {b['suppressed_summaries']} suppression summaries)"
     )
+
+
+def _print_honest(h: dict[str, Any]) -> None:
     print(
         f"honest users:       {h['clients']} clients, {h['sent']} messages sent, {h['delivered']} of"
         f" {h['expected_deliveries']} deliveries received; lost {h['lost']}, duplicated {h['duplicated']},"
@@ -706,6 +813,10 @@ def print_report(numbers: dict[str, Any]) -> None:
     )
     for text, count in h["notices"].items():
         print(f"  honest notice:    {count} x {text}")
+
+
+def _print_attacks(numbers: dict[str, Any]) -> None:
+    """Each attack's stats, the flood's cost, and the broker's log tail when it went down."""
     print(f"attacks ({numbers['attackers_cpu_s']} CPU seconds in all):")
     for kind, stats in numbers["attacks"].items():
         shown = stats if isinstance(stats, str) else ", ".join(f"{k} {_number(v)}" for k, v in stats.items())
@@ -717,16 +828,9 @@ def print_report(numbers: dict[str, Any]) -> None:
             f" cores while the flood was on, {flood['process_cores_off']} while it was off; its threads other than"
             f" the main loop {flood['threads_cores_on']} and {flood['threads_cores_off']}"
         )
-    if "log_tail" in b:
+    if "log_tail" in numbers["broker"]:
         print("broker log tail:")
-        print(b["log_tail"])
-    print("targets:")
-    for name, met in numbers["targets"].items():
-        print(f"  {name + ':':<24} {'met' if met else 'MISSED'}")
-    load = numbers["load_avg_1min_before_after"]
-    busy = " (already busy before the start: other work competed for the CPU)" if load[0] > 1.0 else ""
-    print(f"machine:            {numbers['cores']} cores, 1-min load average {load[0]} before, {load[1]} after{busy}")
-    print(f"verdict:            {'PASS' if numbers['ok'] else 'FAIL'}")
+        print(numbers["broker"]["log_tail"])
 
 
 def main(argv: list[str] | None = None) -> int:
