@@ -104,11 +104,11 @@ LOG_JUNK: list[list[bytes]] = [
     [p.MARKER, p.SEND, b"", b"one too many"],
     [b"", b"", b"", b"", b""],
     [b"zchat/0", p.HELLO, b"\x01"],
-    [p.MARKER, p.HELLO, b"\x01" + bytes(40)],
-    [p.MARKER, p.CHALLENGE, b"\x01"],
-    [p.MARKER, p.SEND, os.urandom(600)],
-    [p.MARKER, p.ACK, bytes(16)],
+    [p.MARKER, p.HELLO, b"\x01" + bytes(40)],  # a HELLO from a logged-in user
+    [p.MARKER, p.CHALLENGE, b"\x01"],  # a broker-only command
 ]
+# What the log amplifier sends: those, a SEND whose body is no envelope, and an ACK of nothing.
+LOG_AMP_JUNK: list[list[bytes]] = [*LOG_JUNK, [p.MARKER, p.SEND, os.urandom(600)], [p.MARKER, p.ACK, bytes(16)]]
 
 
 # ------------------------------------------------------------ 1. random bytes
@@ -418,7 +418,7 @@ def log_amp(spec: AttackSpec, end: float) -> Stats:
             insider.pump(now)
             if pacer.due(now) and insider.sock is not None:
                 for _ in range(JUNK_BATCH):
-                    frames = LOG_JUNK[sent % len(LOG_JUNK)]
+                    frames = LOG_AMP_JUNK[sent % len(LOG_AMP_JUNK)]
                     sent += 1
                     if queue(insider.sock, frames):
                         stats["frames"] += 1
