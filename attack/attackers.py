@@ -104,11 +104,11 @@ LOG_JUNK: list[list[bytes]] = [
     [p.MARKER, p.SEND, b"", b"one too many"],
     [b"", b"", b"", b"", b""],
     [b"zchat/0", p.HELLO, b"\x01"],
-    [p.MARKER, p.HELLO, b"\x01" + bytes(40)],
-    [p.MARKER, p.CHALLENGE, b"\x01"],
-    [p.MARKER, p.SEND, os.urandom(600)],
-    [p.MARKER, p.ACK, bytes(16)],
+    [p.MARKER, p.HELLO, b"\x01" + bytes(40)],  # a HELLO from a logged-in user
+    [p.MARKER, p.CHALLENGE, b"\x01"],  # a broker-only command
 ]
+# What the log amplifier sends: those, a SEND whose body is no envelope, and an ACK of nothing.
+LOG_AMP_JUNK: list[list[bytes]] = [*LOG_JUNK, [p.MARKER, p.SEND, os.urandom(600)], [p.MARKER, p.ACK, bytes(16)]]
 
 
 # ------------------------------------------------------------ 1. random bytes
@@ -295,6 +295,71 @@ def conn_flood(spec: AttackSpec, end: float) -> Stats:
 # ------------------------------------------------------------ 5. unauthenticated RSA work
 
 
+class _RsaWork:
+    """rsa_work's sockets: stranger DEALERs and raw NULL connections held a while, the insider's DEALER."""
+
+    def __init__(self, spec: AttackSpec, context: zmq.Context[zmq.Socket[bytes]], stats: Stats) -> None:
+        self.spec, self.context, self.stats = spec, context, stats
+        broker = broker_keys(spec)
+        self.server_key = broker.curve or b""
+        self.captured = list(spec.captured_hello)
+        self.random_hello = [p.MARKER, p.HELLO, secrets.token_bytes(442)]
+        self.raw_attack = NULL_HANDSHAKE + message(self.captured) * RAW_NULL_HELLOS
+        key = insider_key(spec)
+        self.insider_hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(8)]
+        self.insider = hand_picked_dealer(
+            context, endpoint(spec.sources[2], spec.port), crypto.curve_secret(key), self.server_key, queue_limit=QUEUE
+        )
+        self.held: collections.deque[tuple[zmq.Socket[bytes], float]] = collections.deque()
+        self.raw_held: collections.deque[tuple[socket.socket, float]] = collections.deque()
+
+    def stranger(self, source: str, secret: bytes | None, counter: str, at: float) -> None:
+        """A DEALER the broker does not know, with captured HELLOs (and a random one) queued on it."""
+        sock = hand_picked_dealer(
+            self.context, endpoint(source, self.spec.port), secret, self.server_key, queue_limit=QUEUE
+        )
+        self.stats[counter] += 1
+        for k in range(STRANGER_HELLOS):
+            queued = queue(sock, self.random_hello if k == STRANGER_HELLOS - 1 else self.captured)
+            self.stats["stranger_hellos_queued" if queued else "stranger_hellos_not_queued"] += 1
+        self.held.append((sock, at))
+
+    def raw_null(self, source: str, at: float) -> None:
+        """A raw TCP connection: the NULL handshake, then the captured HELLO over and over."""
+        try:
+            raw = tcp(source, self.spec.port)
+            raw.setblocking(False)
+            sent = raw.send(self.raw_attack)
+            self.stats["raw_null_connections"] += 1
+            self.stats["raw_null_bytes"] += sent
+            self.stats["raw_null_hellos"] += max(0, sent - len(NULL_HANDSHAKE)) // len(message(self.captured))
+            self.raw_held.append((raw, at))
+        except OSError:
+            self.stats["connect_failures"] += 1
+
+    def insider_hello(self) -> None:
+        frames = self.insider_hellos[int(self.stats["insider_hellos"]) % len(self.insider_hellos)]
+        queued = queue(self.insider, frames)
+        self.stats["insider_hellos" if queued else "insider_hellos_not_queued"] += 1
+
+    def tend(self, now: float) -> None:
+        """Count the replies; close what has been held for STRANGER_HOLD."""
+        drain_replies(self.insider, self.stats, "insider_replies")
+        for sock, _ in self.held:
+            drain_replies(sock, self.stats, "stranger_replies")
+        while self.held and now - self.held[0][1] > STRANGER_HOLD:
+            self.held.popleft()[0].close(linger=0)
+        while self.raw_held and now - self.raw_held[0][1] > STRANGER_HOLD:
+            self.raw_held.popleft()[0].close()
+
+    def close(self) -> None:
+        for sock, _ in self.held:
+            sock.close(linger=0)
+        for raw, _ in self.raw_held:
+            raw.close()
+        self.insider.close(linger=0)
+
+
 def rsa_work(spec: AttackSpec, end: float) -> Stats:
     stats: Stats = {
         "unregistered_curve_dealers": 0,
@@ -308,70 +373,29 @@ def rsa_work(spec: AttackSpec, end: float) -> Stats:
         "insider_hellos_not_queued": 0,
         "connect_failures": 0,
     }
-    unregistered_source, null_source, insider_source = spec.sources[0], spec.sources[1], spec.sources[2]
-    broker = broker_keys(spec)
-    server_key = broker.curve or b""
-    captured = list(spec.captured_hello)
-    random_hello = [p.MARKER, p.HELLO, secrets.token_bytes(442)]
-    raw_attack = NULL_HANDSHAKE + message(captured) * RAW_NULL_HELLOS
-    key = insider_key(spec)
-    insider_hellos = [ClientSession(spec.insider, key, broker.rsa, bot=True).hello() for _ in range(8)]
+    unregistered_source, null_source = spec.sources[0], spec.sources[1]
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    insider = hand_picked_dealer(
-        context, endpoint(insider_source, spec.port), crypto.curve_secret(key), server_key, queue_limit=QUEUE
-    )
+    work = _RsaWork(spec, context, stats)
     now = time.monotonic()
     curve_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
     null_pace = Pacer(STRANGER_DEALER_RATE * spec.scale, now)
     raw_pace = Pacer(RAW_NULL_RATE * spec.scale, now)
     insider_pace = Pacer(INSIDER_HELLO_RATE * spec.scale, now)
-    held: collections.deque[tuple[zmq.Socket[bytes], float]] = collections.deque()
-    raw_held: collections.deque[tuple[socket.socket, float]] = collections.deque()
-
-    def stranger(source: str, secret: bytes | None, counter: str, at: float) -> None:
-        sock = hand_picked_dealer(context, endpoint(source, spec.port), secret, server_key, queue_limit=QUEUE)
-        stats[counter] += 1
-        for k in range(STRANGER_HELLOS):
-            queued = queue(sock, random_hello if k == STRANGER_HELLOS - 1 else captured)
-            stats["stranger_hellos_queued" if queued else "stranger_hellos_not_queued"] += 1
-        held.append((sock, at))
-
     try:
         while (now := time.monotonic()) < end:
             if curve_pace.due(now):
-                stranger(unregistered_source, secrets.token_bytes(32), "unregistered_curve_dealers", now)
+                work.stranger(unregistered_source, secrets.token_bytes(32), "unregistered_curve_dealers", now)
             if null_pace.due(now):
-                stranger(null_source, None, "null_dealers", now)
+                work.stranger(null_source, None, "null_dealers", now)
             if raw_pace.due(now):
-                try:
-                    raw = tcp(null_source, spec.port)
-                    raw.setblocking(False)
-                    sent = raw.send(raw_attack)
-                    stats["raw_null_connections"] += 1
-                    stats["raw_null_bytes"] += sent
-                    stats["raw_null_hellos"] += max(0, sent - len(NULL_HANDSHAKE)) // len(message(captured))
-                    raw_held.append((raw, now))
-                except OSError:
-                    stats["connect_failures"] += 1
+                work.raw_null(null_source, now)
             while insider_pace.due(now):
-                frames = insider_hellos[int(stats["insider_hellos"]) % len(insider_hellos)]
-                queued = queue(insider, frames)
-                stats["insider_hellos" if queued else "insider_hellos_not_queued"] += 1
-            drain_replies(insider, stats, "insider_replies")
-            for sock, _ in held:
-                drain_replies(sock, stats, "stranger_replies")
-            while held and now - held[0][1] > STRANGER_HOLD:
-                held.popleft()[0].close(linger=0)
-            while raw_held and now - raw_held[0][1] > STRANGER_HOLD:
-                raw_held.popleft()[0].close()
+                work.insider_hello()
+            work.tend(now)
             next_due = min(curve_pace.next, null_pace.next, raw_pace.next, insider_pace.next, end)
             time.sleep(max(IDLE, next_due - time.monotonic()))
     finally:
-        for sock, _ in held:
-            sock.close(linger=0)
-        for raw, _ in raw_held:
-            raw.close()
-        insider.close(linger=0)
+        work.close()
         context.term()
     return stats
 
@@ -394,7 +418,7 @@ def log_amp(spec: AttackSpec, end: float) -> Stats:
             insider.pump(now)
             if pacer.due(now) and insider.sock is not None:
                 for _ in range(JUNK_BATCH):
-                    frames = LOG_JUNK[sent % len(LOG_JUNK)]
+                    frames = LOG_AMP_JUNK[sent % len(LOG_AMP_JUNK)]
                     sent += 1
                     if queue(insider.sock, frames):
                         stats["frames"] += 1

@@ -136,6 +136,83 @@ def _open(source: str, port: int) -> socket.socket:
     return sock
 
 
+class _Flood:
+    """The flood's connections waiting for the broker's answer, and what became of each (counted in `stats`)."""
+
+    def __init__(self, spec: AttackSpec, captured: bytes, stats: Stats) -> None:
+        self.source, self.port = spec.sources[0], spec.port
+        self.captured = captured
+        self.stats = stats
+        self.selector = selectors.DefaultSelector()
+        self.in_flight: dict[socket.socket, tuple[float, bytearray]] = {}
+
+    def finish(self, sock: socket.socket, outcome: str) -> None:
+        self.stats[outcome] += 1
+        self.selector.unregister(sock)
+        del self.in_flight[sock]
+        sock.close()
+
+    def finish_all(self, outcome: str) -> None:
+        for sock in list(self.in_flight):
+            self.finish(sock, outcome)
+
+    def open(self, pacer: Pacer, now: float) -> None:
+        """New connections as the pace allows, up to MAX_IN_FLIGHT waiting."""
+        while len(self.in_flight) < MAX_IN_FLIGHT and pacer.due(now):
+            try:
+                sock = _open(self.source, self.port)
+            except OSError:
+                self.stats["connect_failures"] += 1
+                break
+            self.stats["connections"] += 1
+            self.in_flight[sock] = (now, bytearray())
+            self.selector.register(sock, selectors.EVENT_WRITE)
+
+    def step(self, now: float) -> None:
+        """Send the captured bytes on every connection that is up, read the answers, give up on the slow ones."""
+        for key, events in self.selector.select(0.002):
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            if events & selectors.EVENT_WRITE and key.events == selectors.EVENT_WRITE:
+                self._send(sock)
+            else:
+                self._read(sock)
+        for sock, (opened, _) in list(self.in_flight.items()):
+            if now - opened > ANSWER_TIMEOUT:
+                self.finish(sock, "unanswered")
+
+    def _send(self, sock: socket.socket) -> None:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.finish(sock, "connect_failures")
+            return
+        try:
+            sock.send(self.captured)
+        except OSError:
+            self.finish(sock, "closed_by_broker")
+            return
+        self.selector.modify(sock, selectors.EVENT_READ)
+
+    def _read(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.finish(sock, "closed_by_broker")
+            return
+        if not data:
+            self.finish(sock, "closed_by_broker")
+            return
+        buffer = self.in_flight[sock][1]
+        buffer += data
+        if WELCOME_BODY in buffer:
+            self.finish(sock, "welcomes")
+
+    def close(self) -> None:
+        for sock in list(self.in_flight):
+            sock.close()
+        self.selector.close()
+
+
 def hello_flood(spec: AttackSpec, end: float) -> Stats:
     stats: Stats = {
         "connections": 0,
@@ -147,20 +224,11 @@ def hello_flood(spec: AttackSpec, end: float) -> Stats:
     }
     captured = spec.captured_hello[0] if spec.captured_hello else capture_hello(spec)
     stats["hello_bytes"] = len(captured)
-    source = spec.sources[0]
     rate = FLOOD_RATE * spec.scale
-    selector = selectors.DefaultSelector()
-    in_flight: dict[socket.socket, tuple[float, bytearray]] = {}
+    flood = _Flood(spec, captured, stats)
     start = time.monotonic()
     stats["pulse_start"] = start
     pacer: Pacer | None = None
-
-    def finish(sock: socket.socket, outcome: str) -> None:
-        stats[outcome] += 1
-        selector.unregister(sock)
-        del in_flight[sock]
-        sock.close()
-
     try:
         while (now := time.monotonic()) < end:
             on = int((now - start) / PULSE) % 2 == 0
@@ -168,53 +236,14 @@ def hello_flood(spec: AttackSpec, end: float) -> Stats:
                 pacer = Pacer(rate, now)
             elif not on and pacer is not None:  # the pulse ends: nothing of it is left for the broker to do
                 pacer = None
-                for sock in list(in_flight):
-                    finish(sock, "unanswered")
-            while pacer is not None and len(in_flight) < MAX_IN_FLIGHT and pacer.due(now):
-                try:
-                    sock = _open(source, spec.port)
-                except OSError:
-                    stats["connect_failures"] += 1
-                    break
-                stats["connections"] += 1
-                in_flight[sock] = (now, bytearray())
-                selector.register(sock, selectors.EVENT_WRITE)
-            for key, events in selector.select(0.002):
-                sock = key.fileobj  # type: ignore[assignment]
-                if events & selectors.EVENT_WRITE and key.events == selectors.EVENT_WRITE:
-                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                        finish(sock, "connect_failures")
-                        continue
-                    try:
-                        sock.send(captured)
-                    except OSError:
-                        finish(sock, "closed_by_broker")
-                        continue
-                    selector.modify(sock, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    finish(sock, "closed_by_broker")
-                    continue
-                if not data:
-                    finish(sock, "closed_by_broker")
-                    continue
-                buffer = in_flight[sock][1]
-                buffer += data
-                if WELCOME_BODY in buffer:
-                    finish(sock, "welcomes")
-            for sock, (opened, _) in list(in_flight.items()):
-                if now - opened > ANSWER_TIMEOUT:
-                    finish(sock, "unanswered")
+                flood.finish_all("unanswered")
+            if pacer is not None:
+                flood.open(pacer, now)
+            flood.step(now)
         elapsed = time.monotonic() - start
         whole, part = divmod(elapsed, 2 * PULSE)
         stats["on_seconds"] = round(whole * PULSE + min(part, PULSE), 2)
         stats["connections_per_s_on"] = round(stats["connections"] / max(1e-9, stats["on_seconds"]), 1)
     finally:
-        for sock in list(in_flight):
-            sock.close()
-        selector.close()
+        flood.close()
     return stats

@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
 import os
 import queue
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,36 +47,26 @@ from typing import Any
 
 from attack.attackers import ATTACKS, attacker_main
 from attack.common import AttackSpec, Stats
-from attack.flood import PULSE
 from attack.honest import HonestResult, HonestSpec, honest_main
+from attack.measure import Sample, StoreBound, flood_share, mail_census, store_bytes
+from attack.report import Memory, print_report, report
 from attack.zmtp import predicted_counters
 from harness.keys import make_keys
 from harness.process import BrokerProcess, HarnessError
 from harness.procfs import NoSuchReading, cpu_seconds
-from harness.stats import percentile
 from harness.tool import Cleanup, run_tool, say
 from zchat import crypto
-from zchat.broker.main import DATABASE_FILE
 from zchat.client.session import ClientSession
 from zchat.config import Config, load_config
 from zchat.keystore import KeyLayout
-from zchat.protocol import max_body_bytes
 
 # Registered users who attack: issue 11's two, then one per attack of issue 18.
 INSIDERS = ("mallory", "eve", "selfmailer", "awaymailer", "churner", "holder", "searcher", "refiller")
 ABSENT = "absent"  # registered, never online: the away mailer's recipient
-# Issue 18's attacks that send mail, and the insider who sends it.
-MAILERS = {"mail_self": "selfmailer", "mail_away": "awaymailer", "rate_refill": "refiller"}
 BROKER_START_TIMEOUT = 30.0
 BROKER_STOP_TIMEOUT = 30.0
 READY_TIMEOUT = 90.0
 SAMPLE_EVERY = 0.15
-
-# The targets (issues 11 and 18), on 2 cores.
-MAX_MEMORY_GROWTH_MB = 100.0
-MAX_P99_MS = 1000.0
-MAX_FLOOD_SHARE = 0.25  # of a core: what one address flooding connections may cost the broker
-PULSE_MARGIN = 0.4  # seconds left out at each end of a flood pulse when the broker's CPU share is measured
 
 Message = tuple[Any, ...]
 
@@ -139,24 +127,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 BROKER_CONFIG = {"server_ip": "127.0.0.1", "server_port": 0, "keys_dir": "keys"}
 
 
-# ---------------------------------------------------------------- the broker
-
-
-def log_numbers(data: bytes) -> dict[str, Any]:
-    """What the broker's log holds: its size, and what went wrong in it."""
-    text = data.decode("utf-8", errors="replace")
-    lines = text.splitlines()
-    return {
-        "log_bytes": len(data),
-        "log_lines": len(lines),
-        "tracebacks": text.count("Traceback"),
-        "assertion_failures": text.count("Assertion failed"),
-        "internal_errors": text.count("internal error"),
-        "suppressed_summaries": sum("suppressed" in line for line in lines),
-        "errors_or_warnings": sum(" ERROR " in line or " WARNING " in line for line in lines),
-    }
-
-
 # ---------------------------------------------------------------- children
 
 
@@ -215,137 +185,6 @@ class Children:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-
-
-@dataclass(frozen=True)
-class Memory:
-    """Resident memory of the broker and its children (MiB): before the attacks, the peak, at the end."""
-
-    baseline: float
-    peak: float
-    end: float | None
-    samples: int
-
-
-# ---------------------------------------------------------------- the store
-
-
-def store_bytes(data_dir: Path) -> int:
-    """The size of the broker's database on disk: zchat.db and its write-ahead log."""
-    total = 0
-    for name in (DATABASE_FILE, DATABASE_FILE + "-wal"):
-        with contextlib.suppress(OSError):
-            total += (data_dir / name).stat().st_size
-    return total
-
-
-@dataclass(frozen=True)
-class StoreBound:
-    """What the attackers may make the store hold, from the config: their mailboxes, their senders' quotas of
-    mail waiting for others, and the room history (`history_size` messages of the largest size)."""
-
-    mailboxes: tuple[str, ...]  # the attackers' recipients
-    senders: tuple[str, ...]  # the attackers who mail
-    mailbox_bytes: int
-    sent_mail_bytes: int
-    history_size: int
-    max_message_bytes: int
-
-    @classmethod
-    def of(cls, config: Config, attacks: list[str], recipients: dict[str, str]) -> StoreBound:
-        mailers = [kind for kind in attacks if kind in MAILERS]
-        return cls(
-            mailboxes=tuple(sorted({recipients[kind] for kind in mailers})),
-            senders=tuple(sorted(MAILERS[kind] for kind in mailers)),
-            mailbox_bytes=config.mailbox_bytes,
-            sent_mail_bytes=config.sent_mail_bytes,
-            history_size=config.history_size,
-            max_message_bytes=max_body_bytes(config.max_text_bytes),
-        )
-
-    @property
-    def total(self) -> int:
-        return (
-            len(self.mailboxes) * self.mailbox_bytes
-            + len(self.senders) * self.sent_mail_bytes
-            + self.history_size * self.max_message_bytes
-        )
-
-
-def mail_census(data_dir: Path) -> dict[str, Any]:
-    """What the store holds at the end, read-only: the rooms' history, and the mail by mailbox (recipients are
-    HMAC tags, but row counts and sizes are in clear), largest first."""
-    try:
-        db = sqlite3.connect(f"file:{data_dir / DATABASE_FILE}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
-        return {"error": str(exc)}
-    try:
-        boxes = db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM mail GROUP BY recipient ORDER BY 2 DESC"
-        ).fetchall()
-        history = int(db.execute("SELECT count(*) FROM chat").fetchone()[0])
-        seen = int(db.execute("SELECT count(*) FROM seen").fetchone()[0])
-    except sqlite3.Error as exc:
-        return {"error": str(exc)}
-    finally:
-        db.close()
-    return {
-        "mail_rows": sum(int(rows) for rows, _ in boxes),
-        "mail_mb": round(sum(int(size) for _, size in boxes) / 1e6, 1),
-        "mailboxes": [{"rows": int(rows), "mb": round(int(size) / 1e6, 2)} for rows, size in boxes[:5]],
-        "history_rows": history,
-        "seen_rows": seen,
-    }
-
-
-# ---------------------------------------------------------------- the broker's CPU during the flood's pulses
-
-
-Sample = tuple[float, float]  # (time.monotonic(), CPU seconds)
-
-
-def _cpu_at(samples: list[Sample], t: float) -> float | None:
-    """The CPU seconds at `t`, interpolated between the samples around it."""
-    for (t1, c1), (t2, c2) in itertools.pairwise(samples):
-        if t1 <= t <= t2:
-            return c1 if t2 == t1 else c1 + (c2 - c1) * (t - t1) / (t2 - t1)
-    return None
-
-
-def pulse_shares(samples: list[Sample], pulse_start: float, end: float) -> tuple[float, float] | None:
-    """The CPU share (cores) of what `samples` measure while the flood is on, and while it is off. Each
-    pulse's first and last PULSE_MARGIN seconds are left out."""
-    totals = {True: [0.0, 0.0], False: [0.0, 0.0]}  # on -> [cpu seconds, seconds]
-    k = 0
-    while (begin := pulse_start + k * PULSE + PULSE_MARGIN) < end:
-        finish = pulse_start + (k + 1) * PULSE - PULSE_MARGIN
-        if finish <= end:
-            c1, c2 = _cpu_at(samples, begin), _cpu_at(samples, finish)
-            if c1 is not None and c2 is not None:
-                totals[k % 2 == 0][0] += c2 - c1
-                totals[k % 2 == 0][1] += finish - begin
-        k += 1
-    if not totals[True][1] or not totals[False][1]:
-        return None
-    return totals[True][0] / totals[True][1], totals[False][0] / totals[False][1]
-
-
-def flood_share(process: list[Sample], threads: list[Sample], pulse_start: float, end: float) -> dict[str, float]:
-    """What the flood costs the broker's process (its crypto workers are not involved): the CPU share while
-    the flood is on minus the share while it is off, for the whole process and for its threads other than the
-    main loop (libzmq's I/O thread, which does the handshakes, and the gatekeeper, which answers ZAP and
-    watches connections). On a saturated machine the whole-process figure understates the cost (the flood
-    takes CPU from the main loop), so the larger of the two is the flood's share."""
-    numbers: dict[str, float] = {}
-    for name, samples in (("process", process), ("threads", threads)):
-        shares = pulse_shares(samples, pulse_start, end)
-        if shares is not None:
-            numbers[f"{name}_cores_on"] = round(shares[0], 3)
-            numbers[f"{name}_cores_off"] = round(shares[1], 3)
-            numbers[f"{name}_share"] = round(shares[0] - shares[1], 3)
-    if "process_share" in numbers and "threads_share" in numbers:
-        numbers["share"] = max(numbers["process_share"], numbers["threads_share"])
-    return numbers
 
 
 # ---------------------------------------------------------------- the run
@@ -466,7 +305,43 @@ def start_children(honest_spec: HonestSpec, specs: list[AttackSpec], cleanup: Cl
     return children
 
 
-def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
+@dataclass
+class Arena:
+    """The broker under attack, the honest users' and the attackers' processes, armed and waiting for the go."""
+
+    broker: BrokerProcess
+    config: Config
+    names: list[str]  # the honest users
+    specs: list[AttackSpec]
+    recipients: dict[str, str]  # whom each mailing attack mails
+    children: Children
+
+
+@dataclass(frozen=True)
+class Before:
+    """The broker just before the go, and the go itself."""
+
+    t0: float  # the go, time.monotonic()
+    rss: float
+    cpu: float
+    store: int
+    load: float
+
+
+@dataclass(frozen=True)
+class After:
+    """The broker once the honest users and the attackers reported, and how it stopped."""
+
+    up: bool
+    rss: float | None
+    cpu: float | None
+    store: int
+    census: dict[str, Any]
+    exit_status: int | None
+
+
+def prepare(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> Arena:
+    """Keys, the broker, the honest users logged in and every attacker armed."""
     started = time.monotonic()
     names = [f"honest{i}" for i in range(args.clients)]
     keys_root = workdir / "keys"
@@ -498,8 +373,12 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     )
     if children.errors:
         raise AttackError("an attacker failed before the start:\n" + "\n".join(children.errors.values()))
+    return Arena(broker, config, names, specs, recipients, children)
 
-    data_dir = config.data_dir
+
+def go(args: argparse.Namespace, arena: Arena) -> tuple[Before, Watch]:
+    """The go: honest users chat under every attack while the broker is watched, until they report."""
+    broker, children, data_dir = arena.broker, arena.children, arena.config.data_dir
     baseline = broker.rss_mb()
     cpu_before = broker.cpu_seconds()
     store_start = store_bytes(data_dir)
@@ -507,226 +386,86 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, 
     t0 = time.monotonic() + 0.2
     children.honest_control.put(("go", t0))
     children.go.set()
-    log(f"go: {len(names)} users chat every {args.interval:g}s for {args.duration:g}s under {len(specs)} attacks")
+    log(
+        f"go: {len(arena.names)} users chat every {args.interval:g}s for {args.duration:g}s"
+        f" under {len(arena.specs)} attacks"
+    )
     hard_end = t0 + args.duration + args.drain + 60
     watch = watch_broker(children, broker, t0, hard_end, data_dir, Watch(baseline, 1, store_start, [], [], True))
     if "honest" in children.errors:
         raise AttackError(f"the honest users failed:\n{children.errors['honest']}")
+    return Before(t0, baseline, cpu_before, store_start, load_before), watch
+
+
+def wind_down(arena: Arena, before: Before, watch: Watch) -> After:
+    """Wait for the attackers' reports (30 s at most), read the broker's last numbers and store, stop it."""
+    broker, children, data_dir = arena.broker, arena.children, arena.config.data_dir
 
     def attackers_done() -> bool:
-        return all(s.kind in children.results or s.kind in children.errors for s in specs)
+        return all(s.kind in children.results or s.kind in children.errors for s in arena.specs)
 
     deadline = time.monotonic() + 30
     while not attackers_done() and time.monotonic() < deadline and not children.dead_without_report():
         children.receive(0.1)
     broker_up = watch.broker_up and broker.alive()
     end_rss = broker.rss_mb() if broker_up else None
-    broker_cpu = broker.cpu_seconds() - cpu_before if broker_up else None
+    broker_cpu = broker.cpu_seconds() - before.cpu if broker_up else None
     store_end = store_bytes(data_dir)
     census = mail_census(data_dir)
     for proc in children.procs.values():
         proc.join(10)
     exit_status = broker.stop(BROKER_STOP_TIMEOUT) if broker_up else broker.running_proc.returncode
     log(f"broker {'stopped' if broker_up else 'was down'}; exit status {exit_status}")
-    honest: HonestResult = children.results["honest"]
-    memory = Memory(baseline, watch.peak_rss, end_rss, watch.samples)
-    args.load = (round(load_before, 2), round(os.getloadavg()[0], 2))
+    return After(broker_up, end_rss, broker_cpu, store_end, census, exit_status)
+
+
+def run(args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> dict[str, Any]:
+    arena = prepare(args, workdir, cleanup)
+    before, watch = go(args, arena)
+    after = wind_down(arena, before, watch)
+    honest: HonestResult = arena.children.results["honest"]
+    memory = Memory(before.rss, watch.peak_rss, after.rss, watch.samples)
+    args.load = (round(before.load, 2), round(os.getloadavg()[0], 2))
     store = {
-        "start_mb": round(store_start / 1e6, 1),
+        "start_mb": round(before.store / 1e6, 1),
         "peak_mb": round(watch.store_peak / 1e6, 1),
-        "end_mb": round(store_end / 1e6, 1),
-        "growth_mb": round((store_end - store_start) / 1e6, 1),
-        "growth_bytes": store_end - store_start,
-        **census,
+        "end_mb": round(after.store / 1e6, 1),
+        "growth_mb": round((after.store - before.store) / 1e6, 1),
+        "growth_bytes": after.store - before.store,
+        **after.census,
     }
-    bound = StoreBound.of(config, [spec.kind for spec in specs], recipients)
-    flood = children.results.get("hello_flood")
+    bound = StoreBound.of(arena.config, [spec.kind for spec in arena.specs], arena.recipients)
+    flood = arena.children.results.get("hello_flood")
     share = None
     if isinstance(flood, dict) and "pulse_start" in flood and watch.cpu_samples:
         pulse_start = float(flood.pop("pulse_start"))
-        attack_end = min(t0 + args.duration, watch.cpu_samples[-1][0])
+        attack_end = min(before.t0 + args.duration, watch.cpu_samples[-1][0])
         share = flood_share(watch.cpu_samples, watch.thread_samples, pulse_start, attack_end)
     return report(
-        args, broker, broker_up, exit_status, broker_cpu, memory, honest, children, specs, config, store, bound, share
+        args,
+        arena.broker,
+        after.up,
+        after.exit_status,
+        after.cpu,
+        memory,
+        honest,
+        attack_results(arena.children, arena.specs),
+        arena.config,
+        store,
+        bound,
+        share,
     )
 
 
-def report(
-    args: argparse.Namespace,
-    broker: BrokerProcess,
-    broker_up: bool,
-    exit_status: int | None,
-    broker_cpu: float | None,
-    memory: Memory,
-    honest: HonestResult,
-    children: Children,
-    specs: list[AttackSpec],
-    config: Config,
-    store: dict[str, Any],
-    bound: StoreBound,
-    share: dict[str, float] | None,
-) -> dict[str, Any]:
-    p50 = percentile(honest.latencies_ms, 50)
-    p99 = percentile(honest.latencies_ms, 99)
-    growth = memory.peak - memory.baseline
-    lost = honest.lost()
+def attack_results(children: Children, specs: list[AttackSpec]) -> dict[str, Stats | str]:
+    """Each attacker's stats, or the last line of its error (or "no report")."""
     attacks: dict[str, Stats | str] = {}
     for spec in specs:
         if spec.kind in children.results:
             attacks[spec.kind] = children.results[spec.kind]
         else:
             attacks[spec.kind] = children.errors.get(spec.kind, "no report").strip().splitlines()[-1]
-    attacker_cpu = sum(float(s.get("cpu_s", 0)) for s in attacks.values() if isinstance(s, dict))
-    targets = {
-        "broker_up": broker_up,
-        "memory_growth_le_100mb": growth <= MAX_MEMORY_GROWTH_MB,
-        "store_growth_le_quotas": store["growth_bytes"] <= bound.total,
-        "p99_le_1s": p99 is not None and p99 <= MAX_P99_MS,
-        "nothing_lost": lost == 0 and honest.expected() > 0,
-        "nothing_duplicated": honest.duplicated == 0,
-    }
-    refill = attacks.get("rate_refill")
-    if refill is not None:
-        # The broker's bucket: `rate` per second, bursts of twice that.
-        rate = config.messages_per_second_per_user
-        targets["refill_within_rate"] = isinstance(refill, dict) and refill.get("accepted_seen", 0) <= rate * (
-            args.duration + 2
-        )
-    if "hello_flood" in attacks:
-        targets["flood_le_quarter_core"] = share is not None and share.get("share", 1.0) <= MAX_FLOOD_SHARE
-
-    def r(value: float | None, digits: int = 1) -> float | None:
-        return None if value is None else round(value, digits)
-
-    return {
-        "ok": all(targets.values()),
-        "targets": targets,
-        "duration_s": args.duration,
-        "scale": args.scale,
-        "key_bits": args.bits,
-        "cores": len(os.sched_getaffinity(0)),
-        "load_avg_1min_before_after": list(args.load),
-        "broker": {
-            "up": broker_up,
-            "exit_status": exit_status,
-            "cpu_s": r(broker_cpu),
-            **log_numbers(broker.log_path.read_bytes()),
-            **({} if broker_up else {"log_tail": broker.log_tail()}),
-        },
-        "memory": {
-            "baseline_mb": r(memory.baseline),
-            "peak_mb": r(memory.peak),
-            "end_mb": r(memory.end),
-            "growth_mb": r(growth),
-            "samples": memory.samples,
-        },
-        "store": {
-            **store,
-            "bound_mb": round(bound.total / 1e6, 1),
-            "bound": {
-                "mailboxes": list(bound.mailboxes),
-                "mailbox_bytes": bound.mailbox_bytes,
-                "senders": list(bound.senders),
-                "sent_mail_bytes": bound.sent_mail_bytes,
-                "history_size": bound.history_size,
-                "max_message_bytes": bound.max_message_bytes,
-            },
-        },
-        "flood_cpu": share,
-        "honest": {
-            "clients": len(honest.sent),
-            "interval_s": args.interval,
-            "sent": sum(honest.sent.values()),
-            "expected_deliveries": honest.expected(),
-            "delivered": len(honest.latencies_ms),
-            "lost": lost,
-            "duplicated": honest.duplicated,
-            "unexpected": honest.unexpected,
-            "latency_ms_p50": r(p50),
-            "latency_ms_p99": r(p99),
-            "latency_ms_max": r(max(honest.latencies_ms, default=None)),
-            "connection_losses": honest.connection_losses,
-            "sessions_closed": honest.sessions_closed,
-            "send_errors": honest.send_errors,
-            "drained": honest.drained,
-            "drain_s": honest.drain_s,
-            "login_s": honest.login_s,
-            "max_turn_s": r(honest.max_turn_s, 3),
-            "cpu_s": honest.cpu_s,
-            "notices": dict(honest.notices.most_common(10)),
-        },
-        "attacks": attacks,
-        "attackers_cpu_s": round(attacker_cpu, 1),
-    }
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def print_report(numbers: dict[str, Any]) -> None:
-    b, m, h, st = numbers["broker"], numbers["memory"], numbers["honest"], numbers["store"]
-    print(
-        f"broker up:          {b['up']} (exit status after SIGTERM: {b['exit_status']};"
-        f" {b['cpu_s']} CPU seconds during the run, workers included)"
-    )
-    print(
-        f"broker memory:      {m['baseline_mb']} MB at the start, peak {m['peak_mb']} MB,"
-        f" growth {m['growth_mb']} MB ({m['samples']} samples; broker + its worker processes)"
-    )
-    bd = st["bound"]
-    print(
-        f"broker store:       {st['start_mb']} MB at the start, peak {st['peak_mb']} MB, {st['end_mb']} MB at the end:"
-        f" growth {st['growth_mb']} MB against a bound of {st['bound_mb']} MB"
-        f" ({len(bd['mailboxes'])} mailboxes x {bd['mailbox_bytes']} + {len(bd['senders'])} senders x"
-        f" {bd['sent_mail_bytes']} + history {bd['history_size']} x {bd['max_message_bytes']} bytes)"
-    )
-    if "error" in st:
-        print(f"  store contents:   not read: {st['error']}")
-    else:
-        boxes = ", ".join(f"{box['rows']} ({box['mb']} MB)" for box in st["mailboxes"]) or "none"
-        print(
-            f"  store contents:   {st['mail_rows']} mails waiting ({st['mail_mb']} MB), by mailbox: {boxes};"
-            f" {st['history_rows']} history rows, {st['seen_rows']} remembered message ids"
-        )
-    print(
-        f"broker log:         {b['log_bytes']} bytes, {b['log_lines']} lines ({b['tracebacks']} tracebacks,"
-        f" {b['assertion_failures']} assertion failures, {b['internal_errors']} internal errors,"
-        f" {b['suppressed_summaries']} suppression summaries)"
-    )
-    print(
-        f"honest users:       {h['clients']} clients, {h['sent']} messages sent, {h['delivered']} of"
-        f" {h['expected_deliveries']} deliveries received; lost {h['lost']}, duplicated {h['duplicated']},"
-        f" unexpected {h['unexpected']}"
-    )
-    print(
-        f"honest latency:     p50 {h['latency_ms_p50']} ms, p99 {h['latency_ms_p99']} ms, max {h['latency_ms_max']} ms"
-        f" (connection losses {h['connection_losses']}, send errors {h['send_errors']},"
-        f" drained in {h['drain_s']} s, client CPU {h['cpu_s']} s)"
-    )
-    for text, count in h["notices"].items():
-        print(f"  honest notice:    {count} x {text}")
-    print(f"attacks ({numbers['attackers_cpu_s']} CPU seconds in all):")
-    for kind, stats in numbers["attacks"].items():
-        shown = stats if isinstance(stats, str) else ", ".join(f"{k} {_number(v)}" for k, v in stats.items())
-        print(f"  {kind + ':':<19} {shown}")
-    flood = numbers["flood_cpu"]
-    if flood and "share" in flood:
-        print(
-            f"flood's cost:       {flood['share']} of a core: the broker's process used {flood['process_cores_on']}"
-            f" cores while the flood was on, {flood['process_cores_off']} while it was off; its threads other than"
-            f" the main loop {flood['threads_cores_on']} and {flood['threads_cores_off']}"
-        )
-    if "log_tail" in b:
-        print("broker log tail:")
-        print(b["log_tail"])
-    print("targets:")
-    for name, met in numbers["targets"].items():
-        print(f"  {name + ':':<24} {'met' if met else 'MISSED'}")
-    load = numbers["load_avg_1min_before_after"]
-    busy = " (already busy before the start: other work competed for the CPU)" if load[0] > 1.0 else ""
-    print(f"machine:            {numbers['cores']} cores, 1-min load average {load[0]} before, {load[1]} after{busy}")
-    print(f"verdict:            {'PASS' if numbers['ok'] else 'FAIL'}")
+    return attacks
 
 
 def main(argv: list[str] | None = None) -> int:

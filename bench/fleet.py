@@ -261,6 +261,29 @@ class Throughput:
     other_cores_busy: float  # everything else on the machine: the kernel's share of loopback TCP, other programs
     supply_ran_out: bool
 
+    @classmethod
+    def between(cls, start: Mark, end: Mark, share: float, sent: int, lost: int, ran_out: bool) -> Throughput:
+        """The window from `start` to `end`; `share`: of the EVENTs counted, the deliveries to recipients."""
+        seconds = end.at - start.at
+        target = (end.target_cpu - start.target_cpu) / seconds
+        own = (end.own_cpu - start.own_cpu) / seconds
+        return cls(
+            deliveries_per_s=(end.delivered - start.delivered) * share / seconds,
+            window_s=seconds,
+            deliveries=round((end.delivered - start.delivered) * share),
+            sent=sent,
+            lost=lost,
+            target_cores_busy=target,
+            target_loop_busy=(end.target_loop_cpu - start.target_loop_cpu) / seconds,
+            target_io_busy=(end.target_main_cpu - start.target_main_cpu - end.target_loop_cpu + start.target_loop_cpu)
+            / seconds,
+            acks_per_s=(end.acks - start.acks) / seconds,
+            generator_cores_busy=own,
+            generator_loop_busy=(end.own_loop_cpu - start.own_loop_cpu) / seconds,
+            other_cores_busy=max(0.0, (end.system_cpu - start.system_cpu) / seconds - target - own),
+            supply_ran_out=ran_out,
+        )
+
 
 class Fleet:
     """The generator's sockets and one loop that reads them all; `delivered` counts what arrived."""
@@ -488,6 +511,28 @@ class Fleet:
         """
         per_message = fanout + self.answers
         base = self.delivered
+        start, end, sent, ran_out = self._keep_queued(
+            senders, per_message, warmup, duration, in_flight, server, on_mark
+        )
+        expected = sent * per_message
+        deadline = time.monotonic() + drain_timeout
+        while self.delivered - base < expected and time.monotonic() < deadline:
+            self.pump(20)
+        lost = expected - (self.delivered - base)
+        return Throughput.between(start, end, fanout / per_message, sent, lost, ran_out)
+
+    def _keep_queued(
+        self,
+        senders: Sequence[Peer],
+        per_message: int,
+        warmup: float,
+        duration: float,
+        in_flight: int,
+        server: ServerProcess,
+        on_mark: Callable[[], object] | None,
+    ) -> tuple[Mark, Mark, int, bool]:
+        """`saturate`'s sending: the window's start and end marks, the messages sent, whether the supply ran out."""
+        base = self.delivered
         sent = 0
         active = list(senders)
         turn = 0
@@ -520,30 +565,7 @@ class Fleet:
             on_mark()
         if start is None:
             raise BenchError("the timed window never started")
-        expected = sent * per_message
-        deadline = time.monotonic() + drain_timeout
-        while self.delivered - base < expected and time.monotonic() < deadline:
-            self.pump(20)
-        seconds = end.at - start.at
-        target = (end.target_cpu - start.target_cpu) / seconds
-        own = (end.own_cpu - start.own_cpu) / seconds
-        share = fanout / per_message  # of the EVENTs counted, the deliveries to recipients
-        return Throughput(
-            deliveries_per_s=(end.delivered - start.delivered) * share / seconds,
-            window_s=seconds,
-            deliveries=round((end.delivered - start.delivered) * share),
-            sent=sent,
-            lost=expected - (self.delivered - base),
-            target_cores_busy=target,
-            target_loop_busy=(end.target_loop_cpu - start.target_loop_cpu) / seconds,
-            target_io_busy=(end.target_main_cpu - start.target_main_cpu - end.target_loop_cpu + start.target_loop_cpu)
-            / seconds,
-            acks_per_s=(end.acks - start.acks) / seconds,
-            generator_cores_busy=own,
-            generator_loop_busy=(end.own_loop_cpu - start.own_loop_cpu) / seconds,
-            other_cores_busy=max(0.0, (end.system_cpu - start.system_cpu) / seconds - target - own),
-            supply_ran_out=ran_out,
-        )
+        return start, end, sent, ran_out
 
     def paced(
         self, senders: Sequence[Peer], rate: float, count: int, local_fanout: int, server: ServerProcess

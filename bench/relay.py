@@ -35,25 +35,74 @@ QUEUE_LIMIT = 1_000_000
 MAX_MESSAGES_PER_TURN = 1000
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--curve", type=Path, help="CurveZMQ: DIR/server/relay.key_secret and DIR/clients/*.key")
-    args = parser.parse_args(argv)
-    stopping = False
+class Relay:
+    """The forwarding: registered peers in order of registration, and what was forwarded or dropped."""
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self.sock = sock
+        self.peers: list[bytes] = []
+        self.forwarded = 0
+        self.dropped = 0
+        self.stopping = False
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    auth: ThreadAuthenticator | None = None
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def serve(self) -> None:
+        """Read and forward until SIGTERM or SIGINT, at most MAX_MESSAGES_PER_TURN messages per poll."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self.stopping:
+            if not poller.poll(100):
+                continue
+            for _ in range(MAX_MESSAGES_PER_TURN):
+                try:
+                    message = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(message) == 2:
+                    self.handle(*message)
+
+    def handle(self, identity: bytes, payload: bytes) -> None:
+        """Register a peer that says hi; send anything else to every other registered peer, never blocking."""
+        if payload == REGISTER:
+            if identity not in self.peers:
+                self.peers.append(identity)
+            self.sock.send_multipart([identity, REGISTERED], zmq.NOBLOCK)
+            return
+        for peer in self.peers:
+            if peer == identity:
+                continue
+            try:
+                self.sock.send_multipart([peer, payload], zmq.NOBLOCK)
+                self.forwarded += 1
+            except zmq.Again:
+                self.dropped += 1
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                self.dropped += 1
+
+
+def router(context: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+    """The relay's ROUTER: never blocking nor dropping silently, queues far above the load."""
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, QUEUE_LIMIT)
     sock.setsockopt(zmq.RCVHWM, QUEUE_LIMIT)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--curve", type=Path, help="CurveZMQ: DIR/server/relay.key_secret and DIR/clients/*.key")
+    args = parser.parse_args(argv)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth: ThreadAuthenticator | None = None
+    relay = Relay(router(context))
+    signal.signal(signal.SIGTERM, relay.on_signal)
+    signal.signal(signal.SIGINT, relay.on_signal)
     if args.curve is not None:
         auth = ThreadAuthenticator(context)
         auth.start()
@@ -61,48 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         public, secret = zmq.auth.load_certificate(args.curve / "server" / "relay.key_secret")
         if secret is None:
             parser.error("the relay's certificate has no secret key")
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
-        sock.curve_server = True
-    sock.bind("tcp://127.0.0.1:*")
-    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        relay.sock.curve_secretkey = secret
+        relay.sock.curve_publickey = public
+        relay.sock.curve_server = True
+    relay.sock.bind("tcp://127.0.0.1:*")
+    endpoint = relay.sock.getsockopt_string(zmq.LAST_ENDPOINT)
     print(f"relay: listening on {endpoint} ({'CurveZMQ' if auth else 'plain'})", flush=True)
-    peers: list[bytes] = []
-    forwarded = dropped = 0
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    while not stopping:
-        if not poller.poll(100):
-            continue
-        for _ in range(MAX_MESSAGES_PER_TURN):
-            try:
-                message = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if len(message) != 2:
-                continue
-            identity, payload = message
-            if payload == REGISTER:
-                if identity not in peers:
-                    peers.append(identity)
-                sock.send_multipart([identity, REGISTERED], zmq.NOBLOCK)
-                continue
-            for peer in peers:
-                if peer == identity:
-                    continue
-                try:
-                    sock.send_multipart([peer, payload], zmq.NOBLOCK)
-                    forwarded += 1
-                except zmq.Again:
-                    dropped += 1
-                except zmq.ZMQError as exc:
-                    if exc.errno != errno.EHOSTUNREACH:
-                        raise
-                    dropped += 1
-    print(f"relay: stopped; {len(peers)} peers, {forwarded} forwarded, {dropped} dropped", flush=True)
+    relay.serve()
+    print(f"relay: stopped; {len(relay.peers)} peers, {relay.forwarded} forwarded, {relay.dropped} dropped", flush=True)
     if auth is not None:
         auth.stop()
-    sock.close(linger=0)
+    relay.sock.close(linger=0)
     context.term()
     return 0
 

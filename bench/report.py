@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+Row = tuple[str, str, str]  # what, the number, what it means
+
 
 def _n(value: Any, digits: int = 0) -> str:
     if value is None:
@@ -20,7 +22,7 @@ def _busy(numbers: dict[str, Any], server: str) -> str:
     )
 
 
-def _commit_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+def _commit_rows(r: dict[str, Any]) -> list[Row]:
     """zchat/3's store: a group commit timed alone, and how the saturated broker grouped its commits."""
     d = r["details"]
     rows = [
@@ -46,13 +48,12 @@ def _commit_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render_table(r: dict[str, Any]) -> str:
+def _broker_rows(r: dict[str, Any]) -> list[Row]:
+    """The broker against its crypto bound: throughput, the bound, the efficiencies, one process."""
     d = r["details"]
-    crypto, broker, latency = d["crypto_mean"], d["broker"], d["latency"]
-    plain, curve, storm, idle = d["plain_relay"], d["curve_relay"], d["login_storm"], d["idle"]
-    hs = d["curve_handshake"]
+    crypto, broker = d["crypto_mean"], d["broker"]
     recipients = r["clients"] - 1
-    rows = [
+    return [
         (
             "broker: encrypted deliveries/s",
             _n(r["deliveries_per_s"]),
@@ -85,6 +86,14 @@ def render_table(r: dict[str, Any]) -> str:
             f"efficiency {_n(r['efficiency_one_process'], 2)} of one core's bound (target >= 0.9); "
             f"{_busy(d['broker_one_process'], 'broker')}",
         ),
+    ]
+
+
+def _latency_and_relay_rows(r: dict[str, Any]) -> list[Row]:
+    """Latency at half capacity, and the reference relays' throughput."""
+    d = r["details"]
+    latency, plain, curve = d["latency"], d["plain_relay"], d["curve_relay"]
+    return [
         (
             "latency p50 / p99 at half capacity",
             f"{_n(r['latency_ms_p50'], 1)} / {_n(r['latency_ms_p99'], 1)} ms",
@@ -102,6 +111,14 @@ def render_table(r: dict[str, Any]) -> str:
             _n(r["curve_relay_deliveries_per_s"]),
             f"ZAP allow-list (unlisted key admitted: {curve.get('unlisted_key_admitted')}); {_busy(curve, 'relay')}",
         ),
+    ]
+
+
+def _login_rows(r: dict[str, Any]) -> list[Row]:
+    """Memory with idle clients, the login storm, and what CurveZMQ costs per login and per delivery."""
+    d = r["details"]
+    storm, idle, hs, frames = d["login_storm"], d["idle"], d["curve_handshake"], d["curve_frame_cost"]
+    return [
         (
             f"broker RSS, {idle['clients']} idle logged-in clients",
             f"{_n(r['rss_mb_1000_clients'], 1)} MiB",
@@ -128,12 +145,16 @@ def render_table(r: dict[str, Any]) -> str:
         (
             "CurveZMQ per delivery: CPU",
             f"{_n(r['curve_cpu_us_per_delivery'], 1)} us",
-            f"encrypt + decrypt of one EVENT ({d['curve_frame_cost']['body_bytes']}-byte body), CurveZMQ less plain "
-            f"TCP ({_n(d['curve_frame_cost']['curve_us'], 1)} vs {_n(d['curve_frame_cost']['plain_us'], 1)} us); "
-            f"the broker's ACKs read: {_n(broker['acks_per_s'])}/s",
+            f"encrypt + decrypt of one EVENT ({frames['body_bytes']}-byte body), CurveZMQ less plain "
+            f"TCP ({_n(frames['curve_us'], 1)} vs {_n(frames['plain_us'], 1)} us); "
+            f"the broker's ACKs read: {_n(d['broker']['acks_per_s'])}/s",
         ),
     ]
-    rows += _commit_rows(r)
+
+
+def render_table(r: dict[str, Any]) -> str:
+    """The heading, every row lined up, the command that reproduces the run, the notes and any problems."""
+    rows = _broker_rows(r) + _latency_and_relay_rows(r) + _login_rows(r) + _commit_rows(r)
     machine = r["machine"]
     lines = [
         f"zchat benchmark{' (--quick)' if r['quick'] else ''}: {r['clients']} clients, {r['message_bytes']}-byte "

@@ -53,7 +53,17 @@ import zmq
 import zmq.auth
 
 from bench import commit, cryptobound, handshake
-from bench.fleet import ChatPeer, CurveKeys, Fleet, Frames, LoginReport, Peer, RelayPeer, self_cpu_seconds
+from bench.fleet import (
+    ChatPeer,
+    CurveKeys,
+    Fleet,
+    Frames,
+    LoginReport,
+    Peer,
+    RelayPeer,
+    Throughput,
+    self_cpu_seconds,
+)
 from bench.report import render_table
 from bench.stats import message_text
 from bench.verifier import verifier_main
@@ -260,143 +270,17 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
     clients = names("c", s.clients)
     ws.register(clients)
     config = broker_config(s.clients, workers)
-    crypto_workers = config["workers"]
     server = ws.start_broker(label, config)
     progress(f"{label} pid {server.pid} on {server.endpoint}: logging in {s.clients} clients")
     fleet = Fleet(server.endpoint, chat=True, sockets=s.clients)
     procs: list[BaseProcess] = []
     try:
         peers = chat_peers(ws, clients)
-        login = fleet.login(peers, LOGINS_IN_FLIGHT, 600.0, server)
-        fleet.wait_quiet(0.5, 120.0, server)
-        run.details["broker_rss_mb_during_run"] = server.rss_mb()
-
-        capacity = bound.messages_per_s * max(1, crypto_workers)  # messages/s if every worker reached the bound
-        in_flight = max(4, math.ceil(capacity * IN_FLIGHT_S))
-        margin = QUICK_SUPPLY_MARGIN if s.quick else SUPPLY_MARGIN
-        need = math.ceil(capacity * (s.warmup + s.duration) * margin) + in_flight
-        progress(f"preparing {need} sealed, signed messages ({s.message_bytes}-byte texts)")
-        built = time.monotonic()
-        for peer in peers:
-            peer.build(math.ceil(need / len(peers)), s.message_bytes)
-            fleet.pump(0)
-        prepare_s = time.monotonic() - built
-        fleet.wait_quiet(0.3, 60.0, server)
-
-        progress(f"saturating the broker for {s.warmup:g} + {s.duration:g} s")
-        marks: list[commit.WalCount] = []
-        with commit.WalWatcher(broker_database(server)) as wal:
-            tp = fleet.saturate(
-                peers, s.clients - 1, s.warmup, s.duration, in_flight, server, on_mark=lambda: marks.append(wal.mark())
-            )
-        messages_per_s = tp.deliveries_per_s / (s.clients - 1)
-        commits = commit.broker_commits(marks[0], marks[-1], messages_per_s)
-        run.numbers["deliveries_per_s_one_process" if one_process else "deliveries_per_s"] = tp.deliveries_per_s
-        if not one_process:
-            run.numbers["broker_commits_per_s"] = commits["commits_per_s"]
-            run.numbers["broker_messages_per_commit"] = commits["messages_per_commit"]
-        run.details[label] = {
-            **asdict(tp),
-            "messages_per_s": messages_per_s,
-            **commits,
-            "in_flight_messages": in_flight,
-            "prepared_messages": need,
-            "prepare_s": prepare_s,
-            "login_s": login.seconds,
-            "generator_processes": 1,
-            "crypto_workers": crypto_workers,
-        }
-        if not one_process:
-            run.details[label]["event_body_bytes_mean"] = fleet.event_bytes / max(1, fleet.events)
-        if tp.lost:
-            run.problems.append(f"{label}: {tp.lost} deliveries never arrived")
-        if tp.supply_ran_out:
-            run.problems.append(f"{label}: the prepared messages ran out inside the window (not saturated)")
-        if tp.deliveries == 0:
-            raise BenchError(f"{label} delivered nothing in the timed window")
+        tp = _throughput(run, fleet, server, peers, bound, label, config["workers"])
         if one_process:
             fleet.stop_server(server)
             return
-
-        # ---- latency at half that rate, with verifying receivers in their own processes
-        verifiers = min(VERIFIERS, s.clients - 2)
-        handed, senders = peers[-verifiers:], peers[:-verifiers]
-        for peer in handed:
-            fleet.remove(peer)
-        mp = multiprocessing.get_context("spawn")
-        conns: list[Connection] = []
-        for peer in handed:
-            parent_end, child_end = mp.Pipe()
-            proc: BaseProcess = mp.Process(
-                target=verifier_main,
-                args=(
-                    child_end,
-                    server.endpoint,
-                    peer.name,
-                    str(ws.pool_pem(peer.slot)),
-                    str(ws.layout.broker_public),
-                    ws.curve_secret(peer.name),
-                ),
-                daemon=True,
-            )
-            proc.start()
-            procs.append(proc)
-            conns.append(parent_end)
-        progress(f"{verifiers} verifying receivers log in (they replace {', '.join(p.name for p in handed)})")
-        _wait_verifiers(fleet, conns, procs, server, 120.0)
-        fleet.wait_quiet(0.5, 60.0, server)
-        rate = 0.5 * tp.deliveries_per_s / (s.clients - 1)
-        count = max(MIN_LATENCY_MESSAGES, round(rate * s.duration))
-        for peer in senders:
-            missing = math.ceil(count / len(senders)) - len(peer.supply)
-            if missing > 0:
-                peer.build(missing, s.message_bytes)
-            fleet.pump(0)
-        fleet.wait_quiet(0.3, 60.0, server)
-        progress(f"latency: {count} messages at {rate:.1f}/s ({rate * (s.clients - 1):.0f} deliveries/s)")
-        pids = [proc.pid for proc in procs if proc.pid is not None]
-        before = _cpu_snapshot(server, pids)
-        sent_at, lag = fleet.paced(senders, rate, count, len(senders) - 1, server)
-        busy = _cores_busy(before, _cpu_snapshot(server, pids))
-        latencies: list[float] = []
-        unmatched = 0
-        verifier_problems: dict[str, int] = {}
-        for i, conn in enumerate(conns):
-            conn.send(("stop", count, 30.0))
-            if not conn.poll(60.0):
-                raise BenchError(f"verifying receiver {i} did not report")
-            message = conn.recv()
-            if message[0] != "result":
-                raise BenchError(f"verifying receiver {i} failed: {message[1]}")
-            received: list[tuple[int, int, float]] = message[1]
-            for slot, number, at in received:
-                sent = sent_at.get((slot, number))
-                if sent is None:
-                    unmatched += 1
-                else:
-                    latencies.append((at - sent) * 1000)
-            for what, n in message[2].items():
-                verifier_problems[what] = verifier_problems.get(what, 0) + n
-        fleet.stop_server(server)
-        expected = count * verifiers
-        run.numbers["latency_ms_p50"] = interpolated_percentile(latencies, 50)
-        run.numbers["latency_ms_p99"] = interpolated_percentile(latencies, 99)
-        run.details["latency"] = {
-            "offered_messages_per_s": rate,
-            "offered_deliveries_per_s": rate * (s.clients - 1),
-            "messages": count,
-            "verifying_receivers": verifiers,
-            "samples": len(latencies),
-            "missing": expected - len(latencies),
-            "ms_p90": interpolated_percentile(latencies, 90),
-            "ms_max": max(latencies) if latencies else math.nan,
-            "sender_lag_ms_max": lag * 1000,
-            **busy,
-        }
-        if len(latencies) < expected or unmatched:
-            run.problems.append(f"latency: {expected - len(latencies)} of {expected} verified receipts missing")
-        for what, n in verifier_problems.items():
-            run.problems.append(f"verifying receivers: {n} x {what}")
+        _latency(ws, run, fleet, server, peers, tp, procs)
     finally:
         for proc in procs:
             proc.join(5)
@@ -405,6 +289,176 @@ def measure_broker(ws: Workspace, run: Run, bound: cryptobound.CryptoBound, work
                 proc.join(5)
         fleet.close()
         run.server_done(server)
+
+
+def _throughput(
+    run: Run,
+    fleet: Fleet,
+    server: ServerProcess,
+    peers: list[ChatPeer],
+    bound: cryptobound.CryptoBound,
+    label: str,
+    crypto_workers: int,
+) -> Throughput:
+    """Log everyone in, prepare the messages, keep the broker saturated for the window; record what it did."""
+    s = run.settings
+    one_process = crypto_workers == 0
+    login = fleet.login(peers, LOGINS_IN_FLIGHT, 600.0, server)
+    fleet.wait_quiet(0.5, 120.0, server)
+    run.details["broker_rss_mb_during_run"] = server.rss_mb()
+    capacity = bound.messages_per_s * max(1, crypto_workers)  # messages/s if every worker reached the bound
+    in_flight = max(4, math.ceil(capacity * IN_FLIGHT_S))
+    margin = QUICK_SUPPLY_MARGIN if s.quick else SUPPLY_MARGIN
+    need = math.ceil(capacity * (s.warmup + s.duration) * margin) + in_flight
+    progress(f"preparing {need} sealed, signed messages ({s.message_bytes}-byte texts)")
+    prepare_s = _fill_supply(fleet, server, peers, need, s.message_bytes)
+    progress(f"saturating the broker for {s.warmup:g} + {s.duration:g} s")
+    marks: list[commit.WalCount] = []
+    with commit.WalWatcher(broker_database(server)) as wal:
+        tp = fleet.saturate(
+            peers, s.clients - 1, s.warmup, s.duration, in_flight, server, on_mark=lambda: marks.append(wal.mark())
+        )
+    messages_per_s = tp.deliveries_per_s / (s.clients - 1)
+    commits = commit.broker_commits(marks[0], marks[-1], messages_per_s)
+    run.numbers["deliveries_per_s_one_process" if one_process else "deliveries_per_s"] = tp.deliveries_per_s
+    if not one_process:
+        run.numbers["broker_commits_per_s"] = commits["commits_per_s"]
+        run.numbers["broker_messages_per_commit"] = commits["messages_per_commit"]
+    run.details[label] = {
+        **asdict(tp),
+        "messages_per_s": messages_per_s,
+        **commits,
+        "in_flight_messages": in_flight,
+        "prepared_messages": need,
+        "prepare_s": prepare_s,
+        "login_s": login.seconds,
+        "generator_processes": 1,
+        "crypto_workers": crypto_workers,
+    }
+    if not one_process:
+        run.details[label]["event_body_bytes_mean"] = fleet.event_bytes / max(1, fleet.events)
+    if tp.lost:
+        run.problems.append(f"{label}: {tp.lost} deliveries never arrived")
+    if tp.supply_ran_out:
+        run.problems.append(f"{label}: the prepared messages ran out inside the window (not saturated)")
+    if tp.deliveries == 0:
+        raise BenchError(f"{label} delivered nothing in the timed window")
+    return tp
+
+
+def _fill_supply(fleet: Fleet, server: ServerProcess, peers: list[ChatPeer], total: int, message_bytes: int) -> float:
+    """Sealed, signed messages until every peer holds its share of `total`; the seconds the building took."""
+    built = time.monotonic()
+    for peer in peers:
+        missing = math.ceil(total / len(peers)) - len(peer.supply)
+        if missing > 0:
+            peer.build(missing, message_bytes)
+        fleet.pump(0)
+    seconds = time.monotonic() - built
+    fleet.wait_quiet(0.3, 60.0, server)
+    return seconds
+
+
+def _latency(
+    ws: Workspace,
+    run: Run,
+    fleet: Fleet,
+    server: ServerProcess,
+    peers: list[ChatPeer],
+    tp: Throughput,
+    procs: list[BaseProcess],
+) -> None:
+    """Latency at half the saturated rate, with verifying receivers in their own processes (added to `procs`)."""
+    s = run.settings
+    verifiers = min(VERIFIERS, s.clients - 2)
+    handed, senders = peers[-verifiers:], peers[:-verifiers]
+    for peer in handed:
+        fleet.remove(peer)
+    conns = _start_verifiers(ws, server, handed, procs)
+    progress(f"{verifiers} verifying receivers log in (they replace {', '.join(p.name for p in handed)})")
+    _wait_verifiers(fleet, conns, procs, server, 120.0)
+    fleet.wait_quiet(0.5, 60.0, server)
+    rate = 0.5 * tp.deliveries_per_s / (s.clients - 1)
+    count = max(MIN_LATENCY_MESSAGES, round(rate * s.duration))
+    _fill_supply(fleet, server, senders, count, s.message_bytes)
+    progress(f"latency: {count} messages at {rate:.1f}/s ({rate * (s.clients - 1):.0f} deliveries/s)")
+    pids = [proc.pid for proc in procs if proc.pid is not None]
+    before = _cpu_snapshot(server, pids)
+    sent_at, lag = fleet.paced(senders, rate, count, len(senders) - 1, server)
+    busy = _cores_busy(before, _cpu_snapshot(server, pids))
+    latencies, unmatched, verifier_problems = _verified_latencies(conns, sent_at, count)
+    fleet.stop_server(server)
+    expected = count * verifiers
+    run.numbers["latency_ms_p50"] = interpolated_percentile(latencies, 50)
+    run.numbers["latency_ms_p99"] = interpolated_percentile(latencies, 99)
+    run.details["latency"] = {
+        "offered_messages_per_s": rate,
+        "offered_deliveries_per_s": rate * (s.clients - 1),
+        "messages": count,
+        "verifying_receivers": verifiers,
+        "samples": len(latencies),
+        "missing": expected - len(latencies),
+        "ms_p90": interpolated_percentile(latencies, 90),
+        "ms_max": max(latencies) if latencies else math.nan,
+        "sender_lag_ms_max": lag * 1000,
+        **busy,
+    }
+    if len(latencies) < expected or unmatched:
+        run.problems.append(f"latency: {expected - len(latencies)} of {expected} verified receipts missing")
+    for what, n in verifier_problems.items():
+        run.problems.append(f"verifying receivers: {n} x {what}")
+
+
+def _start_verifiers(
+    ws: Workspace, server: ServerProcess, handed: list[ChatPeer], procs: list[BaseProcess]
+) -> list[Connection]:
+    """One verifying receiver process per handed-over name (appended to `procs`); the pipes to them."""
+    mp = multiprocessing.get_context("spawn")
+    conns: list[Connection] = []
+    for peer in handed:
+        parent_end, child_end = mp.Pipe()
+        proc: BaseProcess = mp.Process(
+            target=verifier_main,
+            args=(
+                child_end,
+                server.endpoint,
+                peer.name,
+                str(ws.pool_pem(peer.slot)),
+                str(ws.layout.broker_public),
+                ws.curve_secret(peer.name),
+            ),
+            daemon=True,
+        )
+        proc.start()
+        procs.append(proc)
+        conns.append(parent_end)
+    return conns
+
+
+def _verified_latencies(
+    conns: list[Connection], sent_at: dict[tuple[int, int], float], count: int
+) -> tuple[list[float], int, dict[str, int]]:
+    """Stop the verifying receivers; the latencies (ms) of what they verified, receipts of nothing sent, problems."""
+    latencies: list[float] = []
+    unmatched = 0
+    verifier_problems: dict[str, int] = {}
+    for i, conn in enumerate(conns):
+        conn.send(("stop", count, 30.0))
+        if not conn.poll(60.0):
+            raise BenchError(f"verifying receiver {i} did not report")
+        message = conn.recv()
+        if message[0] != "result":
+            raise BenchError(f"verifying receiver {i} failed: {message[1]}")
+        received: list[tuple[int, int, float]] = message[1]
+        for slot, number, at in received:
+            sent = sent_at.get((slot, number))
+            if sent is None:
+                unmatched += 1
+            else:
+                latencies.append((at - sent) * 1000)
+        for what, n in message[2].items():
+            verifier_problems[what] = verifier_problems.get(what, 0) + n
+    return latencies, unmatched, verifier_problems
 
 
 def _curve_keys(root: Path, count: int) -> tuple[list[CurveKeys], CurveKeys]:

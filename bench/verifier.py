@@ -32,7 +32,7 @@ from harness.dealer import client_dealer
 from zchat import crypto
 from zchat.client.session import ClientSession, State
 from zchat.errors import ConnectError, RemoteProtocolError
-from zchat.events import ChatMessage, Notice, SessionClosed, Shutdown, Welcome
+from zchat.events import ChatMessage, Event, Notice, SessionClosed, Shutdown, Welcome
 
 PING_EVERY = 1.0
 
@@ -48,6 +48,53 @@ def verifier_main(
         conn.send(("error", traceback.format_exc()))
 
 
+class _Receiver:
+    """The verifier's socket and session, what it received and what went wrong."""
+
+    def __init__(self, conn: Connection, sock: zmq.Socket[bytes], session: ClientSession, name: str) -> None:
+        self.conn, self.sock, self.session, self.name = conn, sock, session, name
+        self.received: list[tuple[int, int, float]] = []
+        self.problems: Counter[str] = Counter()
+        self.last_sent = time.monotonic()
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+        self.last_sent = time.monotonic()
+
+    def read(self) -> bool:
+        """Run every frame waiting through the session; False when the login failed (the parent is told)."""
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            try:
+                events, reply = self.session.receive(frames)
+            except ConnectError as exc:
+                self.conn.send(("error", f"{self.name}: login failed: {exc}"))
+                return False
+            except RemoteProtocolError as exc:
+                self.problems[f"dropped: {exc}"] += 1
+                continue
+            now = time.time()
+            if reply is not None:
+                self.send(reply)
+            for event in events:
+                self.on_event(event, now)
+
+    def on_event(self, event: Event, now: float) -> None:
+        if isinstance(event, ChatMessage):
+            parsed = parse_text(event.text)
+            if parsed is None:
+                self.problems["unexpected text"] += 1
+            else:
+                self.received.append((parsed[0], parsed[1], now))
+        elif isinstance(event, Welcome):
+            self.conn.send(("ready",))
+        elif isinstance(event, (Notice, SessionClosed, Shutdown)):
+            self.problems[f"{type(event).__name__}: {event}"] += 1
+
+
 def _run(
     conn: Connection, endpoint: str, name: str, key_path: Path, broker_public_path: Path, curve_secret: bytes | None
 ) -> None:
@@ -59,57 +106,27 @@ def _run(
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = client_dealer(context, endpoint, curve_secret or crypto.curve_secret(key), broker.curve, queue_limit=0)
     sock.send_multipart(session.hello())
-    last_sent = time.monotonic()
+    receiver = _Receiver(conn, sock, session, name)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(conn.fileno(), zmq.POLLIN)
-    received: list[tuple[int, int, float]] = []
-    problems: Counter[str] = Counter()
     expected: int | None = None
     give_up = 0.0
     while True:
         poller.poll(100)
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                events, reply = session.receive(frames)
-            except ConnectError as exc:
-                conn.send(("error", f"{name}: login failed: {exc}"))
-                return
-            except RemoteProtocolError as exc:
-                problems[f"dropped: {exc}"] += 1
-                continue
-            now = time.time()
-            if reply is not None:
-                sock.send_multipart(reply)
-                last_sent = time.monotonic()
-            for event in events:
-                if isinstance(event, ChatMessage):
-                    parsed = parse_text(event.text)
-                    if parsed is None:
-                        problems["unexpected text"] += 1
-                    else:
-                        received.append((parsed[0], parsed[1], now))
-                elif isinstance(event, Welcome):
-                    conn.send(("ready",))
-                elif isinstance(event, (Notice, SessionClosed, Shutdown)):
-                    problems[f"{type(event).__name__}: {event}"] += 1
+        if not receiver.read():
+            return
         ack = session.ack()
         if ack is not None:
-            sock.send_multipart(ack)
-            last_sent = time.monotonic()
+            receiver.send(ack)
         if conn.poll():
             message = conn.recv()
             if message[0] == "stop":
                 expected, give_up = int(message[1]), time.monotonic() + float(message[2])
-        if expected is not None and (len(received) >= expected or time.monotonic() > give_up):
-            conn.send(("result", received, dict(problems)))
+        if expected is not None and (len(receiver.received) >= expected or time.monotonic() > give_up):
+            conn.send(("result", receiver.received, dict(receiver.problems)))
             break
-        if session.state is State.READY and time.monotonic() - last_sent > PING_EVERY:
-            sock.send_multipart(session.ping())
-            last_sent = time.monotonic()
+        if session.state is State.READY and time.monotonic() - receiver.last_sent > PING_EVERY:
+            receiver.send(session.ping())
     sock.close(linger=0)
     context.term()

@@ -35,7 +35,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attack.zmtp import SIGNATURE, frame, greeting, message, ready, zmtp_command
+from attack.attackers import LOG_JUNK
+from attack.zmtp import SIGNATURE, frame, greeting, message, predicted_counters, ready, zmtp_command
 from fuzz import targets as fuzz_targets
 from harness.dealer import hand_picked_dealer
 from tests.conftest import TEST_CONFIG, BrokerProcess, KeyRing, raw_login, run_env, wait_for
@@ -336,26 +337,11 @@ def test_claimed_routing_ids_get_no_answer(broker, connect, keyring, sockets):
     assert_honest_chat(broker, connect, "ids are not for claiming", pair=("carol", "admin"))
 
 
-# libzmq's generate_random() (src/random.cpp), computed in a fresh process whose C rand() nothing has seeded:
-# exactly what an unseeded broker's ROUTER starts its connection counter from.
-PREDICT = """
-import ctypes, sys
-rand = ctypes.CDLL(None).rand
-for _ in range(int(sys.argv[1])):
-    low = rand()
-    high = rand()
-    print((low | (high << 31)) & 0xFFFFFFFF)
-"""
 # broker.py exactly as it is, but without seeding rand(): the control.
 UNSEEDED_BROKER = (
     "import sys, zchat.broker.main as broker; broker.seed_routing_ids = lambda: None;"
     " sys.exit(broker.main(sys.argv[1:]))"
 )
-
-
-def predicted_counters(count: int) -> list[int]:
-    out = subprocess.run([sys.executable, "-c", PREDICT, str(count)], capture_output=True, check=True, timeout=30)
-    return [int(line) for line in out.stdout.split()]
 
 
 class UnseededBroker(BrokerProcess):
@@ -623,18 +609,6 @@ def test_a_registered_user_over_the_login_rate_gets_busy_without_rsa_work(make_b
 
 
 # ------------------------------------------------------------ finding 6: the log does not amplify
-
-LOG_JUNK = [
-    [b"x"],
-    [p.MARKER, b"NOPE", b""],
-    [p.MARKER],
-    [p.MARKER, p.SEND],
-    [p.MARKER, p.SEND, b"", b"one too many"],
-    [b"", b"", b"", b"", b""],
-    [b"zchat/0", p.HELLO, b"\x01"],
-    [p.MARKER, p.HELLO, b"\x01" + bytes(40)],  # a HELLO from a logged-in user
-    [p.MARKER, p.CHALLENGE, b"\x01"],  # a broker-only command
-]
 
 
 @pytest.mark.slow

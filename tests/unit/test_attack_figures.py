@@ -11,7 +11,7 @@ import pytest
 
 from attack.flood import PULSE, CaptureError, _hello_end
 from attack.insiders import CounterSearch, near_full_text
-from attack.run import PULSE_MARGIN, StoreBound, pulse_shares
+from attack.measure import PULSE_MARGIN, StoreBound, pulse_shares
 from attack.zmtp import greeting, zmtp_command
 from zchat.config import parse_config
 from zchat.protocol import max_body_bytes
