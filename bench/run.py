@@ -175,6 +175,9 @@ def broker_config(clients: int, workers: int | None = None) -> dict[str, Any]:
     }
 
 
+ASKER = "who-asker"  # the client that asks the idle broker who is online
+
+
 def names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{i:04d}" for i in range(count)]
 
@@ -609,14 +612,14 @@ def login_storm(ws: Workspace, run: Run) -> None:
 def idle_memory(ws: Workspace, run: Run) -> None:
     s = run.settings
     idle = names("i", s.idle_clients)
-    ws.register(idle)
+    ws.register([*idle, ASKER])
     server = ws.start_broker("idle", broker_config(s.idle_clients))
     time.sleep(0.5)
     empty_rss = server.rss_mb()
     progress(f"filling a broker (pid {server.pid}, {empty_rss:.1f} MiB) with {s.idle_clients} idle clients")
     fleet = Fleet(server.endpoint, chat=True, sockets=s.idle_clients)
     try:
-        peers = chat_peers(ws, idle)
+        *peers, asker = chat_peers(ws, [*idle, ASKER])
         for peer in peers:
             peer.decrypt_welcome = False
         cpu0 = server.cpu_seconds()
@@ -629,7 +632,7 @@ def idle_memory(ws: Workspace, run: Run) -> None:
         rss = server.rss_mb()
         peak = server.peak_rss_mb()
         roster = _last_welcome(report)
-        online = _who(fleet, report.last, server)
+        online = _who(fleet, asker, server) - 1  # the asker is online too
         fleet.stop_server(server)
     finally:
         fleet.close()
@@ -666,12 +669,15 @@ def _last_welcome(report: LoginReport) -> int:
     return report.last.check_welcome()
 
 
-def _who(fleet: Fleet, peer: Peer | None, server: ServerProcess) -> int:
-    """Ask the broker who is online, as a client would (/who), and count the answer."""
-    if not isinstance(peer, ChatPeer):
-        raise BenchError("no client logged in")
+def _who(fleet: Fleet, peer: ChatPeer, server: ServerProcess) -> int:
+    """Log `peer` in and ask the broker who is online, as a client would (/who); the count, `peer` included.
+
+    `peer` keeps every frame from its welcome on: its session must open each delivery in order. (The
+    fleet's other clients count what they receive without opening it, so their sessions fall behind.)
+    """
     capture: list[Frames] = []
     peer.capture = capture
+    fleet.login([peer], 1, 120.0, server)
     fleet.send(peer, peer.session.request("who"))
     answer: list[int] = []
 
