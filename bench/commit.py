@@ -53,6 +53,7 @@ from zchat import protocol as p
 from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.store import Store
 from zchat.events import UserInfo
+from zchat.protocol import events as wire
 
 GROUP_SIZES = (1, 10, 100)
 MIN_ROUNDS = 20  # commits timed per group size, at least
@@ -109,7 +110,7 @@ class Documents:
                 "chat", info.name, self.session, self.made, received, text, message_id=message_id
             )
             signed = p.SignedStatement(statement.text, self.signature)
-            out.append((info.name, message_id, p.ChatEvent(signed, received, info, history=True).to_doc()))
+            out.append((info.name, message_id, wire.ChatEvent(signed, received, info, history=True).to_doc()))
         return out
 
 

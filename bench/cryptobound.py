@@ -34,6 +34,7 @@ from typing import Any
 from bench.stats import message_text
 from zchat import crypto
 from zchat import protocol as p
+from zchat.protocol import events as wire
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Workload:
         self.author_public = author.public_key()
         self.delivery_key = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
         event = {"type": "chat", **self.signed.to_doc()}
-        self.plaintext = p.seal_delivery(self.delivery_key, session, 1, event)
+        self.plaintext = wire.seal_delivery(self.delivery_key, session, 1, event)
         delivery = p.dump_doc({"session": session, "seq": 1, "event": event}).decode("utf-8")
         self.mac_input = p.delivery_mac_input(delivery)
         self.hello_body = crypto.seal(broker_key.public_key(), bytes(200), p.context(p.HELLO))

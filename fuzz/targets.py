@@ -34,6 +34,7 @@ from zchat.client.session import ClientSession
 from zchat.config import Config
 from zchat.errors import ConnectError, RemoteProtocolError
 from zchat.keystore import KeyLayout, Registry, write_private_key, write_public_key
+from zchat.protocol import events as wire
 
 EXPECTED = (RemoteProtocolError, crypto.CryptoError)
 
@@ -63,7 +64,7 @@ def frames_and_documents(data: bytes) -> None:
     for allowed in (p.CLIENT_COMMANDS, p.BROKER_COMMANDS):
         with contextlib.suppress(RemoteProtocolError):
             p.decode_frames(split_frames(data), allowed, p.max_body_bytes(p.DEFAULT_MAX_TEXT_BYTES))
-    for decode in (p.Hello.decode, p.Challenge.decode, p.Login.decode, lambda d: p.Delivery.open(d, bytes(32))):
+    for decode in (p.Hello.decode, p.Challenge.decode, p.Login.decode, lambda d: wire.Delivery.open(d, bytes(32))):
         with contextlib.suppress(RemoteProtocolError):
             decode(data)
     with contextlib.suppress(RemoteProtocolError):

@@ -17,11 +17,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from zchat import protocol as p
 from zchat.broker.outbound import estimate
 from zchat.broker.store import Store
 from zchat.config import Config
 from zchat.errors import StoreError
+from zchat.protocol import events as wire
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ SENT_MAIL_SHARES = 10  # mail waiting for one recipient may use at most this sha
 class Committed:
     """What a commit settled: the answers that waited for it, and why they failed ("" when they did not)."""
 
-    answers: list[tuple[bytes, p.AcceptedEvent]]  # (identity, its answer, as it would be if the commit worked)
+    answers: list[tuple[bytes, wire.AcceptedEvent]]  # (identity, its answer, as it would be if the commit worked)
     failure: str
     taken_back: set[int]  # mail rows the failed commit took back (none when it worked)
 
@@ -45,7 +45,7 @@ class Archive:
         self.store = store
         self.config = config
         self.dirty = False  # the store holds changes not yet committed
-        self.awaiting_commit: list[tuple[bytes, p.AcceptedEvent]] = []  # answers that wait for commit()
+        self.awaiting_commit: list[tuple[bytes, wire.AcceptedEvent]] = []  # answers that wait for commit()
         self.uncommitted_mail: set[int] = set()  # mail rows added since the last commit (a failed one undoes them)
         self.last_prune = float("-inf")
         self.space_problem: str | None = None  # why new messages cannot be stored now, if they cannot
@@ -69,7 +69,7 @@ class Archive:
         self.uncommitted_mail.add(row)
         return row
 
-    def after_commit(self, identity: bytes, accepted: p.AcceptedEvent) -> None:
+    def after_commit(self, identity: bytes, accepted: wire.AcceptedEvent) -> None:
         """`accepted` goes to `identity` at the next commit, once what the store took is durable."""
         self.awaiting_commit.append((identity, accepted))
         self.dirty = True

@@ -41,6 +41,7 @@ from zchat.broker.work import Opened, OpenJob, Outgoing, Work
 from zchat.config import Config
 from zchat.errors import RemoteProtocolError, StoreError
 from zchat.events import UserInfo
+from zchat.protocol import events as wire
 
 log = logging.getLogger(__name__)
 peer_log = PeerLog(log)  # lines a peer's frames cause: rate-limited per source
@@ -182,7 +183,7 @@ class BrokerCore:
             session = self.sessions.get(identity)
             if session is not None:
                 lost = committed.failure and not accepted.duplicate
-                answer = p.FailedEvent(accepted.message_id, committed.failure) if lost else accepted
+                answer = wire.FailedEvent(accepted.message_id, committed.failure) if lost else accepted
                 out += self._event(session, answer.to_doc())
         return out
 
@@ -225,7 +226,7 @@ class BrokerCore:
                 continue
             log.warning("%s: registered key removed or replaced; ending the session", session.name)
             reason = "your key is no longer registered with this broker"
-            out += self._close(session, p.ClosedEvent(reason), "key no longer registered")
+            out += self._close(session, wire.ClosedEvent(reason), "key no longer registered")
         return out
 
     def unreachable(self, identity: bytes, now: float) -> list[Work]:
@@ -277,7 +278,7 @@ class BrokerCore:
         out = self.commit(now, wall)
         for session in self.sessions.values():
             if not session.gone:
-                out += self._last_words(session, p.ShutdownEvent(by).to_doc())
+                out += self._last_words(session, wire.ShutdownEvent(by).to_doc())
         self.sessions.clear()
         self.by_name.clear()
         self.logins.pending.clear()
@@ -314,7 +315,7 @@ class BrokerCore:
             return busy(identity, f"{self.config.max_clients} clients online (max_clients)")
         out: list[Work] = []
         if previous is not None:
-            closed = p.ClosedEvent("you logged in again elsewhere")
+            closed = wire.ClosedEvent("you logged in again elsewhere")
             out += self._close(self.sessions[previous], closed, "logged in again")
         budget = self.budgets.get(pending.user)
         if budget is None:
@@ -329,7 +330,7 @@ class BrokerCore:
         out += self._event(session, welcome(info, self.online(), self.config).to_doc())
         history = self.archive.history_to_replay() if pending.history else []
         out += session.outbound.start_replay(history, self.archive.last_mail_row())
-        self._announce(p.JoinEvent(info), exclude=identity)
+        self._announce(wire.JoinEvent(info), exclude=identity)
         return out
 
     # ------------------------------------------------------------ statements
@@ -342,19 +343,19 @@ class BrokerCore:
             # re-sends what was not accepted. The answer names the statement when it could be read, never why.
             peer_log.info(session.name, "refused a SEND from %s (%s); ending the session", session.name, exc)
             seq, message_id = (exc.statement.seq, exc.statement.message_id) if exc.statement else (None, "")
-            return self._close(session, p.RefusedEvent(seq, message_id), "connection lost")
+            return self._close(session, wire.RefusedEvent(seq, message_id), "connection lost")
         session.seq_in = statement.seq
         if statement.kind == "chat":
             return self._on_chat(session, signed, statement, now)
         if statement.kind == "who":
-            return self._event(session, p.WhoEvent(tuple(self.online())).to_doc())
+            return self._event(session, wire.WhoEvent(tuple(self.online())).to_doc())
         if statement.kind == "shutdown":
             if session.name in self.config.admins:
                 log.info("shutdown requested by %s", session.name)
                 self.shutdown_requested_by = session.name
                 return []
             message = "/shutdown refused: only admins listed in the broker's config.json may stop it"
-            return self._event(session, p.ErrorEvent(message).to_doc())
+            return self._event(session, wire.ErrorEvent(message).to_doc())
         log.info("%s left", session.name)
         return self._remove(session, "left")
 
@@ -366,7 +367,7 @@ class BrokerCore:
         except StoreError as exc:
             return self._failed(session, statement, f"not stored: {exc}")
         if earlier is not None:  # a re-send of a message we have: say so again, deliver nothing
-            return self._after_commit(session, p.AcceptedEvent(message_id, earlier, duplicate=True))
+            return self._after_commit(session, wire.AcceptedEvent(message_id, earlier, duplicate=True))
         problem = p.text_problem(statement.body, self.config.max_text_bytes)
         if problem is None and statement.timestamp is None:
             problem = f"its time stamp is not a time from 1970 to 2100 (ts must be 0 to {p.MAX_TIMESTAMP})"
@@ -381,21 +382,21 @@ class BrokerCore:
             return self._failed(session, statement, problem)
         # Stamped with the broker's clock (like IRCv3 server-time): clients show this, not the author's ts.
         received = round(self.wall, 3)
-        live = p.ChatEvent(signed, received).to_doc()
+        live = wire.ChatEvent(signed, received).to_doc()
         if to is None:
-            kept = p.ChatEvent(signed, received, session.info, history=True).to_doc()
+            kept = wire.ChatEvent(signed, received, session.info, history=True).to_doc()
             try:
                 self.archive.keep_chat(session.name, message_id, received, kept)
             except StoreError as exc:
                 return self._failed(session, statement, f"not stored: {exc}")
-            return self._after_commit(session, p.AcceptedEvent(message_id, received)) + self._broadcast(
+            return self._after_commit(session, wire.AcceptedEvent(message_id, received)) + self._broadcast(
                 live, exclude=session.identity
             )
         if recipient is None:  # checked above
             return []
         # Kept until its recipient acknowledges it, sealed to the recipient: a copy of the database shows nothing.
-        mail = p.ChatEvent(signed, received, session.info, away=True).to_doc()
-        sealed = crypto.seal(recipient.key, p.dump_doc(mail), p.MAIL_CONTEXT)
+        mail = wire.ChatEvent(signed, received, session.info, away=True).to_doc()
+        sealed = crypto.seal(recipient.key, p.dump_doc(mail), wire.MAIL_CONTEXT)
         online = self.by_name.get(to)
         try:
             problem = self.archive.mail_problem(session.name, to, len(sealed))
@@ -404,16 +405,16 @@ class BrokerCore:
             row = self.archive.keep_mail(to, session.name, message_id, received, sealed)
         except StoreError as exc:
             return self._failed(session, statement, f"not stored: {exc}")
-        out = self._after_commit(session, p.AcceptedEvent(message_id, received, queued=online is None))
+        out = self._after_commit(session, wire.AcceptedEvent(message_id, received, queued=online is None))
         if online is not None:
             out += self._event(self.sessions[online], live, row)
         return out
 
     def _failed(self, session: Session, statement: p.Statement, problem: str) -> list[Work]:
         preview = statement.body[:40] + ("…" if len(statement.body) > 40 else "")
-        return self._event(session, p.FailedEvent(statement.message_id, f"{problem}: {preview!r}").to_doc())
+        return self._event(session, wire.FailedEvent(statement.message_id, f"{problem}: {preview!r}").to_doc())
 
-    def _after_commit(self, session: Session, accepted: p.AcceptedEvent) -> list[Work]:
+    def _after_commit(self, session: Session, accepted: wire.AcceptedEvent) -> list[Work]:
         """`accepted` goes to the session at the next commit(), once what the store took is durable."""
         self.archive.after_commit(session.identity, accepted)
         return []
@@ -430,7 +431,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------ helpers
 
-    def _close(self, session: Session, last: p.ClosedEvent | p.RefusedEvent, public_reason: str) -> list[Work]:
+    def _close(self, session: Session, last: wire.ClosedEvent | wire.RefusedEvent, public_reason: str) -> list[Work]:
         """End a session: tell it why (`closed`: for good; `refused`: log in again), tell the others it left.
 
         Its later frames are dropped, not answered with EVICTED: that would go out at once, and could
@@ -454,7 +455,7 @@ class BrokerCore:
             return []
         return self._send_presence(session) + self._deliver(session, event, mail_row)
 
-    def _announce(self, change: p.JoinEvent | p.LeaveEvent, exclude: bytes) -> None:
+    def _announce(self, change: wire.JoinEvent | wire.LeaveEvent, exclude: bytes) -> None:
         """A join or leave for everyone but `exclude`; it waits for flush_presence() or their next event."""
         self.presence.announce(
             change, [s.identity for s in self.sessions.values() if s.identity != exclude and not s.gone]
@@ -486,7 +487,7 @@ class BrokerCore:
         self.presence.forget(session.identity)
         if self.by_name.get(session.name) == session.identity:
             del self.by_name[session.name]
-        self._announce(p.LeaveEvent(session.name, reason), exclude=session.identity)
+        self._announce(wire.LeaveEvent(session.name, reason), exclude=session.identity)
         if not session.opening:
             return []
         peer_log.info(

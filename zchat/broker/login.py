@@ -28,6 +28,7 @@ from zchat.broker.work import ChallengeJob, OpenJob, Outgoing, Work, require_pla
 from zchat.config import Config
 from zchat.errors import RemoteProtocolError
 from zchat.events import UserInfo
+from zchat.protocol import events as wire
 
 log = logging.getLogger(__name__)
 peer_log = PeerLog(log)  # lines a peer's frames cause: rate-limited per source
@@ -62,9 +63,9 @@ def busy(identity: bytes, why: str, who: str = "") -> list[Work]:
     return [Outgoing(identity, p.encode_frames(p.BUSY))]
 
 
-def welcome(info: UserInfo, online: list[UserInfo], config: Config) -> p.WelcomeEvent:
+def welcome(info: UserInfo, online: list[UserInfo], config: Config) -> wire.WelcomeEvent:
     """The first event of a new session: who it is, who is online, and the broker's timing and size limits."""
-    return p.WelcomeEvent(
+    return wire.WelcomeEvent(
         info.name, tuple(online), config.heartbeat_interval, config.heartbeat_timeout, config.max_text_bytes
     )
 

@@ -27,6 +27,7 @@ from zchat.broker.store import Store
 from zchat.broker.work import DeliveryJob, Outgoing, Work
 from zchat.config import Config
 from zchat.errors import StoreError
+from zchat.protocol import events as wire
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class Outbound:
             log.error("cannot read %s's kept messages: %s", self.name, exc)
             page = []
         self.mail_read = page[-1].row if len(page) == MAIL_PAGE else self.mail_until
-        self.replay.extend((p.MailEvent(mail.sealed).to_doc(), mail.row) for mail in page)
+        self.replay.extend((wire.MailEvent(mail.sealed).to_doc(), mail.row) for mail in page)
 
 
 def estimate(event: dict[str, Any]) -> int:

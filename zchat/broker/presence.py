@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from zchat import protocol as p
+from zchat.protocol import events as wire
 
-Change = p.JoinEvent | p.LeaveEvent
+Change = wire.JoinEvent | wire.LeaveEvent
 
 
 class Presence:
@@ -53,4 +53,4 @@ class Presence:
 def _events(changes: list[Change]) -> list[dict[str, Any]]:
     if not changes:
         return []
-    return [changes[0].to_doc() if len(changes) == 1 else p.PresenceEvent(tuple(changes)).to_doc()]
+    return [changes[0].to_doc() if len(changes) == 1 else wire.PresenceEvent(tuple(changes)).to_doc()]

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from zchat import crypto
 from zchat import protocol as p
+from zchat.protocol import events as wire
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class JobRunner:
             challenge = p.Challenge(job.user, job.client_nonce, job.server_nonce, job.delivery_key, proof)
             body = crypto.seal(self._key(job.key_der), challenge.encode(), p.context(p.CHALLENGE))
             return Outgoing(job.identity, p.encode_frames(p.CHALLENGE, body))
-        plaintext = p.seal_delivery(job.delivery_key, job.session_id, job.seq, self._event_json(job.event))
+        plaintext = wire.seal_delivery(job.delivery_key, job.session_id, job.seq, self._event_json(job.event))
         body = crypto.seal(self._key(job.key_der), plaintext, p.context(p.EVENT))
         return Outgoing(job.identity, p.encode_frames(p.EVENT, body))
 

@@ -45,6 +45,7 @@ from zchat.events import (
     Welcome,
     WhoList,
 )
+from zchat.protocol import events as wire
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class ClientSession:
             plaintext = crypto.open_envelope(self.key, body, p.context(p.EVENT))
         except crypto.CryptoError:
             raise RemoteProtocolError("event did not open") from None
-        delivery = p.Delivery.open(plaintext, self._delivery_key)
+        delivery = wire.Delivery.open(plaintext, self._delivery_key)
         if delivery.session != self.session_id:
             raise RemoteProtocolError("event for another session")
         if delivery.seq <= self._seq_in:
@@ -276,9 +277,9 @@ class ClientSession:
             log.warning("ignored a %r event from the broker: %s", delivery.kind, exc)
             return []
 
-    def _interpret(self, delivery: p.Delivery) -> list[Event]:
-        event = p.decode_event(delivery.event, self.max_text_bytes)
-        if isinstance(event, p.WelcomeEvent):
+    def _interpret(self, delivery: wire.Delivery) -> list[Event]:
+        event = wire.decode_event(delivery.event, self.max_text_bytes)
+        if isinstance(event, wire.WelcomeEvent):
             if self.state is not State.LOGIN_SENT or event.name != self.name:
                 raise RemoteProtocolError("unexpected welcome")
             self._check_welcome(event)
@@ -289,39 +290,39 @@ class ClientSession:
             self.state = State.READY
             self._replaying_history = True
             return [Welcome(self.name, event.users)]
-        if isinstance(event, p.ChatEvent):
+        if isinstance(event, wire.ChatEvent):
             if event.away:
                 raise RemoteProtocolError("a kept private message outside its sealed mail")
             return self._chat(event)
         self._replaying_history = False
-        if isinstance(event, p.MailEvent):
+        if isinstance(event, wire.MailEvent):
             return self._chat(self._open_mail(event))
-        if isinstance(event, p.JoinEvent | p.LeaveEvent):
+        if isinstance(event, wire.JoinEvent | wire.LeaveEvent):
             return self._presence((event,))
-        if isinstance(event, p.PresenceEvent):
+        if isinstance(event, wire.PresenceEvent):
             return self._presence(event.changes)
-        if isinstance(event, p.WhoEvent):
+        if isinstance(event, wire.WhoEvent):
             for user in event.users:
                 self._peer(user)  # the same checks as the roster: a real key with that fingerprint
             return [WhoList(event.users)]
-        if isinstance(event, p.AcceptedEvent):
+        if isinstance(event, wire.AcceptedEvent):
             return [Accepted(event.message_id, event.received, event.queued, event.duplicate)]
-        if isinstance(event, p.FailedEvent):
+        if isinstance(event, wire.FailedEvent):
             return [Failed(event.message_id, event.reason)]
-        if isinstance(event, p.ErrorEvent):
+        if isinstance(event, wire.ErrorEvent):
             return [Notice(event.message)]
-        if isinstance(event, p.RefusedEvent):
+        if isinstance(event, wire.RefusedEvent):
             self.state = State.CLOSED
             named = f" (statement {event.seq}{', message ' + event.message_id if event.message_id else ''})"
             message = "the broker refused a statement" + (named if event.seq is not None else "")
             raise StatementRefused(message, event.seq, event.message_id)
-        if isinstance(event, p.ShutdownEvent):
+        if isinstance(event, wire.ShutdownEvent):
             self.state = State.CLOSED
             return [Shutdown(event.by)]
         self.state = State.CLOSED  # ClosedEvent, the last one left
         return [SessionClosed(event.reason)]
 
-    def _check_welcome(self, welcome: p.WelcomeEvent) -> None:
+    def _check_welcome(self, welcome: wire.WelcomeEvent) -> None:
         """RemoteProtocolError unless the welcome's numbers are ones a broker can be configured with, and its
         roster lists us (every entry under our name) with our own key."""
         interval, timeout, text = welcome.heartbeat_interval, welcome.heartbeat_timeout, welcome.max_text_bytes
@@ -344,23 +345,23 @@ class ClientSession:
         if any(user.fingerprint != self.fingerprint for user in ours):
             raise RemoteProtocolError("its list of users online gives us another key")
 
-    def _open_mail(self, mail: p.MailEvent) -> p.ChatEvent:
+    def _open_mail(self, mail: wire.MailEvent) -> wire.ChatEvent:
         """A private message kept while we were away: sealed to our key, inside a chat event with `away`."""
         try:
-            plaintext = crypto.open_envelope(self.key, mail.sealed, p.MAIL_CONTEXT)
+            plaintext = crypto.open_envelope(self.key, mail.sealed, wire.MAIL_CONTEXT)
         except crypto.CryptoError:
             raise RemoteProtocolError("a kept message that does not open with our key") from None
-        inner = p.decode_event(p.load_doc(plaintext), self.max_text_bytes)
-        if not isinstance(inner, p.ChatEvent) or not inner.away:
+        inner = wire.decode_event(p.load_doc(plaintext), self.max_text_bytes)
+        if not isinstance(inner, wire.ChatEvent) or not inner.away:
             raise RemoteProtocolError("a kept message that is not a private message")
         return inner
 
-    def _presence(self, changes: tuple[p.JoinEvent | p.LeaveEvent, ...]) -> list[Event]:
+    def _presence(self, changes: tuple[wire.JoinEvent | wire.LeaveEvent, ...]) -> list[Event]:
         """Joins and leaves, in order; the roster changes only if every one of them is well formed."""
         events: list[Event] = []
         updates: list[tuple[str, _Peer | None]] = []
         for change in changes:
-            if isinstance(change, p.JoinEvent):
+            if isinstance(change, wire.JoinEvent):
                 updates.append((change.user.name, self._peer(change.user)))
                 events.append(Joined(change.user))
             else:
@@ -388,7 +389,7 @@ class ClientSession:
         """Who is online, as the broker last told us."""
         return {name: peer.info for name, peer in self._peers.items()}
 
-    def _chat(self, event: p.ChatEvent) -> list[Event]:
+    def _chat(self, event: wire.ChatEvent) -> list[Event]:
         """A verified ChatMessage, or nothing for a message shown before (same author and message id)."""
         message = self._verify_chat(event)
         if not self.seen.first_time(message.sender, message.message_id):
@@ -396,7 +397,7 @@ class ClientSession:
             return []
         return [message]
 
-    def _verify_chat(self, event: p.ChatEvent) -> ChatMessage:
+    def _verify_chat(self, event: wire.ChatEvent) -> ChatMessage:
         signed = event.statement
         statement = p.Statement.parse(signed.statement)
         if event.history and not self._replaying_history:
