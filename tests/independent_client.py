@@ -1024,14 +1024,7 @@ class IndependentClient:
         is_history = event_type == "chat" and event.get("history") is True
         window, self.history_window = self.history_window, is_history and self.history_window
         if event_type == "welcome":
-            if self.seq_in != 1:
-                return None  # a late welcome is skipped (7.1 step 6)
-            welcome = Welcome(event, self.name, self.own_fingerprint)  # checked before anything in it is used (9.3)
-            self.heartbeat_interval, self.heartbeat_timeout = welcome.heartbeat_interval, welcome.heartbeat_timeout
-            self.max_text_bytes = welcome.max_text_bytes
-            self.roster = welcome.roster
-            self.history_window = True
-            return {"type": "welcome", "name": self.name, "users": welcome.users}
+            return self._welcome(event)
         if event_type == "chat":
             if get_bool(event, "away", default=False):
                 raise ValueError("a chat event marked away outside a mail")  # kept messages come only as mail (7.4)
@@ -1043,22 +1036,9 @@ class IndependentClient:
         if event_type == "accepted":
             return self._accepted(event)
         if event_type == "failed":
-            message_id, reason = get_message_id(event, "id"), get_str(event, "reason")  # a reason is for people
-            self.outbox.pop(message_id, None)  # not delivered: do not send it again (6.4)
-            self.statement_refusals.pop(message_id, None)
-            return {"type": "failed", "id": message_id, "reason": reason}
+            return self._failed(event)
         if event_type == "refused":
-            self.logged_in, self.over = False, True  # the broker has ended the session (6.3), whatever the fields
-            self.pending_ack = None
-            seq = get_int(event, "seq") if "seq" in event else None
-            refused_id = get_message_id(event, "id") if "id" in event else None
-            given_up = False
-            if refused_id is not None and refused_id in self.outbox:  # refused three times: give it up (6.1, 8.3)
-                self.statement_refusals[refused_id] = self.statement_refusals.get(refused_id, 0) + 1
-                if self.statement_refusals[refused_id] >= MAX_STATEMENT_REFUSALS:
-                    del self.outbox[refused_id], self.statement_refusals[refused_id]
-                    given_up = True
-            return {"type": "refused", "seq": seq, "id": refused_id, "given_up": given_up}
+            return self._refused(event)
         if event_type in ("join", "leave"):
             (change,) = self._presence([event])
             return change
@@ -1084,6 +1064,17 @@ class IndependentClient:
             return {"type": "shutdown", "by": get_str(event, "by")}
         raise ValueError(f"unknown event type {event_type!r}")
 
+    def _welcome(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """`welcome` (7.1, 7.3): only the first event of a session; it sets the limits and the roster."""
+        if self.seq_in != 1:
+            return None  # a late welcome is skipped (7.1 step 6)
+        welcome = Welcome(event, self.name, self.own_fingerprint)  # checked before anything in it is used (9.3)
+        self.heartbeat_interval, self.heartbeat_timeout = welcome.heartbeat_interval, welcome.heartbeat_timeout
+        self.max_text_bytes = welcome.max_text_bytes
+        self.roster = welcome.roster
+        self.history_window = True
+        return {"type": "welcome", "name": self.name, "users": welcome.users}
+
     def _accepted(self, event: dict[str, Any]) -> dict[str, Any]:
         """`accepted` (6.4, 7.3): the message is committed at the broker; take it out of the outbox."""
         message_id, received = get_message_id(event, "id"), get_time(event, "received")
@@ -1094,6 +1085,27 @@ class IndependentClient:
         if fields is not None and fields.get("to") != self.name:  # a private message to ourselves is still to come
             self._remember((self.name, message_id))  # so a later history replay does not show it again (7.6)
         return {"type": "accepted", "id": message_id, "received": received, "queued": queued, "duplicate": duplicate}
+
+    def _failed(self, event: dict[str, Any]) -> dict[str, Any]:
+        """`failed` (6.4, 7.3): the message was not delivered; take it out of the outbox."""
+        message_id, reason = get_message_id(event, "id"), get_str(event, "reason")  # a reason is for people
+        self.outbox.pop(message_id, None)  # not delivered: do not send it again (6.4)
+        self.statement_refusals.pop(message_id, None)
+        return {"type": "failed", "id": message_id, "reason": reason}
+
+    def _refused(self, event: dict[str, Any]) -> dict[str, Any]:
+        """`refused` (6.3, 7.3): the broker has ended the session; a statement refused three times is given up."""
+        self.logged_in, self.over = False, True  # the broker has ended the session (6.3), whatever the fields
+        self.pending_ack = None
+        seq = get_int(event, "seq") if "seq" in event else None
+        refused_id = get_message_id(event, "id") if "id" in event else None
+        given_up = False
+        if refused_id is not None and refused_id in self.outbox:  # refused three times: give it up (6.1, 8.3)
+            self.statement_refusals[refused_id] = self.statement_refusals.get(refused_id, 0) + 1
+            if self.statement_refusals[refused_id] >= MAX_STATEMENT_REFUSALS:
+                del self.outbox[refused_id], self.statement_refusals[refused_id]
+                given_up = True
+        return {"type": "refused", "seq": seq, "id": refused_id, "given_up": given_up}
 
     def _remember(self, pair: tuple[str, str]) -> None:
         self.seen[pair] = None
@@ -1138,16 +1150,7 @@ class IndependentClient:
         action = get_bool(statement, "action", default=False)
         received = get_time(event, "received")  # the broker's clock: the time to show (7.3, 7.4)
         # 2. the key: the roster's for a live event, the `author`'s for history and mail
-        if kind == "live":
-            if author not in self.roster:
-                raise ValueError(f"{author} is not in the roster")
-            key = self.roster[author]
-            author_fingerprint = None
-        else:
-            name, key, info = check_user(event.get("author"))
-            if name != author:
-                raise ValueError(f"{kind} author does not match the statement")
-            author_fingerprint = info["fingerprint"]
+        key, author_fingerprint = self._author_key(event, kind, author)
         # 3. type, ts, to
         if statement_type != "chat":
             raise ValueError("not a chat statement")
@@ -1164,10 +1167,7 @@ class IndependentClient:
             raise ValueError("text breaks the rules")
         # 6. live only: replays
         if kind == "live":
-            last = self.last_statement.get(author)
-            if last is not None and last[0] == session and seq <= last[1]:
-                raise ValueError(f"replayed statement from {author}")
-            self.last_statement[author] = (session, seq)
+            self._check_replay(author, session, seq)
         # 7. shown before?
         if (author, message_id) in self.seen:
             self.duplicates_skipped += 1
@@ -1187,6 +1187,24 @@ class IndependentClient:
             "away": kind == "mail",
             "author_fingerprint": author_fingerprint,  # history and mail: the `author` key that verified it
         }
+
+    def _author_key(self, event: dict[str, Any], kind: str, author: str) -> tuple[RsaKey, str | None]:
+        """Step 2 of 7.4: the key and, for history and mail, the fingerprint of the `author` it came from."""
+        if kind == "live":
+            if author not in self.roster:
+                raise ValueError(f"{author} is not in the roster")
+            return self.roster[author], None
+        name, key, info = check_user(event.get("author"))
+        if name != author:
+            raise ValueError(f"{kind} author does not match the statement")
+        return key, info["fingerprint"]
+
+    def _check_replay(self, author: str, session: str, seq: int) -> None:
+        """Step 6 of 7.4, live only: a statement no newer than the author's last in the same session is a replay."""
+        last = self.last_statement.get(author)
+        if last is not None and last[0] == session and seq <= last[1]:
+            raise ValueError(f"replayed statement from {author}")
+        self.last_statement[author] = (session, seq)
 
     # --- leaving
 
