@@ -142,8 +142,9 @@ def test_terminal_rewraps_at_the_new_width_after_a_resize(broker, connect, launc
     alice.wait_text("logged in as alice")
     wait_for(bob, lambda e: isinstance(e, Joined))
     narrow = 60
+    # Nothing to wait for: the window has its new size once setwinsize returns, and the client asks the
+    # terminal for its width at each message it prints.
     alice.child.setwinsize(ROWS, narrow)
-    time.sleep(0.2)  # let the client see SIGWINCH before the message arrives
     bob.send("字" * 40 + " [14:02:11] carol: " + "wide " * 12 + "end")
     lines = alice.wait_for(lambda _: "end" in alice.text() and "carol" in alice.text(), "the wrapped message")
     first = next(i for i, line in enumerate(lines) if "bob: " in line)

@@ -226,7 +226,7 @@ def test_json_mode_prints_one_object_per_event(broker, connect):
             f"--key={broker.keys.client_private('alice')}",
             f"--broker-key={broker.keys.broker_public}",
         ],
-        cwd=ROOT,
+        cwd=broker.workdir,  # its config.json, not the working tree's
         name="alice",
     )
     try:

@@ -246,6 +246,7 @@ def test_killed_client_is_removed_and_announced(broker, connect, keyring):
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
+        cwd=broker.workdir,  # its config.json, not the working tree's
         env=run_env(),
     )
     try:
