@@ -66,6 +66,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return rest
 
 
+@pytest.mark.slow
 def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -53,6 +53,7 @@ def send_from_the_far_future(alice, text: str, monkeypatch: pytest.MonkeyPatch) 
         alice.send(text)
 
 
+@pytest.mark.slow
 def test_piped_client_survives_an_impossible_time_and_a_failing_display(broker, spawn, connect, monkeypatch):
     bob: Proc = spawn(client_args(broker, "bob"), broker.workdir, name="bob")
     bob.expect_line(r"\* logged in as bob")
@@ -120,6 +121,7 @@ def broker(make_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
     return make_broker(heartbeat_timeout=30)
 
 
+@pytest.mark.slow
 def test_terminal_keeps_receiving_after_an_impossible_time_and_a_failing_display(
     broker, connect, launched, monkeypatch
 ):
@@ -136,6 +138,7 @@ def test_terminal_keeps_receiving_after_an_impossible_time_and_a_failing_display
     assert "carol: boom" not in alice.text()
 
 
+@pytest.mark.slow
 def test_terminal_rewraps_at_the_new_width_after_a_resize(broker, connect, launched):
     bob = connect(broker, "bob")
     alice = launched(broker, "alice")

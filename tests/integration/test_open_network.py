@@ -325,6 +325,7 @@ def test_random_and_malformed_bytes_do_not_stop_the_broker(broker, connect):
 CLAIMED_IDS = [b"alice", secrets.token_bytes(16), b"\x01abcd", b"\x00"]  # a name, random, 5 bytes, 1 byte
 
 
+@pytest.mark.slow
 def test_claimed_routing_ids_get_no_answer(broker, connect, keyring, sockets):
     """Finding 2a: a registered user's DEALER that announces its own routing id has its frames dropped.
 
@@ -463,6 +464,7 @@ def test_a_routing_id_claimed_ahead_of_the_counter_is_closed_when_it_speaks(brok
 ENDLESS = b"\x01\x00" * (12 * MB)  # 24 MB of empty frames, every one with MORE set
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "prelude",
     [b"NULL", CURVE_GARBAGE_HELLO, greeting(b"CURVE")],
@@ -568,6 +570,7 @@ REPLAYS = 300
 SOURCES = 30
 
 
+@pytest.mark.slow
 def test_strangers_cause_no_rsa_work(broker, connect, keyring, sockets):
     """Finding 5: replayed and random HELLOs from NULL peers (raw bytes, from many source addresses), from an
     unregistered key and from a random key."""
@@ -608,6 +611,7 @@ def test_strangers_cause_no_rsa_work(broker, connect, keyring, sockets):
     assert_honest_chat(broker, connect, "strangers cost nothing")
 
 
+@pytest.mark.slow
 def test_a_registered_user_over_the_login_rate_gets_busy_without_rsa_work(make_broker, keyring, raw_dealer):
     """Finding 5, insiders: HELLOs beyond `logins_per_second_per_user` are answered BUSY before any RSA work."""
     broker = make_broker(logins_per_second_per_user=1)
@@ -683,6 +687,7 @@ def test_malformed_frames_from_a_user_do_not_amplify_into_the_log(make_broker, c
 # ------------------------------------------------------------ `make fuzz`'s tcp target
 
 
+@pytest.mark.slow
 def test_the_tcp_fuzz_target_keeps_its_broker_up_and_reports_its_death():
     """The tcp target runs briefly here (its own broker, the unit suite's inputs plus larger random ones), and
     what it is for works: once its broker is gone it raises BrokerDied."""

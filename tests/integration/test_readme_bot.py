@@ -21,6 +21,7 @@ def readme_bot_source(heading: str = "### Writing a bot\n") -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("heading", "lines"),
     [("### Writing a bot\n", 10), ("### Writing a bot with asyncio\n", 17)],
