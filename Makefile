@@ -107,7 +107,8 @@ help:
 	@echo "make fingerprint NAME=alice   print a registered key's fingerprint, to compare out of band"
 	@echo "make backup TO=file    a consistent copy of the broker's database, safe while it runs"
 	@echo "make test              run the tests, ruff and mypy"
-	@echo "make test-quick        the quick loop: unit tests in two processes and ruff check (under a minute)"
+	@echo "make test-quick        the quick loop: unit and integration tests not marked slow, in two processes, and"
+	@echo "                       ruff check (under a minute)"
 	@echo "make unit              run only the unit tests (no sockets, quick)"
 	@echo "make lint              ruff check and ruff format --check"
 	@echo "make typecheck         mypy --strict on the whole project"
@@ -181,8 +182,9 @@ attack: $(DEV_STAMP)
 bench: $(RUNTIME_STAMP)
 	@set -f; $(BIN)/python -m bench $$ZCHAT_ARGS
 
+# The quick loop: what is marked slow (more than a few seconds) and the CLI end-to-end tests are left to `make test`.
 test-quick: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests/unit
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" tests/unit tests/integration
 	$(BIN)/ruff check .
 
 unit: $(DEV_STAMP)

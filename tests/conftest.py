@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -223,15 +224,23 @@ def raw_dealer(
         sock.close(linger=0)
 
 
-CHECKOUT_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py", "config.json")
+CHECKOUT_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "broker.py", "chat_client.py")
+
+
+def shipped_config() -> bytes:
+    """config.json as committed: the working tree's copy is the user's to edit (another port, say)."""
+    shown = subprocess.run(["git", "show", "HEAD:config.json"], cwd=ROOT, capture_output=True, timeout=30, check=False)
+    return shown.stdout if shown.returncode == 0 else (ROOT / "config.json").read_bytes()  # not a git checkout
 
 
 def copy_checkout(dest: Path, *, packages: tuple[str, ...] = (), venv: bool = True) -> Path:
-    """What a fresh clone holds for `make broker|client|keys`: the files, zchat/ (its crypto link kept) and
-    crypto/, plus `packages`; with `venv`, the project's .venv linked in (nothing is installed)."""
+    """What a fresh clone holds for `make broker|client|keys`: the files, config.json as shipped, zchat/ (its
+    crypto link kept) and crypto/, plus `packages`; with `venv`, the project's .venv linked in (nothing is
+    installed)."""
     dest.mkdir(parents=True)
     for name in CHECKOUT_FILES:
         shutil.copy2(ROOT / name, dest / name)  # copy2 keeps mtimes, so the install stamp stays up to date
+    (dest / "config.json").write_bytes(shipped_config())
     for package in ("zchat", "crypto", *packages):
         shutil.copytree(ROOT / package, dest / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     if venv:

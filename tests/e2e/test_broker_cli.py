@@ -31,6 +31,7 @@ def assert_everyone_told_and_stopped(broker, procs, reason):
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_console_who_and_shutdown(console_broker, client):
     broker = console_broker()
     procs = logged_in(client, broker, "alice", "bob")
@@ -49,6 +50,7 @@ def test_signals_stop_the_broker_gracefully(broker, client, signum):
     assert_everyone_told_and_stopped(broker, procs, signum.name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stdin", ["devnull", "closed-pipe"])
 def test_a_broker_whose_stdin_ended_keeps_running(make_broker, console_broker, client, stdin):
     if stdin == "devnull":

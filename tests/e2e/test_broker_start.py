@@ -54,6 +54,7 @@ def stop(broker: ServerProcess) -> None:
     assert status == 0, broker.log()
 
 
+@pytest.mark.slow
 def test_a_config_elsewhere_never_makes_a_new_key_pair_unasked(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

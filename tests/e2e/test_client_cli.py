@@ -7,6 +7,7 @@ import re
 import sys
 
 import pexpect
+import pytest
 
 from tests.conftest import WAIT, run_env, wait_for
 from tests.e2e.helpers import CLIENT
@@ -99,6 +100,7 @@ def test_a_session_the_broker_closes_ends_the_client_with_status_3(broker, clien
     assert "Traceback" not in alice.err.text()
 
 
+@pytest.mark.slow
 def test_a_new_name_on_the_brokers_machine_gets_a_key_created_and_registered(broker, spawn, connect):
     args = [CLIENT, "--config", str(broker.config_path), "--host", "127.0.0.1", "--port", str(broker.port)]
     newbie = spawn([*args, "--user", "newbie"], broker.workdir, name="newbie")
@@ -118,6 +120,7 @@ def test_a_new_name_on_the_brokers_machine_gets_a_key_created_and_registered(bro
     wait_for(bob, lambda e: isinstance(e, Left) and e.name == "newbie")
 
 
+@pytest.mark.slow
 def test_terminal_prompts_chat_and_exit_in_a_pty(broker, connect):
     # Plain text on the terminal, so the expected lines are not split by colour codes.
     child = pexpect.spawn(
@@ -154,6 +157,7 @@ def test_terminal_prompts_chat_and_exit_in_a_pty(broker, connect):
             child.terminate(force=True)
 
 
+@pytest.mark.slow
 def test_piped_client_without_a_user_reads_the_answers_first_then_the_messages(broker, spawn, client):
     """`make client` in a pipe (DESIGN 4): the prompt answers come first, one per line, then the messages."""
     alice = client(broker, "alice")
@@ -169,6 +173,7 @@ def test_piped_client_without_a_user_reads_the_answers_first_then_the_messages(b
         assert prompt not in bob.err.text()  # read, not asked
 
 
+@pytest.mark.slow
 def test_piped_client_shows_what_the_broker_did_not_deliver_and_what_it_keeps(broker, client):
     bob = client(broker, "bob")
     bob.expect_line(r"logged in as bob")
@@ -192,6 +197,7 @@ def test_piped_client_shows_what_the_broker_did_not_deliver_and_what_it_keeps(br
     assert carol.wait() == 0, carol.transcript()
 
 
+@pytest.mark.slow
 def test_json_client_prints_the_brokers_answers(broker, client):
     alice = client(broker, "alice", "--json")
     alice.expect_line(r'"type": "welcome"')

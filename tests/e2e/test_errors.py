@@ -60,6 +60,7 @@ def test_default_key_file_missing_on_another_machine(tmp_path, broker):
     assert_failed(result, "keys/private/alice.pem", "make keys NAME=alice")
 
 
+@pytest.mark.slow
 def test_passphrase_protected_key(broker, client):
     create_client_key(broker.keys, "dave", passphrase="right", bits=2048)
     args = login_args(broker, "dave")
@@ -87,6 +88,7 @@ def test_login_refused(broker, user, key_owner):
     assert broker.alive()
 
 
+@pytest.mark.slow
 def test_wrong_broker_key(broker):
     other = broker.keys.client_public("alice")  # a valid public key, just not the broker's
     result = run_client(broker.workdir, *login_args(broker, "alice", "--broker-key", str(other)))
@@ -94,6 +96,7 @@ def test_wrong_broker_key(broker):
     assert broker.alive()
 
 
+@pytest.mark.slow
 def test_no_broker_key_says_where_to_get_one(broker):
     missing = broker.workdir / "nowhere" / "broker.pub"
     result = run_client(broker.workdir, *login_args(broker, "alice", "--broker-key", str(missing)))

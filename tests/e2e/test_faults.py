@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, run_env, wait_for
 from zchat.events import ChatMessage, Joined, Left, Shutdown
 from zchat.keystore import create_client_key
@@ -20,6 +22,7 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_a_stopped_receiver_is_dropped_and_told_while_the_room_goes_on(make_broker, connect, client):
     # In-process clients heartbeat only while polled: a long timeout keeps bob and alice in while alice floods.
     broker = make_broker(
@@ -59,6 +62,7 @@ def test_a_stopped_receiver_is_dropped_and_told_while_the_room_goes_on(make_brok
     wait_for(bob, lambda e: isinstance(e, Joined) and e.user.name == "carol", timeout=30)
 
 
+@pytest.mark.slow
 def test_a_killed_bot_is_removed_and_the_room_goes_on(broker, connect):
     create_client_key(broker.keys, "echo", bits=2048)
     alice = connect(broker, "alice")
@@ -85,6 +89,7 @@ def test_a_killed_bot_is_removed_and_the_room_goes_on(broker, connect):
         bot.wait(10)
 
 
+@pytest.mark.slow
 def test_shutdown_in_heavy_traffic_delivers_everything_accepted_first(make_broker, connect):
     broker = make_broker(messages_per_second_per_user=10_000, send_queue_limit=100_000, heartbeat_timeout=30)
     carol = connect(broker, "carol")

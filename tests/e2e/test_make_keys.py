@@ -38,6 +38,7 @@ def make(repo: Path, *targets: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
     keys = repo_copy / "keys"
     first = make(repo_copy, "keys", "NAME=zed")
@@ -66,6 +67,7 @@ def test_make_keys_creates_registers_and_never_overwrites(repo_copy):
     assert (private.read_bytes(), public.read_bytes()) == before
 
 
+@pytest.mark.slow
 def test_make_keys_registers_an_existing_key_again(repo_copy):
     """A lost .pub, or one from before the Curve25519 key or its binding, or one whose binding is damaged, is
     written again from the private key, bound."""
@@ -101,6 +103,7 @@ def test_make_keys_registers_an_existing_key_again(repo_copy):
     assert public.read_bytes() == someone_else
 
 
+@pytest.mark.slow
 def test_make_keys_on_a_client_machine_keeps_the_copied_broker_key(repo_copy, tmp_path):
     keys = repo_copy / "keys"
     keys.mkdir()
@@ -120,6 +123,7 @@ def test_make_keys_without_a_name_prints_usage(repo_copy):
     assert not (repo_copy / "keys").exists()
 
 
+@pytest.mark.slow
 def test_make_fingerprint_prints_the_registered_keys_fingerprint(repo_copy):
     created = make(repo_copy, "keys", "NAME=zed")
     printed = created.stdout.split("fingerprint ")[1].split()[0]
@@ -132,6 +136,7 @@ def test_make_fingerprint_prints_the_registered_keys_fingerprint(repo_copy):
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow
 def test_make_keys_and_fingerprint_use_the_keys_dir_of_config(repo_copy):
     other = repo_copy / "other"
     other.mkdir()
@@ -161,6 +166,7 @@ def test_if_missing_creates_a_key_once_and_then_says_nothing(repo_copy):
     assert key.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_if_missing_binds_a_pub_written_before_keys_were_bound(repo_copy):
     """A bot whose .pub has no binding (an installation from before it) gets it bound at its next `make bot`."""
     command = [".venv/bin/python", "-m", "zchat.keystore", "--keys-dir", "botkeys", "--if-missing", "--", "echo"]

@@ -150,6 +150,7 @@ def test_a_name_that_looks_like_an_option_stays_a_name(repo):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_command_line_values_reach_programs_literally(tmp_path):
     """PASSPHRASE='...' on make's command line still reaches `make keys`, `$` and quotes included."""
     repo = copy_repo(tmp_path / "repo")

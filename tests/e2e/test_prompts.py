@@ -66,6 +66,7 @@ def test_a_terminal_without_the_broker_key_is_told_before_any_question(tmp_path)
     assert "keys/broker.pub: no broker key there: copy keys/broker.pub from the broker's machine" in rest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("question", "key"),
     [*((question, CTRL_D) for question in QUESTIONS), ("Server IP", CTRL_C), ("Passphrase", CTRL_C)],
@@ -94,6 +95,7 @@ def test_giving_up_at_any_question_is_one_line(machine, question, key):
     assert status == (1 if key == CTRL_D else 130), rest
 
 
+@pytest.mark.slow
 def test_a_wrong_answer_is_asked_again(make_broker, connect):
     broker = make_broker(heartbeat_timeout=30)
     create_client_key(broker.keys, "dave", passphrase="right", bits=2048)  # picked up without a restart

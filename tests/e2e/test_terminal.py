@@ -105,6 +105,7 @@ def terminal() -> Iterator[Callable[..., Terminal]]:
         term.close()
 
 
+@pytest.mark.slow
 def test_incoming_message_never_garbles_the_line_being_typed(broker, connect, terminal):
     bob = connect(broker, "bob")
     alice = terminal(broker, "alice")
@@ -130,6 +131,7 @@ def test_incoming_message_never_garbles_the_line_being_typed(broker, connect, te
     assert (message.sender, message.text) == ("alice", "[>> hello world")
 
 
+@pytest.mark.slow
 def test_input_history_recalls_earlier_lines(broker, connect, terminal):
     bob = connect(broker, "bob")
     alice = terminal(broker, "alice")
@@ -142,6 +144,7 @@ def test_input_history_recalls_earlier_lines(broker, connect, terminal):
     assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == "first line again"
 
 
+@pytest.mark.slow
 def test_private_message_reaches_only_its_recipient(broker, connect, terminal):
     bob = connect(broker, "bob")
     carol = connect(broker, "carol")
@@ -161,6 +164,7 @@ def test_private_message_reaches_only_its_recipient(broker, connect, terminal):
     alice.wait_text("(private) bob: right back at you")
 
 
+@pytest.mark.slow
 def test_history_is_shown_first_and_marked(broker, connect, terminal):
     bob = connect(broker, "bob")
     connect(broker, "carol")
@@ -178,6 +182,7 @@ def test_history_is_shown_first_and_marked(broker, connect, terminal):
     assert not any("(history) bob: live now" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_a_changed_key_raises_a_loud_warning(broker, connect, terminal, keyring):
     alice = terminal(broker, "alice")
     alice.wait_text("logged in as alice")
@@ -202,6 +207,7 @@ def test_a_changed_key_raises_a_loud_warning(broker, connect, terminal, keyring)
     alice.wait_text(f"bob (user) key {new}: pinned")
 
 
+@pytest.mark.slow
 def test_colours_on_a_terminal_and_never_with_no_color(broker, connect, terminal):
     coloured = terminal(broker, "alice")
     coloured.wait_text("logged in as alice")
@@ -211,6 +217,7 @@ def test_colours_on_a_terminal_and_never_with_no_color(broker, connect, terminal
     assert b"\x1b[2m[" not in plain.raw
 
 
+@pytest.mark.slow
 def test_the_prompt_counts_the_messages_the_broker_has_not_answered(make_broker, terminal):
     broker = make_broker(heartbeat_interval=0.2, heartbeat_timeout=1.0)
     alice = terminal(broker, "alice")
@@ -228,6 +235,7 @@ def test_the_prompt_counts_the_messages_the_broker_has_not_answered(make_broker,
 BELL, CTRL_U = b"\x07", "\x15"  # the terminal bell; Ctrl-U empties the input line
 
 
+@pytest.mark.slow
 def test_tab_completes_commands_and_the_names_of_who_is_online(broker, connect, terminal):
     bob = connect(broker, "bob")
     connect(broker, "carol")
@@ -263,6 +271,7 @@ def styled(term: Terminal, text: str) -> tuple[bool, bool]:
     return all(cell.reverse for cell in author[-3:]), all(cells[x].bold for x in range(start, start + len(text)))
 
 
+@pytest.mark.slow
 def test_a_message_for_me_is_highlighted_and_rings_the_bell(broker, connect, terminal):
     bob = connect(broker, "bob")
     alice = terminal(broker, "alice")

@@ -170,6 +170,7 @@ def _fingerprint(make_output: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> None:
     a, b = machines
 

@@ -42,6 +42,7 @@ async def next_matching(client: AsyncChatClient, predicate: Callable[[Event], bo
     raise AssertionError(f"{client.name}: no matching event within {timeout}s; got {seen!r}")
 
 
+@pytest.mark.slow
 def test_an_async_client_chats_and_gets_the_brokers_answers(broker, connect):
     bob = connect(broker, "bob")
 
@@ -67,6 +68,7 @@ def test_an_async_client_chats_and_gets_the_brokers_answers(broker, connect):
     assert wait_for(bob, lambda e: isinstance(e, Left)).name == "alice"  # close() said bye
 
 
+@pytest.mark.slow
 def test_an_async_client_keeps_its_session_while_the_program_awaits_something_else(make_broker):
     broker = make_broker(heartbeat_interval=0.1, heartbeat_timeout=0.5)
 
@@ -82,6 +84,7 @@ def test_an_async_client_keeps_its_session_while_the_program_awaits_something_el
     assert "timed out" not in broker.log()
 
 
+@pytest.mark.slow
 def test_an_async_client_logs_in_again_and_sends_what_waited(broker, connect):
     async def scenario() -> None:
         alice = await connect_async(broker, "alice")
@@ -104,6 +107,7 @@ def test_an_async_client_logs_in_again_and_sends_what_waited(broker, connect):
     asyncio.run(asyncio.wait_for(scenario(), 90))
 
 
+@pytest.mark.slow
 def test_iterating_an_async_client_ends_with_the_shutdown(broker, connect):
     admin = connect(broker, "admin")
 
@@ -116,6 +120,7 @@ def test_iterating_an_async_client_ends_with_the_shutdown(broker, connect):
     assert isinstance(events[-1], Shutdown)
 
 
+@pytest.mark.slow
 def test_an_async_client_reports_an_unreachable_broker(broker):
     port = broker.port
     broker.kill()

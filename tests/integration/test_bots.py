@@ -81,6 +81,7 @@ def reply_from(client: ChatClient, name: str) -> str:
     return wait_for(client, lambda e: isinstance(e, ChatMessage) and e.sender == name).text
 
 
+@pytest.mark.slow
 def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
     alice = connect(broker, "alice")
     start_bot("echo")
@@ -92,6 +93,7 @@ def test_echo_bot_answers_others_and_shows_as_a_bot(broker, connect, start_bot):
     assert {u.name: u.bot for u in who.users} == {"alice": False, "echo": True}
 
 
+@pytest.mark.slow
 def test_a_bot_warns_of_a_changed_key_and_goes_on_answering(broker, connect, start_bot):
     pins = broker.keys.client_private("echo").with_name("echo.known.json")
     pinned = "SHA256:" + "0" * 64
@@ -107,6 +109,7 @@ def test_a_bot_warns_of_a_changed_key_and_goes_on_answering(broker, connect, sta
     assert json.loads(pins.read_text()) == {"alice": pinned}  # nobody checked the new key: the pin stays
 
 
+@pytest.mark.slow
 def test_bots_never_answer_bots(broker, connect, start_bot, keyring):
     """The echo bot answers people, never another bot: two bots would otherwise fill the room."""
     create_client_key(broker.keys, "robot", bits=2048)
@@ -129,6 +132,7 @@ def test_bots_never_answer_bots(broker, connect, start_bot, keyring):
     assert "not answering robot, a bot" in echo.log()
 
 
+@pytest.mark.slow
 def test_dice_bot_rolls_and_explains_bad_requests(broker, connect, start_bot):
     alice = connect(broker, "alice")
     bot = start_bot("dice", keys_dir=True)  # found with --keys-dir, no config file
@@ -148,6 +152,7 @@ def test_dice_bot_rolls_and_explains_bad_requests(broker, connect, start_bot):
     assert bot.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_archive_bot_appends_json_lines(broker, connect, start_bot, tmp_path):
     archive = tmp_path / "room.jsonl"
     bob = connect(broker, "bob")
@@ -166,6 +171,7 @@ def test_archive_bot_appends_json_lines(broker, connect, start_bot, tmp_path):
     assert all(isinstance(r["ts"], float) and r["time"] for r in records)
 
 
+@pytest.mark.slow
 def test_unregistered_bot_is_refused_with_a_clear_error(broker, start_bot):
     write_private_key(broker.keys.client_private("echo"), crypto.generate_private_key(2048))  # a key, not registered
     bot = start_bot("echo", register=False)
@@ -180,6 +186,7 @@ def test_bot_with_the_wrong_key_is_refused(broker, start_bot, keyring):
     assert "login refused" in bot.log()
 
 
+@pytest.mark.slow
 def test_bot_stops_cleanly_on_sigterm_and_others_see_it_leave(broker, connect, start_bot):
     alice = connect(broker, "alice")
     bot = start_bot("echo")
@@ -189,6 +196,7 @@ def test_bot_stops_cleanly_on_sigterm_and_others_see_it_leave(broker, connect, s
     assert (left.name, left.reason) == ("echo", "left")
 
 
+@pytest.mark.slow
 def test_bot_exits_with_status_3_when_the_broker_closes_its_session(broker, connect, start_bot):
     """Not 1: a supervisor that starts a failed bot again would only close the session that replaced it."""
     alice = connect(broker, "alice")
@@ -205,6 +213,7 @@ def test_bot_exits_with_status_3_when_the_broker_closes_its_session(broker, conn
         again.close()
 
 
+@pytest.mark.slow
 def test_bot_exits_with_status_0_when_the_broker_shuts_down(broker, connect, start_bot):
     admin = connect(broker, "admin")
     bot = start_bot("echo")
@@ -214,6 +223,7 @@ def test_bot_exits_with_status_0_when_the_broker_shuts_down(broker, connect, sta
     assert "the broker is shutting down" in bot.log()
 
 
+@pytest.mark.slow
 def test_json_mode_prints_one_object_per_event(broker, connect):
     bob = connect(broker, "bob")
     alice = Proc(
@@ -226,7 +236,7 @@ def test_json_mode_prints_one_object_per_event(broker, connect):
             f"--key={broker.keys.client_private('alice')}",
             f"--broker-key={broker.keys.broker_public}",
         ],
-        cwd=ROOT,
+        cwd=broker.workdir,  # its config.json, not the working tree's
         name="alice",
     )
     try:
@@ -252,6 +262,7 @@ def reply_for(client: ChatClient) -> str:
 MESSAGES_EACH = 10  # 20 bots: 3,800 deliveries, each an RSA decryption in this one test process
 
 
+@pytest.mark.slow
 def test_twenty_bots_each_get_every_other_bots_messages_once_in_order(make_broker, connect, keyring):
     # Slow heartbeats: one test process polls twenty clients in turn.
     broker = make_broker(
@@ -305,6 +316,7 @@ def test_make_bot_without_bot_prints_usage():
     assert "no bot named 'nope'" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_bots_answer_private_messages_privately_and_ignore_history(broker, connect, start_bot):
     alice = connect(broker, "alice")
     carol = connect(broker, "carol")

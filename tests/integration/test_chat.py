@@ -24,6 +24,7 @@ def is_chat(text: str | None = None):
     return lambda e: isinstance(e, ChatMessage) and (text is None or e.text == text)
 
 
+@pytest.mark.slow
 def test_fan_out_reaches_everyone_but_the_sender(broker, connect):
     alice, bob, carol = (connect(broker, n) for n in ("alice", "bob", "carol"))
     wait_for(alice, lambda e: isinstance(e, Joined) and e.user.name == "carol")
@@ -34,6 +35,7 @@ def test_fan_out_reaches_everyone_but_the_sender(broker, connect):
     assert not [e for e in collect(alice, 0.5) if isinstance(e, ChatMessage)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "text",
     [
@@ -52,6 +54,7 @@ def test_unicode_and_long_messages_arrive_intact(broker, connect, text):
     assert wait_for(bob, is_chat()).text == text
 
 
+@pytest.mark.slow
 def test_messages_over_the_cap_or_with_control_characters_are_refused_locally(broker, connect):
     alice = connect(broker, "alice")
     with pytest.raises(LocalProtocolError, match="limit"):
@@ -71,6 +74,7 @@ def test_messages_from_one_sender_arrive_in_order_exactly_once(make_broker, conn
     assert not [e for e in collect(bob, 0.5) if isinstance(e, ChatMessage)]
 
 
+@pytest.mark.slow
 def test_exit_tells_the_others(broker, connect):
     bob = connect(broker, "bob")
     alice = connect(broker, "alice")
@@ -80,6 +84,7 @@ def test_exit_tells_the_others(broker, connect):
     assert (left.name, left.reason) == ("alice", "left")
 
 
+@pytest.mark.slow
 def test_who_lists_everyone_with_fingerprints(broker, connect, keyring):
     alice = connect(broker, "alice")
     connect(broker, "bob", bot=True)
@@ -134,6 +139,7 @@ def test_registered_name_with_the_wrong_key_is_refused(broker, connect, keyring)
         connect(broker, "alice", key_path=keyring.private("mallory"))
 
 
+@pytest.mark.slow
 def test_broker_without_the_pinned_key_is_refused(make_broker, connect, keyring, tmp_path):
     broker = make_broker()
     impostor_pub = tmp_path / "impostor.pub"
@@ -160,6 +166,7 @@ def test_keys_registered_while_running_are_picked_up(broker, connect, tmp_path):
     assert newcomer.online
 
 
+@pytest.mark.slow
 def test_second_login_with_the_same_name_replaces_the_first(broker, connect):
     bob = connect(broker, "bob")
     first = connect(broker, "alice")
@@ -175,6 +182,7 @@ def test_second_login_with_the_same_name_replaces_the_first(broker, connect):
     assert sorted(u.name for u in who.users) == ["alice", "bob"]
 
 
+@pytest.mark.slow
 def test_replayed_login_is_refused(broker, connect, keyring, raw_dealer):
     first = raw_dealer(broker)
     _, (hello, login) = raw_login(first, "alice", keyring, broker)
@@ -190,6 +198,7 @@ def test_replayed_login_is_refused(broker, connect, keyring, raw_dealer):
     assert replay2.recv_multipart() == [p.MARKER, p.REFUSED, b""]
 
 
+@pytest.mark.slow
 def test_frames_from_unauthenticated_identities_are_ignored(broker, connect, keyring, raw_dealer):
     bob = connect(broker, "bob")
     sock = raw_dealer(broker)
@@ -246,6 +255,7 @@ def test_killed_client_is_removed_and_announced(broker, connect, keyring):
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
+        cwd=broker.workdir,  # its config.json, not the working tree's
         env=run_env(),
     )
     try:
@@ -262,6 +272,7 @@ def test_killed_client_is_removed_and_announced(broker, connect, keyring):
         victim.stdin.close()
 
 
+@pytest.mark.slow
 def test_client_logs_in_again_after_a_broker_restart(broker, connect):
     alice = connect(broker, "alice")
     bob = connect(broker, "bob")
@@ -276,6 +287,7 @@ def test_client_logs_in_again_after_a_broker_restart(broker, connect):
     assert wait_for(bob, is_chat()).text == "back again"
 
 
+@pytest.mark.slow
 def test_messages_typed_while_reconnecting_are_sent_after_login(broker, connect):
     alice = connect(broker, "alice")
     port = broker.port
@@ -289,6 +301,7 @@ def test_messages_typed_while_reconnecting_are_sent_after_login(broker, connect)
     assert wait_for(carol, is_chat(), timeout=20).text == "queued while offline"
 
 
+@pytest.mark.slow
 def test_no_reconnect_after_a_deliberate_shutdown(broker, connect):
     admin = connect(broker, "admin")
     admin.request_shutdown()
@@ -357,6 +370,7 @@ def test_client_reports_unreachable_broker():
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_bad_registry_files_are_refused_by_name(make_broker, keyring, tmp_path, connect):
     from Crypto.PublicKey import RSA
 
@@ -381,6 +395,7 @@ def test_iterating_a_client_ends_with_the_shutdown_event(broker, connect):
     assert bob.closed
 
 
+@pytest.mark.slow
 def test_a_last_message_and_goodbye_sent_just_before_closing_still_count(broker, connect):
     """The broker may hear the connection close before it has read what came on it: those frames are the
     connection's last words, never dropped (five rounds: the race is lost only now and then)."""

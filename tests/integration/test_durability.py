@@ -19,6 +19,7 @@ KILLS = 3
 MESSAGES_PER_ROUND = 25
 
 
+@pytest.mark.slow
 def test_kill_9_during_traffic_loses_and_repeats_nothing_acknowledged(make_broker, connect):
     broker = make_broker(history_size=1000, messages_per_second_per_user=1000)
     alice = connect(broker, "alice", connect_timeout=10.0)
@@ -61,6 +62,7 @@ def test_kill_9_during_traffic_loses_and_repeats_nothing_acknowledged(make_broke
     assert broker.log().count("listening on") == KILLS + 1
 
 
+@pytest.mark.slow
 def test_a_private_message_for_someone_offline_survives_a_crash(make_broker, connect):
     broker = make_broker()
     alice = connect(broker, "alice")
@@ -78,6 +80,7 @@ def test_a_private_message_for_someone_offline_survives_a_crash(make_broker, con
     assert [e for e in pump([again], 1.5)["bob"] if isinstance(e, ChatMessage)] == []
 
 
+@pytest.mark.slow
 def test_a_refused_statement_makes_the_client_log_in_again_and_resend(make_broker, connect):
     broker = make_broker()
     alice = connect(broker, "alice")
@@ -91,6 +94,7 @@ def test_a_refused_statement_makes_the_client_log_in_again_and_resend(make_broke
     assert "refused a SEND from alice" in broker.log()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["random bytes", "newer schema"])
 def test_a_damaged_or_newer_database_stops_the_broker_with_one_line(make_broker, damage):
     broker = make_broker()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,6 +43,7 @@ def mutations(genuine: list[bytes]) -> st.SearchStrategy[list[bytes]]:
     return st.one_of(truncated, flipped, moved, replayed)
 
 
+@pytest.mark.slow
 def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring, raw_dealer):
     # Clients here are polled only between examples: heartbeats must tolerate hypothesis's own pauses.
     broker = make_broker(heartbeat_timeout=60, messages_per_second_per_user=1000)
@@ -83,6 +85,7 @@ def test_hostile_frames_never_disturb_honest_chat(make_broker, connect, keyring,
     assert broker.alive()
 
 
+@pytest.mark.slow
 def test_lone_surrogate_from_a_logged_in_user_is_dropped(broker, connect, keyring, raw_dealer):
     """Regression: a statement whose JSON escapes decode to a lone surrogate once stopped the broker."""
     from zchat import crypto

@@ -243,6 +243,7 @@ def test_a_first_handshake_answered_300_is_not_called_a_refusal(keyring, fake_br
     assert broker.statuses[:1] == [b"300"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [b"500", b"300"])
 def test_a_re_login_turned_away_for_now_is_tried_again_until_it_gets_in(keyring, fake_broker, status):
     broker = fake_broker(heartbeat_interval=0.2, heartbeat_timeout=2.0)

@@ -95,6 +95,7 @@ def chat_from(sender: str, text: str | None = None) -> Callable[[Event], bool]:
     return lambda e: e["type"] == "chat" and e["from"] == sender and (text is None or e["text"] == text)
 
 
+@pytest.mark.slow
 def test_independent_client_logs_in(broker, independent):
     carol = independent(broker, "carol")
 
@@ -138,6 +139,7 @@ def test_message_from_a_client_that_joins_later_is_verified(broker, connect, ind
     assert wait_event(carol, chat_from("alice"))["text"] == "after the join"
 
 
+@pytest.mark.slow
 def test_a_forged_author_signature_is_rejected(broker, connect, independent):
     connect(broker, "alice")
     carol = independent(broker, "carol")
@@ -173,6 +175,7 @@ def test_message_from_the_independent_client_reaches_a_normal_client(broker, con
     assert event.text == "just for bob"
 
 
+@pytest.mark.slow
 def test_independent_client_survives_idle_heartbeat_intervals(broker, connect, independent):
     carol = independent(broker, "carol")
     idle = 2 * carol.heartbeat_timeout  # without PINGs the broker would have timed carol out by now
@@ -197,6 +200,7 @@ def test_independent_client_survives_idle_heartbeat_intervals(broker, connect, i
     assert wait_for(alice, lambda e: isinstance(e, ChatMessage) and e.sender == "carol").text == "yes"
 
 
+@pytest.mark.slow
 def test_history_is_verified_with_the_author_key(broker, connect, independent):
     alice = connect(broker, "alice")
     alice.send("before carol came")
@@ -260,6 +264,7 @@ def round_trip(client: IndependentClient) -> list[Event]:
     return independent_events_until(client, lambda e: e["type"] == "who")
 
 
+@pytest.mark.slow
 def test_a_room_message_is_accepted_by_its_id_and_reaches_the_reference_client(broker, connect, independent):
     bob = connect(broker, "bob")
     carol = independent(broker, "carol")
@@ -403,6 +408,7 @@ def test_a_mail_that_fails_the_checks_of_7_4_is_skipped(broker, independent):
             bob._mail(bad)
 
 
+@pytest.mark.slow
 def test_a_skipped_sequence_number_is_refused_and_ends_the_session(broker, connect, independent):
     bob = connect(broker, "bob")
     carol = independent(broker, "carol")
@@ -429,6 +435,7 @@ def test_a_skipped_sequence_number_is_refused_and_ends_the_session(broker, conne
     assert wait_for(bob, from_carol("after a lost statement"))
 
 
+@pytest.mark.slow
 def test_a_message_refused_three_times_is_given_up(broker, independent):
     carol = independent(broker, "carol")
     message_id = new_message_id()
@@ -554,6 +561,7 @@ def test_a_public_key_file_must_bind_its_curve_key(broker, tmp_path):
         IndependentClient("127.0.0.1", broker.port, "carol", broker.keys.client_private("carol"), unbound)
 
 
+@pytest.mark.slow
 def test_a_wrong_broker_key_times_out_and_is_named_as_the_likely_cause(broker, tmp_path):
     # A well-formed, bound key file, but carol's key, not the broker's: the handshake breaks off (5.6).
     wrong = tmp_path / "not-the-broker.pub"
@@ -690,12 +698,14 @@ def finish(proc: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, 
     return proc.returncode, stderr
 
 
+@pytest.mark.slow
 def test_the_program_exits_1_when_its_first_login_fails(broker):
     status, stderr = finish(start_program(broker, "mallory", "--no-input"))
     assert status == EXIT_ERROR
     assert "login refused: the broker does not accept this key" in stderr
 
 
+@pytest.mark.slow
 def test_the_program_sends_its_input_and_exits_0_at_its_end(broker, connect):
     bob = connect(broker, "bob")
     proc = start_program(broker, "carol")
@@ -715,6 +725,7 @@ def test_the_program_exits_3_when_the_broker_closes_its_session(broker, independ
     assert "session closed: you logged in again elsewhere" in stderr
 
 
+@pytest.mark.slow
 def test_the_program_exits_0_on_sigterm(broker):
     proc = start_program(broker, "carol", "--no-input")
     read_line_until(proc, lambda line: '"type":"welcome"' in line)

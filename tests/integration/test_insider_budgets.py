@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 
+import pytest
 import zmq
 
 from tests.conftest import BrokerProcess, KeyRing, raw_login, wait_for
@@ -64,6 +65,7 @@ def test_an_online_user_who_never_reads_her_mail_cannot_grow_her_mailbox_past_it
     assert wait_for(bob, lambda e: isinstance(e, Accepted))
 
 
+@pytest.mark.slow
 def test_a_sender_cannot_keep_more_mail_waiting_for_one_recipient_than_a_share_of_her_quota(
     make_broker: Callable[..., BrokerProcess], connect
 ):
@@ -91,6 +93,7 @@ def test_a_sender_cannot_keep_more_mail_waiting_for_one_recipient_than_a_share_o
         time.sleep(0.2)  # bob's client acknowledges after its next read; ask again
 
 
+@pytest.mark.slow
 def test_sends_queued_by_a_session_that_is_replaced_are_dropped_unopened(
     make_broker: Callable[..., BrokerProcess], raw_dealer: Callable[..., zmq.Socket[bytes]], keyring: KeyRing, connect
 ):

@@ -66,6 +66,7 @@ HELD = 7 * MB + 512 * 1024  # each: one multipart message, never finished (the o
 PART = 256 * 1024
 
 
+@pytest.mark.slow
 def test_one_users_connections_and_unfinished_messages_are_held_to_one_budget(make_broker, keyring, clients):
     """Finding 3: alice opens connections from two addresses; each speaks once, then sends most of a multipart
     message and stops.
@@ -160,6 +161,7 @@ def unseeded(tmp_path: Path, keyring: KeyRing) -> Iterator[BrokerProcess]:
     assert "internal error" not in broker.log(), broker.log()
 
 
+@pytest.mark.slow
 def test_every_routing_id_claim_is_closed_and_locks_its_user_out(unseeded, keyring, clients, connect, raw_dealer):
     """Finding 4: claims inside the range handed out (ids of connections that spoke and ended, whose
     descriptors the claims reuse, and the broker's own probes) and outside it all get the same answer: the
@@ -198,6 +200,7 @@ def assert_unharmed_with_chat(broker: BrokerProcess, connect) -> None:
     assert_honest_chat(broker, connect, "no oracle here", pair=("admin", "bob"))
 
 
+@pytest.mark.slow
 def test_zap_answers_400_for_a_stranger_and_300_for_a_rate(make_broker, keyring, clients):
     """A key that is not registered gets ERROR 400; a user over the handshake rate is closed without an
     ERROR (300: try later)."""
@@ -286,6 +289,7 @@ class Flood:
         return sum(not _closed(sock) for sock in list(self.connected))
 
 
+@pytest.mark.slow
 def test_an_address_over_its_connection_rate_is_refused_before_it_is_accepted(make_broker, keyring, connect):
     """Finding 7: one address opens connections as fast as it can, each replaying one HELLO. Over
     `connections_per_second_per_source` its connection attempts are dropped by the kernel (no accept, no WELCOME)

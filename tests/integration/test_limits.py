@@ -12,6 +12,7 @@ from zchat.errors import BrokerBusy, ConnectError
 from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed
 
 
+@pytest.mark.slow
 def test_messages_over_the_per_user_rate_are_refused_to_that_user_only(make_broker, connect):
     broker = make_broker(messages_per_second_per_user=2, heartbeat_timeout=30)
     bob = connect(broker, "bob")

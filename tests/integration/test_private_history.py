@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import collect, wait_for
 from zchat import crypto
 from zchat.events import Accepted, ChatMessage, Failed, KeyChanged, WhoList
@@ -14,6 +16,7 @@ def chats(events):
     return [e for e in events if isinstance(e, ChatMessage)]
 
 
+@pytest.mark.slow
 def test_private_message_reaches_its_recipient_only(broker, connect):
     alice, bob, carol = (connect(broker, n) for n in ("alice", "bob", "carol"))
     alice.send("for bob's eyes", to="bob")
@@ -59,6 +62,7 @@ def test_history_replays_recent_public_messages_marked_and_in_order(make_broker,
     assert (live.text, live.history) == ("live", False)
 
 
+@pytest.mark.slow
 def test_history_survives_its_author_leaving_and_bots_can_opt_out(broker, connect):
     bob = connect(broker, "bob")
     bob.send("bob was here")

@@ -21,6 +21,7 @@ def readme_bot_source(heading: str = "### Writing a bot\n") -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("heading", "lines"),
     [("### Writing a bot\n", 10), ("### Writing a bot with asyncio\n", 17)],
@@ -43,7 +44,7 @@ def test_readme_bot_example_runs(broker, connect, tmp_path, heading, lines):
     alice.send("said before the bot came")
     alice.send("are you up?", to="shouty")
     assert alice.flush(5)
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=run_env(), stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE)
     try:
         wait_for(alice, lambda e: isinstance(e, Joined) and e.user.name == "shouty", timeout=20)
         # Its first words: the answer to the question kept for it, privately (nothing about the history).

@@ -76,6 +76,7 @@ def supervised(tmp_path: Path, keyring: KeyRing) -> Iterator[Callable[..., Super
         assert "internal error" not in broker.log(), broker.log()
 
 
+@pytest.mark.slow
 def test_a_broker_aborted_under_traffic_is_back_and_loses_and_repeats_nothing_accepted(supervised, connect):
     broker = supervised(history_size=1000, messages_per_second_per_user=1000)
     senders = [connect(broker, name, connect_timeout=10.0) for name in ("alice", "bob")]
@@ -124,6 +125,7 @@ def test_a_broker_aborted_under_traffic_is_back_and_loses_and_repeats_nothing_ac
     assert broker.log(offset).count("listening on") == 1
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_supervisor_stops_the_broker_gracefully_with_status_0(supervised, connect):
     broker = supervised()
     connect(broker, "alice")
@@ -137,6 +139,7 @@ def test_sigterm_to_the_supervisor_stops_the_broker_gracefully_with_status_0(sup
     assert "started it again" not in log
 
 
+@pytest.mark.slow
 def test_sighup_to_the_supervisor_stops_the_broker_gracefully_with_status_0(supervised, connect):
     """A closed terminal or a service manager's SIGHUP: passed on, and the broker stops as on SIGTERM."""
     broker = supervised()
@@ -246,6 +249,7 @@ def test_a_broker_that_keeps_dying_is_given_up_with_one_line(supervised):
     assert not any(running(pid) for pid in pids)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_supervisor_leaves_no_broker_and_the_port_free(supervised):
     broker = supervised()
     child = broker.child()
@@ -260,6 +264,7 @@ def test_kill_9_of_the_supervisor_leaves_no_broker_and_the_port_free(supervised)
     assert broker.child() != child
 
 
+@pytest.mark.slow
 def test_a_broker_whose_supervisor_is_already_gone_does_not_start(supervised):
     broker = supervised()
     assert broker.terminate() == 0

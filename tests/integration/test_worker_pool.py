@@ -63,6 +63,7 @@ def run_until(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Resul
     return results
 
 
+@pytest.mark.slow
 def test_results_come_back_in_order_across_many_batches(keyring, make_pool):
     """Deliveries in the order submitted, opened envelopes likewise (deliveries go first, so the two interleave
     differently than submitted)."""
@@ -96,6 +97,7 @@ def test_a_hung_worker_is_killed_and_its_batches_done_by_its_replacement(keyring
     assert pool.idle()
 
 
+@pytest.mark.slow
 def test_a_replacement_that_never_gets_ready_is_replaced_in_turn(keyring, make_pool, monkeypatch):
     pool = make_pool(1)
     monkeypatch.setattr(workers, "START_TIMEOUT", 1.0)

@@ -133,6 +133,7 @@ def test_keys_cli_reports_a_look_alike_on_one_line(tmp_path, capsys, monkeypatch
     from zchat import keystore
 
     monkeypatch.setenv("PASSPHRASE", "")
+    monkeypatch.chdir(tmp_path)  # no config.json here: the working tree's is the user's
     layout = KeyLayout(tmp_path / "keys")
     keystore.ensure_broker_keys(layout, bits=2048)
     create_client_key(layout, "alice", bits=2048)
