@@ -25,6 +25,7 @@ from zchat import protocol as p
 from zchat.client.sync_client import ChatClient
 from zchat.errors import ConnectError
 from zchat.events import ConnectionLost, Event, UserInfo, Welcome
+from zchat.protocol import events as wire
 
 WAIT = 20.0  # the longest any client call here may take before the test fails
 
@@ -108,10 +109,10 @@ class FakeBroker(threading.Thread):
             alice = self.keyring.keys["alice"]
             me = UserInfo("alice", crypto.fingerprint(alice), False, crypto.public_key_to_der(alice))
             welcome = {
-                **p.WelcomeEvent("alice", (me,), 1.0, 6.0, p.DEFAULT_MAX_TEXT_BYTES).to_doc(),
+                **wire.WelcomeEvent("alice", (me,), 1.0, 6.0, p.DEFAULT_MAX_TEXT_BYTES).to_doc(),
                 **self.welcome_fields,
             }
-            plaintext = p.seal_delivery(delivery_key, session, 1, welcome)
+            plaintext = wire.seal_delivery(delivery_key, session, 1, welcome)
             sealed = crypto.seal(alice, plaintext, p.context(p.EVENT))
             self.router.send_multipart([identity, *p.encode_frames(p.EVENT, sealed)])
             self.welcomes += 1
@@ -195,7 +196,7 @@ def test_connect_ends_with_one_line_against_a_welcome_that_would_hang_it(keyring
 def test_connect_ends_against_a_welcome_that_lists_us_with_another_key(keyring, fake_broker):
     mallory = keyring.keys["mallory"]
     forged = UserInfo("alice", crypto.fingerprint(mallory), False, crypto.public_key_to_der(mallory))
-    broker = fake_broker(users=[p.user_info_doc(forged)])
+    broker = fake_broker(users=[wire.user_info_doc(forged)])
     outcome = connect_in_thread(keyring, broker)
     assert isinstance(outcome, ConnectError), outcome
     assert "gives us another key" in str(outcome)

@@ -20,6 +20,7 @@ from zchat.broker import workers
 from zchat.broker.work import DeliveryJob, Job, Opened, OpenJob, Outgoing, Result
 from zchat.broker.workers import WorkerPool
 from zchat.errors import WorkerError
+from zchat.protocol import events as wire
 
 DELIVERY_KEY = secrets.token_bytes(p.DELIVERY_KEY_BYTES)
 SESSION = "s-pool-test"
@@ -49,7 +50,7 @@ def seq_of(keyring: KeyRing, result: Result) -> int:
     assert isinstance(result, Outgoing)
     command, body = p.decode_frames(result.frames, {p.EVENT}, 1 << 20)
     plaintext = crypto.open_envelope(keyring.keys[result.identity.decode()], body, p.context(command))
-    return p.Delivery.open(plaintext, DELIVERY_KEY).seq
+    return wire.Delivery.open(plaintext, DELIVERY_KEY).seq
 
 
 def run_until(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Result]:

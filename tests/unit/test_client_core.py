@@ -33,6 +33,7 @@ from zchat.events import (
     UserInfo,
     Welcome,
 )
+from zchat.protocol import events as wire
 
 INTERVAL, TIMEOUT = 1.0, 6.0
 
@@ -64,12 +65,14 @@ class FakeBroker:
 
     def event(self, event: dict[str, Any], seq: int | None = None) -> list[bytes]:
         self.seq = self.seq + 1 if seq is None else seq
-        plaintext = p.seal_delivery(self.delivery_key, self.session, self.seq, event)
+        plaintext = wire.seal_delivery(self.delivery_key, self.session, self.seq, event)
         return p.encode_frames(p.EVENT, crypto.seal(self.keys[self.name], plaintext, p.context(p.EVENT)))
 
     def welcome(self, *others: UserInfo) -> list[bytes]:
         users = [user_info(self.name, self.keys[self.name]), *others]
-        return self.event(p.WelcomeEvent(self.name, tuple(users), INTERVAL, TIMEOUT, p.DEFAULT_MAX_TEXT_BYTES).to_doc())
+        return self.event(
+            wire.WelcomeEvent(self.name, tuple(users), INTERVAL, TIMEOUT, p.DEFAULT_MAX_TEXT_BYTES).to_doc()
+        )
 
     def chat(self, sender: str, text: str, message_id: str, **flags: Any) -> list[bytes]:
         """A chat event from `sender` (flags: history=True with author, ...)."""
@@ -78,7 +81,7 @@ class FakeBroker:
             statement.text, crypto.sign(self.keys[sender], p.statement_signing_input(statement.text))
         )
         author = user_info(sender, self.keys[sender]) if flags.get("history") else None
-        return self.event(p.ChatEvent(signed, 2.0, author, **flags).to_doc())
+        return self.event(wire.ChatEvent(signed, 2.0, author, **flags).to_doc())
 
     def opened(self, frames: list[bytes]) -> p.Statement:
         """What a SEND says."""
@@ -185,11 +188,11 @@ def online(h) -> Harness:
 
 
 def accepted(message_id: str, **flags: Any) -> dict[str, Any]:
-    return p.AcceptedEvent(message_id, 1_700_000_000.0, **flags).to_doc()
+    return wire.AcceptedEvent(message_id, 1_700_000_000.0, **flags).to_doc()
 
 
 def failed(message_id: str, reason: str) -> dict[str, Any]:
-    return p.FailedEvent(message_id, reason).to_doc()
+    return wire.FailedEvent(message_id, reason).to_doc()
 
 
 # ---------------------------------------------------------------- login
@@ -379,7 +382,7 @@ def test_an_unusable_welcome_ends_the_client_even_after_a_reconnect(online, numb
     h.driver.take()
     interval, timeout = numbers
     me = user_info("alice", h.keys["alice"])
-    welcome = p.WelcomeEvent("alice", (me,), interval, timeout, p.DEFAULT_MAX_TEXT_BYTES).to_doc()
+    welcome = wire.WelcomeEvent("alice", (me,), interval, timeout, p.DEFAULT_MAX_TEXT_BYTES).to_doc()
     with pytest.raises(ConnectError, match="the broker's welcome was unusable"):
         h.feed(h.broker.event(welcome))
     assert h.core.closed
@@ -426,7 +429,7 @@ def test_what_is_sent_counts_as_a_heartbeat(online):
 def test_frames_read_are_acknowledged_after_the_batch(online):
     h = online
     h.driver.take()
-    h.feed(h.broker.event(p.LeaveEvent("bob", "left").to_doc()), h.broker.event(p.ErrorEvent("x").to_doc()))
+    h.feed(h.broker.event(wire.LeaveEvent("bob", "left").to_doc()), h.broker.event(wire.ErrorEvent("x").to_doc()))
     (ack,) = h.driver.take()
     assert ack[1] == p.ACK
     h.feed(p.encode_frames(p.PING))  # no EVENT: nothing to acknowledge
@@ -467,7 +470,7 @@ def test_backoff_jitter_stays_within_twenty_percent(seed):
 
 def test_a_gap_in_the_deliveries_starts_a_new_session(online):
     h = online
-    h.feed(h.broker.event(p.ErrorEvent("x").to_doc(), seq=h.broker.seq + 2))
+    h.feed(h.broker.event(wire.ErrorEvent("x").to_doc(), seq=h.broker.seq + 2))
     assert [type(e) for e in h.core.drain_events()] == [ConnectionLost]
     assert h.driver.disconnects == [0.0]
     h.retry()
@@ -484,8 +487,8 @@ def test_eviction_is_reported_and_starts_a_new_session(online):
 def test_frames_after_the_end_of_a_session_in_one_batch_are_ignored(online):
     h = online
     h.driver.take()
-    gap = h.broker.event(p.ErrorEvent("lost").to_doc(), seq=h.broker.seq + 2)
-    h.feed(gap, h.broker.event(p.ErrorEvent("after").to_doc()))
+    gap = h.broker.event(wire.ErrorEvent("lost").to_doc(), seq=h.broker.seq + 2)
+    h.feed(gap, h.broker.event(wire.ErrorEvent("after").to_doc()))
     assert [type(e) for e in h.core.drain_events()] == [ConnectionLost]
     assert h.driver.take() == []  # no ACK on a session that is over
 
@@ -573,7 +576,7 @@ def test_a_refused_statement_means_a_new_session_and_the_message_is_sent_again(o
     h = online
     h.driver.take()
     mine = h.say("refused once")
-    h.feed(h.broker.event(p.RefusedEvent(1, mine).to_doc()))
+    h.feed(h.broker.event(wire.RefusedEvent(1, mine).to_doc()))
     (lost,) = h.core.drain_events()
     assert lost.reason == "the broker refused a statement"
     assert h.driver.disconnects == [0.0]
@@ -587,7 +590,7 @@ def test_a_message_refused_again_and_again_is_given_up(online):
     mine = h.say("never acceptable")
     for attempt in range(MAX_REFUSALS):
         h.driver.take()
-        h.feed(h.broker.event(p.RefusedEvent(1, mine).to_doc()))
+        h.feed(h.broker.event(wire.RefusedEvent(1, mine).to_doc()))
         h.retry()
         events = h.log_in()
         if attempt < MAX_REFUSALS - 1:
@@ -626,8 +629,11 @@ def test_close_says_bye_when_logged_in(online):
 @pytest.mark.parametrize(
     ("event", "reason"),
     [
-        (p.ShutdownEvent("admin").to_doc(), "not confirmed: the broker shut down"),
-        (p.ClosedEvent("logged in again").to_doc(), "not confirmed: the broker closed the session (logged in again)"),
+        (wire.ShutdownEvent("admin").to_doc(), "not confirmed: the broker shut down"),
+        (
+            wire.ClosedEvent("logged in again").to_doc(),
+            "not confirmed: the broker closed the session (logged in again)",
+        ),
     ],
 )
 def test_a_close_for_good_by_the_broker_fails_what_waits_then_ends_without_reconnecting(online, event, reason):
@@ -675,7 +681,7 @@ def test_a_key_other_than_the_pinned_one_is_reported(keyring):
     pins.check("bob", "SHA256:" + "0" * 64)
     h = Harness(keyring.keys, pins=pins)
     h.log_in()
-    h.feed(h.broker.event(p.JoinEvent(user_info("bob", keyring.keys["bob"])).to_doc()))
+    h.feed(h.broker.event(wire.JoinEvent(user_info("bob", keyring.keys["bob"])).to_doc()))
     warning, joined = h.core.drain_events()
     assert warning == KeyChanged("bob", "SHA256:" + "0" * 64, crypto.fingerprint(keyring.keys["bob"]))
     assert isinstance(joined, Joined)

@@ -13,11 +13,12 @@ from zchat.client.session import ClientSession, State
 from zchat.config import parse_config
 from zchat.errors import ConfigError
 from zchat.events import ChatMessage
+from zchat.protocol import events as wire
 
 
 def authentic_event(session: ClientSession, seq: int, event: dict) -> list[bytes]:
     """What only the broker can make: a delivery MAC'd with the session's delivery key, sealed to its key."""
-    plaintext = p.seal_delivery(session._delivery_key, session.session_id, seq, event)
+    plaintext = wire.seal_delivery(session._delivery_key, session.session_id, seq, event)
     return p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
 
 
@@ -41,7 +42,7 @@ def test_history_arriving_later_in_a_session_is_rejected(world):
     statement = p.Statement.build("chat", "bob", bob.client.session_id, 1, 1.0, "old news", message_id="old").text
     signed = p.SignedStatement(statement, crypto.sign(world.keys["bob"], p.statement_signing_input(statement)))
     bob_info = next(u for u in alice.welcome.users if u.name == "bob")
-    late = {"type": "chat", **signed.to_doc(), "history": True, "author": p.user_info_doc(bob_info)}
+    late = {"type": "chat", **signed.to_doc(), "history": True, "author": wire.user_info_doc(bob_info)}
     events, _ = alice.client.receive(authentic_event(alice.client, alice.client._seq_in + 1, late))
     assert events == []  # skipped, not shown as a message
     assert alice.client.state is State.READY

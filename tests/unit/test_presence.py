@@ -17,6 +17,7 @@ from zchat import crypto
 from zchat import protocol as p
 from zchat.broker.work import DeliveryJob, Outgoing, Work, run_inline
 from zchat.events import Accepted, ChatMessage, Joined, Left, UserInfo, Welcome
+from zchat.protocol import events as wire
 
 
 def run(world: World, work: list[Work]) -> list[Outgoing]:
@@ -300,7 +301,10 @@ def pair(world):
 def join_doc(world: World, name: str, fingerprint_of: str | None = None) -> dict[str, Any]:
     key = world.keys[name]
     fingerprint = crypto.fingerprint(world.keys[fingerprint_of or name])
-    return {"type": "join", "user": p.user_info_doc(UserInfo(name, fingerprint, False, crypto.public_key_to_der(key)))}
+    return {
+        "type": "join",
+        "user": wire.user_info_doc(UserInfo(name, fingerprint, False, crypto.public_key_to_der(key))),
+    }
 
 
 BAD_CHANGES = {

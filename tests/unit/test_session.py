@@ -29,6 +29,7 @@ from zchat.errors import (
     StatementRefused,
 )
 from zchat.events import Accepted, ChatMessage, Failed, Joined, Left, Notice, SessionClosed, UserInfo, Welcome
+from zchat.protocol import events as wire
 
 LEAVE = {"type": "leave", "name": "carol", "reason": "left"}
 
@@ -45,7 +46,7 @@ def broker_event(
         session.outbound.seq_out += 1
         seq = session.outbound.seq_out
     key = session.delivery_key if delivery_key is None else delivery_key
-    plaintext = p.seal_delivery(key, session.session_id, seq, event)
+    plaintext = wire.seal_delivery(key, session.session_id, seq, event)
     return p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
 
 
@@ -139,7 +140,7 @@ def test_event_without_the_session_delivery_key_is_rejected(pair):
 
 def test_event_naming_another_session_is_rejected(pair):
     session = pair.core.sessions[b"bob"]
-    plaintext = p.seal_delivery(session.delivery_key, "ab" * 32, session.outbound.seq_out + 1, LEAVE)
+    plaintext = wire.seal_delivery(session.delivery_key, "ab" * 32, session.outbound.seq_out + 1, LEAVE)
     frames = p.encode_frames(p.EVENT, crypto.seal(session.key, plaintext, p.context(p.EVENT)))
     remote_error(pair.clients[b"bob"], frames, "another session")
 
@@ -201,7 +202,7 @@ def test_chat_replayed_by_the_broker_is_skipped(pair, keyring, caplog):
     assert len(bob.receive(delivery.frames)[0]) == 1
     # The broker re-sends the same signed statement in a fresh, correctly numbered and MACed event.
     plaintext = crypto.open_envelope(keyring.keys["bob"], delivery.frames[2], p.context(p.EVENT))
-    original = p.Delivery.open(plaintext, pair.core.sessions[b"bob"].delivery_key)
+    original = wire.Delivery.open(plaintext, pair.core.sessions[b"bob"].delivery_key)
     with caplog.at_level(logging.WARNING, logger="zchat.client.session"):
         skipped(pair, b"bob", original.event)
     assert "replayed message from alice" in caplog.text  # caught as a replay, before the client's memory of ids
@@ -219,7 +220,7 @@ def test_chat_with_control_characters_is_skipped_even_if_signed(pair, keyring):
 def test_join_with_a_mismatched_fingerprint_is_skipped(pair, keyring):
     carol = keyring.keys["carol"]
     user = UserInfo("carol", crypto.fingerprint(keyring.keys["alice"]), False, crypto.public_key_to_der(carol))
-    skipped(pair, b"bob", {"type": "join", "user": p.user_info_doc(user)})
+    skipped(pair, b"bob", {"type": "join", "user": wire.user_info_doc(user)})
     # carol never entered bob's roster, so a message signed by her is not accepted either.
     skipped(pair, b"bob", chat_event(carol, "carol", "cafe" * 16, 1))
 
@@ -227,7 +228,7 @@ def test_join_with_a_mismatched_fingerprint_is_skipped(pair, keyring):
 def test_join_with_a_good_key_is_accepted(pair, keyring):
     carol = keyring.keys["carol"]
     user = UserInfo("carol", crypto.fingerprint(carol), True, crypto.public_key_to_der(carol))
-    frames = broker_event(pair, b"bob", {"type": "join", "user": p.user_info_doc(user)})
+    frames = broker_event(pair, b"bob", {"type": "join", "user": wire.user_info_doc(user)})
     events, _ = pair.clients[b"bob"].receive(frames)
     assert events == [Joined(user)]
 
@@ -281,7 +282,7 @@ def test_refused_ends_the_session_and_names_the_statement(pair, event, message):
 
 def author_doc(world: World, name: str, bot: bool = False) -> dict[str, Any]:
     key = world.keys[name]
-    return p.user_info_doc(UserInfo(name, crypto.fingerprint(key), bot, crypto.public_key_to_der(key)))
+    return wire.user_info_doc(UserInfo(name, crypto.fingerprint(key), bot, crypto.public_key_to_der(key)))
 
 
 def mail_event(
@@ -302,8 +303,8 @@ def mail_event(
         world.keys[sender], sender, "cafe" * 16, 1, text, message_id=message_id, to=recipient if private else None
     )
     inner |= {"away": True, "author": author_doc(world, author or sender, bot)}
-    sealed = crypto.seal(world.keys[sealed_to or recipient].public_key(), p.dump_doc(inner), p.MAIL_CONTEXT)
-    return p.MailEvent(sealed).to_doc()
+    sealed = crypto.seal(world.keys[sealed_to or recipient].public_key(), p.dump_doc(inner), wire.MAIL_CONTEXT)
+    return wire.MailEvent(sealed).to_doc()
 
 
 def test_mail_is_shown_as_a_private_message_kept_while_away(pair):
@@ -489,7 +490,7 @@ def test_first_event_must_be_the_welcome(world):
 def me_info(world: World, name: str = "alice", key_of: str | None = None) -> dict[str, Any]:
     """`name` as the welcome's user object, with the key of `key_of` (`name`'s own unless given)."""
     key = world.keys[key_of or name]
-    return p.user_info_doc(UserInfo(name, crypto.fingerprint(key), False, crypto.public_key_to_der(key)))
+    return wire.user_info_doc(UserInfo(name, crypto.fingerprint(key), False, crypto.public_key_to_der(key)))
 
 
 def forged_welcome(world: World, **fields: Any) -> tuple[ClientSession, list[bytes]]:

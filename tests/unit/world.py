@@ -18,6 +18,7 @@ from zchat.client.session import ClientSession, SeenMessages
 from zchat.config import Config
 from zchat.events import Event, Welcome
 from zchat.keystore import KeyLayout, Registry
+from zchat.protocol import events as wire
 
 T0 = 1000.0
 WALL0 = 1_700_000_000.0  # a wall-clock time for worlds that set their own (`WallClock`)
@@ -169,7 +170,7 @@ class World:
         assert frames[:2] == [p.MARKER, p.EVENT]
         client = self.clients[identity]
         plaintext = crypto.open_envelope(client.key, frames[2], p.context(p.EVENT))
-        return p.Delivery.open(plaintext, client._delivery_key).event
+        return wire.Delivery.open(plaintext, client._delivery_key).event
 
     def signed_send(
         self,

@@ -449,29 +449,3 @@ class SignedStatement:
         if len(statement) > max_body_bytes(max_text_bytes):
             raise RemoteProtocolError("statement too long")
         return cls(statement, get_b64(doc, "sig"))
-
-
-# For now every event name is still reachable as zchat.protocol.<name>; it lives in zchat.protocol.events.
-from zchat.protocol.events import (  # noqa: E402, I001
-    MAIL_CONTEXT as MAIL_CONTEXT,
-    AcceptedEvent as AcceptedEvent,
-    BrokerEvent as BrokerEvent,
-    ChatEvent as ChatEvent,
-    ClosedEvent as ClosedEvent,
-    Delivery as Delivery,
-    ErrorEvent as ErrorEvent,
-    FailedEvent as FailedEvent,
-    JoinEvent as JoinEvent,
-    LeaveEvent as LeaveEvent,
-    MailEvent as MailEvent,
-    PresenceEvent as PresenceEvent,
-    RefusedEvent as RefusedEvent,
-    ShutdownEvent as ShutdownEvent,
-    WelcomeEvent as WelcomeEvent,
-    WhoEvent as WhoEvent,
-    decode_event as decode_event,
-    parse_user_info as parse_user_info,
-    parse_user_list as parse_user_list,
-    seal_delivery as seal_delivery,
-    user_info_doc as user_info_doc,
-)
