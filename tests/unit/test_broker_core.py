@@ -549,3 +549,16 @@ def test_session_ends_when_its_key_is_unregistered(keyring, tmp_path):
     assert seen[b"bob"] == [SessionClosed("your key is no longer registered with this broker")]
     assert Left("bob", "key no longer registered") in seen[b"alice"]
     assert names(world.core.online()) == ["alice"]
+
+
+def test_silence_counts_only_up_to_the_last_time_the_loop_had_read_everything(world):
+    world.login("bob")
+    timeout = world.config.heartbeat_timeout
+    # A long turn of the broker's loop: bob's PINGs may wait unread behind it, so he is not silent yet.
+    world.now = T0 + timeout + 5
+    world.deliver(world.run(world.core.tick(world.now, read_all_at=T0 + 1)))
+    assert names(world.core.online()) == ["bob"]
+    # Once the loop has read everything and still heard nothing from him, he is.
+    world.now += 0.5
+    world.deliver(world.run(world.core.tick(world.now, read_all_at=world.now)))
+    assert names(world.core.online()) == []

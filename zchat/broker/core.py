@@ -187,9 +187,11 @@ class BrokerCore:
                 out += self._event(session, answer.to_doc())
         return out
 
-    def tick(self, now: float, wall: float | None = None) -> list[Work]:
+    def tick(self, now: float, wall: float | None = None, read_all_at: float | None = None) -> list[Work]:
         """Timeouts, PINGs and forgetting; it looks at every session, so at most SWEEPS_PER_INTERVAL times per
-        heartbeat interval however often the I/O loop turns."""
+        heartbeat interval however often the I/O loop turns. Silence counts only up to `read_all_at`, the last
+        time the I/O loop had read every frame waiting for it (None: now): a PING unread behind a long turn is not.
+        """
         self._at(now, wall)
         if now - self.last_sweep < self.config.heartbeat_interval / SWEEPS_PER_INTERVAL:
             return []
@@ -203,8 +205,9 @@ class BrokerCore:
             if name not in self.by_name and budget.queued_sends == 0 and budget.messages.idle(now):
                 del self.budgets[name]
         self.archive.prune_due(now, self.wall)
+        heard_until = now if read_all_at is None else min(now, read_all_at)
         for session in list(self.sessions.values()):
-            if now - session.last_heard > self.config.heartbeat_timeout:
+            if heard_until - session.last_heard > self.config.heartbeat_timeout:
                 log.info("%s timed out", session.name)
                 self.evicted[session.identity] = now
                 out += self._remove(session, "timed out")

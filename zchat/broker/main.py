@@ -72,6 +72,7 @@ class Broker:
         self.store = store
         self.registry = Registry(KeyLayout(config.keys_dir))  # the loop's own: the gatekeeper's thread has one
         self.keys_read_at = time.monotonic()
+        self.read_all_at = self.keys_read_at  # the last time every frame waiting for the loop had been read
         self.core = BrokerCore(key.public_key(), read_keys(self.registry), config, store, wall=time.time())
         self.context = zmq.Context()
         self.unreachable_ids: set[bytes] = set()  # a send to them failed: their deliveries need no sealing
@@ -171,7 +172,7 @@ class Broker:
                 raise WorkerError("the gatekeeper thread stopped: nobody could connect any more")
             if time.monotonic() - self.keys_read_at >= self.config.heartbeat_interval:
                 self._read_keys()  # a key removed or replaced ends its sessions within a heartbeat
-            self._handle(self.core.tick(time.monotonic(), time.time()))
+            self._handle(self.core.tick(time.monotonic(), time.time(), self.read_all_at))
             flush_peer_logs(time.monotonic())
             if self.core.shutdown_requested_by:
                 self.request_stop(f"/shutdown by {self.core.shutdown_requested_by}")
@@ -182,7 +183,8 @@ class Broker:
             try:
                 message = self.early.popleft() if self.early else self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self._handle(self.core.drained(time.monotonic()))
+                self.read_all_at = time.monotonic()
+                self._handle(self.core.drained(self.read_all_at))
                 return
             head = message[0]
             identity, frames = head.bytes, [frame.bytes for frame in message[1:]]
