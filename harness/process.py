@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "broker.py"
 LISTENING = re.compile(r"listening on tcp://[\d.]+:(\d+)")
 START_TIMEOUT = 30.0  # a broker that makes its key pair first, on a loaded machine
-LOG_WAIT = 15.0
+LOG_WAIT = 30.0  # a log line that a loaded machine may take a while to write
 STOP_TIMEOUT = 60.0
 
 Stdin = int | IO[Any] | None
