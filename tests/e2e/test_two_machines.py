@@ -173,7 +173,27 @@ def _fingerprint(make_output: str) -> str:
 @pytest.mark.slow
 def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> None:
     a, b = machines
+    broker, broker_fp = _broker_on(a)
+    alice_fp, bob_fp = _keys_exchanged(a, b, broker_fp)
+    alice, bob = _chat_across(a, b, bob_fp)
 
+    # ---- everyone leaves: end of input leaves like /exit; /shutdown on the broker's console stops it.
+    bob.close_stdin()
+    assert bob.wait() == 0, bob.transcript()
+    alice.expect_line(rf"^{CLOCK} \* bob left\b")
+    alice.close_stdin()
+    assert alice.wait() == 0, alice.transcript()
+    broker.send("/shutdown")
+    assert broker.wait(START_WAIT) == 0, broker.transcript()
+    log = broker.err.text()
+    assert "bob logged in (" + bob_fp[:23] in log, log
+    assert "alice logged in (" + alice_fp[:23] in log, log
+    assert "internal error" not in log, log
+    for proc in (alice, bob, broker):
+        assert "Traceback" not in proc.err.text(), proc.transcript()
+
+
+def _broker_on(a: Machine) -> tuple[Proc, str]:
     # ---- machine A, the broker's: "set `server_ip` in `config.json`", then `make broker`.
     config_path = a.repo / "config.json"
     config = json.loads(config_path.read_text())
@@ -185,7 +205,11 @@ def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> No
         rf"INFO broker: listening on tcp://{re.escape(a.ip)}:{PORT} \(broker key (\S+)\)", START_WAIT
     )[1]
     assert (a.keys / "broker.pem").stat().st_mode & 0o777 == 0o600
+    return broker, broker_fp
 
+
+def _keys_exchanged(a: Machine, b: Machine, broker_fp: str) -> tuple[str, str]:
+    """README's key exchange: the fingerprints of alice (made on A) and bob (made on B)."""
     # ---- A's own user, as the walkthrough does it on the broker's machine.
     alice_fp = _fingerprint(a.make("keys", "NAME=alice").stdout)
 
@@ -212,7 +236,10 @@ def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> No
     # (README's section does not say which command prints it on A; `make fingerprint` is in "Key trust".)
     assert a.make("fingerprint", "NAME=bob").stdout.strip() == f"bob {bob_fp}"
     assert a.make("fingerprint", "NAME=alice").stdout.strip() == f"alice {alice_fp}"
+    return alice_fp, bob_fp
 
+
+def _chat_across(a: Machine, b: Machine, bob_fp: str) -> tuple[Proc, Proc]:
     # ---- the two users, without prompts, as "Without prompts, and from scripts" says: alice on A, and bob on B
     # against A's address. README writes `python chat_client.py ...`, but a bare `python` has none of the
     # dependencies (they are in .venv, which the make targets created): the venv's interpreter is what works.
@@ -228,18 +255,4 @@ def test_another_machine_as_readme_says(machines: tuple[Machine, Machine]) -> No
     alice.expect_line(rf"^{CLOCK} bob: hello alice, from machine B$")
     alice.send("hi bob, from machine A")
     bob.expect_line(rf"^{CLOCK} alice: hi bob, from machine A$")
-
-    # ---- everyone leaves: end of input leaves like /exit; /shutdown on the broker's console stops it.
-    bob.close_stdin()
-    assert bob.wait() == 0, bob.transcript()
-    alice.expect_line(rf"^{CLOCK} \* bob left\b")
-    alice.close_stdin()
-    assert alice.wait() == 0, alice.transcript()
-    broker.send("/shutdown")
-    assert broker.wait(START_WAIT) == 0, broker.transcript()
-    log = broker.err.text()
-    assert "bob logged in (" + bob_fp[:23] in log, log
-    assert "alice logged in (" + alice_fp[:23] in log, log
-    assert "internal error" not in log, log
-    for proc in (alice, bob, broker):
-        assert "Traceback" not in proc.err.text(), proc.transcript()
+    return alice, bob

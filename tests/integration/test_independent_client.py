@@ -592,51 +592,61 @@ def scripted(client: IndependentClient, outcomes: list[Any]) -> list[float]:
     return waits
 
 
-def test_the_login_rules_of_5_6(broker):
-    welcome = {"type": "welcome", "name": "carol", "users": []}
+LOGIN_WELCOME = {"type": "welcome", "name": "carol", "users": []}
 
-    def client() -> IndependentClient:
-        return IndependentClient(
-            "127.0.0.1", broker.port, "carol", broker.keys.client_private("carol"), broker.keys.broker_public
-        )
 
+def carol(broker: BrokerProcess) -> IndependentClient:
+    return IndependentClient(
+        "127.0.0.1", broker.port, "carol", broker.keys.client_private("carol"), broker.keys.broker_public
+    )
+
+
+def logged_in_carol(broker: BrokerProcess) -> IndependentClient:
+    client = carol(broker)
+    scripted(client, [LOGIN_WELCOME])
+    client.login()
+    return client
+
+
+def test_the_login_rules_of_5_6_a_first_login_stops_at_its_first_failure(broker):
     # A first login stops at its first failure of any kind, refusal or not, without waiting.
     for failure in [BrokerBusy("busy"), TurnedAway("500"), LoginTimeout("slow"), LoginRefused("no")]:
-        first = client()
-        waits = scripted(first, [failure, welcome])
+        first = carol(broker)
+        waits = scripted(first, [failure, LOGIN_WELCOME])
         with pytest.raises(type(failure)):
             first.reconnect()
         assert waits == []
         assert first.exit_status(failure) == EXIT_ERROR
         first.close()
 
+
+def test_the_login_rules_of_5_6_a_relogin_retries_and_counts_refusals(broker):
     # A re-login retries BUSY, turned-away handshakes and timeouts for as long as it takes, and refusals up to
     # three times since the last welcome; the others neither reset nor add to that count.
-    again = client()
-    scripted(again, [welcome])
-    again.login()
+    again = logged_in_carol(broker)
     assert again.welcomed
     outcomes = [LoginRefused("1"), BrokerBusy("b"), LoginRefused("2"), TurnedAway("t"), LoginTimeout("s")]
-    outcomes += [BrokerBusy("b")] * 3 + [LoginRefused("3"), welcome]
+    outcomes += [BrokerBusy("b")] * 3 + [LoginRefused("3"), LOGIN_WELCOME]
     waits = scripted(again, outcomes)
-    assert again.reconnect() == welcome
+    assert again.reconnect() == LOGIN_WELCOME
     assert len(waits) == 10  # a backoff before every attempt
     for wait, nominal in zip(waits, [0.5, 1, 2, 4, 8, 8, 8, 8, 8, 8], strict=True):
         assert 0.8 * nominal <= wait <= 1.2 * nominal  # 0.5 s doubling to 8 s, +-20 % (8.3)
     assert again.refusals == 0  # reset by the welcome, and so is the backoff
-    waits = scripted(again, [LoginRefused(str(n)) for n in range(4)] + [welcome])
+    waits = scripted(again, [LoginRefused(str(n)) for n in range(4)] + [LOGIN_WELCOME])
     with pytest.raises(RefusedTooOften):
         again.reconnect()  # the fourth refusal since the last welcome stops the client
     assert len(waits) == 4
     assert 0.4 <= waits[0] <= 0.6
     assert again.exit_status(RefusedTooOften("4")) == EXIT_ERROR
+    again.close()
 
+
+def test_the_login_rules_of_5_6_a_lying_broker_is_given_up_and_a_refused_key_ends_the_client(broker):
     # A broker that fails its proof, or sends an unusable welcome, is given up at once (status 1).
     for lie in [NotTheBroker("proof"), UnusableWelcome("bounds")]:
-        liar = client()
-        scripted(liar, [welcome])
-        liar.login()
-        waits = scripted(liar, [lie, welcome])
+        liar = logged_in_carol(broker)
+        waits = scripted(liar, [lie, LOGIN_WELCOME])
         with pytest.raises(type(lie)):
             liar.reconnect()
         assert len(waits) == 1
@@ -644,17 +654,14 @@ def test_the_login_rules_of_5_6(broker):
         liar.close()
 
     # A key refused by the handshake (ZAP 400) at a re-login ends the client as `closed` does (status 3).
-    revoked = client()
-    scripted(revoked, [welcome])
-    revoked.login()
-    scripted(revoked, [KeyNotAccepted("400"), welcome])
+    revoked = logged_in_carol(broker)
+    scripted(revoked, [KeyNotAccepted("400"), LOGIN_WELCOME])
     with pytest.raises(KeyNotAccepted) as refused:
         revoked.reconnect()
     assert revoked.exit_status(refused.value) == EXIT_CLOSED
     with pytest.raises(SessionOver):
         revoked.reconnect()
-    for one in (again, revoked):
-        one.close()
+    revoked.close()
 
 
 # --- the client as a program: exit statuses (8.3) ----------------------------------------------------------------
