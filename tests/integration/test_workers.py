@@ -16,6 +16,7 @@ from harness.procfs import child_pids, running
 from tests.conftest import BrokerProcess, raw_login, wait_for
 from zchat import protocol as p
 from zchat.client.session import ClientSession
+from zchat.client.sync_client import ChatClient
 from zchat.events import ChatMessage, ConnectionLost, Joined
 
 
@@ -73,6 +74,70 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(make_broker, connect):
     assert broker.alive()
 
 
+class Burst:
+    """Raw senders that fire prepared messages all at once, and bob (a real client) who reads them."""
+
+    def __init__(self, bob: ChatClient) -> None:
+        self.bob = bob
+        self.senders: list[tuple[str, zmq.Socket[bytes], ClientSession]] = []
+        self.received: dict[str, list[str]] = {}
+        self.lost_connection: list[ConnectionLost] = []
+        self.refused: list[bytes] = []
+
+    def bob_reads(self, timeout: float) -> None:
+        self.bob.poll(timeout)  # an in-process client heartbeats while it is polled
+        for event in self.bob.drain():
+            if isinstance(event, ChatMessage):
+                self.received.setdefault(event.sender, []).append(event.text)
+            elif isinstance(event, ConnectionLost):
+                self.lost_connection.append(event)
+
+    def senders_stay_alive(self) -> None:
+        for _, sock, session in self.senders:
+            sock.send_multipart(session.ping())
+            while sock.poll(0):
+                command = sock.recv_multipart()[1]
+                if command in (p.EVICTED, p.REFUSED):
+                    self.refused.append(command)
+
+    def prepare(self, count: int) -> list[tuple[zmq.Socket[bytes], list[list[bytes]]]]:
+        """`count` messages per sender, signed and sealed now; everyone stays alive meanwhile (it takes a while)."""
+        burst = []
+        for name, sock, session in self.senders:
+            self.received[name] = []
+            frames = []
+            for i in range(count):
+                frames.append(session.say(f"{name} {i}", message_id=p.new_message_id()))
+                if i % 20 == 0:
+                    self.bob_reads(0)
+                    self.senders_stay_alive()
+            burst.append((sock, frames))
+        return burst
+
+    def fire(self, burst: list[tuple[zmq.Socket[bytes], list[list[bytes]]]], total: int) -> float:
+        """Send everything from a thread of its own while bob reads; the seconds until bob had all `total`."""
+        stop = threading.Event()
+
+        def raw_senders() -> None:  # from now on the senders' sockets belong to this thread
+            for sock, frames in burst:
+                for message in frames:
+                    sock.send_multipart(message)
+            while not stop.wait(0.1):
+                self.senders_stay_alive()
+
+        thread = threading.Thread(target=raw_senders)
+        started = time.monotonic()
+        thread.start()
+        try:
+            deadline = time.monotonic() + 120
+            while sum(map(len, self.received.values())) < total and time.monotonic() < deadline:
+                self.bob_reads(0.05)
+            return time.monotonic() - started
+        finally:
+            stop.set()
+            thread.join()
+
+
 @pytest.mark.slow
 def test_a_burst_beyond_capacity_is_worked_off_in_order_without_stalling_heartbeats(
     make_broker, connect, keyring, raw_dealer
@@ -91,62 +156,14 @@ def test_a_burst_beyond_capacity_is_worked_off_in_order_without_stalling_heartbe
         messages_per_second_per_user=1e6,
         send_queue_limit=4 * count,  # the senders never read: each has the others' 1,600 messages waiting
     )
-    bob = connect(broker, "bob")
-    senders: list[tuple[str, zmq.Socket[bytes], ClientSession]] = []
+    burst = Burst(connect(broker, "bob"))
     for name in ("alice", "carol", "admin"):
         sock = raw_dealer(broker, name)
         session, _ = raw_login(sock, name, keyring, broker)
-        senders.append((name, sock, session))
-        wait_for(bob, lambda e, name=name: isinstance(e, Joined) and e.user.name == name)
-    received: dict[str, list[str]] = {name: [] for name, _, _ in senders}
-    lost_connection: list[ConnectionLost] = []
-    refused: list[bytes] = []
-
-    def bob_reads(timeout: float) -> None:
-        bob.poll(timeout)  # an in-process client heartbeats while it is polled
-        for event in bob.drain():
-            if isinstance(event, ChatMessage):
-                received[event.sender].append(event.text)
-            elif isinstance(event, ConnectionLost):
-                lost_connection.append(event)
-
-    def senders_stay_alive() -> None:
-        for _, sock, session in senders:
-            sock.send_multipart(session.ping())
-            while sock.poll(0):
-                command = sock.recv_multipart()[1]
-                if command in (p.EVICTED, p.REFUSED):
-                    refused.append(command)
-
-    burst: list[tuple[zmq.Socket[bytes], list[list[bytes]]]] = []
-    for name, sock, session in senders:  # signing and sealing 1,200 messages takes a while: stay alive meanwhile
-        frames = []
-        for i in range(count):
-            frames.append(session.say(f"{name} {i}", message_id=p.new_message_id()))
-            if i % 20 == 0:
-                bob_reads(0)
-                senders_stay_alive()
-        burst.append((sock, frames))
-    stop = threading.Event()
-
-    def raw_senders() -> None:  # from now on the senders' sockets belong to this thread
-        for sock, frames in burst:
-            for message in frames:
-                sock.send_multipart(message)
-        while not stop.wait(0.1):
-            senders_stay_alive()
-
-    thread = threading.Thread(target=raw_senders)
-    started = time.monotonic()
-    thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        while sum(map(len, received.values())) < count * len(senders) and time.monotonic() < deadline:
-            bob_reads(0.05)
-        took = time.monotonic() - started
-    finally:
-        stop.set()
-        thread.join()
+        burst.senders.append((name, sock, session))
+        wait_for(burst.bob, lambda e, name=name: isinstance(e, Joined) and e.user.name == name)
+    took = burst.fire(burst.prepare(count), count * len(burst.senders))
+    received, lost_connection, refused = burst.received, burst.lost_connection, burst.refused
     assert took > timeout, f"the burst took {took:.1f} s, no longer than the heartbeat timeout"
     for name, texts in received.items():
         assert texts == [f"{name} {i}" for i in range(count)]
