@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import collect, wait_for
 from zchat import crypto
 from zchat.events import Accepted, ChatMessage, Failed, KeyChanged, WhoList
-from zchat.keystore import write_public_key
+from zchat.keystore import create_client_key, write_public_key
 
 
 def chats(events):
@@ -37,6 +37,15 @@ def test_private_message_to_someone_offline_is_kept_and_to_no_one_is_refused_cle
     assert failure.message_id == lost
     assert "nobody_here" in failure.reason
     assert alice.pending == ()
+
+
+def test_a_private_message_to_a_user_registered_a_moment_ago_is_kept_for_them(broker, connect):
+    alice = connect(broker, "alice")
+    assert alice.flush(5)  # the broker's loop has read the key files since it started
+    create_client_key(broker.keys, "newcomer", bits=2048)
+    kept = alice.send("welcome aboard", to="newcomer")
+    answer = wait_for(alice, lambda e: isinstance(e, Accepted | Failed))
+    assert answer == Accepted(kept, answer.received, queued=True)
 
 
 def test_private_messages_work_for_bots(broker, connect):

@@ -35,7 +35,7 @@ from zchat.broker.core import BrokerCore
 from zchat.broker.gatekeeper import CONNECTION_PROPERTY, Gatekeeper
 from zchat.broker.process import raise_open_file_limit, seed_routing_ids
 from zchat.broker.ratelimit import PeerLog, flush_peer_logs, short
-from zchat.broker.registered import read_keys
+from zchat.broker.registered import clients_stamp, read_keys
 from zchat.broker.sqlite_file import backup
 from zchat.broker.sqlite_store import SQLiteStore
 from zchat.broker.store import Store
@@ -71,7 +71,7 @@ class Broker:
         self.key = key
         self.store = store
         self.registry = Registry(KeyLayout(config.keys_dir))  # the loop's own: the gatekeeper's thread has one
-        self.keys_read_at = time.monotonic()
+        self.keys_read_at, self.keys_stamp = time.monotonic(), clients_stamp(self.registry)
         self.read_all_at = self.keys_read_at  # the last time every frame waiting for the loop had been read
         self.core = BrokerCore(key.public_key(), read_keys(self.registry), config, store, wall=time.time())
         self.context = zmq.Context()
@@ -160,6 +160,8 @@ class Broker:
             if presence_due is not None:  # waiting joins and leaves go out when their interval ends
                 timeout_ms = min(timeout_ms, math.ceil(presence_due * 1000))
             ready = dict(poller.poll(timeout_ms))
+            if clients_stamp(self.registry) != self.keys_stamp:
+                self._read_keys()  # a key added or removed counts at once: a message to a user just registered
             if self.socket in ready or self.core.gone or self.early:
                 self._read_clients()
             self._take_results()
@@ -266,9 +268,9 @@ class Broker:
             self._handle(self.core.sendable(sealed, time.monotonic()))
 
     def _read_keys(self) -> None:
-        """Read the key files again for the core: at every heartbeat, and when a connection names a user whose
-        file changed since."""
-        self.keys_read_at = time.monotonic()
+        """Read the key files again for the core: at every heartbeat, when keys/clients/ gained or lost a file, and
+        when a connection names a user whose file changed since."""
+        self.keys_read_at, self.keys_stamp = time.monotonic(), clients_stamp(self.registry)
         self._handle(self.core.keys_read(read_keys(self.registry), self.keys_read_at))
 
     def _console_command(self, line: str) -> None:

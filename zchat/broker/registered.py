@@ -2,13 +2,16 @@
 
 The core (zchat.broker.core and zchat.broker.login) reads no files. zchat.broker.main
 reads the allow-list (`zchat.keystore.Registry`, which loads a file again only when
-it changed) at every heartbeat, and when a connection speaks whose user's file
-changed since, and hands the core the `RegisteredKeys` that `read_keys()` makes.
+it changed) at every heartbeat, whenever keys/clients/ gained, lost or renamed a file
+(`clients_stamp()`, one stat per turn of its loop: a message to a user registered a
+moment ago finds them), and when a connection speaks whose user's file changed since,
+and hands the core the `RegisteredKeys` that `read_keys()` makes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +35,14 @@ class RegisteredKeys:
 
     def look_alike(self, name: str) -> str | None:
         return self.look_alikes.get(name)
+
+
+def clients_stamp(registry: Registry) -> int | None:
+    """keys/clients/'s modification time (ns): it changes when a file is added, removed or renamed there."""
+    try:
+        return os.stat(registry.layout.clients_dir).st_mtime_ns
+    except OSError:
+        return None
 
 
 def read_keys(registry: Registry) -> RegisteredKeys:
