@@ -64,3 +64,15 @@ def test_every_line_on_stdout_is_one_json_object(broker, client, connect):
         sent["for the room"]["id"]: "acked",
     }
     assert "Traceback" not in alice.err.text()
+
+
+def test_what_the_broker_said_before_a_typed_line_is_shown_before_its_answer(broker, client, connect):
+    bob = connect(broker, "bob")
+    for n in range(5):
+        bob.send(f"earlier {n}")
+    assert bob.flush(10)
+    alice = client(broker, "alice", "--json")
+    alice.send("/help msg", "/exit")  # typed at once: the history arrives with the welcome, before they are read
+    assert alice.wait() == 0, alice.transcript()
+    kinds = [json.loads(line)["type"] for line in alice.out.lines]
+    assert kinds[:7] == ["welcome", "chat", "chat", "chat", "chat", "chat", "help"], alice.transcript()

@@ -408,3 +408,10 @@ def test_a_last_message_and_goodbye_sent_just_before_closing_still_count(broker,
         assert wait_for(bob, lambda e: isinstance(e, ChatMessage)).text == f"last words {round_}"
         left = wait_for(bob, lambda e: isinstance(e, Left))
         assert (left.name, left.reason) == ("alice", "left")
+
+
+def test_a_silent_session_times_out_when_nobody_else_speaks(make_broker, keyring, raw_dealer):
+    broker = make_broker(heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    sock = raw_dealer(broker, "alice")
+    raw_login(sock, "alice", keyring, broker)  # then silence: no PING, no bye, the connection left open
+    broker.wait_for_log(r"alice timed out", timeout=30)

@@ -164,6 +164,8 @@ class Broker:
                 self._read_keys()  # a key added or removed counts at once: a message to a user just registered
             if self.socket in ready or self.core.gone or self.early:
                 self._read_clients()
+            else:
+                self.read_all_at = time.monotonic()  # nothing was waiting: every session's silence is real
             self._take_results()
             self._handle(self.core.commit(time.monotonic(), time.time()))  # group commit: one transaction per turn
             self._handle(self.core.flush_presence(time.monotonic()))

@@ -91,12 +91,16 @@ class Conversation:
                 receiving = receiving or asyncio.create_task(self._next_event())
                 reading = self.reading = reading or asyncio.create_task(self.read_line())
                 await asyncio.wait({receiving, reading}, return_when=asyncio.FIRST_COMPLETED)
-                if receiving.done():  # first: what the broker said before the line typed
+                if receiving.done():  # first: everything the broker said before the line typed
                     status = self._took(receiving)
+                    if status is None:
+                        status = self._took_waiting()
                     if status is not None:
                         return status
                     receiving = None
                 if reading.done():
+                    if (status := self._took_waiting()) is not None:
+                        return status
                     if self.interrupted:
                         return await self._leave(receiving, 0.0)
                     line = reading.result()
@@ -127,6 +131,15 @@ class Conversation:
         self._show(event)
         self.shown(event)
         return end_status(event)
+
+    def _took_waiting(self) -> int | None:
+        """Show every event the client holds already, in order; the exit status when one ends the chat."""
+        for event in self.client.drain():
+            self._show(event)
+            self.shown(event)
+            if (status := end_status(event)) is not None:
+                return status
+        return None
 
     async def _leave(self, receiving: asyncio.Task[Event | None] | None, wait: float) -> int:
         """Wait up to `wait` seconds for the broker's answers, close, and show the last events."""
