@@ -3,6 +3,7 @@
 ChatError                    every error zchat raises on purpose; its message is one line for a person
 ├── ProtocolError
 │   ├── LocalProtocolError   we tried to do something the protocol forbids (our bug or misuse)
+│   │   └── Unsendable       a text or name that cannot be sent (also a ValueError, for bots written before)
 │   └── RemoteProtocolError  the peer sent something malformed, forged, replayed or out of order
 ├── CryptoError              something a peer sent did not open or verify (zchat.crypto; deliberately vague)
 ├── ConfigError              a configuration file or value a person wrote is wrong
@@ -30,6 +31,10 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     pass
+
+
+class Unsendable(LocalProtocolError, ValueError):
+    """A text or user name that cannot be sent; the message says why. Also a ValueError, as it always was."""
 
 
 class ConfigError(ChatError):

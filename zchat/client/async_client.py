@@ -105,7 +105,7 @@ class AsyncChatClient(ClientBase):
     async def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         """Send a chat message to everyone else, or only to `to`; returns its message id.
 
-        As `ChatClient.send`: LocalProtocolError if the text cannot be sent; the broker's `Accepted` or `Failed`
+        As `ChatClient.send`: Unsendable (a ValueError) if the text cannot be sent; the broker's `Accepted` or `Failed`
         event names the id; the message waits in the outbox until then, across reconnects.
         """
         message_id = self.core.say(text, time.monotonic(), to=to, action=action)

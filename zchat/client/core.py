@@ -247,7 +247,7 @@ class ClientCore:
     def say(self, text: str, now: float, *, to: str | None = None, action: bool = False) -> str:
         """Put a chat message in the outbox (and send it when logged in); returns its id.
 
-        LocalProtocolError if the text or name cannot be sent; ConnectError when the client is closed or
+        Unsendable if the text or name cannot be sent; ConnectError when the client is closed or
         `outbox_limit` messages already wait for the broker's answer.
         """
         check_chat(text, to, self.session.max_text_bytes)

@@ -30,6 +30,7 @@ from zchat.errors import (
     LoginRefused,
     RemoteProtocolError,
     StatementRefused,
+    Unsendable,
 )
 from zchat.events import (
     Accepted,
@@ -99,12 +100,12 @@ class _Peer:
 
 
 def check_chat(text: str, to: str | None, max_text_bytes: int) -> None:
-    """LocalProtocolError says why `text` (to the user `to`, when given) cannot be sent as a chat message."""
+    """Unsendable says why `text` (to the user `to`, when given) cannot be sent as a chat message."""
     problem = p.text_problem(text, max_text_bytes)
     if problem:
-        raise LocalProtocolError(problem)
+        raise Unsendable(problem)
     if to is not None and not p.NAME_PATTERN.fullmatch(to):
-        raise LocalProtocolError(f"invalid user name {to!r}")
+        raise Unsendable(f"invalid user name {to!r}")
 
 
 class ClientSession:

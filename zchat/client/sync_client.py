@@ -81,7 +81,7 @@ class ChatClient(ClientBase):
     def send(self, text: str, *, to: str | None = None, action: bool = False) -> str:
         """Send a chat message to everyone else, or only to `to`; returns its message id.
 
-        `action` marks a /me line. LocalProtocolError if the text cannot be sent. The broker answers every
+        `action` marks a /me line. Unsendable (a ValueError) if the text cannot be sent. The broker answers every
         message with an `Accepted` event (`queued`: a private message kept for someone offline) or a
         `Failed` event naming this id. Until then the message waits in the outbox, and is sent again
         after a reconnect (up to 1000 waiting messages; more raise ConnectError).
