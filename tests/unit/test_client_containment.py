@@ -182,3 +182,27 @@ def test_piped_client_skips_an_event_it_cannot_show_and_shows_the_next(monkeypat
     for expected, line in zip(("before", "far future", "after", "later"), texts, strict=True):
         assert expected in line
     assert len([r for r in caplog.records if r.name == "zchat.client.terminal.app"]) == 2
+
+
+def test_ctrl_c_while_exit_waits_for_the_brokers_answers_stops_at_once():
+    class Unanswered(AsyncFakeClient):
+        async def receive(self, timeout: float | None = None) -> Event | None:  # type: ignore[override]
+            await asyncio.Event().wait()  # the broker says nothing
+            return None
+
+        async def flush(self, timeout: float) -> bool:  # type: ignore[override]
+            conversation.interrupt()  # Ctrl-C while /exit waits for the broker's answers
+            return False
+
+    typed: asyncio.Queue[str | None] = asyncio.Queue()
+    typed.put_nowait("/exit")
+    conversation = chat_client.Conversation(Unanswered(), output.Output(Display), typed)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):  # main() says "interrupted", status 130, as it always did
+        asyncio.run(conversation.run())
+
+
+def test_ctrl_c_before_exit_leaves_at_once_with_status_0():
+    typed: asyncio.Queue[str | None] = asyncio.Queue()
+    conversation = chat_client.Conversation(AsyncFakeClient(), output.Output(Display), typed)  # type: ignore[arg-type]
+    conversation.interrupt()
+    assert asyncio.run(conversation.run()) == 0

@@ -61,6 +61,7 @@ class Conversation:
         self.lines: Lines = asyncio.Queue() if lines is None else lines
         self.reading: asyncio.Task[str | None] | None = None
         self.interrupted = False
+        self.leaving = False
 
     async def read_line(self) -> str | None:
         """The next line typed; None at the end of input."""
@@ -77,7 +78,9 @@ class Conversation:
         raise exc
 
     def interrupt(self) -> None:
-        """SIGINT: leave at once, without waiting for the broker's answers."""
+        """SIGINT: leave at once, without waiting for the broker's answers; while waiting for them, stop."""
+        if self.leaving:
+            raise KeyboardInterrupt  # main() says "interrupted", status 130
         self.interrupted = True
         if self.reading is not None:
             self.reading.cancel()
@@ -145,6 +148,7 @@ class Conversation:
         """Wait up to `wait` seconds for the broker's answers, close, and show the last events."""
         if receiving is not None:
             receiving.cancel()  # it has taken nothing: command() never waits; the last events are shown below
+        self.leaving = wait > 0
         for event in await leave_async(self.client, wait):
             self._show(event)
         return EXIT_OK
