@@ -229,7 +229,6 @@ class LoginReport:
     attempts: int = 0
     turned_away: dict[str, int] = field(default_factory=dict)  # "REFUSED", "BUSY", "timeout", ...
     per_client_s: list[float] = field(default_factory=list)  # first attempt started -> logged in
-    last: Peer | None = None  # the last one in
 
 
 @dataclass
@@ -458,7 +457,6 @@ class Fleet:
                 if peer.ready:
                     active.remove(peer)
                     report.per_client_s.append(now - first_attempt[peer])
-                    report.last = peer
                 elif why is not None or (isinstance(peer, ChatPeer) and now - peer.attempt_started > ATTEMPT_TIMEOUT):
                     reason = (why or "no answer").split(":")[0]
                     report.turned_away[reason] = report.turned_away.get(reason, 0) + 1
