@@ -253,22 +253,25 @@ class Registry:
         self._by_curve: dict[bytes, str] = {}
         self._listed: tuple[int, int] | None = None
         self._listed_at = float("-inf")
-        self._names: tuple[tuple[int, int] | None, dict[str, list[str]]] = (None, {})  # skeleton -> names
+        self._look_alikes: tuple[tuple[int, int] | None, dict[str, str]] = (None, {})  # directory stamp, clashes
 
-    def look_alike(self, name: str) -> str | None:
-        """Another registered name that looks like `name` (zchat.names), or None; listed again when the directory
-        changes. Look-alikes are refused when keys are made, but a registry may have been filled by hand."""
+    def look_alikes(self) -> dict[str, str]:
+        """Each registered name that looks like another one (zchat.names), and that other, worked out again when the
+        directory changes: keys made here never clash, but a registry may have been filled by hand."""
         try:
             info = self.layout.clients_dir.stat()
         except OSError:
-            return None
+            return {}
         stamp = (info.st_mtime_ns, info.st_ino)
-        if self._names[0] != stamp:
+        if self._look_alikes[0] != stamp:
             by_skeleton: dict[str, list[str]] = {}
             for registered in registered_names(self.layout):
                 by_skeleton.setdefault(name_skeleton(registered), []).append(registered)
-            self._names = (stamp, by_skeleton)
-        return clashing_name(name, self._names[1].get(name_skeleton(name), []))
+            clashes = (
+                (name, clashing_name(name, names)) for names in by_skeleton.values() if len(names) > 1 for name in names
+            )
+            self._look_alikes = (stamp, {name: twin for name, twin in clashes if twin is not None})
+        return self._look_alikes[1]
 
     def name_for_curve_key(self, curve: bytes, now: float) -> str | None:
         """The registered user whose Curve25519 key `curve` is, or None.

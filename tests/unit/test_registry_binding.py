@@ -173,3 +173,12 @@ def test_a_changed_file_is_said_again(keyring, layout, caplog):
         path.write_bytes(bound)
         assert gate.name_for_curve_key(curve_of(keyring, "bob"), NOW + 10 * step + 5) == "bob"
     assert len(registry_lines(caplog, path)) == 2
+
+
+def test_look_alikes_are_each_registered_name_that_looks_like_another_and_follow_the_directory(layout, keyring):
+    registry = Registry(layout)
+    assert registry.look_alikes() == {}
+    shutil.copyfile(layout.client_public("alice"), layout.clients_dir / "aIice.pub")  # filled by hand
+    assert registry.look_alikes() == {"alice": "aIice", "aIice": "alice"}
+    (layout.clients_dir / "aIice.pub").unlink()
+    assert registry.look_alikes() == {}

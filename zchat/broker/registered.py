@@ -56,5 +56,5 @@ def read_keys(registry: Registry) -> RegisteredKeys:
             log.error("registry: %s; nobody can log in", exc)
         return RegisteredKeys()
     keys = {name: registered for name in names if (registered := registry.registered(name)) is not None}
-    look_alikes = {name: twin for name in keys if (twin := registry.look_alike(name)) is not None}
+    look_alikes = {name: twin for name, twin in registry.look_alikes().items() if name in keys}
     return RegisteredKeys(keys, look_alikes)
